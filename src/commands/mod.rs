@@ -1,0 +1,78 @@
+//! The commands behind the CLI: each loads what it needs, does one thing and
+//! returns an [`AppError`] whose exit code `main` uses.
+
+pub mod demo;
+
+use std::path::Path;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, AppError};
+use crate::config::Config;
+use crate::pgconn::connect_sql;
+use crate::rules::Rules;
+use crate::rules::catalog_check;
+
+/// `walhook run`: the daemon, until SIGINT or SIGTERM.
+pub async fn run(config_path: &Path) -> Result<(), AppError> {
+    let config = Config::load(config_path)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    app::run(config, shutdown).await
+}
+
+/// `walhook setup`: schema, publication and slot, then a one-line report.
+pub async fn setup(config_path: &Path) -> Result<(), AppError> {
+    let config = Config::load(config_path)?;
+    let params = app::source_params(&config)?;
+    let client = connect_sql(&params).await?;
+    catalog_check::check(&client, &config.subscriptions).await?;
+    let rules = Rules::new(&config.subscriptions);
+    let report = crate::setup::run(
+        &client,
+        &config.source.publication,
+        &config.source.slot,
+        &rules.tables(),
+    )
+    .await?;
+    println!(
+        "schema walhook: ready\npublication {}: {}\nslot {}: {}{}",
+        config.source.publication,
+        if report.publication_created {
+            "created"
+        } else if report.publication_changed {
+            "updated to the tables the rules name"
+        } else {
+            "already as wanted"
+        },
+        config.source.slot,
+        if report.slot_created {
+            "created"
+        } else {
+            "already exists"
+        },
+        report
+            .slot_confirmed
+            .map(|lsn| format!(" (confirmed {lsn})"))
+            .unwrap_or_default(),
+    );
+    Ok(())
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown requested; finishing in-flight deliveries");
+    token.cancel();
+}

@@ -1,0 +1,776 @@
+//! walhook's configuration: one TOML file, then `WALHOOK_…` environment
+//! overrides, then `env:NAME` references resolved, then checked.
+//!
+//! [`Config::load`] returns either a config whose every value has the right
+//! shape, or one [`ConfigError`] that names the file, the key and the fix.
+//! What can only be checked against the database (does the table exist, does
+//! the column) is not done here; `app` does it before the slot is touched.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+/// `[source]`: where the changes come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// A `postgres://` URL; usually `"env:DATABASE_URL"` since it may hold a
+    /// password.
+    #[serde(deserialize_with = "lenient_string")]
+    pub url: Secret,
+    #[serde(default = "default_slot", deserialize_with = "lenient_string")]
+    pub slot: String,
+    #[serde(default = "default_publication", deserialize_with = "lenient_string")]
+    pub publication: String,
+    /// Run the idempotent `setup` steps on start.
+    #[serde(default = "default_true", deserialize_with = "lenient_bool")]
+    pub auto_setup: bool,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How often walhook reports its progress to the walsender when nothing
+    /// else prompts it; must stay well under the server's `wal_sender_timeout`.
+    #[serde(default = "default_status_interval", with = "humantime_serde")]
+    pub status_interval: Duration,
+}
+
+/// `[delivery]`: how webhooks are sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Requests in flight across all subscriptions.
+    #[serde(default = "default_concurrency", deserialize_with = "lenient_usize")]
+    pub concurrency: usize,
+    /// Per request, connect to end of response.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts before an event is parked as a dead letter.
+    #[serde(default = "default_max_attempts", deserialize_with = "lenient_u32")]
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// Exponential backoff with full jitter between attempts.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub initial: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub max: Duration,
+}
+
+/// `[admin]`: the metrics and health server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port`; empty disables the admin server.
+    #[serde(default = "default_admin_listen", deserialize_with = "lenient_string")]
+    pub listen: String,
+}
+
+/// One `[[subscriptions]]` entry: which changes go to which URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    pub name: String,
+    /// `schema.table` or `table` (schema `public`).
+    pub tables: Vec<String>,
+    #[serde(default = "default_events")]
+    pub events: Vec<EventKind>,
+    #[serde(default)]
+    pub filter: Option<String>,
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    pub url: Secret,
+    /// `whsec_<base64>`; signs with Standard Webhooks headers.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    #[serde(default)]
+    pub ordering: Ordering,
+    #[serde(default)]
+    pub batch: BatchConfig,
+}
+
+/// The kinds of change a subscription can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl EventKind {
+    /// The payload's `type` value.
+    pub fn payload_type(self) -> &'static str {
+        match self {
+            EventKind::Insert => "INSERT",
+            EventKind::Update => "UPDATE",
+            EventKind::Delete => "DELETE",
+            EventKind::Truncate => "TRUNCATE",
+        }
+    }
+}
+
+/// Which deliveries of one subscription must keep commit order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Changes to the same primary key arrive in commit order.
+    #[default]
+    Key,
+    /// Every change of the subscription arrives in commit order.
+    Strict,
+    /// Any order, for the highest throughput.
+    None,
+}
+
+/// `batch = { max_events, max_wait }`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    #[serde(default = "default_batch_max_events")]
+    pub max_events: usize,
+    #[serde(default = "default_batch_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            concurrency: default_concurrency(),
+            timeout: default_timeout(),
+            max_attempts: default_max_attempts(),
+            backoff: BackoffConfig::default(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: default_backoff_initial(),
+            max: default_backoff_max(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: default_batch_max_events(),
+            max_wait: default_batch_max_wait(),
+        }
+    }
+}
+
+fn default_slot() -> String {
+    "walhook".into()
+}
+fn default_publication() -> String {
+    "walhook".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_status_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_concurrency() -> usize {
+    64
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_attempts() -> u32 {
+    12
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9187".into()
+}
+fn default_events() -> Vec<EventKind> {
+    vec![EventKind::Insert, EventKind::Update, EventKind::Delete]
+}
+fn default_batch_max_events() -> usize {
+    1
+}
+fn default_batch_max_wait() -> Duration {
+    Duration::from_millis(50)
+}
+
+/// A value that may be a secret (a password in a URL, a signing key, an
+/// authorization header): it never appears in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A configuration problem: what is wrong, where, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn at(file: &Path, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.display().to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where the config file is when `--config` is not given.
+pub fn default_path() -> PathBuf {
+    std::env::var_os("WALHOOK_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("walhook.toml"))
+}
+
+impl Config {
+    /// Reads `path`, applies the environment, resolves `env:` references and
+    /// checks every value that can be checked without a database.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::at(
+                path,
+                "no such config file; pass --config FILE or set WALHOOK_CONFIG \
+                 (config/walhook.example.toml is a commented starting point)",
+            ));
+        }
+        let figment = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(env_overrides());
+        Self::from_figment(path, figment)
+    }
+
+    /// Builds a config from TOML text, with the environment applied, as if it
+    /// had been read from `path` (used by `demo` and tests).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let figment = Figment::new()
+            .merge(Toml::string(text))
+            .merge(env_overrides());
+        Self::from_figment(path, figment)
+    }
+
+    fn from_figment(path: &Path, figment: Figment) -> Result<Config, ConfigError> {
+        let mut config: Config = figment
+            .extract()
+            .map_err(|error| ConfigError::at(path, describe_figment_error(error)))?;
+        config
+            .resolve_env_references()
+            .map_err(|message| ConfigError::at(path, message))?;
+        config
+            .validate()
+            .map_err(|message| ConfigError::at(path, message))?;
+        Ok(config)
+    }
+
+    /// Replaces every `env:NAME` value with the variable's value.
+    fn resolve_env_references(&mut self) -> Result<(), String> {
+        resolve(&mut self.source.url, "source.url")?;
+        for (index, subscription) in self.subscriptions.iter_mut().enumerate() {
+            let at = subscription_key(index, &subscription.name);
+            resolve(&mut subscription.url, &format!("{at}.url"))?;
+            if let Some(secret) = &mut subscription.secret {
+                resolve(secret, &format!("{at}.secret"))?;
+            }
+            for (name, value) in &mut subscription.headers {
+                resolve(value, &format!("{at}.headers.{name}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let source = &self.source;
+        if source.url.expose().trim().is_empty() {
+            return Err("key `source.url` is empty; set it to a postgres:// URL".into());
+        }
+        for (key, value) in [
+            ("source.slot", &source.slot),
+            ("source.publication", &source.publication),
+        ] {
+            if !is_valid_identifier(value) {
+                return Err(format!(
+                    "key `{key}` = {value:?} must be 1-63 lowercase letters, digits or underscores"
+                ));
+            }
+        }
+        if source.status_interval.is_zero() {
+            return Err("key `source.status_interval` must be more than 0s".into());
+        }
+        let delivery = &self.delivery;
+        if delivery.concurrency == 0 {
+            return Err("key `delivery.concurrency` must be at least 1".into());
+        }
+        if delivery.max_attempts == 0 {
+            return Err("key `delivery.max_attempts` must be at least 1".into());
+        }
+        if delivery.timeout.is_zero() {
+            return Err("key `delivery.timeout` must be more than 0s".into());
+        }
+        if delivery.backoff.initial > delivery.backoff.max {
+            return Err(
+                "key `delivery.backoff.initial` is larger than `delivery.backoff.max`".into(),
+            );
+        }
+        if !self.admin.listen.is_empty()
+            && self.admin.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(format!(
+                "key `admin.listen` = {:?} is not host:port such as 127.0.0.1:9187 (empty disables the admin server)",
+                self.admin.listen
+            ));
+        }
+        if self.subscriptions.is_empty() {
+            return Err("no [[subscriptions]]: add at least one with name, tables and url".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (index, subscription) in self.subscriptions.iter().enumerate() {
+            let at = subscription_key(index, &subscription.name);
+            if subscription.name.trim().is_empty() {
+                return Err(format!(
+                    "key `{at}.name` is empty; give each subscription a name"
+                ));
+            }
+            if !names.insert(subscription.name.as_str()) {
+                return Err(format!(
+                    "key `{at}.name`: the name {:?} is used twice; names must be unique",
+                    subscription.name
+                ));
+            }
+            subscription.validate(&at)?;
+        }
+        Ok(())
+    }
+}
+
+impl SubscriptionConfig {
+    fn validate(&self, at: &str) -> Result<(), String> {
+        if self.tables.is_empty() {
+            return Err(format!(
+                "key `{at}.tables` is empty; list tables such as [\"public.orders\"]"
+            ));
+        }
+        for table in &self.tables {
+            TableName::parse(table).map_err(|why| format!("key `{at}.tables`: {table:?} {why}"))?;
+        }
+        if self.events.is_empty() {
+            return Err(format!(
+                "key `{at}.events` is empty; use any of insert, update, delete, truncate"
+            ));
+        }
+        match url::Url::parse(self.url.expose()) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            _ => {
+                return Err(format!(
+                    "key `{at}.url` is not an http:// or https:// URL with a host"
+                ));
+            }
+        }
+        if let Some(secret) = &self.secret {
+            crate::deliver::signing::SigningKey::from_secret(secret.expose())
+                .map_err(|why| format!("key `{at}.secret`: {why}"))?;
+        }
+        for (name, value) in &self.headers {
+            let name_ok = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok();
+            let value_ok = reqwest::header::HeaderValue::from_str(value.expose()).is_ok();
+            if !name_ok || !value_ok {
+                return Err(format!(
+                    "key `{at}.headers.{name}` is not a valid HTTP header name and value"
+                ));
+            }
+        }
+        if let Some(columns) = &self.columns
+            && columns.is_empty()
+        {
+            return Err(format!(
+                "key `{at}.columns` is empty; leave it out to send every column"
+            ));
+        }
+        if self.batch.max_events == 0 {
+            return Err(format!("key `{at}.batch.max_events` must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The tables as schema + name.
+    pub fn table_names(&self) -> Vec<TableName> {
+        // Validated at load time; a name that fails here is skipped.
+        self.tables
+            .iter()
+            .filter_map(|table| TableName::parse(table).ok())
+            .collect()
+    }
+}
+
+/// A table named by a rule: `schema.table` or `table` in `public`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    pub fn parse(text: &str) -> Result<TableName, &'static str> {
+        let (schema, name) = match text.split_once('.') {
+            Some((schema, name)) => (schema, name),
+            None => ("public", text),
+        };
+        if schema.is_empty() || name.is_empty() || name.contains('.') {
+            return Err("is not a table name of the form schema.table or table");
+        }
+        Ok(TableName {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The name quoted for SQL, e.g. `"public"."orders"`.
+    pub fn quoted(&self) -> String {
+        format!(
+            "{}.{}",
+            quote_identifier(&self.schema),
+            quote_identifier(&self.name)
+        )
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn is_valid_identifier(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_')
+}
+
+fn subscription_key(index: usize, name: &str) -> String {
+    if name.is_empty() {
+        format!("subscriptions[{index}]")
+    } else {
+        format!("subscriptions[{index}] ({name})")
+    }
+}
+
+fn resolve(value: &mut Secret, key: &str) -> Result<(), String> {
+    if let Some(variable) = value.0.strip_prefix("env:") {
+        match std::env::var(variable) {
+            Ok(resolved) => value.0 = resolved,
+            Err(_) => {
+                return Err(format!(
+                    "key `{key}` reads the environment variable {variable}, which is not set; \
+                     export it or put the value in the file"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `WALHOOK_SOURCE__URL` and friends: only the scalar keys of `[source]`,
+/// `[delivery]` and `[admin]`, as design §3 says.
+fn env_overrides() -> Env {
+    Env::prefixed("WALHOOK_").split("__").filter(|key| {
+        let key = key.as_str();
+        ["source.", "delivery.", "admin."]
+            .iter()
+            .any(|section| key.starts_with(section))
+    })
+}
+
+fn describe_figment_error(error: figment::Error) -> String {
+    let mut messages = Vec::new();
+    for error in error {
+        let key = error.path.join(".");
+        let origin = match &error.metadata {
+            Some(metadata) if metadata.name.contains("environment") => {
+                let variable = format!("WALHOOK_{}", error.path.join("__").to_uppercase());
+                format!(" (from the environment variable {variable})")
+            }
+            _ => String::new(),
+        };
+        let what = match &error.kind {
+            figment::error::Kind::UnknownField(field, expected) => format!(
+                "unknown key `{field}`; expected one of: {}",
+                expected.join(", ")
+            ),
+            figment::error::Kind::MissingField(field) => {
+                let full = if key.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
+                format!("missing key `{full}`; it is required")
+            }
+            other => other.to_string(),
+        };
+        if key.is_empty() || matches!(error.kind, figment::error::Kind::MissingField(_)) {
+            messages.push(format!("{what}{origin}"));
+        } else {
+            messages.push(format!("key `{key}`: {what}{origin}"));
+        }
+    }
+    messages.join("; ")
+}
+
+fn lenient_string<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: From<String>,
+{
+    // An environment value such as WALHOOK_SOURCE__SLOT=123 arrives as a
+    // number; a string field should still take it.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Integer(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let text = match Scalar::deserialize(deserializer)? {
+        Scalar::Text(text) => text,
+        Scalar::Integer(number) => number.to_string(),
+        Scalar::Float(number) => number.to_string(),
+        Scalar::Bool(flag) => flag.to_string(),
+    };
+    Ok(T::from(text))
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+fn lenient_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Text(String),
+    }
+    match Flag::deserialize(deserializer)? {
+        Flag::Bool(flag) => Ok(flag),
+        Flag::Text(text) => match text.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected true or false, found {text:?}"
+            ))),
+        },
+    }
+}
+
+fn lenient_usize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    lenient_number(deserializer)
+}
+
+fn lenient_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    lenient_number(deserializer)
+}
+
+fn lenient_number<'de, D, N>(deserializer: D) -> Result<N, D::Error>
+where
+    D: Deserializer<'de>,
+    N: TryFrom<u64> + std::str::FromStr,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Integer(u64),
+        Text(String),
+    }
+    let parsed = match Number::deserialize(deserializer)? {
+        Number::Integer(number) => N::try_from(number).ok(),
+        Number::Text(text) => text.trim().parse::<N>().ok(),
+    };
+    parsed.ok_or_else(|| serde::de::Error::custom("expected a non-negative whole number"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [source]
+        url = "postgres://walhook@localhost/app"
+
+        [[subscriptions]]
+        name = "orders"
+        tables = ["orders"]
+        url = "http://127.0.0.1:8080/hook"
+    "#;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(Path::new("walhook.toml"), text)
+    }
+
+    #[test]
+    fn minimal_file_gets_the_documented_defaults() {
+        let config = load(MINIMAL).unwrap();
+        assert_eq!(config.source.slot, "walhook");
+        assert_eq!(config.source.publication, "walhook");
+        assert!(config.source.auto_setup);
+        assert_eq!(config.delivery.concurrency, 64);
+        assert_eq!(config.delivery.timeout, Duration::from_secs(10));
+        assert_eq!(config.delivery.max_attempts, 12);
+        assert_eq!(config.delivery.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(config.admin.listen, "127.0.0.1:9187");
+        let subscription = &config.subscriptions[0];
+        assert_eq!(
+            subscription.events,
+            vec![EventKind::Insert, EventKind::Update, EventKind::Delete]
+        );
+        assert_eq!(subscription.ordering, Ordering::Key);
+        assert_eq!(subscription.batch.max_events, 1);
+        assert_eq!(subscription.batch.max_wait, Duration::from_millis(50));
+        assert_eq!(
+            subscription.table_names(),
+            vec![TableName {
+                schema: "public".into(),
+                name: "orders".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let error = load(&format!("{MINIMAL}\n[delivery]\nconcurency = 3\n")).unwrap_err();
+        assert!(error.message.contains("delivery.concurency"), "{error}");
+        assert!(error.message.contains("concurrency"), "{error}");
+        assert_eq!(error.file, "walhook.toml");
+    }
+
+    #[test]
+    fn syntax_error_is_reported_not_panicked() {
+        let error = load("[source\nurl = 1").unwrap_err();
+        assert!(!error.message.is_empty());
+    }
+
+    #[test]
+    fn missing_subscription_url_is_named() {
+        let error = load(
+            "[source]\nurl = \"postgres://x@y/z\"\n[[subscriptions]]\nname = \"a\"\ntables = [\"t\"]\n",
+        )
+        .unwrap_err();
+        assert!(error.message.contains("url"), "{error}");
+    }
+
+    #[test]
+    fn bad_duration_and_bad_url_are_named() {
+        let error = load(&MINIMAL.replace("[source]", "[delivery]\ntimeout = \"ten\"\n[source]"))
+            .unwrap_err();
+        assert!(error.message.contains("delivery.timeout"), "{error}");
+        let error = load(&MINIMAL.replace("http://127.0.0.1:8080/hook", "ftp://x")).unwrap_err();
+        assert!(
+            error.message.contains("subscriptions[0] (orders).url"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn env_reference_to_unset_variable_is_named() {
+        let error = load(&MINIMAL.replace(
+            "postgres://walhook@localhost/app",
+            "env:WALHOOK_TEST_SURELY_UNSET_VARIABLE",
+        ))
+        .unwrap_err();
+        assert!(
+            error.message.contains("WALHOOK_TEST_SURELY_UNSET_VARIABLE")
+                && error.message.contains("source.url"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let secret = Secret::new("hunter2");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn duplicate_subscription_names_are_rejected() {
+        let twice = format!(
+            "{MINIMAL}\n[[subscriptions]]\nname = \"orders\"\ntables = [\"t\"]\nurl = \"http://x/\"\n"
+        );
+        let error = load(&twice).unwrap_err();
+        assert!(error.message.contains("used twice"), "{error}");
+    }
+}

@@ -1,0 +1,260 @@
+//! One subscription's endpoint: the request walhook sends (URL, headers,
+//! Standard Webhooks signature) and what came back.
+//!
+//! It sends exactly one request per call and judges nothing beyond turning
+//! the response into an [`Attempt`]; `policy` says what that means.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use sha2::{Digest, Sha256};
+
+use super::Outbound;
+use super::policy::{self, Verdict};
+use super::signing::SigningKey;
+use crate::config::{DeliveryConfig, SubscriptionConfig};
+
+/// The endpoint could not be set up from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("subscription {subscription}: {what}")]
+    Invalid { subscription: String, what: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// Builds the one HTTP client every lane shares: keep-alive pool as large as
+/// the in-flight bound, no redirects, rustls.
+pub fn build_client(config: &DeliveryConfig) -> Result<reqwest::Client, EndpointError> {
+    reqwest::Client::builder()
+        .user_agent(concat!("walhook/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(config.concurrency.max(1))
+        .connect_timeout(config.timeout)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(EndpointError::Client)
+}
+
+/// Where and how one subscription's requests go.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub name: String,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    key: Option<SigningKey>,
+    batched: bool,
+}
+
+impl Endpoint {
+    pub fn new(subscription: &SubscriptionConfig) -> Result<Endpoint, EndpointError> {
+        let invalid = |what: String| EndpointError::Invalid {
+            subscription: subscription.name.clone(),
+            what,
+        };
+        let url = reqwest::Url::parse(subscription.url.expose())
+            .map_err(|error| invalid(format!("url is not valid: {error}")))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("walhook/", env!("CARGO_PKG_VERSION"))),
+        );
+        for (name, value) in &subscription.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(format!("header name {name:?} is not valid")))?;
+            let mut value = HeaderValue::from_str(value.expose())
+                .map_err(|_| invalid(format!("header {name} has a value that is not valid")))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let key = match &subscription.secret {
+            Some(secret) => Some(
+                SigningKey::from_secret(secret.expose())
+                    .map_err(|why| invalid(format!("secret {why}")))?,
+            ),
+            None => None,
+        };
+        Ok(Endpoint {
+            name: subscription.name.clone(),
+            url,
+            headers,
+            key,
+            batched: subscription.batch.max_events > 1,
+        })
+    }
+
+    /// Whether requests carry `{"events": [...]}` rather than one event.
+    pub fn batched(&self) -> bool {
+        self.batched
+    }
+
+    /// Sends one request and reports what happened.
+    pub async fn send(
+        &self,
+        client: &reqwest::Client,
+        request: &RequestBody,
+        timeout: Duration,
+    ) -> Attempt {
+        let mut builder = client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+            .timeout(timeout)
+            .body(request.body.clone());
+        if let Some(key) = &self.key {
+            let timestamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_secs() as i64)
+                .unwrap_or(0);
+            builder = builder
+                .header("webhook-id", &request.id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header(
+                    "webhook-signature",
+                    key.sign(&request.id, timestamp, &request.body),
+                );
+        } else {
+            builder = builder.header("webhook-id", &request.id);
+        }
+        match builder.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(policy::parse_retry_after);
+                // Reading the body lets the connection go back to the pool.
+                let body = response.bytes().await;
+                match body {
+                    Ok(_) => Attempt::Status {
+                        status,
+                        retry_after,
+                    },
+                    // A 2xx whose body broke off still said 2xx: the receiver
+                    // accepted it before answering.
+                    Err(_) if (200..300).contains(&status) => Attempt::Status {
+                        status,
+                        retry_after,
+                    },
+                    Err(error) => Attempt::Transport(describe(&error)),
+                }
+            }
+            Err(error) => Attempt::Transport(describe(&error)),
+        }
+    }
+}
+
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else if error.is_body() || error.is_decode() {
+        "response broke off"
+    } else {
+        "request failed"
+    };
+    // The source chain says why (refused, reset, TLS) without the URL's
+    // secrets, which reqwest's own Display would include.
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        cause = inner.to_string();
+        source = inner.source();
+    }
+    if cause.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}: {cause}")
+    }
+}
+
+/// The body and webhook id of one request.
+#[derive(Debug)]
+pub struct RequestBody {
+    pub id: String,
+    pub body: Bytes,
+}
+
+impl RequestBody {
+    /// One event's payload, or `{"events": [...]}` with a batch id derived
+    /// from the events' ids.
+    pub fn for_events(events: &[Outbound], batched: bool) -> RequestBody {
+        match events {
+            [single] if !batched => RequestBody {
+                id: single.id.clone(),
+                body: single.body.clone(),
+            },
+            _ => {
+                let size = events
+                    .iter()
+                    .map(|event| event.body.len() + 1)
+                    .sum::<usize>();
+                let mut body = Vec::with_capacity(size + 12);
+                body.extend_from_slice(b"{\"events\":[");
+                let mut hasher = Sha256::new();
+                for (index, event) in events.iter().enumerate() {
+                    if index > 0 {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(&event.body);
+                    hasher.update(event.id.as_bytes());
+                    hasher.update(b",");
+                }
+                body.extend_from_slice(b"]}");
+                let digest = hasher.finalize();
+                let mut id = String::with_capacity(36);
+                id.push_str("whb_");
+                for byte in &digest[..16] {
+                    let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{byte:02x}"));
+                }
+                RequestBody {
+                    id,
+                    body: Bytes::from(body),
+                }
+            }
+        }
+    }
+}
+
+/// What one request came to.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// No HTTP answer: refused, reset, timed out, TLS failed.
+    Transport(String),
+}
+
+impl Attempt {
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            Attempt::Status {
+                status,
+                retry_after,
+            } => policy::classify_status(*status, *retry_after),
+            Attempt::Transport(_) => Verdict::Retry { not_before: None },
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Attempt::Status { status, .. } => Some(*status),
+            Attempt::Transport(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Attempt::Status { status, .. } => write!(f, "HTTP {status}"),
+            Attempt::Transport(what) => f.write_str(what),
+        }
+    }
+}

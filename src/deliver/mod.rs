@@ -1,0 +1,363 @@
+//! Delivery: POSTs each event to its subscription's URL, in order per lane,
+//! with retries, and resolves the event's checkpoint claim only once it is
+//! durable — answered 2xx, or stored as a dead letter.
+//!
+//! Each subscription has lanes: one lane per ordering key bucket (`key`), a
+//! single lane (`strict`) or round-robin lanes (`none`). A lane sends one
+//! request (or one batch) at a time and retries it before moving on, which is
+//! what keeps per-key order. A shared semaphore caps requests in flight across
+//! all lanes at `delivery.concurrency`. Lane queues are bounded: a full lane
+//! makes [`Delivery::submit`] wait, which stops the reader, which stops
+//! reading the slot.
+//!
+//! It does not build payloads (`event`) or decide what confirms (`checkpoint`).
+
+pub mod dead_letters;
+mod http;
+pub mod policy;
+pub mod signing;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::Ack;
+use crate::config::{BatchConfig, DeliveryConfig, Ordering, SubscriptionConfig};
+use dead_letters::{DeadLetter, DeadLetters};
+use http::{Attempt, Endpoint};
+use policy::Verdict;
+
+/// Events a lane may hold queued before `submit` waits.
+const LANE_CAPACITY: usize = 32;
+/// Queue of the single lane of a `strict` subscription.
+const STRICT_LANE_CAPACITY: usize = 1024;
+/// Lanes of one `key` or `none` subscription; more keys than lanes share.
+const MAX_LANES: usize = 256;
+
+/// One event on its way to one subscription.
+#[derive(Debug)]
+pub struct Outbound {
+    pub id: String,
+    pub ordering_key: u64,
+    /// Set when an update changed the row's key: the old key's hash.
+    pub previous_ordering_key: Option<u64>,
+    pub body: Bytes,
+    pub ack: Ack,
+}
+
+/// The lanes of every subscription. Dropping it closes the lanes: they finish
+/// what they hold and end.
+pub struct Delivery {
+    subscriptions: Vec<SubscriptionLanes>,
+}
+
+struct SubscriptionLanes {
+    ordering: Ordering,
+    lanes: Vec<Lane>,
+    next_round_robin: usize,
+}
+
+/// The sending side of one lane.
+struct Lane {
+    sender: mpsc::Sender<Outbound>,
+    load: Arc<LaneLoad>,
+}
+
+/// Events submitted to a lane and not yet resolved or abandoned.
+#[derive(Default)]
+struct LaneLoad {
+    outstanding: AtomicUsize,
+    idle: Notify,
+}
+
+impl LaneLoad {
+    fn finished(&self, events: usize) {
+        if self.outstanding.fetch_sub(events, AtomicOrdering::AcqRel) == events {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits until everything submitted so far is resolved.
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.outstanding.load(AtomicOrdering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// What every lane shares.
+struct Shared {
+    client: reqwest::Client,
+    in_flight: Semaphore,
+    config: DeliveryConfig,
+    dead_letters: DeadLetters,
+    /// Cancelled when in-flight work is to be abandoned (after the grace).
+    abandon: CancellationToken,
+}
+
+/// The lane closed because delivery is shutting down.
+#[derive(Debug, thiserror::Error)]
+#[error("delivery is shutting down")]
+pub struct DeliveryClosed;
+
+impl Delivery {
+    /// Starts the lanes of every subscription into `tasks`.
+    pub fn start(
+        config: &DeliveryConfig,
+        subscriptions: &[SubscriptionConfig],
+        dead_letters: DeadLetters,
+        abandon: CancellationToken,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<Delivery, http::EndpointError> {
+        let client = http::build_client(config)?;
+        let shared = Arc::new(Shared {
+            client,
+            in_flight: Semaphore::new(config.concurrency),
+            config: config.clone(),
+            dead_letters,
+            abandon,
+        });
+        let mut all = Vec::with_capacity(subscriptions.len());
+        for subscription in subscriptions {
+            let endpoint = Arc::new(Endpoint::new(subscription)?);
+            let (lane_count, capacity) = match subscription.ordering {
+                Ordering::Strict => (1, STRICT_LANE_CAPACITY),
+                Ordering::Key | Ordering::None => {
+                    (config.concurrency.clamp(1, MAX_LANES), LANE_CAPACITY)
+                }
+            };
+            let mut lanes = Vec::with_capacity(lane_count);
+            for _ in 0..lane_count {
+                let (sender, receiver) = mpsc::channel(capacity);
+                let load = Arc::new(LaneLoad::default());
+                tasks.spawn(run_lane(
+                    receiver,
+                    Arc::clone(&load),
+                    Arc::clone(&endpoint),
+                    subscription.batch,
+                    Arc::clone(&shared),
+                ));
+                lanes.push(Lane { sender, load });
+            }
+            all.push(SubscriptionLanes {
+                ordering: subscription.ordering,
+                lanes,
+                next_round_robin: 0,
+            });
+        }
+        Ok(Delivery { subscriptions: all })
+    }
+
+    /// Queues an event for subscription number `subscription`, waiting while
+    /// its lane is full.
+    pub async fn submit(
+        &mut self,
+        subscription: usize,
+        event: Outbound,
+    ) -> Result<(), DeliveryClosed> {
+        let Some(target) = self.subscriptions.get_mut(subscription) else {
+            return Err(DeliveryClosed);
+        };
+        let lane_count = target.lanes.len() as u64;
+        let lane = match target.ordering {
+            Ordering::Strict => 0,
+            Ordering::Key => (event.ordering_key % lane_count) as usize,
+            Ordering::None => {
+                target.next_round_robin = (target.next_round_robin + 1) % target.lanes.len();
+                target.next_round_robin
+            }
+        };
+        if target.ordering == Ordering::Key
+            && let Some(previous) = event.previous_ordering_key
+        {
+            // A key change: the old key's earlier changes go first, so a
+            // receiver never sees the old key again after the rename.
+            let previous_lane = (previous % lane_count) as usize;
+            if previous_lane != lane
+                && let Some(previous) = target.lanes.get(previous_lane)
+            {
+                previous.load.wait_idle().await;
+            }
+        }
+        let Some(lane) = target.lanes.get(lane) else {
+            return Err(DeliveryClosed);
+        };
+        lane.load.outstanding.fetch_add(1, AtomicOrdering::AcqRel);
+        lane.sender.send(event).await.map_err(|_| DeliveryClosed)
+    }
+}
+
+/// Takes events from one lane and delivers them one request at a time.
+async fn run_lane(
+    mut receiver: mpsc::Receiver<Outbound>,
+    load: Arc<LaneLoad>,
+    endpoint: Arc<Endpoint>,
+    batch: BatchConfig,
+    shared: Arc<Shared>,
+) {
+    let mut events = Vec::with_capacity(batch.max_events);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shared.abandon.cancelled() => return,
+            next = receiver.recv() => match next {
+                Some(event) => event,
+                None => return,
+            },
+        };
+        events.push(first);
+        if batch.max_events > 1 {
+            fill_batch(&mut receiver, &mut events, batch).await;
+        }
+        let count = events.len();
+        if !deliver(&endpoint, &shared, &mut events).await {
+            return;
+        }
+        load.finished(count);
+    }
+}
+
+/// Adds queued events to a batch until it is full or `max_wait` passes.
+async fn fill_batch(
+    receiver: &mut mpsc::Receiver<Outbound>,
+    events: &mut Vec<Outbound>,
+    batch: BatchConfig,
+) {
+    let deadline = tokio::time::Instant::now() + batch.max_wait;
+    while events.len() < batch.max_events {
+        match receiver.try_recv() {
+            Ok(event) => events.push(event),
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Ok(Some(event)) => events.push(event),
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Delivers `events` as one request, retrying, and resolves their claims once
+/// delivered or dead-lettered. Returns false when abandoned.
+async fn deliver(endpoint: &Endpoint, shared: &Shared, events: &mut Vec<Outbound>) -> bool {
+    let request = http::RequestBody::for_events(events, endpoint.batched());
+    let max_attempts = shared.config.max_attempts;
+    let first_attempt_at = std::time::SystemTime::now();
+    let mut last_failure = None;
+    let mut attempts_made = 0;
+    for attempt in 1..=max_attempts {
+        attempts_made = attempt;
+        let outcome = {
+            let permit = tokio::select! {
+                biased;
+                _ = shared.abandon.cancelled() => return false,
+                permit = shared.in_flight.acquire() => permit,
+            };
+            let Ok(_permit) = permit else { return false };
+            tokio::select! {
+                biased;
+                _ = shared.abandon.cancelled() => return false,
+                outcome = endpoint.send(&shared.client, &request, shared.config.timeout) => outcome,
+            }
+        };
+        let not_before = match outcome.verdict() {
+            Verdict::Delivered => {
+                if attempt > 1 {
+                    tracing::info!(subscription = %endpoint.name, attempts = attempt, "delivered after retrying");
+                }
+                for event in events.drain(..) {
+                    event.ack.resolve();
+                }
+                return true;
+            }
+            Verdict::GiveUp => {
+                last_failure = Some(outcome);
+                break;
+            }
+            Verdict::Retry { not_before } => not_before,
+        };
+        if attempt == 1 || attempt == max_attempts {
+            tracing::warn!(subscription = %endpoint.name, attempt, max_attempts, failure = %outcome, "delivery failed");
+        } else {
+            tracing::debug!(subscription = %endpoint.name, attempt, failure = %outcome, "delivery failed");
+        }
+        last_failure = Some(outcome);
+        if attempt == max_attempts {
+            break;
+        }
+        let wait = policy::backoff_delay(&shared.config.backoff, attempt, not_before);
+        tokio::select! {
+            biased;
+            _ = shared.abandon.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    park_as_dead_letters(
+        endpoint,
+        shared,
+        events,
+        last_failure,
+        attempts_made,
+        first_attempt_at,
+    )
+    .await
+}
+
+/// Stores each event as a dead letter (retrying the store until it works),
+/// then resolves its claim. Returns false when abandoned.
+async fn park_as_dead_letters(
+    endpoint: &Endpoint,
+    shared: &Shared,
+    events: &mut Vec<Outbound>,
+    last_failure: Option<Attempt>,
+    attempts: u32,
+    first_attempt_at: std::time::SystemTime,
+) -> bool {
+    let (last_status, last_error) = match &last_failure {
+        Some(attempt) => (attempt.status(), attempt.to_string()),
+        None => (None, "no attempt was made".to_owned()),
+    };
+    tracing::warn!(subscription = %endpoint.name, events = events.len(), error = %last_error, "parking undeliverable events as dead letters");
+    for event in events.drain(..) {
+        let letter = DeadLetter {
+            subscription: &endpoint.name,
+            event_id: &event.id,
+            payload: &event.body,
+            last_status,
+            last_error: &last_error,
+            attempts,
+            first_attempt_at,
+        };
+        let mut failures = 0u32;
+        loop {
+            match shared.dead_letters.store(&letter).await {
+                Ok(()) => break,
+                Err(error) => {
+                    failures += 1;
+                    tracing::error!(subscription = %endpoint.name, event_id = %event.id, %error, "cannot store a dead letter; the slot stays behind it until this works");
+                    let wait = policy::backoff_delay(&shared.config.backoff, failures, None)
+                        .max(Duration::from_millis(100));
+                    tokio::select! {
+                        biased;
+                        _ = shared.abandon.cancelled() => return false,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        event.ack.resolve();
+    }
+    true
+}

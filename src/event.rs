@@ -1,0 +1,444 @@
+//! The webhook payload (design §4) and its stable id.
+//!
+//! A [`Change`] is one decoded row change with every column already rendered
+//! as JSON text (see `decode`); [`write_payload`] lays one subscription's
+//! view of it out as the payload bytes, copying those rendered values without
+//! re-parsing them. The id is a hash of (subscription, commit LSN, ordinal of
+//! the change within its transaction), so a replay after a crash carries the
+//! same id as the first delivery.
+//!
+//! It does not decide which subscriptions get a change (`rules`) or send
+//! anything (`deliver`).
+
+use std::io::Write as _;
+use std::ops::Range;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::EventKind;
+use crate::lsn::Lsn;
+
+/// A table as the latest Relation message described it.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub relation_id: u32,
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<ColumnInfo>,
+    /// Indexes into `columns` of the primary key (or replica identity index)
+    /// columns, which decide the ordering lane; empty when the table has none.
+    pub key_columns: Vec<usize>,
+    /// `REPLICA IDENTITY FULL`: old rows arrive whole.
+    pub identity_full: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ColumnInfo {
+    pub name: String,
+    pub type_oid: u32,
+    /// Part of the replica identity (sent in a key-only old row).
+    pub in_identity: bool,
+}
+
+/// The transaction a change belongs to.
+#[derive(Debug, Clone)]
+pub struct TransactionInfo {
+    pub xid: u32,
+    /// The commit record's LSN (pgoutput Begin's final LSN).
+    pub commit_lsn: Lsn,
+    /// RFC 3339, UTC, microseconds, `Z`.
+    pub commit_time: String,
+}
+
+/// One cell of a decoded row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    /// Postgres did not send this column (a key-only old row).
+    Absent,
+    /// An unchanged TOAST value whose contents were not sent.
+    UnchangedToast,
+    /// The JSON text of the value (`null` included) in the row's buffer.
+    Json(Range<u32>),
+}
+
+/// A row whose values are rendered as JSON text, one [`Cell`] per column of
+/// the table, in table order.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub json: Vec<u8>,
+    pub cells: Vec<Cell>,
+}
+
+impl Row {
+    /// The JSON text of column `index`, when it was sent.
+    pub fn value(&self, index: usize) -> Option<&[u8]> {
+        match self.cells.get(index)? {
+            Cell::Json(range) => self.json.get(range.start as usize..range.end as usize),
+            Cell::Absent | Cell::UnchangedToast => None,
+        }
+    }
+
+    /// Appends a rendered value produced by `render` as the next cell.
+    pub fn push_value(&mut self, render: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.json.len() as u32;
+        render(&mut self.json);
+        self.cells.push(Cell::Json(start..self.json.len() as u32));
+    }
+}
+
+/// One decoded row change (or one table of a TRUNCATE).
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub table: Arc<TableInfo>,
+    pub kind: EventKind,
+    pub new: Option<Row>,
+    pub old: Option<Row>,
+    /// The change's own WAL position.
+    pub lsn: Lsn,
+    /// Its position within the transaction, from 0; makes ids distinct when
+    /// several changes share a WAL record.
+    pub ordinal: u32,
+    pub transaction: Arc<TransactionInfo>,
+}
+
+impl Change {
+    /// Whether the old row holds every column (REPLICA IDENTITY FULL).
+    fn old_is_full(&self) -> bool {
+        self.old
+            .as_ref()
+            .is_some_and(|old| old.cells.iter().all(|cell| *cell != Cell::Absent))
+    }
+
+    /// Columns an UPDATE changed, by index, when the old row is whole.
+    pub fn changed_columns(&self) -> Option<Vec<usize>> {
+        if self.kind != EventKind::Update || !self.old_is_full() {
+            return None;
+        }
+        let (new, old) = (self.new.as_ref()?, self.old.as_ref()?);
+        Some(
+            (0..self.table.columns.len())
+                .filter(|&index| new.value(index) != old.value(index))
+                .collect(),
+        )
+    }
+
+    /// A hash of the row's key, so changes to one key share a lane.
+    pub fn ordering_key(&self) -> u64 {
+        let row = match self.kind {
+            EventKind::Delete => self.old.as_ref(),
+            _ => self.new.as_ref(),
+        };
+        key_hash(&self.table, row)
+    }
+
+    /// For an update that changed the row's key: the hash of the old key, so
+    /// delivery can let the old key's earlier changes go first.
+    pub fn previous_ordering_key(&self) -> Option<u64> {
+        if self.kind != EventKind::Update {
+            return None;
+        }
+        let (new, old) = (self.new.as_ref()?, self.old.as_ref()?);
+        let key_changed = self
+            .table
+            .key_columns
+            .iter()
+            .any(|&index| old.value(index).is_some() && old.value(index) != new.value(index));
+        key_changed.then(|| key_hash(&self.table, Some(old)))
+    }
+}
+
+fn key_hash(table: &TableInfo, row: Option<&Row>) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&table.relation_id, &mut hasher);
+    if let Some(row) = row {
+        for &index in &table.key_columns {
+            std::hash::Hash::hash(&row.value(index), &mut hasher);
+        }
+    }
+    std::hash::Hasher::finish(&hasher)
+}
+
+/// The payload id of a change for a subscription.
+pub fn event_id(subscription: &str, commit_lsn: Lsn, ordinal: u32) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(subscription.as_bytes());
+    hasher.update([0]);
+    hasher.update(commit_lsn.0.to_be_bytes());
+    hasher.update(ordinal.to_be_bytes());
+    let digest = hasher.finalize();
+    let mut id = String::with_capacity(35);
+    id.push_str("wh_");
+    for byte in &digest[..16] {
+        // Writing to a String cannot fail.
+        let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{byte:02x}"));
+    }
+    id
+}
+
+/// Which columns a subscription sends: all, or a projection (by index).
+#[derive(Debug, Clone, Copy)]
+pub enum Projection<'a> {
+    All,
+    Only(&'a [bool]),
+}
+
+impl Projection<'_> {
+    fn keeps(&self, index: usize) -> bool {
+        match self {
+            Projection::All => true,
+            Projection::Only(mask) => mask.get(index).copied().unwrap_or(false),
+        }
+    }
+}
+
+/// Writes the payload of `change` for `subscription` into `out` and returns
+/// its id.
+pub fn write_payload(
+    out: &mut Vec<u8>,
+    change: &Change,
+    subscription: &str,
+    projection: Projection<'_>,
+) -> String {
+    let id = event_id(subscription, change.transaction.commit_lsn, change.ordinal);
+    let table = &change.table;
+    out.extend_from_slice(b"{\"id\":");
+    write_string(out, &id);
+    out.extend_from_slice(b",\"type\":\"");
+    out.extend_from_slice(change.kind.payload_type().as_bytes());
+    out.extend_from_slice(b"\",\"schema\":");
+    write_string(out, &table.schema);
+    out.extend_from_slice(b",\"table\":");
+    write_string(out, &table.name);
+    out.extend_from_slice(b",\"record\":");
+    write_row(out, table, change.new.as_ref(), projection);
+    out.extend_from_slice(b",\"old_record\":");
+    write_row(out, table, change.old.as_ref(), projection);
+    out.extend_from_slice(b",\"changed_columns\":");
+    match change.changed_columns() {
+        Some(changed) => write_names(
+            out,
+            table,
+            changed.into_iter().filter(|&index| projection.keeps(index)),
+        ),
+        None => out.extend_from_slice(b"null"),
+    }
+    if let Some(new) = &change.new {
+        let mut toasted = new
+            .cells
+            .iter()
+            .enumerate()
+            .filter(|(index, cell)| **cell == Cell::UnchangedToast && projection.keeps(*index))
+            .map(|(index, _)| index)
+            .peekable();
+        if toasted.peek().is_some() {
+            out.extend_from_slice(b",\"unchanged_toast\":");
+            write_names(out, table, toasted);
+        }
+    }
+    out.extend_from_slice(b",\"subscription\":");
+    write_string(out, subscription);
+    let transaction = &change.transaction;
+    let _ = write!(
+        out,
+        ",\"source\":{{\"lsn\":\"{}\",\"commit_lsn\":\"{}\",\"xid\":{},\"commit_time\":\"{}\"}}}}",
+        change.lsn, transaction.commit_lsn, transaction.xid, transaction.commit_time
+    );
+    id
+}
+
+fn write_row(out: &mut Vec<u8>, table: &TableInfo, row: Option<&Row>, projection: Projection<'_>) {
+    let Some(row) = row else {
+        out.extend_from_slice(b"null");
+        return;
+    };
+    out.push(b'{');
+    let mut first = true;
+    for (index, column) in table.columns.iter().enumerate() {
+        let Some(value) = row.value(index) else {
+            continue;
+        };
+        if !projection.keeps(index) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_string(out, &column.name);
+        out.push(b':');
+        out.extend_from_slice(value);
+    }
+    out.push(b'}');
+}
+
+fn write_names(out: &mut Vec<u8>, table: &TableInfo, indexes: impl Iterator<Item = usize>) {
+    out.push(b'[');
+    for (position, index) in indexes.enumerate() {
+        if position > 0 {
+            out.push(b',');
+        }
+        if let Some(column) = table.columns.get(index) {
+            write_string(out, &column.name);
+        }
+    }
+    out.push(b']');
+}
+
+/// Appends `text` as a JSON string.
+pub fn write_string(out: &mut Vec<u8>, text: &str) {
+    // serde_json's escaping is exact and writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+/// Formats a pgoutput timestamp (microseconds since 2000-01-01 UTC) as
+/// RFC 3339 with microseconds and `Z`.
+pub fn format_commit_time(micros_since_2000: i64) -> String {
+    const POSTGRES_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
+    let unix_micros = micros_since_2000.saturating_add(POSTGRES_EPOCH_UNIX_SECONDS * 1_000_000);
+    let Ok(unix_micros) = u64::try_from(unix_micros) else {
+        return "1970-01-01T00:00:00.000000Z".to_owned();
+    };
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(unix_micros);
+    humantime::format_rfc3339_micros(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Arc<TableInfo> {
+        Arc::new(TableInfo {
+            relation_id: 16384,
+            schema: "public".into(),
+            name: "orders".into(),
+            columns: ["id", "status", "note"]
+                .into_iter()
+                .map(|name| ColumnInfo {
+                    name: name.into(),
+                    type_oid: 25,
+                    in_identity: name == "id",
+                })
+                .collect(),
+            key_columns: vec![0],
+            identity_full: true,
+        })
+    }
+
+    fn row(values: &[Option<&str>]) -> Row {
+        let mut row = Row::default();
+        for value in values {
+            match value {
+                Some(json) => row.push_value(|out| out.extend_from_slice(json.as_bytes())),
+                None => row.cells.push(Cell::UnchangedToast),
+            }
+        }
+        row
+    }
+
+    fn change(kind: EventKind, new: Option<Row>, old: Option<Row>) -> Change {
+        Change {
+            table: table(),
+            kind,
+            new,
+            old,
+            lsn: Lsn(0x1A2B3C8),
+            ordinal: 3,
+            transaction: Arc::new(TransactionInfo {
+                xid: 7431,
+                commit_lsn: Lsn(0x1A2B400),
+                commit_time: format_commit_time(0),
+            }),
+        }
+    }
+
+    fn payload(change: &Change, projection: Projection<'_>) -> serde_json::Value {
+        let mut out = Vec::new();
+        write_payload(&mut out, change, "paid-orders", projection);
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn update_with_full_old_row_lists_changed_columns() {
+        let change = change(
+            EventKind::Update,
+            Some(row(&[Some("42"), Some("\"paid\""), Some("null")])),
+            Some(row(&[Some("42"), Some("\"pending\""), Some("null")])),
+        );
+        let body = payload(&change, Projection::All);
+        assert_eq!(body["type"], "UPDATE");
+        assert_eq!(body["schema"], "public");
+        assert_eq!(body["table"], "orders");
+        assert_eq!(body["record"]["status"], "paid");
+        assert_eq!(body["old_record"]["status"], "pending");
+        assert_eq!(body["changed_columns"], serde_json::json!(["status"]));
+        assert_eq!(body["subscription"], "paid-orders");
+        assert_eq!(body["source"]["lsn"], "0/1A2B3C8");
+        assert_eq!(body["source"]["commit_lsn"], "0/1A2B400");
+        assert_eq!(body["source"]["xid"], 7431);
+        assert_eq!(body["source"]["commit_time"], "2000-01-01T00:00:00.000000Z");
+        assert!(body.get("unchanged_toast").is_none());
+    }
+
+    #[test]
+    fn unchanged_toast_is_listed_never_invented() {
+        let change = change(
+            EventKind::Update,
+            Some(row(&[Some("1"), Some("\"x\""), None])),
+            None,
+        );
+        let body = payload(&change, Projection::All);
+        assert!(body["record"].get("note").is_none());
+        assert_eq!(body["unchanged_toast"], serde_json::json!(["note"]));
+        assert_eq!(body["old_record"], serde_json::Value::Null);
+        assert_eq!(body["changed_columns"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn projection_applies_everywhere() {
+        let change = change(
+            EventKind::Update,
+            Some(row(&[Some("1"), Some("\"b\""), Some("\"n2\"")])),
+            Some(row(&[Some("1"), Some("\"a\""), Some("\"n1\"")])),
+        );
+        let mask = [true, false, true];
+        let body = payload(&change, Projection::Only(&mask));
+        assert_eq!(body["record"], serde_json::json!({"id": 1, "note": "n2"}));
+        assert_eq!(
+            body["old_record"],
+            serde_json::json!({"id": 1, "note": "n1"})
+        );
+        assert_eq!(body["changed_columns"], serde_json::json!(["note"]));
+    }
+
+    #[test]
+    fn numbers_keep_their_digits() {
+        let change = change(
+            EventKind::Insert,
+            Some(row(&[Some("12.50"), Some("\"a\""), Some("null")])),
+            None,
+        );
+        let mut out = Vec::new();
+        write_payload(&mut out, &change, "s", Projection::All);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\"record\":{\"id\":12.50,"), "{text}");
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let a = event_id("s", Lsn(100), 0);
+        assert_eq!(a, event_id("s", Lsn(100), 0));
+        assert_ne!(a, event_id("s", Lsn(100), 1));
+        assert_ne!(a, event_id("t", Lsn(100), 0));
+        assert_ne!(a, event_id("s", Lsn(101), 0));
+        assert!(a.starts_with("wh_") && a.len() == 35);
+    }
+
+    #[test]
+    fn commit_time_is_rfc3339_micros_utc() {
+        // 2026-11-27T08:00:00.123456Z
+        let unix = 1_795_737_600_i64 + 8 * 3600;
+        let micros = (unix - 946_684_800) * 1_000_000 + 123_456;
+        assert_eq!(format_commit_time(micros), "2026-11-27T08:00:00.123456Z");
+    }
+}

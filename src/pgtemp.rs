@@ -1,0 +1,396 @@
+//! A throw-away PostgreSQL cluster for `walhook demo` and the tests.
+//!
+//! [`TempPostgres::start`] finds the installed server binaries, runs `initdb`
+//! into a fresh temporary directory, and starts a server with
+//! `wal_level = logical` on a free port of 127.0.0.1. Dropping the value stops
+//! the server and removes the directory, so nothing is left behind. `initdb`
+//! and `postgres` refuse to run as root; when walhook runs as root the cluster
+//! is created and run as the `postgres` system user.
+//!
+//! It is not a way to run a production database: durability is switched off
+//! (`fsync = off`) for speed, and authentication is `trust` on loopback
+//! except for the lines a caller adds.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// What can go wrong while creating or running the throw-away cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum PgTempError {
+    #[error(
+        "no PostgreSQL server binaries found (looked for initdb and pg_ctl in {searched}); \
+         install them, e.g. `apt-get install -y postgresql`, or set WALHOOK_PG_BINDIR"
+    )]
+    NoBinaries { searched: String },
+    #[error(
+        "running as root, but there is no `postgres` system user to run the server as; create one or run walhook as an ordinary user"
+    )]
+    NoPostgresUser,
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}): {output}")]
+    CommandFailed {
+        command: String,
+        status: String,
+        output: String,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PgTempError {
+    let what = what.into();
+    move |source| PgTempError::Io { what, source }
+}
+
+/// Settings for a throw-away cluster beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct TempPostgresOptions {
+    /// Extra `postgresql.conf` lines, e.g. `"max_slot_wal_keep_size = 1MB"`.
+    pub extra_conf: Vec<String>,
+    /// `pg_hba.conf` lines placed before the catch-all `trust` lines, e.g.
+    /// `"host all alice 127.0.0.1/32 scram-sha-256"`.
+    pub hba_lines: Vec<String>,
+}
+
+/// A running throw-away cluster; dropping it stops the server and deletes its
+/// files.
+#[derive(Debug)]
+pub struct TempPostgres {
+    root: tempfile::TempDir,
+    bindir: PathBuf,
+    port: u16,
+    run_as_postgres: bool,
+}
+
+/// The superuser of every throw-away cluster.
+pub const SUPERUSER: &str = "postgres";
+
+impl TempPostgres {
+    /// Creates and starts a cluster with the default settings.
+    pub fn start() -> Result<Self, PgTempError> {
+        Self::start_with(TempPostgresOptions::default())
+    }
+
+    /// Creates and starts a cluster with extra settings.
+    pub fn start_with(options: TempPostgresOptions) -> Result<Self, PgTempError> {
+        let bindir = find_server_binaries()?;
+        let run_as_postgres = nix::unistd::geteuid().is_root();
+        let root = tempfile::Builder::new()
+            .prefix("walhook-pg-")
+            .tempdir()
+            .map_err(io_error("creating a temporary directory for PostgreSQL"))?;
+        if run_as_postgres {
+            let user = nix::unistd::User::from_name(SUPERUSER)
+                .ok()
+                .flatten()
+                .ok_or(PgTempError::NoPostgresUser)?;
+            std::os::unix::fs::chown(
+                root.path(),
+                Some(user.uid.as_raw()),
+                Some(user.gid.as_raw()),
+            )
+            .map_err(io_error(format!(
+                "handing {} to the postgres user",
+                root.path().display()
+            )))?;
+        }
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700))
+            .map_err(io_error("restricting the temporary directory"))?;
+
+        let mut cluster = TempPostgres {
+            root,
+            bindir,
+            port: 0,
+            run_as_postgres,
+        };
+        cluster.initdb(&options)?;
+        // A free port can be taken by someone else between our probe and the
+        // server's bind; try a few.
+        let mut last_error = None;
+        for _ in 0..5 {
+            cluster.port = free_port()?;
+            cluster.write_port()?;
+            match cluster.pg_ctl(&["start", "-w", "-t", "60", "-l", &cluster.log_path()]) {
+                Ok(_) => {
+                    cluster.spawn_watchdog();
+                    return Ok(cluster);
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| PgTempError::CommandFailed {
+            command: "pg_ctl start".into(),
+            status: "not run".into(),
+            output: String::new(),
+        }))
+    }
+
+    /// The TCP port the server listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A connection URL for `database` as the superuser, without TLS.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}@127.0.0.1:{}/{database}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// A connection URL for `database` as `user` with `password`.
+    pub fn url_as(&self, user: &str, password: &str, database: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/{database}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// The directory that holds the data directory, the log and the socket.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// The server's log so far, for a failing test's message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Stops the server (fast shutdown) and keeps its files.
+    pub fn stop(&self) -> Result<(), PgTempError> {
+        self.pg_ctl(&["stop", "-w", "-m", "fast"]).map(drop)
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&self) -> Result<(), PgTempError> {
+        self.pg_ctl(&["start", "-w", "-t", "60", "-l", &self.log_path()])
+            .map(drop)
+    }
+
+    /// Restarts the server (fast shutdown), as an operator's `pg_ctl restart`.
+    pub fn restart(&self) -> Result<(), PgTempError> {
+        self.pg_ctl(&[
+            "restart",
+            "-w",
+            "-t",
+            "60",
+            "-m",
+            "fast",
+            "-l",
+            &self.log_path(),
+        ])
+        .map(drop)
+    }
+
+    /// Starts a small shell process that stops the server and deletes the
+    /// files if this process dies without dropping the cluster (a killed
+    /// test run, a static that is never dropped).
+    fn spawn_watchdog(&self) {
+        let run_as = if self.run_as_postgres {
+            format!("runuser -u {SUPERUSER} -- ")
+        } else {
+            String::new()
+        };
+        let script = format!(
+            "while kill -0 {parent} 2>/dev/null; do sleep 1; done; \
+             {run_as}'{pg_ctl}' -D '{data}' stop -m immediate -w >/dev/null 2>&1; rm -rf '{root}'",
+            parent = std::process::id(),
+            pg_ctl = self.bindir.join("pg_ctl").display(),
+            data = self.data_dir().display(),
+            root = self.root.path().display(),
+        );
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    fn log_path(&self) -> String {
+        self.root.path().join("server.log").display().to_string()
+    }
+
+    fn initdb(&self, options: &TempPostgresOptions) -> Result<(), PgTempError> {
+        let data = self.data_dir().display().to_string();
+        self.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        )?;
+        let mut conf = vec![
+            "listen_addresses = '127.0.0.1'".to_owned(),
+            format!("unix_socket_directories = '{}'", self.root.path().display()),
+            "wal_level = logical".to_owned(),
+            "max_wal_senders = 40".to_owned(),
+            "max_replication_slots = 40".to_owned(),
+            "max_connections = 200".to_owned(),
+            "fsync = off".to_owned(),
+            "full_page_writes = off".to_owned(),
+            "synchronous_commit = off".to_owned(),
+            "log_min_messages = warning".to_owned(),
+            "log_line_prefix = '%m [%p] '".to_owned(),
+        ];
+        conf.extend(options.extra_conf.iter().cloned());
+        self.append(
+            "postgresql.conf",
+            &format!("\n# walhook throw-away cluster\n{}\n", conf.join("\n")),
+        )?;
+        // pg_hba.conf is matched top-down: the caller's lines go first.
+        let mut hba = options.hba_lines.clone();
+        hba.push("local all all trust".into());
+        hba.push("host all all 127.0.0.1/32 trust".into());
+        hba.push("host replication all 127.0.0.1/32 trust".into());
+        self.write("pg_hba.conf", &format!("{}\n", hba.join("\n")))
+    }
+
+    fn write_port(&self) -> Result<(), PgTempError> {
+        // The last `port =` line of postgresql.conf wins.
+        self.append("postgresql.conf", &format!("port = {}\n", self.port))
+    }
+
+    fn append(&self, file: &str, text: &str) -> Result<(), PgTempError> {
+        let path = self.data_dir().join(file);
+        let mut contents = std::fs::read_to_string(&path)
+            .map_err(io_error(format!("reading {}", path.display())))?;
+        contents.push_str(text);
+        std::fs::write(&path, contents).map_err(io_error(format!("writing {}", path.display())))
+    }
+
+    fn write(&self, file: &str, text: &str) -> Result<(), PgTempError> {
+        let path = self.data_dir().join(file);
+        std::fs::write(&path, text).map_err(io_error(format!("writing {}", path.display())))
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<Output, PgTempError> {
+        let data = self.data_dir().display().to_string();
+        let mut all = vec!["-D", data.as_str()];
+        all.extend_from_slice(args);
+        self.run("pg_ctl", &all)
+    }
+
+    /// Runs a server binary, as the postgres user when we are root.
+    fn run(&self, program: &str, args: &[&str]) -> Result<Output, PgTempError> {
+        let binary = self.bindir.join(program);
+        let mut command = if self.run_as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", SUPERUSER, "--"]).arg(&binary);
+            command
+        } else {
+            Command::new(&binary)
+        };
+        command.args(args).current_dir(self.root.path());
+        // The server must not inherit settings meant for a client.
+        for variable in ["PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGDATABASE"] {
+            command.env_remove(variable);
+        }
+        let described = format!("{} {}", binary.display(), args.join(" "));
+        let output = command
+            .output()
+            .map_err(io_error(format!("starting `{described}`")))?;
+        if output.status.success() {
+            return Ok(output);
+        }
+        let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stdout));
+        if program == "pg_ctl" {
+            text.push_str(&self.log());
+        }
+        Err(PgTempError::CommandFailed {
+            command: described,
+            status: output.status.to_string(),
+            output: text.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for TempPostgres {
+    fn drop(&mut self) {
+        // Immediate: the files are deleted next, so a clean checkpoint is waste.
+        if self.port != 0 {
+            let _ = self.pg_ctl(&["stop", "-w", "-m", "immediate"]);
+        }
+    }
+}
+
+/// Finds a directory holding `initdb` and `pg_ctl`: `WALHOOK_PG_BINDIR`, then
+/// `PATH`, then `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
+pub fn find_server_binaries() -> Result<PathBuf, PgTempError> {
+    let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = std::env::var_os("WALHOOK_PG_BINDIR") {
+        candidates.push(PathBuf::from(dir));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            // A symlinked initdb (as in /usr/local/bin) should lead to the real
+            // directory, where `postgres` lives beside it.
+            if let Ok(real) = std::fs::canonicalize(dir.join("initdb"))
+                && let Some(parent) = real.parent()
+            {
+                candidates.push(parent.to_path_buf());
+            }
+        }
+    }
+    if let Ok(output) = Command::new("pg_config").arg("--bindir").output()
+        && output.status.success()
+    {
+        let dir = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        candidates.push(PathBuf::from(dir));
+    }
+    let mut versioned: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .collect();
+    versioned.sort();
+    candidates.extend(versioned.into_iter().rev().map(|(_, dir)| dir));
+
+    candidates
+        .iter()
+        .find(|dir| has_both(dir))
+        .cloned()
+        .ok_or_else(|| PgTempError::NoBinaries {
+            searched: if candidates.is_empty() {
+                "WALHOOK_PG_BINDIR, PATH, pg_config --bindir, /usr/lib/postgresql/*/bin".into()
+            } else {
+                candidates
+                    .iter()
+                    .map(|dir| dir.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        })
+}
+
+fn free_port() -> Result<u16, PgTempError> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(io_error("finding a free port on 127.0.0.1"))?;
+    let port = listener
+        .local_addr()
+        .map_err(io_error("finding a free port on 127.0.0.1"))?
+        .port();
+    Ok(port)
+}

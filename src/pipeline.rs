@@ -1,0 +1,317 @@
+//! The reader: one task that pulls the replication stream through decode and
+//! rules into delivery, and reports the checkpoint back to PostgreSQL.
+//!
+//! Its loop is one prioritised `select!`: shutdown first, then progress
+//! (acknowledged events let the checkpoint advance), then the status timer,
+//! then the next message. While delivery is full it stops reading but keeps
+//! answering the walsender, so a slow receiver never trips
+//! `wal_sender_timeout`. It holds no event longer than it takes to hand it to
+//! a lane.
+//!
+//! It does not connect, retry connections or own the delivery lanes; `app`
+//! does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::EventKind;
+use crate::decode::{DecodeFailure, Decoder};
+use crate::deliver::{Delivery, DeliveryClosed, Outbound};
+use crate::event::{Change, Projection, write_payload};
+use crate::lsn::Lsn;
+use crate::pgoutput::{self, PgOutputMessage};
+use crate::rules::{Route, Rules};
+use crate::source::{ReplicationMessage, ReplicationStream, SourceError};
+
+/// The longest walhook waits between progress reports when progress moved.
+const PROGRESS_REPORT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Why the reader stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("cannot decode a pgoutput message: {0}")]
+    Decode(#[from] pgoutput::DecodeError),
+    #[error(transparent)]
+    Change(#[from] DecodeFailure),
+    #[error("delivery stopped")]
+    DeliveryClosed(#[from] DeliveryClosed),
+}
+
+impl PipelineError {
+    /// Whether reconnecting may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PipelineError::Source(error) => error.is_transient(),
+            PipelineError::Change(error) => error.is_transient(),
+            PipelineError::Decode(_) | PipelineError::DeliveryClosed(_) => false,
+        }
+    }
+}
+
+/// The reader's state for one replication connection.
+pub struct Pipeline {
+    stream: ReplicationStream,
+    catalog: tokio_postgres::Client,
+    decoder: Decoder,
+    rules: Arc<Rules>,
+    routes: HashMap<u32, Arc<[Route]>>,
+    checkpoint: Checkpoint,
+    reporter: Reporter,
+}
+
+/// When and what to tell the walsender.
+struct Reporter {
+    /// The newest WAL position received.
+    received: Lsn,
+    last_sent: Lsn,
+    last_sent_at: Instant,
+    status_interval: Duration,
+    ticks: Interval,
+}
+
+impl Pipeline {
+    pub fn new(
+        stream: ReplicationStream,
+        catalog: tokio_postgres::Client,
+        rules: Arc<Rules>,
+        start: Lsn,
+        status_interval: Duration,
+    ) -> Pipeline {
+        let mut ticks = tokio::time::interval(PROGRESS_REPORT_INTERVAL.min(status_interval));
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Pipeline {
+            stream,
+            catalog,
+            decoder: Decoder::new(),
+            rules,
+            routes: HashMap::new(),
+            checkpoint: Checkpoint::new(start),
+            reporter: Reporter {
+                received: start,
+                last_sent: start,
+                last_sent_at: Instant::now(),
+                status_interval,
+                ticks,
+            },
+        }
+    }
+
+    /// Reads until `shutdown` or an error. On shutdown it returns with every
+    /// queued event handed to delivery; the caller closes delivery, waits for
+    /// it, then calls [`Pipeline::finish`].
+    pub async fn run(
+        &mut self,
+        delivery: &mut Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let wake = self.checkpoint.wake();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = wake.notified() => {
+                    self.checkpoint.advance();
+                }
+                _ = self.reporter.ticks.tick() => {
+                    self.report(false).await?;
+                }
+                message = self.stream.next() => {
+                    match message? {
+                        ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
+                            self.reporter.received = self.reporter.received.max(wal_end);
+                            if !self.handle(wal_start, data, delivery, shutdown).await? {
+                                return Ok(());
+                            }
+                        }
+                        ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
+                            self.reporter.received = self.reporter.received.max(wal_end);
+                            self.checkpoint.skip_to(wal_end);
+                            if reply_requested {
+                                self.report(true).await?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// After delivery has drained (or been abandoned): reports the final
+    /// confirmed position.
+    pub async fn finish(&mut self) -> Result<Lsn, PipelineError> {
+        self.report(true).await?;
+        Ok(self.checkpoint.confirmed())
+    }
+
+    /// The confirmed position now.
+    pub fn confirmed(&mut self) -> Lsn {
+        self.checkpoint.advance()
+    }
+
+    /// Sends a standby status update when progress moved, when the interval
+    /// passed, or when `now`.
+    async fn report(&mut self, now: bool) -> Result<(), SourceError> {
+        let confirmed = self.checkpoint.advance();
+        let reporter = &mut self.reporter;
+        let due = reporter.last_sent_at.elapsed() >= reporter.status_interval;
+        if now || due || confirmed != reporter.last_sent {
+            // Written is what we hold; flushed is what is durable downstream.
+            let written = reporter.received.max(confirmed);
+            self.stream.send_status(written, confirmed, false).await?;
+            reporter.last_sent = confirmed;
+            reporter.last_sent_at = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Handles one pgoutput message. Returns false when shutdown interrupted
+    /// a wait for delivery.
+    async fn handle(
+        &mut self,
+        wal_start: Lsn,
+        data: Bytes,
+        delivery: &mut Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        let message = pgoutput::parse(data)?;
+        tracing::trace!(?message, %wal_start, "pgoutput message");
+        match message {
+            PgOutputMessage::Begin {
+                final_lsn,
+                commit_time_micros,
+                xid,
+            } => {
+                self.checkpoint.begin();
+                self.decoder.begin(xid, final_lsn, commit_time_micros);
+            }
+            PgOutputMessage::Commit { end_lsn, .. } => {
+                self.decoder.commit();
+                self.checkpoint.commit(end_lsn);
+                self.reporter.received = self.reporter.received.max(end_lsn);
+            }
+            PgOutputMessage::Relation(relation) => {
+                let table = self.decoder.relation(relation, &self.catalog).await?;
+                let routes: Arc<[Route]> = self.rules.routes_for(&table).into();
+                self.routes.insert(table.relation_id, routes);
+            }
+            PgOutputMessage::Type { id, .. } => self.decoder.type_changed(id),
+            PgOutputMessage::Insert { relation_id, new } => {
+                let change = self.decoder.change(
+                    EventKind::Insert,
+                    relation_id,
+                    Some(&new),
+                    None,
+                    wal_start,
+                )?;
+                return self.dispatch(change, delivery, shutdown).await;
+            }
+            PgOutputMessage::Update {
+                relation_id,
+                old,
+                new,
+            } => {
+                let change = self.decoder.change(
+                    EventKind::Update,
+                    relation_id,
+                    Some(&new),
+                    old.as_ref(),
+                    wal_start,
+                )?;
+                return self.dispatch(change, delivery, shutdown).await;
+            }
+            PgOutputMessage::Delete { relation_id, old } => {
+                let change = self.decoder.change(
+                    EventKind::Delete,
+                    relation_id,
+                    None,
+                    Some(&old),
+                    wal_start,
+                )?;
+                return self.dispatch(change, delivery, shutdown).await;
+            }
+            PgOutputMessage::Truncate { relation_ids, .. } => {
+                for relation_id in relation_ids {
+                    let change = self.decoder.truncate(relation_id, wal_start)?;
+                    if !self.dispatch(change, delivery, shutdown).await? {
+                        return Ok(false);
+                    }
+                }
+            }
+            PgOutputMessage::Origin { .. } | PgOutputMessage::Message { .. } => {}
+        }
+        Ok(true)
+    }
+
+    /// Hands a change to every subscription that wants it.
+    async fn dispatch(
+        &mut self,
+        change: Change,
+        delivery: &mut Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        let Some(routes) = self.routes.get(&change.table.relation_id).cloned() else {
+            return Ok(true);
+        };
+        for route in routes.iter().filter(|route| route.wants(change.kind)) {
+            let projection = match &route.projection {
+                Some(mask) => Projection::Only(mask),
+                None => Projection::All,
+            };
+            let mut body = Vec::with_capacity(256);
+            let id = write_payload(
+                &mut body,
+                &change,
+                self.rules.name(route.subscription),
+                projection,
+            );
+            let event = Outbound {
+                id,
+                ordering_key: change.ordering_key(),
+                previous_ordering_key: change.previous_ordering_key(),
+                body: Bytes::from(body),
+                ack: self.checkpoint.track_event(),
+            };
+            if !self
+                .submit(route.subscription, event, delivery, shutdown)
+                .await?
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Waits for room in the lane while still answering the walsender.
+    async fn submit(
+        &mut self,
+        subscription: usize,
+        event: Outbound,
+        delivery: &mut Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        let submit = delivery.submit(subscription, event);
+        tokio::pin!(submit);
+        loop {
+            tokio::select! {
+                biased;
+                // The event is dropped unresolved: its change stays unconfirmed.
+                _ = shutdown.cancelled() => return Ok(false),
+                submitted = &mut submit => {
+                    submitted?;
+                    return Ok(true);
+                }
+                _ = self.reporter.ticks.tick() => {
+                    self.report(false).await?;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Setup: makes a database ready for walhook — the `walhook` schema (from the
+//! SQL files under `sql/`), the publication for exactly the tables the rules
+//! name, and the logical replication slot — idempotently.
+//!
+//! The publication is created before the slot: pgoutput looks publications
+//! up as of the WAL it decodes, so a slot older than its publication fails.
+//! A failed statement is reported with the statement and the server's words.
+//! It does not validate rules (`rules::catalog_check`) or read changes.
+
+use crate::config::{TableName, quote_identifier};
+use crate::lsn::Lsn;
+
+/// The SQL files of `sql/`, in the order they run.
+pub const SQL_FILES: &[(&str, &str)] = &[(
+    "sql/001_walhook_schema.sql",
+    include_str!("../sql/001_walhook_schema.sql"),
+)];
+
+/// A setup step failed.
+#[derive(Debug, thiserror::Error)]
+#[error("setup failed running `{statement}`: {message}{hint}")]
+pub struct SetupError {
+    pub statement: String,
+    pub message: String,
+    hint: String,
+    #[source]
+    source: Option<tokio_postgres::Error>,
+}
+
+impl SetupError {
+    fn new(statement: &str, source: tokio_postgres::Error) -> SetupError {
+        let (message, hint) = match source.as_db_error() {
+            Some(db) => {
+                let hint = match db.code().code() {
+                    "42501" => " — the role lacks a privilege: grant it (see sql/ and README \
+                                 'Least privilege'), or run `walhook setup` once as a superuser"
+                        .to_owned(),
+                    _ => db
+                        .hint()
+                        .map(|hint| format!(" ({hint})"))
+                        .unwrap_or_default(),
+                };
+                (db.message().to_owned(), hint)
+            }
+            None => (source.to_string(), String::new()),
+        };
+        SetupError {
+            statement: statement.to_owned(),
+            message,
+            hint,
+            source: Some(source),
+        }
+    }
+
+    fn other(statement: &str, message: impl Into<String>) -> SetupError {
+        SetupError {
+            statement: statement.to_owned(),
+            message: message.into(),
+            hint: String::new(),
+            source: None,
+        }
+    }
+}
+
+/// What setup found or did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SetupReport {
+    pub publication_created: bool,
+    pub publication_changed: bool,
+    pub slot_created: bool,
+    /// The slot's confirmed position (where reading resumes).
+    pub slot_confirmed: Option<Lsn>,
+}
+
+/// Runs every setup step.
+pub async fn run(
+    client: &tokio_postgres::Client,
+    publication: &str,
+    slot: &str,
+    tables: &[TableName],
+) -> Result<SetupReport, SetupError> {
+    let mut report = SetupReport::default();
+    for (name, sql) in SQL_FILES {
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|error| SetupError::new(name, error))?;
+    }
+    ensure_publication(client, publication, tables, &mut report).await?;
+    ensure_slot(client, slot, &mut report).await?;
+    Ok(report)
+}
+
+async fn ensure_publication(
+    client: &tokio_postgres::Client,
+    publication: &str,
+    tables: &[TableName],
+    report: &mut SetupReport,
+) -> Result<(), SetupError> {
+    let table_list = tables
+        .iter()
+        .map(TableName::quoted)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let lookup =
+        "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1";
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(|error| SetupError::new("SELECT … FROM pg_publication", error))?
+        .is_some();
+    if !exists {
+        let statement = format!(
+            "CREATE PUBLICATION {} FOR TABLE {table_list}",
+            quote_identifier(publication)
+        );
+        client
+            .batch_execute(&statement)
+            .await
+            .map_err(|error| SetupError::new(&statement, error))?;
+        report.publication_created = true;
+        return Ok(());
+    }
+    let mut current: Vec<TableName> = client
+        .query(lookup, &[&publication])
+        .await
+        .map_err(|error| SetupError::new(lookup, error))?
+        .iter()
+        .map(|row| TableName {
+            schema: row.get(0),
+            name: row.get(1),
+        })
+        .collect();
+    current.sort();
+    let mut wanted = tables.to_vec();
+    wanted.sort();
+    wanted.dedup();
+    if current != wanted {
+        // Exactly the tables the rules name: others would be decoded for
+        // nothing.
+        let statement = format!(
+            "ALTER PUBLICATION {} SET TABLE {table_list}",
+            quote_identifier(publication)
+        );
+        client
+            .batch_execute(&statement)
+            .await
+            .map_err(|error| SetupError::new(&statement, error))?;
+        report.publication_changed = true;
+    }
+    Ok(())
+}
+
+async fn ensure_slot(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    report: &mut SetupReport,
+) -> Result<(), SetupError> {
+    let lookup = "SELECT plugin::text, slot_type::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1";
+    let existing = client
+        .query_opt(lookup, &[&slot])
+        .await
+        .map_err(|error| SetupError::new(lookup, error))?;
+    if let Some(row) = existing {
+        let plugin: Option<String> = row.get(0);
+        let kind: String = row.get(1);
+        if kind != "logical" || plugin.as_deref() != Some("pgoutput") {
+            return Err(SetupError::other(
+                lookup,
+                format!(
+                    "slot {slot:?} exists but is a {kind} slot for {plugin:?}, not pgoutput; \
+                     choose another source.slot or drop it with SELECT pg_drop_replication_slot('{slot}')"
+                ),
+            ));
+        }
+        let confirmed: Option<String> = row.get(2);
+        report.slot_confirmed = confirmed.and_then(|text| text.parse().ok());
+        return Ok(());
+    }
+    let create = "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')";
+    let row = client
+        .query_one(create, &[&slot])
+        .await
+        .map_err(|error| SetupError::new(create, error))?;
+    let lsn: String = row.get(0);
+    report.slot_created = true;
+    report.slot_confirmed = lsn.parse().ok();
+    Ok(())
+}

@@ -1,0 +1,1203 @@
+//! One column value, from its pgoutput text to the JSON `to_jsonb` gives.
+//!
+//! [`write_json`] appends the JSON for one non-null value, given its type oid
+//! and the text the walsender sent (a session with `TimeZone=UTC`,
+//! `DateStyle=ISO,YMD`, `IntervalStyle=postgres`, `extra_float_digits=1`,
+//! `bytea_output=hex`). It follows `datum_to_jsonb` in PostgreSQL's jsonb.c
+//! category by category ([`JsonKind`]): numbers keep their digits, timestamps
+//! take the XSD `T` form, json is normalised as jsonb would store it, arrays
+//! and composites are parsed from their text output and rendered element by
+//! element. It never fails and never panics: text it cannot interpret becomes
+//! a JSON string of that text (invalid UTF-8 replaced lossily).
+//!
+//! It does not handle nulls or unchanged-TOAST markers (the caller writes
+//! those), does not load type facts (see `catalog`), and writes float
+//! exponents as sent (`1e+30`) where `to_jsonb` spells out the digits: the
+//! same number.
+
+use std::borrow::Cow;
+
+use crate::catalog::{JsonKind, TypeRegistry};
+
+/// Appends the JSON rendering of one non-null value of type `type_oid`.
+pub fn write_json(out: &mut Vec<u8>, type_oid: u32, text: &[u8], types: &TypeRegistry) {
+    let start = out.len();
+    if render(out, type_oid, text, types, 0).is_err() {
+        out.truncate(start);
+        write_string(out, text);
+    }
+}
+
+/// The text was not what the type's output function produces.
+#[derive(Debug)]
+struct Malformed;
+
+/// Nested arrays, composites and domains deeper than this are not followed
+/// (PostgreSQL types cannot nest without end; this guards a broken catalog).
+const MAX_TYPE_DEPTH: usize = 64;
+/// PostgreSQL arrays have at most six dimensions (MAXDIM).
+const MAX_ARRAY_DIMS: usize = 6;
+
+fn render(
+    out: &mut Vec<u8>,
+    oid: u32,
+    text: &[u8],
+    types: &TypeRegistry,
+    depth: usize,
+) -> Result<(), Malformed> {
+    if depth > MAX_TYPE_DEPTH {
+        return Err(Malformed);
+    }
+    match types.kind(oid) {
+        JsonKind::Bool => match text {
+            b"t" => out.extend_from_slice(b"true"),
+            b"f" => out.extend_from_slice(b"false"),
+            _ => write_string(out, text),
+        },
+        JsonKind::Number => {
+            if is_json_number(text) {
+                out.extend_from_slice(text);
+            } else {
+                write_string(out, text);
+            }
+        }
+        JsonKind::Date | JsonKind::Text => write_string(out, text),
+        JsonKind::Timestamp => write_timestamp(out, text, false),
+        JsonKind::TimestampTz => write_timestamp(out, text, true),
+        JsonKind::Json => json::normalise(out, text)?,
+        JsonKind::Jsonb => {
+            json::parse(text)?;
+            out.extend_from_slice(text);
+        }
+        JsonKind::Array { element, delimiter } => {
+            write_array(out, text, *element, *delimiter, types, depth)?
+        }
+        JsonKind::Composite { fields } => write_composite(out, text, fields, types, depth)?,
+    }
+    Ok(())
+}
+
+/// Appends `text` as a JSON string, escaped as PostgreSQL's `escape_json`
+/// does: `"` `\` and the control characters, nothing else.
+pub fn write_string(out: &mut Vec<u8>, text: &[u8]) {
+    let text = String::from_utf8_lossy(text);
+    out.reserve(text.len() + 2);
+    out.push(b'"');
+    for &byte in text.as_bytes() {
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            0..0x20 => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(byte >> 4)]);
+                out.push(HEX[usize::from(byte & 0xf)]);
+            }
+            _ => out.push(byte),
+        }
+    }
+    out.push(b'"');
+}
+
+/// The JSON number grammar (RFC 8259), which is also PostgreSQL's
+/// `IsValidJsonNumber`.
+fn is_json_number(text: &[u8]) -> bool {
+    number_end(text, 0) == Some(text.len())
+}
+
+/// Where the JSON number starting at `start` ends, if one starts there.
+fn number_end(s: &[u8], start: usize) -> Option<usize> {
+    let digits = |mut i: usize| {
+        let from = i;
+        while s.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        (i > from).then_some(i)
+    };
+    let mut i = start;
+    if s.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match s.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(i)?,
+        _ => return None,
+    }
+    if s.get(i) == Some(&b'.') {
+        i = digits(i + 1)?;
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(s.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = digits(i)?;
+    }
+    Some(i)
+}
+
+/// `2026-11-27 08:00:00.5+00` → `"2026-11-27T08:00:00.5+00:00"`, as
+/// `to_jsonb` prints timestamps (XSD style); `infinity` stays as it is, a BC
+/// suffix stays after the offset.
+fn write_timestamp(out: &mut Vec<u8>, text: &[u8], with_zone: bool) {
+    let Ok(s) = std::str::from_utf8(text) else {
+        return write_string(out, text);
+    };
+    let Some((date, rest)) = s.split_once(' ') else {
+        return write_string(out, text);
+    };
+    if !date.starts_with(|c: char| c.is_ascii_digit())
+        || !rest.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return write_string(out, text);
+    }
+    let mut xsd = String::with_capacity(s.len() + 3);
+    xsd.push_str(date);
+    xsd.push('T');
+    match rest.find(['+', '-']).filter(|_| with_zone) {
+        None => xsd.push_str(rest),
+        Some(at) => {
+            let (time, zone) = rest.split_at(at);
+            let (offset, suffix) = zone.split_at(zone.find(' ').unwrap_or(zone.len()));
+            xsd.push_str(time);
+            xsd.push_str(offset);
+            // ISO prints "+00" and "+05:30"; XSD always has the minutes.
+            if !offset.contains(':') {
+                xsd.push_str(":00");
+            }
+            xsd.push_str(suffix);
+        }
+    }
+    write_string(out, xsd.as_bytes());
+}
+
+/// `array_in`'s notion of white space.
+fn is_space(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+/// A cursor over an array's or a record's text output.
+struct Cursor<'a> {
+    s: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.pos).copied()
+    }
+
+    fn next(&mut self) -> Result<u8, Malformed> {
+        let byte = self.peek().ok_or(Malformed)?;
+        self.pos += 1;
+        Ok(byte)
+    }
+
+    fn skip_space(&mut self) {
+        while self.peek().is_some_and(is_space) {
+            self.pos += 1;
+        }
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), Malformed> {
+        if self.next()? == byte {
+            Ok(())
+        } else {
+            Err(Malformed)
+        }
+    }
+
+    fn at_end_after_space(&mut self) -> Result<(), Malformed> {
+        self.skip_space();
+        if self.pos == self.s.len() {
+            Ok(())
+        } else {
+            Err(Malformed)
+        }
+    }
+}
+
+/// Renders an array's text output (`{1,NULL,"a b"}`, `[0:1]={1,2}`,
+/// `{{1,2},{3,4}}`) as nested JSON arrays; the bounds decoration is dropped,
+/// as `to_jsonb` drops it.
+fn write_array(
+    out: &mut Vec<u8>,
+    text: &[u8],
+    element: u32,
+    delimiter: u8,
+    types: &TypeRegistry,
+    depth: usize,
+) -> Result<(), Malformed> {
+    let mut cursor = Cursor { s: text, pos: 0 };
+    cursor.skip_space();
+    if delimiter == b' ' && !matches!(cursor.peek(), Some(b'{' | b'[')) {
+        // int2vector and oidvector: "1 2 3".
+        out.push(b'[');
+        for (i, item) in text
+            .split(|&b| is_space(b))
+            .filter(|item| !item.is_empty())
+            .enumerate()
+        {
+            if i > 0 {
+                out.push(b',');
+            }
+            render(out, element, item, types, depth + 1)?;
+        }
+        out.push(b']');
+        return Ok(());
+    }
+    if cursor.peek() == Some(b'[') {
+        // Dimension decoration: [lo:hi][lo:hi]=
+        while cursor.peek() == Some(b'[') {
+            cursor.pos += 1;
+            loop {
+                match cursor.next()? {
+                    b']' => break,
+                    b'0'..=b'9' | b'-' | b'+' | b':' => {}
+                    byte if is_space(byte) => {}
+                    _ => return Err(Malformed),
+                }
+            }
+            cursor.skip_space();
+        }
+        cursor.expect(b'=')?;
+        cursor.skip_space();
+    }
+    cursor.expect(b'{')?;
+    let array = ArrayText {
+        element,
+        delimiter,
+        types,
+        depth,
+    };
+    array.level(out, &mut cursor, 1)?;
+    cursor.at_end_after_space()
+}
+
+struct ArrayText<'t> {
+    element: u32,
+    delimiter: u8,
+    types: &'t TypeRegistry,
+    depth: usize,
+}
+
+impl ArrayText<'_> {
+    /// One `{...}` level; the cursor is just past its `{`.
+    fn level(&self, out: &mut Vec<u8>, cursor: &mut Cursor, dims: usize) -> Result<(), Malformed> {
+        out.push(b'[');
+        cursor.skip_space();
+        if cursor.peek() == Some(b'}') {
+            cursor.pos += 1;
+            out.push(b']');
+            return Ok(());
+        }
+        let mut first = true;
+        loop {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            cursor.skip_space();
+            if cursor.peek() == Some(b'{') {
+                if dims >= MAX_ARRAY_DIMS {
+                    return Err(Malformed);
+                }
+                cursor.pos += 1;
+                self.level(out, cursor, dims + 1)?;
+            } else {
+                match self.element_text(cursor)? {
+                    None => out.extend_from_slice(b"null"),
+                    Some(text) => render(out, self.element, &text, self.types, self.depth + 1)?,
+                }
+            }
+            cursor.skip_space();
+            match cursor.next()? {
+                b'}' => break,
+                byte if byte == self.delimiter => {}
+                _ => return Err(Malformed),
+            }
+        }
+        out.push(b']');
+        Ok(())
+    }
+
+    /// One element's text, unquoted and unescaped; `None` for `NULL`.
+    fn element_text<'a>(
+        &self,
+        cursor: &mut Cursor<'a>,
+    ) -> Result<Option<Cow<'a, [u8]>>, Malformed> {
+        let start = cursor.pos;
+        let mut buf = Vec::new();
+        let mut plain = true; // no quotes or escapes: the bytes are the text
+        let mut significant = 0; // length of `buf` without unquoted trailing space
+        loop {
+            match cursor.peek().ok_or(Malformed)? {
+                b'"' => {
+                    plain = false;
+                    cursor.pos += 1;
+                    loop {
+                        match cursor.next()? {
+                            b'"' => break,
+                            b'\\' => buf.push(cursor.next()?),
+                            byte => buf.push(byte),
+                        }
+                    }
+                    significant = buf.len();
+                }
+                b'\\' => {
+                    plain = false;
+                    cursor.pos += 1;
+                    buf.push(cursor.next()?);
+                    significant = buf.len();
+                }
+                b'{' => return Err(Malformed),
+                byte if byte == self.delimiter || byte == b'}' => break,
+                byte => {
+                    cursor.pos += 1;
+                    buf.push(byte);
+                    if !is_space(byte) {
+                        significant = buf.len();
+                    }
+                }
+            }
+        }
+        buf.truncate(significant);
+        if plain {
+            if buf.is_empty() {
+                return Err(Malformed);
+            }
+            if buf.eq_ignore_ascii_case(b"NULL") {
+                return Ok(None);
+            }
+            return Ok(Some(Cow::Borrowed(&cursor.s[start..start + buf.len()])));
+        }
+        Ok(Some(Cow::Owned(buf)))
+    }
+}
+
+/// Renders a record's text output (`(1,"a b",,"(2,x)")`) as an object with
+/// the attribute names, each field by its type; an empty unquoted field is
+/// null.
+fn write_composite(
+    out: &mut Vec<u8>,
+    text: &[u8],
+    fields: &[(String, u32)],
+    types: &TypeRegistry,
+    depth: usize,
+) -> Result<(), Malformed> {
+    let mut cursor = Cursor { s: text, pos: 0 };
+    cursor.skip_space();
+    cursor.expect(b'(')?;
+    out.push(b'{');
+    for (i, (name, oid)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(out, name.as_bytes());
+        out.push(b':');
+        let mut buf = Vec::new();
+        let mut null = true;
+        loop {
+            match cursor.peek().ok_or(Malformed)? {
+                b',' | b')' => break,
+                b'"' => {
+                    null = false;
+                    cursor.pos += 1;
+                    loop {
+                        match cursor.next()? {
+                            b'"' if cursor.peek() == Some(b'"') => {
+                                cursor.pos += 1;
+                                buf.push(b'"');
+                            }
+                            b'"' => break,
+                            b'\\' => buf.push(cursor.next()?),
+                            byte => buf.push(byte),
+                        }
+                    }
+                }
+                b'\\' => {
+                    null = false;
+                    cursor.pos += 1;
+                    buf.push(cursor.next()?);
+                }
+                byte => {
+                    null = false;
+                    cursor.pos += 1;
+                    buf.push(byte);
+                }
+            }
+        }
+        if null {
+            out.extend_from_slice(b"null");
+        } else {
+            render(out, *oid, &buf, types, depth + 1)?;
+        }
+        cursor.expect(if i + 1 == fields.len() { b')' } else { b',' })?;
+    }
+    if fields.is_empty() {
+        cursor.expect(b')')?;
+    }
+    out.push(b'}');
+    cursor.at_end_after_space()
+}
+
+/// json → jsonb normalisation, without recursion (PostgreSQL accepts json
+/// nested thousands of levels deep).
+mod json {
+    use super::{Malformed, number_end, write_string};
+
+    enum Node {
+        Null,
+        True,
+        False,
+        /// A range of the input holding a valid JSON number.
+        Number(usize, usize),
+        /// Unescaped UTF-8.
+        String(Vec<u8>),
+        Array(Vec<usize>),
+        Object(Vec<(Vec<u8>, usize)>),
+    }
+
+    /// A parsed document: nodes refer to their children by index, so that
+    /// neither parsing, printing nor dropping recurses.
+    pub(super) struct Document<'a> {
+        text: &'a [u8],
+        nodes: Vec<Node>,
+        root: usize,
+    }
+
+    /// Parses `text` as json input does; an error for anything jsonb would
+    /// reject, except `\u0000`, which is kept (and printed escaped).
+    pub(super) fn parse(text: &[u8]) -> Result<Document<'_>, Malformed> {
+        let mut p = Parser {
+            s: text,
+            pos: 0,
+            nodes: Vec::new(),
+        };
+        // Open containers: (node, key awaiting its value).
+        let mut stack: Vec<(usize, Option<Vec<u8>>)> = Vec::new();
+        loop {
+            p.skip_space();
+            let mut done = match p.peek().ok_or(Malformed)? {
+                b'{' => {
+                    p.pos += 1;
+                    let node = p.push(Node::Object(Vec::new()));
+                    p.skip_space();
+                    if p.peek() == Some(b'}') {
+                        p.pos += 1;
+                        node
+                    } else {
+                        let key = p.key()?;
+                        stack.push((node, Some(key)));
+                        continue;
+                    }
+                }
+                b'[' => {
+                    p.pos += 1;
+                    let node = p.push(Node::Array(Vec::new()));
+                    p.skip_space();
+                    if p.peek() == Some(b']') {
+                        p.pos += 1;
+                        node
+                    } else {
+                        stack.push((node, None));
+                        continue;
+                    }
+                }
+                b'"' => {
+                    let string = p.string()?;
+                    p.push(Node::String(string))
+                }
+                b't' => p.literal(b"true", Node::True)?,
+                b'f' => p.literal(b"false", Node::False)?,
+                b'n' => p.literal(b"null", Node::Null)?,
+                _ => {
+                    let end = number_end(p.s, p.pos).ok_or(Malformed)?;
+                    if p.s.get(end).is_some_and(u8::is_ascii_alphanumeric) {
+                        return Err(Malformed);
+                    }
+                    let node = p.push(Node::Number(p.pos, end));
+                    p.pos = end;
+                    node
+                }
+            };
+            // A value is complete: attach it and close what it completes.
+            loop {
+                let Some((parent, key)) = stack.last_mut() else {
+                    p.skip_space();
+                    if p.pos != p.s.len() {
+                        return Err(Malformed);
+                    }
+                    let mut doc = Document {
+                        text,
+                        nodes: p.nodes,
+                        root: done,
+                    };
+                    doc.normalise_objects();
+                    return Ok(doc);
+                };
+                let parent = *parent;
+                let key = key.take();
+                let is_object = match (&mut p.nodes[parent], key) {
+                    (Node::Object(members), Some(key)) => {
+                        members.push((key, done));
+                        true
+                    }
+                    (Node::Array(items), None) => {
+                        items.push(done);
+                        false
+                    }
+                    _ => return Err(Malformed),
+                };
+                p.skip_space();
+                match (p.peek().ok_or(Malformed)?, is_object) {
+                    (b',', _) => {
+                        p.pos += 1;
+                        if is_object {
+                            p.skip_space();
+                            let key = p.key()?;
+                            if let Some(last) = stack.last_mut() {
+                                last.1 = Some(key);
+                            }
+                        }
+                        break;
+                    }
+                    (b'}', true) | (b']', false) => {
+                        p.pos += 1;
+                        stack.pop();
+                        done = parent;
+                    }
+                    _ => return Err(Malformed),
+                }
+            }
+        }
+    }
+
+    struct Parser<'a> {
+        s: &'a [u8],
+        pos: usize,
+        nodes: Vec<Node>,
+    }
+
+    impl Parser<'_> {
+        fn peek(&self) -> Option<u8> {
+            self.s.get(self.pos).copied()
+        }
+
+        fn push(&mut self, node: Node) -> usize {
+            self.nodes.push(node);
+            self.nodes.len() - 1
+        }
+
+        fn skip_space(&mut self) {
+            while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+                self.pos += 1;
+            }
+        }
+
+        fn literal(&mut self, word: &[u8], node: Node) -> Result<usize, Malformed> {
+            let end = self.pos + word.len();
+            if self.s.get(self.pos..end) != Some(word)
+                || self.s.get(end).is_some_and(u8::is_ascii_alphanumeric)
+            {
+                return Err(Malformed);
+            }
+            self.pos = end;
+            Ok(self.push(node))
+        }
+
+        /// An object key and its colon.
+        fn key(&mut self) -> Result<Vec<u8>, Malformed> {
+            if self.peek() != Some(b'"') {
+                return Err(Malformed);
+            }
+            let key = self.string()?;
+            self.skip_space();
+            if self.peek() != Some(b':') {
+                return Err(Malformed);
+            }
+            self.pos += 1;
+            Ok(key)
+        }
+
+        fn hex4(&mut self) -> Result<u32, Malformed> {
+            let digits = self.s.get(self.pos..self.pos + 4).ok_or(Malformed)?;
+            let digits = std::str::from_utf8(digits).map_err(|_| Malformed)?;
+            if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Malformed);
+            }
+            self.pos += 4;
+            u32::from_str_radix(digits, 16).map_err(|_| Malformed)
+        }
+
+        /// A string starting at its opening quote, unescaped.
+        fn string(&mut self) -> Result<Vec<u8>, Malformed> {
+            self.pos += 1;
+            let mut out = Vec::new();
+            loop {
+                let byte = self.peek().ok_or(Malformed)?;
+                self.pos += 1;
+                match byte {
+                    b'"' => break,
+                    0..0x20 => return Err(Malformed),
+                    b'\\' => {
+                        let escaped = self.peek().ok_or(Malformed)?;
+                        self.pos += 1;
+                        let plain = match escaped {
+                            b'"' => b'"',
+                            b'\\' => b'\\',
+                            b'/' => b'/',
+                            b'b' => 0x08,
+                            b'f' => 0x0c,
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'u' => {
+                                let mut code = self.hex4()?;
+                                if (0xd800..0xdc00).contains(&code) {
+                                    if self.s.get(self.pos..self.pos + 2) != Some(b"\\u") {
+                                        return Err(Malformed);
+                                    }
+                                    self.pos += 2;
+                                    let low = self.hex4()?;
+                                    if !(0xdc00..0xe000).contains(&low) {
+                                        return Err(Malformed);
+                                    }
+                                    code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
+                                }
+                                let c = char::from_u32(code).ok_or(Malformed)?;
+                                let mut utf8 = [0; 4];
+                                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                                continue;
+                            }
+                            _ => return Err(Malformed),
+                        };
+                        out.push(plain);
+                    }
+                    byte => out.push(byte),
+                }
+            }
+            std::str::from_utf8(&out).map_err(|_| Malformed)?;
+            Ok(out)
+        }
+    }
+
+    impl Document<'_> {
+        /// jsonb's object rules: keys ordered by length, then bytes; of
+        /// duplicate keys the last one wins.
+        fn normalise_objects(&mut self) {
+            for node in &mut self.nodes {
+                if let Node::Object(members) = node {
+                    // Stable: equal keys stay in input order.
+                    members.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.cmp(&b.0)));
+                    members.reverse();
+                    members.dedup_by(|later, earlier| later.0 == earlier.0);
+                    members.reverse();
+                }
+            }
+        }
+
+        /// Prints compact JSON with jsonb's numbers and string escapes.
+        fn write(&self, out: &mut Vec<u8>) {
+            enum Task {
+                Value(usize),
+                Byte(u8),
+                Key(usize, usize),
+            }
+            let mut tasks = vec![Task::Value(self.root)];
+            while let Some(task) = tasks.pop() {
+                let node = match task {
+                    Task::Byte(byte) => {
+                        out.push(byte);
+                        continue;
+                    }
+                    Task::Key(object, member) => {
+                        if let Some(Node::Object(members)) = self.nodes.get(object)
+                            && let Some((key, _)) = members.get(member)
+                        {
+                            write_string(out, key);
+                            out.push(b':');
+                        }
+                        continue;
+                    }
+                    Task::Value(node) => node,
+                };
+                match self.nodes.get(node) {
+                    None | Some(Node::Null) => out.extend_from_slice(b"null"),
+                    Some(Node::True) => out.extend_from_slice(b"true"),
+                    Some(Node::False) => out.extend_from_slice(b"false"),
+                    Some(Node::Number(start, end)) => {
+                        write_numeric(out, &self.text[*start..*end]);
+                    }
+                    Some(Node::String(text)) => write_string(out, text),
+                    Some(Node::Array(items)) => {
+                        out.push(b'[');
+                        tasks.push(Task::Byte(b']'));
+                        for (i, item) in items.iter().enumerate().rev() {
+                            tasks.push(Task::Value(*item));
+                            if i > 0 {
+                                tasks.push(Task::Byte(b','));
+                            }
+                        }
+                    }
+                    Some(Node::Object(members)) => {
+                        out.push(b'{');
+                        tasks.push(Task::Byte(b'}'));
+                        for (i, (_, value)) in members.iter().enumerate().rev() {
+                            tasks.push(Task::Value(*value));
+                            tasks.push(Task::Key(node, i));
+                            if i > 0 {
+                                tasks.push(Task::Byte(b','));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-emits json text the way `to_jsonb(text::json)` prints it.
+    pub(super) fn normalise(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Malformed> {
+        parse(text)?.write(out);
+        Ok(())
+    }
+
+    /// The numeric type's limits: digits after the point, digits before it.
+    const MAX_DSCALE: i64 = 0x3fff;
+    const MAX_INTEGER_DIGITS: i64 = 131_072;
+
+    /// Writes a JSON number as `numeric_out(numeric_in(text))`: exponents
+    /// spelled out, the scale kept (`1.50` stays, `1.5e1` is `15`, `1e-2` is
+    /// `0.01`), no negative zero. Numbers beyond numeric's range (which
+    /// jsonb rejects) are written as they are.
+    pub(super) fn write_numeric(out: &mut Vec<u8>, text: &[u8]) {
+        let (negative, unsigned) = match text.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, text),
+        };
+        let (mantissa, exponent) = match unsigned.iter().position(|&b| b == b'e' || b == b'E') {
+            Some(at) => (&unsigned[..at], &unsigned[at + 1..]),
+            None => (unsigned, &b""[..]),
+        };
+        let (integer, fraction) = match mantissa.iter().position(|&b| b == b'.') {
+            Some(at) => (&mantissa[..at], &mantissa[at + 1..]),
+            None => (mantissa, &b""[..]),
+        };
+        let exponent: i64 = if exponent.is_empty() {
+            0
+        } else {
+            let (sign, digits) = match exponent.split_first() {
+                Some((b'-', digits)) => (-1, digits),
+                Some((b'+', digits)) => (1, digits),
+                _ => (1, exponent),
+            };
+            let mut value: i64 = 0;
+            for &digit in digits {
+                value = value
+                    .saturating_mul(10)
+                    .saturating_add(i64::from(digit.wrapping_sub(b'0')));
+            }
+            sign * value
+        };
+        let as_is = |out: &mut Vec<u8>| out.extend_from_slice(text);
+        if exponent.abs() >= i64::from(i32::MAX / 2) {
+            return as_is(out);
+        }
+        let digits: Vec<u8> = integer.iter().chain(fraction).copied().collect();
+        let len = digits.len() as i64;
+        let point = integer.len() as i64 + exponent;
+        let scale = (fraction.len() as i64 - exponent).max(0);
+        let first_nonzero = digits.iter().position(|&d| d != b'0');
+        if scale > MAX_DSCALE {
+            return as_is(out);
+        }
+        if let Some(first) = first_nonzero
+            && point - first as i64 > MAX_INTEGER_DIGITS
+        {
+            return as_is(out);
+        }
+        let digit = |i: i64| {
+            if (0..len).contains(&i) {
+                digits[i as usize]
+            } else {
+                b'0'
+            }
+        };
+        if negative && first_nonzero.is_some() {
+            out.push(b'-');
+        }
+        // Integer part: from the first non-zero digit before the point.
+        let integer_start = first_nonzero.map_or(point, |first| first as i64);
+        if integer_start >= point {
+            out.push(b'0');
+        } else {
+            out.extend((integer_start..point).map(digit));
+        }
+        if scale > 0 {
+            out.push(b'.');
+            out.extend((point..point + scale).map(digit));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(oid: u32, text: &str) -> String {
+        json_with(&TypeRegistry::new(), oid, text)
+    }
+
+    fn json_with(types: &TypeRegistry, oid: u32, text: &str) -> String {
+        let mut out = Vec::new();
+        write_json(&mut out, oid, text.as_bytes(), types);
+        let rendered = String::from_utf8_lossy(&out).into_owned();
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&out).is_ok(),
+            "not JSON: {rendered}"
+        );
+        rendered
+    }
+
+    fn normalised(text: &str) -> String {
+        json(114, text)
+    }
+
+    const BOOL: u32 = 16;
+    const INT4: u32 = 23;
+    const NUMERIC: u32 = 1700;
+    const FLOAT8: u32 = 701;
+    const TEXT: u32 = 25;
+    const DATE: u32 = 1082;
+    const TIMESTAMP: u32 = 1114;
+    const TIMESTAMPTZ: u32 = 1184;
+    const JSONB: u32 = 3802;
+
+    #[test]
+    fn scalars() {
+        assert_eq!(json(BOOL, "t"), "true");
+        assert_eq!(json(BOOL, "f"), "false");
+        assert_eq!(json(BOOL, "yes"), r#""yes""#);
+        assert_eq!(json(NUMERIC, "12.50"), "12.50");
+        assert_eq!(json(NUMERIC, "-0.000001"), "-0.000001");
+        assert_eq!(json(NUMERIC, "NaN"), r#""NaN""#);
+        assert_eq!(json(FLOAT8, "-Infinity"), r#""-Infinity""#);
+        assert_eq!(json(FLOAT8, "1e+300"), "1e+300");
+        assert_eq!(json(INT4, "007"), r#""007""#);
+        assert_eq!(json(DATE, "0044-03-15 BC"), r#""0044-03-15 BC""#);
+        assert_eq!(json(26, "12"), r#""12""#, "oid is text");
+        assert_eq!(json(17, r"\x00ff"), r#""\\x00ff""#);
+    }
+
+    #[test]
+    fn strings_are_escaped_like_escape_json() {
+        assert_eq!(
+            json(TEXT, "a\"b\\c\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}é/"),
+            "\"a\\\"b\\\\c\\n\\r\\t\\b\\f\\u0001\\u001f\u{7f}é/\""
+        );
+        let mut out = Vec::new();
+        write_json(&mut out, TEXT, b"bad \xff utf8", &TypeRegistry::new());
+        assert_eq!(String::from_utf8_lossy(&out), "\"bad \u{fffd} utf8\"");
+    }
+
+    #[test]
+    fn timestamps_take_the_xsd_form() {
+        assert_eq!(
+            json(TIMESTAMP, "2026-11-27 08:00:00.123456"),
+            r#""2026-11-27T08:00:00.123456""#
+        );
+        assert_eq!(json(TIMESTAMP, "infinity"), r#""infinity""#);
+        assert_eq!(
+            json(TIMESTAMP, "0044-03-15 10:00:00 BC"),
+            r#""0044-03-15T10:00:00 BC""#
+        );
+        assert_eq!(
+            json(TIMESTAMPTZ, "2026-11-27 02:30:00.123456+00"),
+            r#""2026-11-27T02:30:00.123456+00:00""#
+        );
+        assert_eq!(
+            json(TIMESTAMPTZ, "0044-03-15 10:00:00+00 BC"),
+            r#""0044-03-15T10:00:00+00:00 BC""#
+        );
+        assert_eq!(
+            json(TIMESTAMPTZ, "2026-11-27 02:30:00-05:30"),
+            r#""2026-11-27T02:30:00-05:30""#
+        );
+        assert_eq!(json(TIMESTAMPTZ, "-infinity"), r#""-infinity""#);
+        assert_eq!(json(TIMESTAMPTZ, "garbage text"), r#""garbage text""#);
+    }
+
+    #[test]
+    fn json_is_normalised_like_jsonb() {
+        assert_eq!(
+            normalised(r#" {"b":1, "a":2, "aa": 3, "a": 4} "#),
+            r#"{"a":4,"b":1,"aa":3}"#
+        );
+        assert_eq!(
+            normalised("[1e2, 1.50, 1.5e1, -0, 0.0, -0.0, 1E-2, 12e-1, 0e5, 1.0e1, -1.0E-0]"),
+            "[100,1.50,15,0,0.0,0.0,0.01,1.2,0,10,-1.0]"
+        );
+        assert_eq!(
+            normalised("123456789012345678901234567890e-10"),
+            "12345678901234567890.1234567890"
+        );
+        assert_eq!(
+            normalised(r#""\u00e9\"\\\/\b\f\n\r\t\u0001\u001f\ud83d\ude00""#),
+            "\"é\\\"\\\\/\\b\\f\\n\\r\\t\\u0001\\u001f😀\""
+        );
+        assert_eq!(
+            normalised(r#"{"":1," ":2,"é":3,"z":4,"aa":5}"#),
+            r#"{"":1," ":2,"z":4,"aa":5,"é":3}"#
+        );
+        assert_eq!(
+            normalised(r#"{"a":{"b":[1,{"d":1,"c":2}]},"a":null}"#),
+            r#"{"a":null}"#
+        );
+        assert_eq!(normalised("[]"), "[]");
+        assert_eq!(normalised(" {} "), "{}");
+        assert_eq!(normalised("null"), "null");
+    }
+
+    #[test]
+    fn numbers_beyond_numeric_are_kept_as_written() {
+        // serde_json cannot hold these as f64, so no JSON check here.
+        let raw = |text: &str| {
+            let mut out = Vec::new();
+            write_json(&mut out, 114, text.as_bytes(), &TypeRegistry::new());
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        assert_eq!(raw("1e131072"), "1e131072");
+        assert_eq!(raw("1e131071").len(), 131_072);
+        assert_eq!(raw("1.5e-16383"), "1.5e-16383");
+        assert_eq!(raw("1e-16383").len(), 16_385);
+        assert_eq!(raw("0e999999"), "0");
+        assert_eq!(raw("1e99999999999999999999"), "1e99999999999999999999");
+    }
+
+    #[test]
+    fn deep_json_does_not_recurse() {
+        // serde_json stops at 128 levels, so compare the bytes directly.
+        let depth = 200_000;
+        for text in [
+            format!("{}{}", "[".repeat(depth), "]".repeat(depth)),
+            format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth)),
+        ] {
+            let mut out = Vec::new();
+            write_json(&mut out, 114, text.as_bytes(), &TypeRegistry::new());
+            assert!(out == text.as_bytes(), "deep json changed");
+        }
+    }
+
+    #[test]
+    fn invalid_json_falls_back_to_a_string() {
+        for bad in [
+            "",
+            "{",
+            "[1,]",
+            r#"{"a"}"#,
+            "01",
+            "1.",
+            "tru",
+            "truex",
+            r#""\ud83d""#,
+            r#""\q""#,
+            "\"a\nb\"",
+            "[1] x",
+            r#"{"a":1,}"#,
+            "-",
+            "1e",
+        ] {
+            assert_eq!(
+                normalised(bad),
+                String::from_utf8_lossy(&{
+                    let mut out = Vec::new();
+                    write_string(&mut out, bad.as_bytes());
+                    out
+                }),
+                "{bad:?}"
+            );
+        }
+        // \u0000 cannot be in jsonb; walhook keeps it escaped.
+        assert_eq!(normalised(r#""a\u0000""#), r#""a\u0000""#);
+    }
+
+    #[test]
+    fn jsonb_is_embedded_verbatim() {
+        assert_eq!(
+            json(JSONB, r#"{"a": 1, "b": [1.50]}"#),
+            r#"{"a": 1, "b": [1.50]}"#
+        );
+        assert_eq!(json(JSONB, "{oops"), r#""{oops""#);
+    }
+
+    #[test]
+    fn arrays() {
+        assert_eq!(json(1007, "{1,NULL,3}"), "[1,null,3]");
+        assert_eq!(json(1007, "{}"), "[]");
+        assert_eq!(json(1007, "[0:1]={1,2}"), "[1,2]");
+        assert_eq!(json(1007, "[1:1][-1:0]={{5,6}}"), "[[5,6]]");
+        assert_eq!(json(1007, "{{1,2},{3,4}}"), "[[1,2],[3,4]]");
+        assert_eq!(
+            json(
+                1009,
+                r#"{"a,b","{x}","NULL",""," sp ","q\"uo\\te",NULL,null,é}"#
+            ),
+            r#"["a,b","{x}","NULL",""," sp ","q\"uo\\te",null,null,"é"]"#
+        );
+        assert_eq!(json(1009, "{ a b , c }"), r#"["a b","c"]"#);
+        assert_eq!(
+            json(199, r#"{"{\"b\":1,\"a\":2}",[1e2]}"#),
+            r#"[{"a":2,"b":1},[100]]"#
+        );
+        assert_eq!(
+            json(1185, r#"{"2026-11-27 08:00:00+00",infinity}"#),
+            r#"["2026-11-27T08:00:00+00:00","infinity"]"#
+        );
+        assert_eq!(json(1000, "{t,f,NULL}"), "[true,false,null]");
+        assert_eq!(
+            json(1020, "{(1,1),(0,0);(3,3),(2,2)}"),
+            r#"["(1,1),(0,0)","(3,3),(2,2)"]"#
+        );
+        assert_eq!(json(22, "1 2"), "[1,2]");
+        assert_eq!(json(30, "1 2"), r#"["1","2"]"#);
+    }
+
+    #[test]
+    fn malformed_arrays_fall_back_to_a_string() {
+        for bad in [
+            "{1,2",
+            "{1,2}}",
+            r#"{"abc}"#,
+            "{1,,2}",
+            "{,}",
+            "1,2",
+            "[0:1]{1,2}",
+            "{{1},2",
+            "{1}x",
+            "{a\\",
+            "{{{{{{{1}}}}}}}",
+            "{1{2}}",
+            "[0:1",
+        ] {
+            assert_eq!(json(1007, bad), json(TEXT, bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn composites_and_domains() {
+        use crate::catalog::TypeFacts;
+        let mut types = TypeRegistry::new();
+        let mut add = |oid, base_oid, kind| {
+            types.insert_for_test(TypeFacts {
+                oid,
+                namespace: "public".into(),
+                name: format!("t{oid}"),
+                base_oid,
+                kind,
+            })
+        };
+        add(
+            50_001,
+            50_001,
+            JsonKind::Composite {
+                fields: vec![("x".into(), INT4), ("label".into(), TEXT)],
+            },
+        );
+        add(
+            50_002,
+            50_002,
+            JsonKind::Composite {
+                fields: vec![
+                    ("id".into(), 20),
+                    ("name".into(), TEXT),
+                    ("inner_v".into(), 50_001),
+                    ("tags".into(), 1009),
+                    ("at".into(), TIMESTAMPTZ),
+                    ("j".into(), 114),
+                ],
+            },
+        );
+        add(
+            50_003,
+            50_003,
+            JsonKind::Array {
+                element: 50_001,
+                delimiter: b',',
+            },
+        );
+        add(50_004, NUMERIC, JsonKind::Number);
+        add(50_005, 50_005, JsonKind::Composite { fields: vec![] });
+        assert_eq!(
+            json_with(
+                &types,
+                50_002,
+                r#"(1,"a ""q"" b,c","(2,)","{x,""y z""}","2026-01-01 00:00:00+00","{""z"":1,""a"":2}")"#
+            ),
+            r#"{"id":1,"name":"a \"q\" b,c","inner_v":{"x":2,"label":null},"tags":["x","y z"],"at":"2026-01-01T00:00:00+00:00","j":{"a":2,"z":1}}"#
+        );
+        assert_eq!(
+            json_with(&types, 50_002, r#"(,"",,{},,)"#),
+            r#"{"id":null,"name":"","inner_v":null,"tags":[],"at":null,"j":null}"#
+        );
+        assert_eq!(
+            json_with(
+                &types,
+                50_003,
+                r#"{"(1,\"a b\")","(2,\"back\\\\slash\")",NULL}"#
+            ),
+            r#"[{"x":1,"label":"a b"},{"x":2,"label":"back\\slash"},null]"#
+        );
+        assert_eq!(json_with(&types, 50_004, "12.50"), "12.50");
+        assert_eq!(json_with(&types, 50_005, "()"), "{}");
+        for bad in [
+            "(1,2",
+            "(1)",
+            "(1,2,3)",
+            "1,2",
+            r#"(1,"x)"#,
+            "(1,x) y",
+            "(1,\\",
+        ] {
+            assert_eq!(json_with(&types, 50_001, bad), json(TEXT, bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn never_panics_on_arbitrary_text() {
+        let types = TypeRegistry::new();
+        let mut rng = fastrand::Rng::with_seed(11);
+        let alphabet = b"{}[]()\",\\:;=-+.eE0123456789 tfnulNUL\n\xff";
+        for _ in 0..20_000 {
+            let len = rng.usize(0..24);
+            let text: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            for oid in [
+                BOOL,
+                INT4,
+                TIMESTAMPTZ,
+                114,
+                JSONB,
+                1007,
+                1009,
+                199,
+                22,
+                1020,
+            ] {
+                let mut out = Vec::new();
+                write_json(&mut out, oid, &text, &types);
+                assert!(
+                    serde_json::from_slice::<serde_json::Value>(&out).is_ok()
+                        || String::from_utf8_lossy(&out).contains("\\u0000"),
+                    "{oid} {text:?} → {}",
+                    String::from_utf8_lossy(&out)
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The binary as a user meets it: bad configs give one clear message and
+//! exit 2; an unreachable database exits 1 naming host and port; the demo
+//! works end to end.
+
+use std::process::Output;
+use std::time::Duration;
+
+use crate::support::{TestDb, walhook_binary};
+
+async fn run_walhook(args: &[&str], config: Option<&str>) -> (Output, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    if let Some(text) = config {
+        std::fs::write(&path, text).unwrap();
+    }
+    let mut command = tokio::process::Command::new(walhook_binary());
+    command.args(args);
+    command.arg("--config").arg(&path);
+    command.env_remove("WALHOOK_CONFIG");
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("walhook exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output, stderr)
+}
+
+const GOOD_SUBSCRIPTION: &str = r#"
+[[subscriptions]]
+name = "orders"
+tables = ["orders"]
+url = "http://127.0.0.1:9/hook"
+"#;
+
+#[tokio::test]
+async fn bad_config_files_exit_2_with_a_message_that_names_the_key() {
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "syntax error",
+            "[source\nurl = 'x'".to_owned(),
+            &["walhook.toml"],
+        ),
+        (
+            "unknown key",
+            format!(
+                "[source]\nurl = \"postgres://localhost/x\"\nslots = \"a\"\n{GOOD_SUBSCRIPTION}"
+            ),
+            &["walhook.toml", "slots", "source"],
+        ),
+        (
+            "bad value type",
+            format!(
+                "[source]\nurl = \"postgres://localhost/x\"\n[delivery]\nconcurrency = \"many\"\n{GOOD_SUBSCRIPTION}"
+            ),
+            &["delivery.concurrency"],
+        ),
+        (
+            "no subscriptions",
+            "[source]\nurl = \"postgres://localhost/x\"\n".to_owned(),
+            &["subscriptions"],
+        ),
+        (
+            "unset env reference",
+            format!("[source]\nurl = \"env:WALHOOK_TEST_NOT_SET_ANYWHERE\"\n{GOOD_SUBSCRIPTION}"),
+            &["source.url", "WALHOOK_TEST_NOT_SET_ANYWHERE"],
+        ),
+    ];
+    for (case, text, needles) in cases {
+        let (output, stderr) = run_walhook(&["run"], Some(&text)).await;
+        assert_eq!(output.status.code(), Some(2), "{case}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{case}: {stderr}");
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "{case}: {needle:?} not in: {stderr}"
+            );
+        }
+    }
+    let (output, stderr) = run_walhook(&["run"], None).await;
+    assert_eq!(output.status.code(), Some(2), "missing file: {stderr}");
+    assert!(stderr.contains("no such config file"), "{stderr}");
+}
+
+#[tokio::test]
+async fn an_unknown_table_exits_2_naming_subscription_and_table_and_leaves_no_slot() {
+    let db = TestDb::new().await;
+    let config = db
+        .config_text(
+            r#"
+            [[subscriptions]]
+            name = "typo"
+            tables = ["public.ordersz"]
+            url = "http://127.0.0.1:9/"
+            "#,
+        )
+        .replace("status_interval = \"1s\"", "");
+    let (output, stderr) = run_walhook(&["run"], Some(&config)).await;
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("typo") && stderr.contains("public.ordersz"),
+        "{stderr}"
+    );
+    let slot = db
+        .client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.name],
+        )
+        .await
+        .unwrap();
+    assert!(slot.is_none(), "the slot was not touched");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_exits_1_naming_host_and_port() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let config = format!(
+        "[source]\nurl = \"postgres://walhook@127.0.0.1:{port}/app?sslmode=disable\"\nconnect_timeout = \"2s\"\n[admin]\nlisten = \"\"\n{GOOD_SUBSCRIPTION}"
+    );
+    let started = std::time::Instant::now();
+    let (output, stderr) = run_walhook(&["run"], Some(&config)).await;
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test]
+async fn demo_shows_the_whole_loop_and_exits_cleanly() {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(walhook_binary())
+            .arg("demo")
+            .output(),
+    )
+    .await
+    .expect("demo finishes")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert_eq!(stdout.matches("verified ✓").count(), 5, "{stdout}");
+    assert!(
+        stdout.contains("5 webhooks delivered and verified"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"amount\": 12.50"),
+        "digits kept: {stdout}"
+    );
+    assert!(stdout.contains("\"type\": \"DELETE\""), "{stdout}");
+}
