@@ -126,12 +126,15 @@ async fn run_with(url: &str) -> Result<(), AppError> {
     tokio::spawn(super::cancel_on_signal(shutdown.clone()));
     let daemon = tokio::spawn(app::run(config, shutdown.clone()));
 
-    // Rows written before the slot exists would not be streamed.
+    // Rows committed before the slot exists would not be streamed; a slot
+    // being created is already active, so wait for the walsender.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let ready = client
             .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'walhook_demo' AND active",
+                "SELECT 1 FROM pg_replication_slots s \
+                 JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                 WHERE s.slot_name = 'walhook_demo'",
                 &[],
             )
             .await

@@ -104,18 +104,26 @@ impl TestDb {
         text.and_then(|text| text.parse().ok())
     }
 
-    /// Waits until the slot exists and a walsender holds it.
+    /// Waits until a walsender streams from the slot. (A slot being created
+    /// is already `active`, held by the creating backend, but rows committed
+    /// before its creation finishes are not in its stream.)
     pub async fn wait_slot_active(&self) {
-        wait_until("the slot to be active", Duration::from_secs(30), || async {
-            self.client
-                .query_opt(
-                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                    &[&self.name],
-                )
-                .await
-                .unwrap()
-                .is_some()
-        })
+        wait_until(
+            "the slot to be streamed",
+            Duration::from_secs(30),
+            || async {
+                self.client
+                    .query_opt(
+                        "SELECT 1 FROM pg_replication_slots s \
+                     JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                     WHERE s.slot_name = $1",
+                        &[&self.name],
+                    )
+                    .await
+                    .unwrap()
+                    .is_some()
+            },
+        )
         .await;
     }
 
