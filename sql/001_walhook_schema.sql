@@ -20,3 +20,13 @@ CREATE TABLE IF NOT EXISTS walhook.dead_letters (
     last_attempt_at  timestamptz NOT NULL DEFAULT now(),
     UNIQUE (subscription, event_id)
 );
+
+-- Slots walhook has streamed from. A slot listed here that no longer exists
+-- has vanished (dropped, or invalidated by max_slot_wal_keep_size): `walhook
+-- run` then refuses to start a new slot silently — changes since the old
+-- slot's position would be skipped — and asks for `walhook setup`, which
+-- creates the new slot on purpose.
+CREATE TABLE IF NOT EXISTS walhook.slots (
+    slot_name        text        PRIMARY KEY,
+    first_streamed_at timestamptz NOT NULL DEFAULT now()
+);

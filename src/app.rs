@@ -7,7 +7,15 @@
 //! backoff whenever the replication connection is lost — a slot held by
 //! another walhook makes this one a standby that takes over when the slot is
 //! free. On shutdown it stops reading, lets delivery finish within the grace
-//! period, sends the final confirmed LSN and returns.
+//! period, sends the final confirmed LSN, closes the replication connection
+//! (so a standby can take the slot at once) and returns.
+//!
+//! A slot that vanishes is never silently replaced: a new slot starts at the
+//! current WAL position, so every change between the old slot's confirmed
+//! position and now would be skipped. walhook records each slot it streamed
+//! from in `walhook.slots`; if that slot is gone — while streaming, or at the
+//! next start with `auto_setup` — it stops with an error that says so and
+//! names the fix (`walhook setup` creates a new slot, accepting the gap).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +66,18 @@ pub enum AppError {
     Pipeline(#[from] PipelineError),
     #[error("cannot start delivery: {0}")]
     Delivery(String),
+    /// A command other than `run` failed at run time (demo, bench, status).
+    #[error("{0}")]
+    Command(String),
+    #[error(
+        "replication slot \"{slot}\" has vanished (it was dropped){since}; changes after its last confirmed position cannot be \
+         replayed. walhook will not silently start a new slot at the current position. Run \
+         `walhook setup` to create a new slot (changes made while the slot was missing are \
+         not delivered), then start walhook again"
+    )]
+    SlotVanished { slot: String, since: String },
+    #[error(transparent)]
+    DeadLetters(#[from] crate::commands::dead_letters::DeadLetterError),
 }
 
 impl AppError {
@@ -68,6 +88,7 @@ impl AppError {
             AppError::Config(_) | AppError::SourceUrl(_) | AppError::Delivery(_) => 2,
             AppError::Rules(RuleError::Catalog(_)) => 1,
             AppError::Rules(_) => 2,
+            AppError::DeadLetters(error) => error.exit_code(),
             _ => 1,
         }
     }
@@ -91,11 +112,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     catalog_check::check(&client, &config.subscriptions).await?;
     let rules = Arc::new(Rules::new(&config.subscriptions));
     if config.source.auto_setup {
+        if let Some(streamed_since) = vanished_slot(&client, &config.source.slot).await {
+            return Err(AppError::SlotVanished {
+                slot: config.source.slot.clone(),
+                since: format!(" (walhook streamed from it since {streamed_since})"),
+            });
+        }
         let report = setup::run(
             &client,
             &config.source.publication,
             &config.source.slot,
             &rules.tables(),
+            &rules.events(),
         )
         .await?;
         if report.slot_created {
@@ -108,6 +136,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     drop(client);
 
     let mut failures = 0u32;
+    // Whether this process has streamed from the slot (so a missing slot
+    // means it vanished).
+    let mut streamed = false;
+    // Whether another process held the slot at the last attempt.
+    let mut standing_by = false;
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -123,14 +156,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         {
             Ok(stream) => stream,
             Err(error) if error.is_slot_in_use() => {
-                if failures == 0 {
+                if !standing_by {
                     tracing::info!(slot = %config.source.slot, reason = %error, "slot is active in another process; standing by");
                 }
-                failures = 1;
+                standing_by = true;
                 if !pause(STANDBY_POLL, &shutdown).await {
                     return Ok(());
                 }
                 continue;
+            }
+            Err(error) if error.is_slot_missing() && streamed => {
+                tracing::error!(slot = %config.source.slot, %error, "the replication slot vanished while walhook was running");
+                return Err(AppError::SlotVanished {
+                    slot: config.source.slot.clone(),
+                    since: " while walhook was running".to_owned(),
+                });
             }
             Err(error) if error.is_transient() => {
                 failures += 1;
@@ -157,7 +197,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         let start = slot_confirmed_lsn(&catalog, &config.source.slot)
             .await
             .unwrap_or(Lsn::ZERO);
-        tracing::info!(slot = %config.source.slot, from = %start, server = %params.redacted(), "streaming changes");
+        if standing_by {
+            tracing::info!(slot = %config.source.slot, "the slot is free; this walhook takes over");
+            standing_by = false;
+        }
+        if streamed {
+            tracing::info!(slot = %config.source.slot, from = %start, server = %params.redacted(), "reconnected; resuming from the slot's confirmed position");
+        } else {
+            tracing::info!(slot = %config.source.slot, from = %start, server = %params.redacted(), "streaming changes");
+            record_slot(&catalog, &config.source.slot).await;
+        }
+        streamed = true;
         failures = 0;
 
         let mut lanes = JoinSet::new();
@@ -232,6 +282,37 @@ async fn pause(wait: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = shutdown.cancelled() => false,
         _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// When `slot` is recorded in `walhook.slots` as one walhook streamed from
+/// but no longer exists: the time walhook first streamed from it.
+async fn vanished_slot(client: &tokio_postgres::Client, slot: &str) -> Option<String> {
+    // Before the first setup the table does not exist: nothing vanished.
+    let row = client
+        .query_opt(
+            "SELECT s.first_streamed_at::text FROM walhook.slots s \
+             WHERE s.slot_name = $1 \
+               AND NOT EXISTS (SELECT 1 FROM pg_replication_slots r WHERE r.slot_name = s.slot_name)",
+            &[&slot],
+        )
+        .await
+        .ok()??;
+    Some(row.get(0))
+}
+
+/// Notes that walhook streams from `slot`, so that its disappearance is
+/// recognised later. Best effort: without the `walhook` schema (no setup
+/// run, `auto_setup = false`) there is nothing to record into.
+async fn record_slot(client: &tokio_postgres::Client, slot: &str) {
+    let recorded = client
+        .execute(
+            "INSERT INTO walhook.slots (slot_name) VALUES ($1) ON CONFLICT (slot_name) DO NOTHING",
+            &[&slot],
+        )
+        .await;
+    if let Err(error) = recorded {
+        tracing::debug!(%error, "cannot record the slot in walhook.slots");
     }
 }
 

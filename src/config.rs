@@ -404,14 +404,14 @@ impl Config {
                     subscription.name
                 ));
             }
-            subscription.validate(&at)?;
+            subscription.validate(index, &at)?;
         }
         Ok(())
     }
 }
 
 impl SubscriptionConfig {
-    fn validate(&self, at: &str) -> Result<(), String> {
+    fn validate(&self, index: usize, at: &str) -> Result<(), String> {
         if self.tables.is_empty() {
             return Err(format!(
                 "key `{at}.tables` is empty; list tables such as [\"public.orders\"]"
@@ -455,6 +455,15 @@ impl SubscriptionConfig {
         }
         if self.batch.max_events == 0 {
             return Err(format!("key `{at}.batch.max_events` must be at least 1"));
+        }
+        if let Some(filter) = &self.filter
+            && let Err(error) = crate::rules::filter::Filter::parse(filter)
+        {
+            // The same words as the catalog check's filter errors.
+            return Err(format!(
+                "subscription {:?}: key `subscriptions[{index}].filter` {error}\n  {filter}",
+                self.name
+            ));
         }
         Ok(())
     }

@@ -169,11 +169,17 @@ pub fn event_id(subscription: &str, commit_lsn: Lsn, ordinal: u32) -> String {
     let digest = hasher.finalize();
     let mut id = String::with_capacity(35);
     id.push_str("wh_");
-    for byte in &digest[..16] {
-        // Writing to a String cannot fail.
-        let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{byte:02x}"));
-    }
+    push_hex(&mut id, &digest[..16]);
     id
+}
+
+/// Appends `bytes` as lowercase hex.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
 }
 
 /// Which columns a subscription sends: all, or a projection (by index).

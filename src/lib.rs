@@ -24,6 +24,7 @@
 //! letter), stable ids for duplicates, per-key order, and a slot that keeps
 //! moving past unrelated traffic. See `docs/` and the README.
 
+pub mod admin;
 pub mod app;
 pub mod catalog;
 pub mod checkpoint;
@@ -40,4 +41,6 @@ pub mod pipeline;
 pub mod rules;
 pub mod setup;
 pub mod source;
+pub mod status;
+pub mod telemetry;
 pub mod value;

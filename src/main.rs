@@ -37,6 +37,113 @@ enum Command {
     Setup(ConfigArgs),
     /// Show the whole loop on a throw-away PostgreSQL; leaves nothing behind.
     Demo,
+    /// Measure throughput, CPU, memory and latency against pg_recvlogical.
+    Bench(BenchArgs),
+    /// Slot lag, confirmed position and dead letters per subscription.
+    Status(StatusArgs),
+    /// Check the config and the database; print each problem with its fix.
+    Check(ConfigArgs),
+    /// A local receiver for development: prints webhooks, checks signatures.
+    Listen(ListenArgs),
+    /// Inspect, redeliver or delete events parked as dead letters.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCommand {
+    /// List parked events (all, or one subscription's).
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Only this subscription's.
+        #[arg(long)]
+        subscription: Option<String>,
+        /// Print a JSON array (with each payload) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// POST parked events again, in their original order, with their
+    /// original ids; each is deleted after a 2xx.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        select: DeadLetterSelect,
+    },
+    /// Delete parked events without sending them.
+    Purge {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        select: DeadLetterSelect,
+    },
+}
+
+#[derive(clap::Args)]
+struct DeadLetterSelect {
+    /// Every dead letter.
+    #[arg(long, conflicts_with_all = ["subscription", "id"])]
+    all: bool,
+    /// Those of one subscription.
+    #[arg(long)]
+    subscription: Option<String>,
+    /// Those with these event ids (`wh_…`, as `list` shows); repeatable.
+    #[arg(long, num_args = 1..)]
+    id: Vec<String>,
+}
+
+impl DeadLetterSelect {
+    fn selector(self) -> commands::dead_letters::Selector {
+        commands::dead_letters::Selector {
+            all: self.all,
+            subscription: self.subscription,
+            ids: self.id,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Print JSON, for scripts.
+    #[arg(long)]
+    json: bool,
+    /// Refresh every two seconds until Ctrl-C.
+    #[arg(long)]
+    watch: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Backlog rows.
+    #[arg(long, default_value_t = 100_000)]
+    rows: u64,
+    /// Rows per transaction in the backlog.
+    #[arg(long, default_value_t = 100)]
+    rows_per_transaction: u64,
+    /// Live-mode commit rates (rows/s), comma-separated; empty skips live mode.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    live_rates: Vec<u64>,
+    /// Seconds per live rate.
+    #[arg(long, default_value_t = 5)]
+    live_seconds: u64,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench.json")]
+    json: PathBuf,
+}
+
+impl BenchArgs {
+    fn into_options(self) -> commands::bench::BenchOptions {
+        commands::bench::BenchOptions {
+            rows: self.rows,
+            rows_per_transaction: self.rows_per_transaction.max(1),
+            live_rates: self.live_rates,
+            live_seconds: self.live_seconds,
+            json_path: self.json,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -44,6 +151,17 @@ struct ConfigArgs {
     /// The configuration file.
     #[arg(long, short, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
     config: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct ListenArgs {
+    /// The port on 127.0.0.1 (0 picks a free one; the first line says which).
+    #[arg(long, short, default_value_t = 8080)]
+    port: u16,
+    /// The subscription's `whsec_…` secret (or `env:NAME`): signatures are
+    /// checked and a bad one is answered 401.
+    #[arg(long, env = "WALHOOK_LISTEN_SECRET", hide_env_values = true)]
+    secret: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -61,13 +179,53 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let outcome = runtime.block_on(async {
+    runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => commands::run(&args.config).await,
-            Command::Setup(args) => commands::setup(&args.config).await,
-            Command::Demo => commands::demo::run().await,
+            Command::Run(args) => finish(commands::run(&args.config).await),
+            Command::Setup(args) => finish(commands::setup(&args.config).await),
+            Command::Demo => finish(commands::demo::run().await),
+            Command::Bench(args) => finish(commands::bench::run(args.into_options()).await),
+            Command::Status(args) => {
+                finish(commands::status::run(&args.config.config, args.json, args.watch).await)
+            }
+            // 0 when ready to run, 1 when the report lists something to fix.
+            Command::Check(args) => match commands::check::run(&args.config).await {
+                Ok(report) => ExitCode::from(report.exit_code()),
+                Err(error) => finish(Err(error)),
+            },
+            Command::Listen(args) => {
+                finish(commands::listen::run(args.port, args.secret.as_deref()).await)
+            }
+            Command::DeadLetters(command) => finish(dead_letters(command).await),
         }
-    });
+    })
+}
+
+async fn dead_letters(command: DeadLettersCommand) -> Result<(), walhook::app::AppError> {
+    use commands::dead_letters::{Selector, list, purge, replay};
+    match command {
+        DeadLettersCommand::List {
+            config,
+            subscription,
+            json,
+        } => {
+            let selector = Selector {
+                subscription,
+                ..Selector::default()
+            };
+            list(&config.config, &selector, json).await
+        }
+        DeadLettersCommand::Replay { config, select } => {
+            replay(&config.config, &select.selector()).await
+        }
+        DeadLettersCommand::Purge { config, select } => {
+            purge(&config.config, &select.selector()).await
+        }
+    }
+}
+
+/// The exit code of a command's outcome, printing its error.
+fn finish(outcome: Result<(), walhook::app::AppError>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -245,7 +245,6 @@ impl TempPostgres {
             "max_connections = 200".to_owned(),
             "fsync = off".to_owned(),
             "full_page_writes = off".to_owned(),
-            "synchronous_commit = off".to_owned(),
             "log_min_messages = warning".to_owned(),
             "log_line_prefix = '%m [%p] '".to_owned(),
         ];

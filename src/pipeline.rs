@@ -29,6 +29,10 @@ use crate::pgoutput::{self, PgOutputMessage};
 use crate::rules::{Route, Rules};
 use crate::source::{ReplicationMessage, ReplicationStream, SourceError};
 
+/// How long a stopping walhook waits for the server to acknowledge its final
+/// position.
+const FINAL_STATUS_WAIT: Duration = Duration::from_secs(5);
+
 /// The longest walhook waits between progress reports when progress moved.
 const PROGRESS_REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -145,10 +149,32 @@ impl Pipeline {
     }
 
     /// After delivery has drained (or been abandoned): reports the final
-    /// confirmed position.
-    pub async fn finish(&mut self) -> Result<Lsn, PipelineError> {
-        self.report(true).await?;
-        Ok(self.checkpoint.confirmed())
+    /// confirmed position and closes the connection, which frees the slot
+    /// for a standby at once.
+    pub async fn finish(mut self) -> Result<Lsn, PipelineError> {
+        let confirmed = self.checkpoint.advance();
+        let written = self.reporter.received.max(confirmed);
+        // Ask for a reply: the walsender answers only after it has processed
+        // our status, so the keepalive that comes back proves the final
+        // position reached the slot. Closing at once could race a walsender
+        // busy sending, which then exits without reading our status.
+        self.stream.send_status(written, confirmed, true).await?;
+        let acknowledged = tokio::time::timeout(FINAL_STATUS_WAIT, async {
+            loop {
+                match self.stream.next().await {
+                    Ok(ReplicationMessage::Keepalive { .. }) => return true,
+                    Ok(ReplicationMessage::XLogData { .. }) => continue,
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if !acknowledged {
+            tracing::warn!(%confirmed, "the server did not acknowledge the final position; changes after the last acknowledged one will be sent again");
+        }
+        self.stream.close().await?;
+        Ok(confirmed)
     }
 
     /// The confirmed position now.
@@ -260,7 +286,7 @@ impl Pipeline {
         let Some(routes) = self.routes.get(&change.table.relation_id).cloned() else {
             return Ok(true);
         };
-        for route in routes.iter().filter(|route| route.wants(change.kind)) {
+        for route in routes.iter().filter(|route| route.matches(&change)) {
             let projection = match &route.projection {
                 Some(mask) => Projection::Only(mask),
                 None => Projection::All,

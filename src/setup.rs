@@ -7,7 +7,7 @@
 //! A failed statement is reported with the statement and the server's words.
 //! It does not validate rules (`rules::catalog_check`) or read changes.
 
-use crate::config::{TableName, quote_identifier};
+use crate::config::{EventKind, TableName, quote_identifier};
 use crate::lsn::Lsn;
 
 /// The SQL files of `sql/`, in the order they run.
@@ -78,25 +78,67 @@ pub async fn run(
     publication: &str,
     slot: &str,
     tables: &[TableName],
+    publish: &[EventKind],
 ) -> Result<SetupReport, SetupError> {
     let mut report = SetupReport::default();
     for (name, sql) in SQL_FILES {
-        client
-            .batch_execute(sql)
-            .await
-            .map_err(|error| SetupError::new(name, error))?;
+        if let Err(error) = client.batch_execute(sql).await {
+            // A least-privilege role cannot run the DDL, but an administrator
+            // may already have run these files with psql.
+            let denied = error
+                .as_db_error()
+                .is_some_and(|db| db.code().code() == "42501");
+            if denied && schema_installed(client).await {
+                tracing::debug!(file = name, "walhook schema present; skipping its DDL");
+                continue;
+            }
+            return Err(SetupError::new(name, error));
+        }
     }
-    ensure_publication(client, publication, tables, &mut report).await?;
+    ensure_publication(client, publication, tables, publish, &mut report).await?;
     ensure_slot(client, slot, &mut report).await?;
     Ok(report)
+}
+
+async fn schema_installed(client: &tokio_postgres::Client) -> bool {
+    client
+        .query_one(
+            "SELECT to_regclass('walhook.dead_letters') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map(|row| row.get::<_, bool>(0))
+        .unwrap_or(false)
+}
+
+/// The `publish` option: only the operations some subscription wants, so an
+/// insert-only rule never makes PostgreSQL refuse UPDATE or DELETE on a table
+/// without a replica identity.
+fn publish_option(publish: &[EventKind]) -> String {
+    let mut operations: Vec<&str> = [
+        (EventKind::Insert, "insert"),
+        (EventKind::Update, "update"),
+        (EventKind::Delete, "delete"),
+        (EventKind::Truncate, "truncate"),
+    ]
+    .iter()
+    .filter(|(kind, _)| publish.contains(kind))
+    .map(|(_, name)| *name)
+    .collect();
+    if operations.is_empty() {
+        operations.push("insert");
+    }
+    operations.join(", ")
 }
 
 async fn ensure_publication(
     client: &tokio_postgres::Client,
     publication: &str,
     tables: &[TableName],
+    publish: &[EventKind],
     report: &mut SetupReport,
 ) -> Result<(), SetupError> {
+    let publish = publish_option(publish);
     let table_list = tables
         .iter()
         .map(TableName::quoted)
@@ -104,17 +146,17 @@ async fn ensure_publication(
         .join(", ");
     let lookup =
         "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1";
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
+    let lookup_publish = "SELECT concat_ws(', ', \
+           CASE WHEN pubinsert THEN 'insert' END, CASE WHEN pubupdate THEN 'update' END, \
+           CASE WHEN pubdelete THEN 'delete' END, CASE WHEN pubtruncate THEN 'truncate' END) \
+         FROM pg_publication WHERE pubname = $1";
+    let existing = client
+        .query_opt(lookup_publish, &[&publication])
         .await
-        .map_err(|error| SetupError::new("SELECT … FROM pg_publication", error))?
-        .is_some();
-    if !exists {
+        .map_err(|error| SetupError::new(lookup_publish, error))?;
+    let Some(existing) = existing else {
         let statement = format!(
-            "CREATE PUBLICATION {} FOR TABLE {table_list}",
+            "CREATE PUBLICATION {} FOR TABLE {table_list} WITH (publish = '{publish}')",
             quote_identifier(publication)
         );
         client
@@ -123,6 +165,18 @@ async fn ensure_publication(
             .map_err(|error| SetupError::new(&statement, error))?;
         report.publication_created = true;
         return Ok(());
+    };
+    let current_publish: String = existing.get(0);
+    if current_publish != publish {
+        let statement = format!(
+            "ALTER PUBLICATION {} SET (publish = '{publish}')",
+            quote_identifier(publication)
+        );
+        client
+            .batch_execute(&statement)
+            .await
+            .map_err(|error| SetupError::new(&statement, error))?;
+        report.publication_changed = true;
     }
     let mut current: Vec<TableName> = client
         .query(lookup, &[&publication])
@@ -189,4 +243,22 @@ async fn ensure_slot(
     report.slot_created = true;
     report.slot_confirmed = lsn.parse().ok();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publishes_only_what_subscriptions_ask_for() {
+        assert_eq!(publish_option(&[EventKind::Insert]), "insert");
+        assert_eq!(
+            publish_option(&[EventKind::Delete, EventKind::Insert, EventKind::Insert]),
+            "insert, delete"
+        );
+        assert_eq!(
+            publish_option(&[EventKind::Truncate, EventKind::Update]),
+            "update, truncate"
+        );
+    }
 }

@@ -5,8 +5,16 @@
 
 mod support;
 
+mod check;
 mod cli;
+mod contract;
+mod dead_letters;
 mod delivery;
+mod faults;
+mod filters;
+mod lifecycle;
+mod listen;
 mod payloads;
 mod slot_progress;
+mod status;
 mod value_fidelity;

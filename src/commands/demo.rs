@@ -4,12 +4,8 @@
 //! arrives with its signature check, then stops everything and removes the
 //! cluster. Nothing is left behind.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +38,7 @@ const SCRIPT: &[(&str, usize)] = &[
 
 /// The error of a demo step that is not walhook's own.
 fn demo_error(what: &str, error: impl std::fmt::Display) -> AppError {
-    AppError::Delivery(format!("demo: {what}: {error}"))
+    AppError::Command(format!("demo: {what}: {error}"))
 }
 
 /// Runs the demo.
@@ -77,27 +73,20 @@ async fn run_with(url: &str) -> Result<(), AppError> {
         .map_err(|error| demo_error("creating the orders table", error))?;
 
     let (arrivals, mut arrived) = mpsc::unbounded_channel();
-    let receiver = Arc::new(Receiver {
-        key: SigningKey::from_secret(DEMO_SECRET).map_err(|error| demo_error("key", error))?,
-        arrivals,
-    });
+    let key = SigningKey::from_secret(DEMO_SECRET).map_err(|error| demo_error("key", error))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|error| demo_error("binding the receiver", error))?;
     let receiver_addr = listener
         .local_addr()
         .map_err(|error| demo_error("binding the receiver", error))?;
-    let router = axum::Router::new()
-        .fallback(axum::routing::post(receive))
-        .with_state(receiver);
+    // The same receiver as `walhook listen`: prints and verifies each webhook.
     let stop_receiver = CancellationToken::new();
     let receiver_task = tokio::spawn({
         let stop = stop_receiver.clone();
-        async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        }
+        super::listen::serve(listener, Some(key), Some(arrivals), async move {
+            stop.cancelled().await
+        })
     });
     println!("walhook demo: receiver listening on http://{receiver_addr}/hooks/orders");
 
@@ -186,43 +175,4 @@ async fn run_with(url: &str) -> Result<(), AppError> {
     stop_receiver.cancel();
     let _ = receiver_task.await;
     result
-}
-
-struct Receiver {
-    key: SigningKey,
-    arrivals: mpsc::UnboundedSender<()>,
-}
-
-async fn receive(
-    State(receiver): State<Arc<Receiver>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("")
-    };
-    let id = header("webhook-id");
-    let timestamp = header("webhook-timestamp").parse::<i64>().unwrap_or(0);
-    let verified = receiver.key.sign(id, timestamp, &body) == header("webhook-signature");
-    let pretty = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|value| serde_json::to_string_pretty(&value).ok())
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-    println!(
-        "← webhook {id}  signature {}\n{pretty}",
-        if verified {
-            "verified ✓"
-        } else {
-            "INVALID ✗"
-        }
-    );
-    let _ = receiver.arrivals.send(());
-    if verified {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::UNAUTHORIZED
-    }
 }

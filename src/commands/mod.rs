@@ -1,7 +1,12 @@
 //! The commands behind the CLI: each loads what it needs, does one thing and
 //! returns an [`AppError`] whose exit code `main` uses.
 
+pub mod bench;
+pub mod check;
+pub mod dead_letters;
 pub mod demo;
+pub mod listen;
+pub mod status;
 
 use std::path::Path;
 
@@ -33,6 +38,7 @@ pub async fn setup(config_path: &Path) -> Result<(), AppError> {
         &config.source.publication,
         &config.source.slot,
         &rules.tables(),
+        &rules.events(),
     )
     .await?;
     println!(

@@ -6,14 +6,25 @@
 //! single lane (`strict`) or round-robin lanes (`none`). A lane sends one
 //! request (or one batch) at a time and retries it before moving on, which is
 //! what keeps per-key order. A shared semaphore caps requests in flight across
-//! all lanes at `delivery.concurrency`. Lane queues are bounded: a full lane
-//! makes [`Delivery::submit`] wait, which stops the reader, which stops
-//! reading the slot.
+//! all lanes at `delivery.concurrency`.
+//!
+//! Queues are bounded in bytes, per subscription: every queued or in-flight
+//! event holds its payload size (plus a fixed overhead) from its
+//! subscription's budget of [`SUBSCRIPTION_BUFFER_BYTES`] until it is
+//! resolved. When a subscription's budget is spent, [`Delivery::submit`]
+//! waits, which stops the reader, which stops reading the slot. So an
+//! endpoint that is down or slow does not stall the other subscriptions at
+//! once: they keep receiving while it absorbs up to its budget (tens of
+//! thousands of typical events); only then does backpressure reach the slot
+//! for all of them — which it must, since one slot serves every subscription
+//! and its confirmed position cannot pass the down endpoint's events anyway.
+//! Memory stays below `subscriptions × SUBSCRIPTION_BUFFER_BYTES` plus one
+//! request per lane.
 //!
 //! It does not build payloads (`event`) or decide what confirms (`checkpoint`).
 
 pub mod dead_letters;
-mod http;
+pub mod http;
 pub mod policy;
 pub mod signing;
 
@@ -22,7 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -32,10 +43,13 @@ use dead_letters::{DeadLetter, DeadLetters};
 use http::{Attempt, Endpoint};
 use policy::Verdict;
 
-/// Events a lane may hold queued before `submit` waits.
-const LANE_CAPACITY: usize = 32;
-/// Queue of the single lane of a `strict` subscription.
-const STRICT_LANE_CAPACITY: usize = 1024;
+/// Bytes of events one subscription may hold (queued or in flight) before
+/// `submit` waits: what a down endpoint may absorb before it stalls the
+/// reader, and so every other subscription.
+pub const SUBSCRIPTION_BUFFER_BYTES: usize = 16 << 20;
+/// What one queued event costs beyond its payload (the event, its id, its
+/// claim, the queue slot), so that many tiny events are bounded too.
+const EVENT_OVERHEAD_BYTES: usize = 256;
 /// Lanes of one `key` or `none` subscription; more keys than lanes share.
 const MAX_LANES: usize = 256;
 
@@ -60,12 +74,30 @@ struct SubscriptionLanes {
     ordering: Ordering,
     lanes: Vec<Lane>,
     next_round_robin: usize,
+    /// The subscription's byte budget; see [`SUBSCRIPTION_BUFFER_BYTES`].
+    buffer: Arc<Semaphore>,
 }
 
-/// The sending side of one lane.
+/// The sending side of one lane. The queue itself is unbounded: the
+/// subscription's byte budget bounds it.
 struct Lane {
-    sender: mpsc::Sender<Outbound>,
+    sender: mpsc::UnboundedSender<Queued>,
     load: Arc<LaneLoad>,
+}
+
+/// An event in a lane, holding its share of the subscription's budget until
+/// it is resolved (or abandoned).
+struct Queued {
+    event: Outbound,
+    budget: OwnedSemaphorePermit,
+}
+
+/// What an event costs from its subscription's budget; an event larger than
+/// the whole budget takes all of it (and so goes alone).
+fn budget_cost(event: &Outbound) -> u32 {
+    let cost =
+        (event.body.len() + event.id.len() + EVENT_OVERHEAD_BYTES).min(SUBSCRIPTION_BUFFER_BYTES);
+    u32::try_from(cost).unwrap_or(u32::MAX)
 }
 
 /// Events submitted to a lane and not yet resolved or abandoned.
@@ -131,15 +163,13 @@ impl Delivery {
         let mut all = Vec::with_capacity(subscriptions.len());
         for subscription in subscriptions {
             let endpoint = Arc::new(Endpoint::new(subscription)?);
-            let (lane_count, capacity) = match subscription.ordering {
-                Ordering::Strict => (1, STRICT_LANE_CAPACITY),
-                Ordering::Key | Ordering::None => {
-                    (config.concurrency.clamp(1, MAX_LANES), LANE_CAPACITY)
-                }
+            let lane_count = match subscription.ordering {
+                Ordering::Strict => 1,
+                Ordering::Key | Ordering::None => config.concurrency.clamp(1, MAX_LANES),
             };
             let mut lanes = Vec::with_capacity(lane_count);
             for _ in 0..lane_count {
-                let (sender, receiver) = mpsc::channel(capacity);
+                let (sender, receiver) = mpsc::unbounded_channel();
                 let load = Arc::new(LaneLoad::default());
                 tasks.spawn(run_lane(
                     receiver,
@@ -154,13 +184,14 @@ impl Delivery {
                 ordering: subscription.ordering,
                 lanes,
                 next_round_robin: 0,
+                buffer: Arc::new(Semaphore::new(SUBSCRIPTION_BUFFER_BYTES)),
             });
         }
         Ok(Delivery { subscriptions: all })
     }
 
     /// Queues an event for subscription number `subscription`, waiting while
-    /// its lane is full.
+    /// the subscription's byte budget is spent.
     pub async fn submit(
         &mut self,
         subscription: usize,
@@ -190,23 +221,31 @@ impl Delivery {
                 previous.load.wait_idle().await;
             }
         }
+        let budget = Arc::clone(&target.buffer)
+            .acquire_many_owned(budget_cost(&event))
+            .await
+            .map_err(|_| DeliveryClosed)?;
         let Some(lane) = target.lanes.get(lane) else {
             return Err(DeliveryClosed);
         };
         lane.load.outstanding.fetch_add(1, AtomicOrdering::AcqRel);
-        lane.sender.send(event).await.map_err(|_| DeliveryClosed)
+        lane.sender
+            .send(Queued { event, budget })
+            .map_err(|_| DeliveryClosed)
     }
 }
 
 /// Takes events from one lane and delivers them one request at a time.
 async fn run_lane(
-    mut receiver: mpsc::Receiver<Outbound>,
+    mut receiver: mpsc::UnboundedReceiver<Queued>,
     load: Arc<LaneLoad>,
     endpoint: Arc<Endpoint>,
     batch: BatchConfig,
     shared: Arc<Shared>,
 ) {
     let mut events = Vec::with_capacity(batch.max_events);
+    // The budget shares of the events being delivered, returned once done.
+    let mut budget = Vec::with_capacity(batch.max_events);
     loop {
         let first = tokio::select! {
             biased;
@@ -216,36 +255,41 @@ async fn run_lane(
                 None => return,
             },
         };
-        events.push(first);
+        events.push(first.event);
+        budget.push(first.budget);
         if batch.max_events > 1 {
-            fill_batch(&mut receiver, &mut events, batch).await;
+            fill_batch(&mut receiver, &mut events, &mut budget, batch).await;
         }
         let count = events.len();
         if !deliver(&endpoint, &shared, &mut events).await {
             return;
         }
+        budget.clear();
         load.finished(count);
     }
 }
 
 /// Adds queued events to a batch until it is full or `max_wait` passes.
 async fn fill_batch(
-    receiver: &mut mpsc::Receiver<Outbound>,
+    receiver: &mut mpsc::UnboundedReceiver<Queued>,
     events: &mut Vec<Outbound>,
+    budget: &mut Vec<OwnedSemaphorePermit>,
     batch: BatchConfig,
 ) {
     let deadline = tokio::time::Instant::now() + batch.max_wait;
     while events.len() < batch.max_events {
-        match receiver.try_recv() {
-            Ok(event) => events.push(event),
+        let queued = match receiver.try_recv() {
+            Ok(queued) => queued,
             Err(mpsc::error::TryRecvError::Disconnected) => return,
             Err(mpsc::error::TryRecvError::Empty) => {
                 match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                    Ok(Some(event)) => events.push(event),
+                    Ok(Some(queued)) => queued,
                     Ok(None) | Err(_) => return,
                 }
             }
-        }
+        };
+        events.push(queued.event);
+        budget.push(queued.budget);
     }
 }
 
@@ -360,4 +404,36 @@ async fn park_as_dead_letters(
         event.ack.resolve();
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Checkpoint;
+    use crate::lsn::Lsn;
+
+    fn event(checkpoint: &mut Checkpoint, body_len: usize) -> Outbound {
+        Outbound {
+            id: "wh_0123".into(),
+            ordering_key: 0,
+            previous_ordering_key: None,
+            body: Bytes::from(vec![b'x'; body_len]),
+            ack: checkpoint.track_event(),
+        }
+    }
+
+    #[test]
+    fn an_event_costs_its_bytes_plus_overhead_and_never_more_than_the_budget() {
+        let mut checkpoint = Checkpoint::new(Lsn(0));
+        checkpoint.begin();
+        let small = event(&mut checkpoint, 100);
+        assert_eq!(budget_cost(&small) as usize, 100 + 7 + EVENT_OVERHEAD_BYTES);
+        let huge = event(&mut checkpoint, SUBSCRIPTION_BUFFER_BYTES * 2);
+        assert_eq!(budget_cost(&huge) as usize, SUBSCRIPTION_BUFFER_BYTES);
+        // The budget fits a Semaphore and one acquire (u32).
+        const {
+            assert!(SUBSCRIPTION_BUFFER_BYTES <= Semaphore::MAX_PERMITS);
+            assert!(SUBSCRIPTION_BUFFER_BYTES <= u32::MAX as usize);
+        }
+    }
 }

@@ -2,13 +2,20 @@
 //! columns they see.
 //!
 //! Routes are worked out once per table shape (each time a Relation message
-//! arrives) so that matching a change is a scan of a short list. This module
-//! does not build payloads or send anything.
+//! arrives) so that matching a change is a scan of a short list: the event
+//! kind, then the subscription's filter, bound to the shape's column indexes.
+//! TRUNCATE events skip filters. A filter naming a column the table no
+//! longer has (a DROP COLUMN after start-up) is logged once per shape and
+//! matches nothing. This module does not build payloads or send anything.
 
 pub mod catalog_check;
+pub mod filter;
+
+use std::sync::Arc;
 
 use crate::config::{EventKind, SubscriptionConfig, TableName};
-use crate::event::TableInfo;
+use crate::event::{Change, TableInfo};
+use filter::{BoundFilter, ColumnUse, Filter, Side};
 
 /// Every subscription, in configuration order.
 #[derive(Debug)]
@@ -22,6 +29,16 @@ struct Subscription {
     tables: Vec<TableName>,
     events: Vec<EventKind>,
     columns: Option<Vec<String>>,
+    filter: SubscriptionFilter,
+}
+
+#[derive(Debug)]
+enum SubscriptionFilter {
+    None,
+    Parsed(Filter),
+    /// Did not parse (`catalog_check` stops start-up before this can be
+    /// used; kept so that `Rules::new` cannot fail).
+    Invalid,
 }
 
 /// One subscription's interest in one table.
@@ -31,11 +48,38 @@ pub struct Route {
     events: Vec<EventKind>,
     /// `Some(mask)` keeps only the columns whose entry is true.
     pub projection: Option<Vec<bool>>,
+    filter: RouteFilter,
+}
+
+/// A subscription's filter for one table shape.
+#[derive(Debug, Clone)]
+enum RouteFilter {
+    /// No filter: every change of a wanted kind.
+    All,
+    Bound(Arc<BoundFilter>),
+    /// The filter cannot apply to this shape: nothing matches.
+    Unusable,
 }
 
 impl Route {
     pub fn wants(&self, kind: EventKind) -> bool {
         self.events.contains(&kind)
+    }
+
+    /// Whether this subscription receives `change`: it wants the kind and,
+    /// except for TRUNCATE, its filter is TRUE for the change.
+    pub fn matches(&self, change: &Change) -> bool {
+        if !self.wants(change.kind) {
+            return false;
+        }
+        if change.kind == EventKind::Truncate {
+            return true;
+        }
+        match &self.filter {
+            RouteFilter::All => true,
+            RouteFilter::Bound(filter) => filter.matches(change),
+            RouteFilter::Unusable => false,
+        }
     }
 }
 
@@ -49,6 +93,14 @@ impl Rules {
                     tables: subscription.table_names(),
                     events: subscription.events.clone(),
                     columns: subscription.columns.clone(),
+                    filter: match subscription.filter.as_deref().map(Filter::parse) {
+                        None => SubscriptionFilter::None,
+                        Some(Ok(filter)) => SubscriptionFilter::Parsed(filter),
+                        Some(Err(error)) => {
+                            tracing::error!(subscription = %subscription.name, %error, "filter does not parse; the subscription receives nothing but TRUNCATE");
+                            SubscriptionFilter::Invalid
+                        }
+                    },
                 })
                 .collect(),
         }
@@ -59,6 +111,17 @@ impl Rules {
         self.subscriptions
             .get(subscription)
             .map_or("", |subscription| subscription.name.as_str())
+    }
+
+    /// Every kind of change some rule asks for.
+    pub fn events(&self) -> Vec<EventKind> {
+        let mut events: Vec<EventKind> = self
+            .subscriptions
+            .iter()
+            .flat_map(|subscription| subscription.events.iter().copied())
+            .collect();
+        events.dedup();
+        events
     }
 
     /// Every table some rule names, deduplicated and sorted.
@@ -94,9 +157,50 @@ impl Rules {
                         .map(|column| columns.contains(&column.name))
                         .collect()
                 }),
+                filter: route_filter(subscription, table),
             })
             .collect()
     }
+}
+
+/// Binds a subscription's filter to a table's current shape.
+fn route_filter(subscription: &Subscription, table: &TableInfo) -> RouteFilter {
+    let filter = match &subscription.filter {
+        SubscriptionFilter::None => return RouteFilter::All,
+        SubscriptionFilter::Invalid => return RouteFilter::Unusable,
+        SubscriptionFilter::Parsed(filter) => filter,
+    };
+    match filter.bind(table) {
+        Ok(bound) => {
+            if !table.identity_full && reads_old_row_of_updates(filter, &subscription.events) {
+                tracing::warn!(
+                    subscription = %subscription.name,
+                    table = %format_args!("{}.{}", table.schema, table.name),
+                    "the filter reads old values but the table is no longer REPLICA IDENTITY FULL; \
+                     predicates on old values of updates are unknown and do not match"
+                );
+            }
+            RouteFilter::Bound(Arc::new(bound))
+        }
+        Err(column) => {
+            tracing::error!(
+                subscription = %subscription.name,
+                table = %format_args!("{}.{}", table.schema, table.name),
+                column = %column.name,
+                "the filter names a column the table no longer has; \
+                 its changes do not match until the filter or the table is fixed"
+            );
+            RouteFilter::Unusable
+        }
+    }
+}
+
+fn reads_old_row_of_updates(filter: &Filter, events: &[EventKind]) -> bool {
+    events.contains(&EventKind::Update)
+        && filter
+            .columns()
+            .iter()
+            .any(|(column, usage)| column.side == Side::Old || *usage == ColumnUse::Changed)
 }
 
 #[cfg(test)]
@@ -158,5 +262,57 @@ mod tests {
         assert_eq!(rules.routes_for(&table("shop", "signups")).len(), 1);
         assert!(rules.routes_for(&table("public", "signups")).is_empty());
         assert_eq!(rules.tables().len(), 2);
+    }
+
+    fn change(table: &TableInfo, kind: EventKind, status: &str) -> Change {
+        let mut row = crate::event::Row::default();
+        row.push_value(|out| out.extend_from_slice(b"1"));
+        row.push_value(|out| out.extend_from_slice(status.as_bytes()));
+        Change {
+            table: std::sync::Arc::new(table.clone()),
+            kind,
+            new: (kind != EventKind::Truncate).then_some(row),
+            old: None,
+            lsn: crate::lsn::Lsn(1),
+            ordinal: 0,
+            transaction: std::sync::Arc::new(crate::event::TransactionInfo {
+                xid: 1,
+                commit_lsn: crate::lsn::Lsn(2),
+                commit_time: String::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn filters_apply_except_to_truncate_and_a_lost_column_matches_nothing() {
+        let config = Config::from_toml(
+            std::path::Path::new("t.toml"),
+            r#"
+            [source]
+            url = "postgres://x@localhost/db"
+            [[subscriptions]]
+            name = "paid"
+            tables = ["orders"]
+            events = ["insert", "truncate"]
+            filter = "status = 'paid'"
+            url = "http://127.0.0.1:1/"
+            "#,
+        )
+        .unwrap();
+        let rules = Rules::new(&config.subscriptions);
+        let orders = table("public", "orders");
+        let routes = rules.routes_for(&orders);
+        assert!(routes[0].matches(&change(&orders, EventKind::Insert, "\"paid\"")));
+        assert!(!routes[0].matches(&change(&orders, EventKind::Insert, "\"new\"")));
+        assert!(!routes[0].matches(&change(&orders, EventKind::Insert, "null")));
+        assert!(!routes[0].matches(&change(&orders, EventKind::Update, "\"paid\"")));
+        assert!(routes[0].matches(&change(&orders, EventKind::Truncate, "")));
+
+        // ALTER TABLE orders DROP COLUMN status; the next Relation rebinds.
+        let mut dropped = orders.clone();
+        dropped.columns.truncate(1);
+        let routes = rules.routes_for(&dropped);
+        assert!(!routes[0].matches(&change(&dropped, EventKind::Insert, "\"paid\"")));
+        assert!(routes[0].matches(&change(&dropped, EventKind::Truncate, "")));
     }
 }

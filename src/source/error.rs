@@ -92,8 +92,8 @@ pub enum SourceError {
         source: std::io::Error,
     },
     #[error(
-        "PostgreSQL at {addr} ended the replication stream (CopyDone) for slot \"{slot}\"; \
-         walhook reconnects", addr = peer.addr, slot = peer.slot)]
+        "PostgreSQL at {addr} ended the replication stream for slot \"{slot}\" (it may be \
+         shutting down); walhook reconnects", addr = peer.addr, slot = peer.slot)]
     CopyDone { peer: Arc<Peer> },
     #[error(
         "PostgreSQL at {addr} closed the replication connection (slot \"{slot}\"); walhook reconnects", addr = peer.addr, slot = peer.slot)]

@@ -139,7 +139,9 @@ impl ReplicationStream {
                 Incoming::Message(Message::ErrorResponse(body)) => {
                     return Err(self.wire.server_error(&body));
                 }
-                Incoming::Message(Message::CopyDone) => {
+                // A walsender that shuts down (pg_ctl stop/restart) ends the
+                // stream with CommandComplete, without a CopyDone first.
+                Incoming::Message(Message::CopyDone | Message::CommandComplete(_)) => {
                     return Err(self.wire.at.copy_done());
                 }
                 other => {
@@ -431,6 +433,16 @@ mod tests {
         server.write_all(b"c\x00\x00\x00\x04").await.unwrap();
         let error = stream.next().await.unwrap_err();
         assert!(matches!(error, SourceError::CopyDone { .. }), "{error:?}");
+
+        // A walsender shutting down sends CommandComplete alone.
+        let (mut stream, mut server) = stream_over_duplex();
+        server
+            .write_all(b"C\x00\x00\x00\x0bCOPY 0\x00")
+            .await
+            .unwrap();
+        let error = stream.next().await.unwrap_err();
+        assert!(matches!(error, SourceError::CopyDone { .. }), "{error:?}");
+        assert!(error.is_transient());
 
         let (mut stream, mut server) = stream_over_duplex();
         // A notice is skipped; the error after it ends the stream.

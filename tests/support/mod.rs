@@ -40,8 +40,14 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
         let cluster = tokio::task::spawn_blocking(cluster).await.unwrap();
+        TestDb::on(cluster).await
+    }
+
+    /// A fresh database of `cluster` (a test's own cluster, for tests that
+    /// stop or restart PostgreSQL).
+    pub async fn on(cluster: &TempPostgres) -> TestDb {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "t{}_{}",
             std::process::id(),
@@ -69,6 +75,35 @@ impl TestDb {
     }
 
     pub fn config_text(&self, subscriptions: &str) -> String {
+        self.config_text_with("", subscriptions)
+    }
+
+    /// A config whose `[delivery]` section also has `delivery` (keys the
+    /// defaults here do not set, e.g. `max_attempts = 1000`).
+    pub fn config_with(&self, delivery: &str, subscriptions: &str) -> Config {
+        Config::from_toml(
+            &PathBuf::from("test.toml"),
+            &self.config_text_with(delivery, subscriptions),
+        )
+        .expect("valid test config")
+    }
+
+    pub fn config_text_with(&self, delivery: &str, subscriptions: &str) -> String {
+        // Defaults for the tests, each unless `delivery` sets that key. The
+        // timeout is generous: on a loaded 2-core CI machine a 2 s timeout
+        // makes spurious retries (duplicates), which tests of exact
+        // sequences would misread.
+        let defaults = [
+            ("concurrency", "16"),
+            ("timeout", "\"10s\""),
+            ("backoff", "{ initial = \"20ms\", max = \"200ms\" }"),
+            ("shutdown_grace", "\"10s\""),
+        ]
+        .iter()
+        .filter(|(key, _)| !delivery.contains(&format!("{key} =")))
+        .map(|(key, value)| format!("{key} = {value}"))
+        .collect::<Vec<_>>()
+        .join("\n");
         format!(
             r#"
             [source]
@@ -77,10 +112,8 @@ impl TestDb {
             publication = "{name}"
             status_interval = "1s"
             [delivery]
-            concurrency = 16
-            timeout = "2s"
-            backoff = {{ initial = "20ms", max = "200ms" }}
-            shutdown_grace = "2s"
+            {defaults}
+            {delivery}
             [admin]
             listen = ""
             {subscriptions}
@@ -191,4 +224,94 @@ impl Walhook {
 /// The walhook binary built for these tests.
 pub fn walhook_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_walhook"))
+}
+
+/// The walhook binary with a config file and a log in a temp dir: `run` as
+/// a child process (stderr appended to the log), or one-shot commands.
+pub struct WalhookBinary {
+    dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl WalhookBinary {
+    pub fn new(config_text: &str) -> WalhookBinary {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("walhook.toml");
+        std::fs::write(&config_path, config_text).unwrap();
+        WalhookBinary { dir, config_path }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("walhook.log")
+    }
+
+    /// Starts `walhook run`; killed when the handle is dropped.
+    pub fn spawn_run(&self) -> tokio::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        tokio::process::Command::new(walhook_binary())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    /// What every `run` so far logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `text`.
+    pub async fn wait_for_log(&self, text: &str, deadline: Duration) {
+        let until = tokio::time::Instant::now() + deadline;
+        while !self.log().contains(text) {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "timed out after {deadline:?} waiting for {text:?} in the log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs `walhook <args…> --config <file>` to completion.
+    pub async fn command(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(walhook_binary())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap()
+    }
+}
+
+/// Sends SIGTERM to a child process.
+pub fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("the child is running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+/// A process's peak resident memory (VmHWM) in kB, from /proc.
+pub fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }

@@ -1,14 +1,18 @@
 //! A real HTTP receiver for the tests: records every request (headers and
-//! body), answers with a status the test can change at any time, and lets
-//! tests wait for a number of events with a deadline.
+//! body), answers with a status the test can change at any time (optionally
+//! after a delay, to hang past walhook's timeout), and lets tests wait for a
+//! number of events with a deadline. [`ResettingListener`] is the endpoint
+//! that accepts connections and resets them.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header::LOCATION};
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -41,6 +45,19 @@ struct Inner {
     requests: Mutex<Vec<Received>>,
     /// Status to answer; 2xx means the events count as delivered.
     status: Mutex<u16>,
+    /// How long to wait before answering (and recording) a request. A
+    /// request whose client gives up first is never recorded.
+    delay: Mutex<Duration>,
+    /// Requests that arrived, answered or not.
+    arrivals: AtomicUsize,
+    /// Events of requests answered 2xx (counted once per request, so large
+    /// tests need not re-parse every body).
+    delivered_events: AtomicUsize,
+    /// A further random wait of up to this before answering each request.
+    max_random_delay: Mutex<Duration>,
+    /// Each distinct body is answered 503 this many times before `status`.
+    fail_first: Mutex<u32>,
+    attempts_by_body: Mutex<HashMap<Bytes, u32>>,
     changed: Notify,
 }
 
@@ -53,11 +70,19 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        Receiver::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A receiver on a given address (e.g. one a [`ResettingListener`] held).
+    pub async fn start_on(addr: SocketAddr) -> Receiver {
         let inner = Arc::new(Inner {
             status: Mutex::new(200),
             ..Inner::default()
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(addr).unwrap();
+        let listener = socket.listen(1024).unwrap();
         let addr = listener.local_addr().unwrap();
         let router = axum::Router::new()
             .fallback(axum::routing::any(record))
@@ -76,6 +101,46 @@ impl Receiver {
     /// Answer every following request with `status`.
     pub fn respond_with(&self, status: u16) {
         *self.inner.status.lock().unwrap() = status;
+    }
+
+    /// Wait `delay` before answering each following request; a delay past
+    /// walhook's `delivery.timeout` is a receiver that hangs.
+    pub fn delay_responses(&self, delay: Duration) {
+        *self.inner.delay.lock().unwrap() = delay;
+    }
+
+    /// Also wait a random time between 0 and `max` before answering (and
+    /// recording) each request.
+    pub fn delay_responses_randomly(&self, max: Duration) {
+        *self.inner.max_random_delay.lock().unwrap() = max;
+    }
+
+    /// Answer the first `attempts` requests carrying each distinct body with
+    /// 503 (then the configured status), so every request is retried.
+    pub fn fail_first_attempts(&self, attempts: u32) {
+        *self.inner.fail_first.lock().unwrap() = attempts;
+    }
+
+    /// Requests that arrived so far, answered or not.
+    pub fn arrivals(&self) -> usize {
+        self.inner.arrivals.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `count` requests arrived, answered or not.
+    pub async fn wait_for_arrivals(&self, count: usize, deadline: Duration) {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.inner.changed.notified();
+            if self.arrivals() >= count {
+                return;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                panic!(
+                    "timed out after {deadline:?}: {} of {count} requests arrived",
+                    self.arrivals()
+                );
+            }
+        }
     }
 
     /// Every request so far.
@@ -110,6 +175,29 @@ impl Receiver {
         }
     }
 
+    /// How many events were answered 2xx so far (duplicates included).
+    pub fn delivered_count(&self) -> usize {
+        self.inner.delivered_events.load(Ordering::SeqCst)
+    }
+
+    /// Like [`Receiver::wait_for_delivered`] without parsing every body on
+    /// each wake-up: for tests with very many events.
+    pub async fn wait_for_delivered_count(&self, count: usize, deadline: Duration) {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.inner.changed.notified();
+            if self.delivered_count() >= count {
+                return;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                panic!(
+                    "timed out after {deadline:?}: {} of {count} events delivered",
+                    self.delivered_count()
+                );
+            }
+        }
+    }
+
     /// Waits until at least `count` requests arrived, whatever the answer.
     pub async fn wait_for_requests(&self, count: usize, deadline: Duration) {
         let until = tokio::time::Instant::now() + deadline;
@@ -133,8 +221,34 @@ async fn record(
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
-    let status = *inner.status.lock().unwrap();
+) -> (StatusCode, HeaderMap) {
+    inner.arrivals.fetch_add(1, Ordering::SeqCst);
+    inner.changed.notify_waiters();
+    let mut delay = *inner.delay.lock().unwrap();
+    let max_random_delay = *inner.max_random_delay.lock().unwrap();
+    if !max_random_delay.is_zero() {
+        delay += Duration::from_micros(fastrand::u64(0..=max_random_delay.as_micros() as u64));
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut status = *inner.status.lock().unwrap();
+    let fail_first = *inner.fail_first.lock().unwrap();
+    if fail_first > 0 {
+        let mut attempts = inner.attempts_by_body.lock().unwrap();
+        let seen = attempts.entry(body.clone()).or_insert(0);
+        if *seen < fail_first {
+            *seen += 1;
+            status = 503;
+        }
+    }
+    if (200..300).contains(&status) {
+        let events = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|body| body.get("events").and_then(Value::as_array).map(Vec::len))
+            .unwrap_or(1);
+        inner.delivered_events.fetch_add(events, Ordering::SeqCst);
+    }
     let headers = headers
         .iter()
         .map(|(name, value)| {
@@ -151,5 +265,60 @@ async fn record(
         status,
     });
     inner.changed.notify_waiters();
-    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    let mut answer = HeaderMap::new();
+    if (300..400).contains(&status) {
+        // Somewhere a client that follows redirects would go.
+        answer.insert(LOCATION, HeaderValue::from_static("/redirected"));
+    }
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        answer,
+    )
+}
+
+/// An endpoint that accepts every connection and resets it at once (RST,
+/// no HTTP answer). Dropping it frees the port for a [`Receiver`].
+pub struct ResettingListener {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ResettingListener {
+    pub async fn start() -> ResettingListener {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1024).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.set_zero_linger();
+                drop(stream);
+            }
+        });
+        ResettingListener {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Connections accepted (and reset) so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Stops listening and frees the port.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
 }

@@ -1,0 +1,160 @@
+//! The admin HTTP server on `admin.listen`: `/metrics` (Prometheus text),
+//! `/healthz` (the process answers), `/readyz` (the replication stream is
+//! connected and the checkpoint is not stalled) and `/status` (the facts of
+//! `walhook status`, as JSON).
+//!
+//! It only reads shared state and the database; it never changes the
+//! pipeline. Binding failure is a start-up error.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use tokio_util::sync::CancellationToken;
+
+use crate::pgconn::{ConnectParams, connect_sql};
+use crate::telemetry::Metrics;
+
+/// How long the checkpoint may stand still while work is pending before
+/// `/readyz` says the pipeline is stalled.
+pub const STALL_AFTER: Duration = Duration::from_secs(120);
+
+/// What the pipeline tells the admin server about its health.
+#[derive(Debug)]
+pub struct Health {
+    started: Instant,
+    connected: AtomicBool,
+    /// Milliseconds since `started` when the checkpoint last moved or was
+    /// found idle (nothing pending).
+    last_progress_ms: AtomicU64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            started: Instant::now(),
+            connected: AtomicBool::new(false),
+            last_progress_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Health {
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+        self.progressed();
+    }
+
+    /// The checkpoint moved, or nothing is pending.
+    pub fn progressed(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_progress_ms.store(now, Ordering::Release);
+    }
+
+    /// Connected, and progress within [`STALL_AFTER`].
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if !self.connected.load(Ordering::Acquire) {
+            return Err("replication stream not connected");
+        }
+        let since = self.started.elapsed().as_millis() as u64
+            - self
+                .last_progress_ms
+                .load(Ordering::Acquire)
+                .min(self.started.elapsed().as_millis() as u64);
+        if Duration::from_millis(since) > STALL_AFTER {
+            return Err("checkpoint stalled: pending events have not been delivered");
+        }
+        Ok(())
+    }
+}
+
+struct AdminState {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    params: ConnectParams,
+    slot: String,
+    subscriptions: Vec<String>,
+}
+
+/// Binds `listen` (a start-up error when it cannot) and serves until
+/// `shutdown`.
+pub async fn serve(
+    listen: &str,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    params: ConnectParams,
+    slot: String,
+    subscriptions: Vec<String>,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(AdminState {
+        metrics,
+        health,
+        params,
+        slot,
+        subscriptions,
+    });
+    let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics_endpoint))
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/readyz", axum::routing::get(ready_endpoint))
+        .route("/status", axum::routing::get(status_endpoint))
+        .with_state(state);
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::warn!(%error, "admin server stopped");
+        }
+    });
+    tracing::info!(%addr, "admin server listening (/metrics, /healthz, /readyz, /status)");
+    Ok((addr, task))
+}
+
+async fn metrics_endpoint(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn ready_endpoint(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
+    match state.health.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+async fn status_endpoint(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
+    let report = async {
+        let client = connect_sql(&state.params)
+            .await
+            .map_err(|error| error.to_string())?;
+        crate::status::collect(&client, &state.slot, &state.subscriptions)
+            .await
+            .map_err(|error| error.to_string())
+    }
+    .await;
+    match report
+        .and_then(|report| serde_json::to_string_pretty(&report).map_err(|error| error.to_string()))
+    {
+        Ok(json) => (StatusCode::OK, json),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": error }).to_string(),
+        ),
+    }
+}

@@ -1,0 +1,715 @@
+//! `walhook bench`: the benchmark that drives walhook's performance work.
+//!
+//! On a throw-away PostgreSQL it loads a backlog (N rows in transactions of B
+//! rows into a 6-column table of about 200 bytes a row), then runs the
+//! `walhook` binary against it with a fast in-process receiver and measures
+//! rows/s from start to the last row acknowledged, walhook's CPU time per row
+//! and its peak RSS. The same backlog is read by `pg_recvlogical` (pgoutput to
+//! /dev/null) for the ceiling, and walhook's rate is printed as a ratio of it.
+//! A live mode commits single-row transactions at a fixed rate and reports
+//! commit-to-arrival latency. Results print as one table and are written as
+//! JSON for comparison across commits.
+//!
+//! Figures are measurements of this machine at this moment, not assertions;
+//! nothing here fails because something is slow.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::app::AppError;
+use crate::pgtemp::{TempPostgres, TempPostgresOptions, find_server_binaries};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub rows: u64,
+    pub rows_per_transaction: u64,
+    pub live_rates: Vec<u64>,
+    pub live_seconds: u64,
+    pub json_path: PathBuf,
+}
+
+/// One backlog scenario's figures.
+#[derive(Debug, Serialize)]
+struct BacklogResult {
+    scenario: String,
+    rows: u64,
+    seconds: f64,
+    rows_per_second: f64,
+    cpu_us_per_row: f64,
+    peak_rss_mb: f64,
+    ratio_of_ceiling: Option<f64>,
+    requests: u64,
+}
+
+/// One live run's figures.
+#[derive(Debug, Serialize)]
+struct LiveResult {
+    target_rows_per_second: u64,
+    achieved_rows_per_second: f64,
+    rows: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    commit: String,
+    rows: u64,
+    rows_per_transaction: u64,
+    ceiling: BacklogResult,
+    backlog: Vec<BacklogResult>,
+    live: Vec<LiveResult>,
+}
+
+struct Scenario {
+    name: &'static str,
+    batch: usize,
+    ordering: &'static str,
+    failure_percent: u32,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "batch=1 ordering=key",
+        batch: 1,
+        ordering: "key",
+        failure_percent: 0,
+    },
+    Scenario {
+        name: "batch=1 ordering=none",
+        batch: 1,
+        ordering: "none",
+        failure_percent: 0,
+    },
+    Scenario {
+        name: "batch=100 ordering=key",
+        batch: 100,
+        ordering: "key",
+        failure_percent: 0,
+    },
+    Scenario {
+        name: "batch=1 ordering=key 1% HTTP 500",
+        batch: 1,
+        ordering: "key",
+        failure_percent: 1,
+    },
+];
+
+fn bench_error(what: &str, error: impl BenchFailure) -> AppError {
+    AppError::Command(format!("bench: {what}: {}", error.describe()))
+}
+
+/// Error text with the server's own message when there is one.
+trait BenchFailure {
+    fn describe(&self) -> String;
+}
+
+impl<T: std::fmt::Display + 'static> BenchFailure for T {
+    fn describe(&self) -> String {
+        let any: &dyn std::any::Any = self;
+        match any
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::as_db_error)
+        {
+            Some(db) => db.message().to_owned(),
+            None => self.to_string(),
+        }
+    }
+}
+
+/// Runs every scenario and prints the table.
+pub async fn run(options: BenchOptions) -> Result<(), AppError> {
+    let postgres = tokio::task::spawn_blocking(|| {
+        TempPostgres::start_with(TempPostgresOptions {
+            extra_conf: vec![
+                "max_wal_size = '4GB'".into(),
+                "shared_buffers = '256MB'".into(),
+            ],
+            hba_lines: Vec::new(),
+        })
+    })
+    .await
+    .map_err(|error| bench_error("starting PostgreSQL", error))?
+    .map_err(|error| bench_error("starting PostgreSQL", error))?;
+    let outcome = run_all(&postgres, &options).await;
+    tokio::task::spawn_blocking(move || drop(postgres))
+        .await
+        .map_err(|error| bench_error("stopping PostgreSQL", error))?;
+    let report = outcome?;
+    print_report(&report);
+    let json = serde_json::to_string_pretty(&report).map_err(|error| bench_error("json", error))?;
+    std::fs::write(&options.json_path, json)
+        .map_err(|error| bench_error("writing the JSON report", error))?;
+    println!("\nwritten: {}", options.json_path.display());
+    Ok(())
+}
+
+async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Report, AppError> {
+    let mut backlog = Vec::new();
+    let mut ceiling = None;
+    for (index, scenario) in SCENARIOS.iter().enumerate() {
+        let database = format!("bench{index}");
+        let client = prepare_database(postgres, &database).await?;
+        // The ceiling reads the first backlog with its own slot.
+        if index == 0 {
+            client
+                .batch_execute("SELECT pg_create_logical_replication_slot('ceiling', 'pgoutput')")
+                .await
+                .map_err(|error| bench_error("creating the ceiling slot", error))?;
+        }
+        eprintln!("bench: loading {} rows into {database}…", options.rows);
+        load_backlog(&client, options.rows, options.rows_per_transaction).await?;
+        if index == 0 {
+            eprintln!("bench: pg_recvlogical ceiling…");
+            ceiling = Some(measure_ceiling(postgres, &client, &database, options.rows).await?);
+        }
+        eprintln!("bench: walhook {}…", scenario.name);
+        let mut result = measure_walhook(postgres, &database, scenario, options.rows).await?;
+        result.ratio_of_ceiling = ceiling
+            .as_ref()
+            .map(|ceiling: &BacklogResult| result.rows_per_second / ceiling.rows_per_second);
+        backlog.push(result);
+    }
+    let mut live = Vec::new();
+    for &rate in &options.live_rates {
+        eprintln!(
+            "bench: live at {rate} rows/s for {}s…",
+            options.live_seconds
+        );
+        let database = format!("live{rate}");
+        prepare_database(postgres, &database).await?;
+        live.push(measure_live(postgres, &database, rate, options.live_seconds).await?);
+    }
+    let ceiling = ceiling.ok_or_else(|| bench_error("ceiling", "not measured"))?;
+    Ok(Report {
+        commit: git_commit(),
+        rows: options.rows,
+        rows_per_transaction: options.rows_per_transaction,
+        ceiling,
+        backlog,
+        live,
+    })
+}
+
+async fn prepare_database(
+    postgres: &TempPostgres,
+    database: &str,
+) -> Result<tokio_postgres::Client, AppError> {
+    let admin = connect(&postgres.url("postgres")).await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .map_err(|error| bench_error("creating a database", error))?;
+    let client = connect(&postgres.url(database)).await?;
+    // Separate statements: a slot cannot be created in a transaction that
+    // has written.
+    for statement in [
+        "CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, \
+           amount numeric(10,2) NOT NULL, status text NOT NULL, note text NOT NULL, \
+           created_at timestamptz NOT NULL DEFAULT now())",
+        "CREATE PUBLICATION walhook FOR TABLE orders",
+        &format!("SELECT pg_create_logical_replication_slot('{database}', 'pgoutput')"),
+    ] {
+        client
+            .batch_execute(statement)
+            .await
+            .map_err(|error| bench_error("creating the table, publication and slot", error))?;
+    }
+    Ok(client)
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client, AppError> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|error| bench_error("connecting", error))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Inserts rows 1..=rows, `per_transaction` rows a transaction.
+async fn load_backlog(
+    client: &tokio_postgres::Client,
+    rows: u64,
+    per_transaction: u64,
+) -> Result<(), AppError> {
+    let mut start = 1;
+    while start <= rows {
+        let end = (start + per_transaction - 1).min(rows);
+        client
+            .batch_execute(&insert_rows(start, end))
+            .await
+            .map_err(|error| bench_error("loading rows", error))?;
+        start = end + 1;
+    }
+    Ok(())
+}
+
+fn insert_rows(start: u64, end: u64) -> String {
+    format!(
+        "INSERT INTO orders (id, customer, amount, status, note) \
+         SELECT g, 'customer-' || g || '@example.com', (g % 10000) / 100.0, 'pending', \
+                repeat('x', 100) \
+         FROM generate_series({start}, {end}) g"
+    )
+}
+
+/// `pg_recvlogical` reading the backlog from the `ceiling` slot.
+async fn measure_ceiling(
+    postgres: &TempPostgres,
+    client: &tokio_postgres::Client,
+    database: &str,
+    rows: u64,
+) -> Result<BacklogResult, AppError> {
+    let end: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|error| bench_error("reading the WAL position", error))?
+        .get(0);
+    let bindir = find_server_binaries().map_err(|error| bench_error("pg_recvlogical", error))?;
+    let before = children_usage();
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(bindir.join("pg_recvlogical"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &postgres.port().to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(["-d", database, "--slot", "ceiling", "--start", "--no-loop"])
+        .args(["-o", "proto_version=1", "-o", "publication_names=walhook"])
+        .args(["-f", "/dev/null", "--endpos", &end])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|error| bench_error("starting pg_recvlogical", error))?;
+    let peak = watch_peak_rss(child.id());
+    let status = child
+        .wait()
+        .await
+        .map_err(|error| bench_error("pg_recvlogical", error))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let peak_kb = peak.await.unwrap_or(0);
+    if !status.success() {
+        return Err(bench_error("pg_recvlogical", status));
+    }
+    let cpu = children_usage().cpu_seconds - before.cpu_seconds;
+    Ok(BacklogResult {
+        scenario: "pg_recvlogical → /dev/null (ceiling)".into(),
+        rows,
+        seconds,
+        rows_per_second: rows as f64 / seconds,
+        cpu_us_per_row: cpu * 1e6 / rows as f64,
+        peak_rss_mb: peak_kb as f64 / 1024.0,
+        ratio_of_ceiling: Some(1.0),
+        requests: 0,
+    })
+}
+
+/// The in-process receiver: counts events, answers 204 (or 500 for a share).
+struct Sink {
+    events: AtomicUsize,
+    requests: AtomicU64,
+    failure_percent: u32,
+    arrived: Notify,
+    /// Live mode: arrival instants by row id.
+    arrivals: Option<std::sync::Mutex<Vec<Option<Instant>>>>,
+}
+
+async fn receive(State(sink): State<Arc<Sink>>, body: Bytes) -> StatusCode {
+    sink.requests.fetch_add(1, Ordering::Relaxed);
+    if sink.failure_percent > 0 && fastrand::u32(0..100) < sink.failure_percent {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    let marker = b"\"subscription\":";
+    let count = body
+        .windows(marker.len())
+        .filter(|window| *window == marker)
+        .count();
+    if let Some(arrivals) = &sink.arrivals
+        && let Some(id) = record_id(&body)
+        && let Ok(mut arrivals) = arrivals.lock()
+        && let Some(slot) = arrivals.get_mut(id as usize)
+    {
+        slot.get_or_insert_with(Instant::now);
+    }
+    sink.events.fetch_add(count, Ordering::Relaxed);
+    sink.arrived.notify_one();
+    StatusCode::NO_CONTENT
+}
+
+/// The `id` of `"record":{"id":N,` in a single-event body.
+fn record_id(body: &[u8]) -> Option<u64> {
+    let marker = b"\"record\":{\"id\":";
+    let start = body
+        .windows(marker.len())
+        .position(|window| window == marker)?
+        + marker.len();
+    let digits = body[start..]
+        .iter()
+        .take_while(|byte| byte.is_ascii_digit())
+        .fold(0u64, |id, byte| id * 10 + u64::from(byte - b'0'));
+    Some(digits)
+}
+
+async fn start_sink(
+    failure_percent: u32,
+    live_rows: Option<usize>,
+) -> Result<(Arc<Sink>, String), AppError> {
+    let sink = Arc::new(Sink {
+        events: AtomicUsize::new(0),
+        requests: AtomicU64::new(0),
+        failure_percent,
+        arrived: Notify::new(),
+        arrivals: live_rows.map(|rows| std::sync::Mutex::new(vec![None; rows + 1])),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|error| bench_error("binding the receiver", error))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|error| bench_error("binding the receiver", error))?;
+    let router = axum::Router::new()
+        .fallback(axum::routing::post(receive))
+        .with_state(Arc::clone(&sink));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok((sink, format!("http://{addr}/hook")))
+}
+
+fn walhook_config(
+    postgres: &TempPostgres,
+    database: &str,
+    url: &str,
+    scenario: &Scenario,
+) -> String {
+    format!(
+        r#"
+        [source]
+        url = "{}"
+        slot = "{database}"
+        auto_setup = false
+        [delivery]
+        concurrency = 64
+        backoff = {{ initial = "10ms", max = "1s" }}
+        [admin]
+        listen = ""
+        [[subscriptions]]
+        name = "bench"
+        tables = ["orders"]
+        url = "{url}"
+        ordering = "{}"
+        batch = {{ max_events = {}, max_wait = "20ms" }}
+        "#,
+        postgres.url(database),
+        scenario.ordering,
+        scenario.batch
+    )
+}
+
+/// A running `walhook run` child.
+struct Daemon {
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+fn spawn_walhook(config: &str) -> Result<Daemon, AppError> {
+    let dir = tempfile::tempdir().map_err(|error| bench_error("temp dir", error))?;
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(&path, config).map_err(|error| bench_error("writing the config", error))?;
+    let exe = std::env::current_exe().map_err(|error| bench_error("finding walhook", error))?;
+    let child = tokio::process::Command::new(exe)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("WALHOOK_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| bench_error("starting walhook", error))?;
+    Ok(Daemon { child, _dir: dir })
+}
+
+/// SIGTERM, wait; returns walhook's CPU seconds over its life.
+async fn stop_walhook(mut daemon: Daemon, before: Usage) -> Result<f64, AppError> {
+    if let Some(pid) = daemon.child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), daemon.child.wait()).await;
+    let _ = daemon.child.kill().await;
+    Ok(children_usage().cpu_seconds - before.cpu_seconds)
+}
+
+async fn wait_for_events(sink: &Sink, count: usize, deadline: Duration) -> Result<(), AppError> {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let arrived = sink.arrived.notified();
+        if sink.events.load(Ordering::Relaxed) >= count {
+            return Ok(());
+        }
+        if tokio::time::timeout_at(until, arrived).await.is_err() {
+            return Err(bench_error(
+                "waiting for deliveries",
+                format!(
+                    "{} of {count} events within {deadline:?}",
+                    sink.events.load(Ordering::Relaxed)
+                ),
+            ));
+        }
+    }
+}
+
+async fn measure_walhook(
+    postgres: &TempPostgres,
+    database: &str,
+    scenario: &Scenario,
+    rows: u64,
+) -> Result<BacklogResult, AppError> {
+    let (sink, url) = start_sink(scenario.failure_percent, None).await?;
+    let before = children_usage();
+    let started = Instant::now();
+    let daemon = spawn_walhook(&walhook_config(postgres, database, &url, scenario))?;
+    let pid = daemon.child.id();
+    let peak = watch_peak_rss(pid);
+    wait_for_events(&sink, rows as usize, Duration::from_secs(600)).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let peak_kb = pid.map(read_peak_rss_kb).unwrap_or(0);
+    peak.abort();
+    let cpu = stop_walhook(daemon, before).await?;
+    Ok(BacklogResult {
+        scenario: scenario.name.into(),
+        rows,
+        seconds,
+        rows_per_second: rows as f64 / seconds,
+        cpu_us_per_row: cpu * 1e6 / rows as f64,
+        peak_rss_mb: peak_kb as f64 / 1024.0,
+        ratio_of_ceiling: None,
+        requests: sink.requests.load(Ordering::Relaxed),
+    })
+}
+
+async fn measure_live(
+    postgres: &TempPostgres,
+    database: &str,
+    rate: u64,
+    seconds: u64,
+) -> Result<LiveResult, AppError> {
+    let rows = rate * seconds;
+    let (sink, url) = start_sink(0, Some(rows as usize)).await?;
+    let scenario = &SCENARIOS[0];
+    let before = children_usage();
+    let daemon = spawn_walhook(&walhook_config(postgres, database, &url, scenario))?;
+    // Let it connect before the clock starts.
+    let client = connect(&postgres.url(database)).await?;
+    wait_until_streaming(&client).await?;
+
+    // Several connections so the commit rate is not capped by one session's
+    // round trips.
+    const WRITERS: u64 = 4;
+    let committed = Arc::new(std::sync::Mutex::new(vec![None; rows as usize + 1]));
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let client = connect(&postgres.url(database)).await?;
+        let committed = Arc::clone(&committed);
+        writers.push(tokio::spawn(async move {
+            let interval = Duration::from_secs_f64(WRITERS as f64 / rate as f64);
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut id = 1 + writer;
+            while id <= rows {
+                ticks.tick().await;
+                if client.batch_execute(&insert_rows(id, id)).await.is_err() {
+                    break;
+                }
+                if let Ok(mut committed) = committed.lock()
+                    && let Some(slot) = committed.get_mut(id as usize)
+                {
+                    *slot = Some(Instant::now());
+                }
+                id += WRITERS;
+            }
+        }));
+    }
+    for writer in writers {
+        let _ = writer.await;
+    }
+    let write_seconds = started.elapsed().as_secs_f64();
+    wait_for_events(&sink, rows as usize, Duration::from_secs(120)).await?;
+    stop_walhook(daemon, before).await?;
+
+    let committed = committed
+        .lock()
+        .map(|guard| guard.clone())
+        .unwrap_or_default();
+    let arrived = sink
+        .arrivals
+        .as_ref()
+        .and_then(|arrivals| arrivals.lock().ok().map(|guard| guard.clone()))
+        .unwrap_or_default();
+    let mut latencies: Vec<f64> = committed
+        .iter()
+        .zip(&arrived)
+        .filter_map(|(commit, arrival)| match (commit, arrival) {
+            // An arrival can precede the client's view of its own commit ack.
+            (Some(commit), Some(arrival)) => {
+                Some(arrival.saturating_duration_since(*commit).as_secs_f64() * 1e3)
+            }
+            _ => None,
+        })
+        .collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(LiveResult {
+        target_rows_per_second: rate,
+        achieved_rows_per_second: rows as f64 / write_seconds,
+        rows,
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+        max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+async fn wait_until_streaming(client: &tokio_postgres::Client) -> Result<(), AppError> {
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        let streaming = client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r \
+                 ON r.pid = s.active_pid WHERE s.slot_name = current_database()",
+                &[],
+            )
+            .await
+            .map_err(|error| bench_error("waiting for walhook", error))?
+            .is_some();
+        if streaming {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(bench_error(
+        "waiting for walhook",
+        "it did not start streaming in 30s",
+    ))
+}
+
+/// CPU time of every child process reaped so far.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    cpu_seconds: f64,
+}
+
+fn children_usage() -> Usage {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_CHILDREN) {
+        Ok(usage) => {
+            let seconds =
+                |time: nix::sys::time::TimeVal| time.tv_sec() as f64 + time.tv_usec() as f64 / 1e6;
+            Usage {
+                cpu_seconds: seconds(usage.user_time()) + seconds(usage.system_time()),
+            }
+        }
+        Err(_) => Usage { cpu_seconds: 0.0 },
+    }
+}
+
+/// Peak resident set (VmHWM) of a live process, in kB.
+fn read_peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Polls a process's VmHWM until it exits; returns the last value seen.
+fn watch_peak_rss(pid: Option<u32>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let Some(pid) = pid else { return 0 };
+        let mut peak = 0;
+        loop {
+            let now = read_peak_rss_kb(pid);
+            if now == 0 && !Path::new(&format!("/proc/{pid}")).exists() {
+                return peak;
+            }
+            peak = peak.max(now);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn print_report(report: &Report) {
+    println!(
+        "\nwalhook bench — commit {}, {} rows in transactions of {}\n",
+        report.commit, report.rows, report.rows_per_transaction
+    );
+    println!(
+        "| {:<38} | {:>9} | {:>8} | {:>10} | {:>8} | {:>9} |",
+        "emitter", "rows/s", "ceiling", "CPU µs/row", "peak RSS", "requests"
+    );
+    println!(
+        "|{:-<40}|{:->11}|{:->10}|{:->12}|{:->10}|{:->11}|",
+        "", "", "", "", "", ""
+    );
+    for result in std::iter::once(&report.ceiling).chain(&report.backlog) {
+        println!(
+            "| {:<38} | {:>9.0} | {:>7.0}% | {:>10.2} | {:>5.1} MB | {:>9} |",
+            result.scenario,
+            result.rows_per_second,
+            result.ratio_of_ceiling.unwrap_or(f64::NAN) * 100.0,
+            result.cpu_us_per_row,
+            result.peak_rss_mb,
+            result.requests
+        );
+    }
+    if !report.live.is_empty() {
+        println!(
+            "\n| {:>12} | {:>12} | {:>8} | {:>8} | {:>8} |",
+            "live rows/s", "achieved", "p50 ms", "p99 ms", "max ms"
+        );
+        println!(
+            "|{:->14}|{:->14}|{:->10}|{:->10}|{:->10}|",
+            "", "", "", "", ""
+        );
+        for live in &report.live {
+            println!(
+                "| {:>12} | {:>12.0} | {:>8.2} | {:>8.2} | {:>8.2} |",
+                live.target_rows_per_second,
+                live.achieved_rows_per_second,
+                live.p50_ms,
+                live.p99_ms,
+                live.max_ms
+            );
+        }
+    }
+}

@@ -1,0 +1,742 @@
+//! `walhook check`: validates the configuration and the database walhook
+//! will read, and prints each problem with the statement or step that fixes
+//! it, one line each, then a summary.
+//!
+//! It only reads: it creates nothing, opens no replication connection and
+//! sends no webhook (a URL's host is resolved, not called). A problem is
+//! something that stops walhook or loses data (exit 1); a warning is
+//! something that works but probably not as the user expects (exit 0). The
+//! config file itself is loaded as `run` loads it, so a bad file exits 2
+//! before anything is checked. A query the role may not run becomes a
+//! problem line of its own rather than ending the check, so one run shows
+//! as much as it can.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::app::{self, AppError};
+use crate::config::{Config, EventKind, SubscriptionConfig, TableName, quote_identifier};
+use crate::pgconn::connect_sql;
+use crate::rules::catalog_check::{self, RuleError};
+
+/// How long resolving one URL host may take before it counts as failed.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the check found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub problems: Vec<Finding>,
+    pub warnings: Vec<Finding>,
+    /// Checks that found nothing wrong.
+    pub passed: usize,
+}
+
+/// One problem or warning: what is wrong and how to fix it.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub what: String,
+    /// Empty when `what` already says how.
+    pub fix: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.fix.is_empty() {
+            f.write_str(&self.what)
+        } else {
+            write!(f, "{} — fix: {}", self.what, self.fix)
+        }
+    }
+}
+
+impl CheckReport {
+    /// 0 when walhook can run as configured (warnings allowed), 1 when
+    /// something must be fixed first.
+    pub fn exit_code(&self) -> u8 {
+        if self.problems.is_empty() { 0 } else { 1 }
+    }
+
+    fn problem(&mut self, what: impl Into<String>, fix: impl Into<String>) {
+        let finding = Finding {
+            what: what.into(),
+            fix: fix.into(),
+        };
+        println!("problem: {finding}");
+        self.problems.push(finding);
+    }
+
+    fn warning(&mut self, what: impl Into<String>, fix: impl Into<String>) {
+        let finding = Finding {
+            what: what.into(),
+            fix: fix.into(),
+        };
+        println!("warning: {finding}");
+        self.warnings.push(finding);
+    }
+
+    fn pass(&mut self) {
+        self.passed += 1;
+    }
+
+    /// A catalog query failed: the check it belonged to cannot be judged.
+    fn query_failed(&mut self, what: &str, error: &tokio_postgres::Error) {
+        self.problem(
+            format!("cannot read {what}: {}", server_message(error)),
+            "grant the role read access to the system catalogs, or run check as a role that has it",
+        );
+    }
+
+    fn summary(&self) -> String {
+        let plural = |count: usize, word: &str| {
+            format!("{count} {word}{}", if count == 1 { "" } else { "s" })
+        };
+        if self.problems.is_empty() {
+            let warnings = if self.warnings.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", plural(self.warnings.len(), "warning"))
+            };
+            format!(
+                "walhook check: ready to run — {} passed{warnings}",
+                plural(self.passed, "check")
+            )
+        } else {
+            format!(
+                "walhook check: {} to fix, {} ({} passed)",
+                plural(self.problems.len(), "problem"),
+                plural(self.warnings.len(), "warning"),
+                plural(self.passed, "check")
+            )
+        }
+    }
+}
+
+/// `walhook check`: loads the config (a bad file is an error, exit 2),
+/// connects (an unreachable server is an error, exit 1), prints the report
+/// and returns it; its [`CheckReport::exit_code`] is the command's.
+pub async fn run(config_path: &Path) -> Result<CheckReport, AppError> {
+    let config = Config::load(config_path)?;
+    let params = app::source_params(&config)?;
+    let client = connect_sql(&params).await?;
+    println!(
+        "walhook check: {} (slot {}, publication {}, {} subscription{})",
+        params.redacted(),
+        config.source.slot,
+        config.source.publication,
+        config.subscriptions.len(),
+        if config.subscriptions.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+    );
+    let mut report = CheckReport::default();
+    let role = check_server_and_role(&client, &mut report).await;
+    let tables = check_tables(&client, &config.subscriptions, &role, &mut report).await;
+    check_rules(&client, &config.subscriptions, &tables, &mut report).await;
+    check_publication(&client, &config, &tables, &mut report).await;
+    check_slot(&client, &config, &mut report).await;
+    check_dead_letters(&client, &role, &mut report).await;
+    check_urls(&config.subscriptions, &mut report).await;
+    println!("{}", report.summary());
+    Ok(report)
+}
+
+/// `wal_level` and the role's right to replicate. Returns the role's name.
+async fn check_server_and_role(
+    client: &tokio_postgres::Client,
+    report: &mut CheckReport,
+) -> String {
+    let row = match client
+        .query_one(
+            "SELECT current_setting('wal_level'), current_user::text, r.rolsuper, r.rolreplication \
+             FROM pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row,
+        Err(error) => {
+            report.query_failed("the server settings and the role", &error);
+            return String::new();
+        }
+    };
+    let wal_level: String = row.get(0);
+    let role: String = row.get(1);
+    let superuser: bool = row.get(2);
+    let replication: bool = row.get(3);
+    if wal_level == "logical" {
+        report.pass();
+    } else {
+        report.problem(
+            format!(
+                "wal_level is '{wal_level}', so the server keeps no logical decoding information"
+            ),
+            "run ALTER SYSTEM SET wal_level = logical as a superuser, then restart PostgreSQL",
+        );
+    }
+    if superuser || replication {
+        report.pass();
+    } else {
+        report.problem(
+            format!(
+                "role {role:?} has neither REPLICATION nor SUPERUSER, so it cannot open a replication connection"
+            ),
+            format!(
+                "as a superuser run ALTER ROLE {} REPLICATION",
+                quote_identifier(&role)
+            ),
+        );
+    }
+    role
+}
+
+/// One table a rule names, as the catalog has it.
+struct TableState {
+    /// The subscriptions naming it, in configuration order.
+    subscriptions: Vec<String>,
+    /// `None` when the table does not exist.
+    found: Option<FoundTable>,
+}
+
+struct FoundTable {
+    /// `d` default, `n` nothing, `f` full, `i` index.
+    replica_identity: String,
+    has_primary_key: bool,
+    /// REPLICA IDENTITY USING INDEX whose index is gone.
+    identity_index_missing: bool,
+}
+
+impl FoundTable {
+    /// How the table's replica identity fails to identify old rows, if it
+    /// does.
+    fn missing_identity(&self) -> Option<&'static str> {
+        match self.replica_identity.as_str() {
+            "n" => Some("NOTHING"),
+            "d" if !self.has_primary_key => Some("DEFAULT and no primary key"),
+            "i" if self.identity_index_missing => Some("USING INDEX but the index is gone"),
+            _ => None,
+        }
+    }
+}
+
+/// Existence, SELECT privilege and replica identity of every table the rules
+/// name.
+async fn check_tables(
+    client: &tokio_postgres::Client,
+    subscriptions: &[SubscriptionConfig],
+    role: &str,
+    report: &mut CheckReport,
+) -> BTreeMap<TableName, TableState> {
+    let mut tables: BTreeMap<TableName, TableState> = BTreeMap::new();
+    for subscription in subscriptions {
+        for table in subscription.table_names() {
+            let state = tables.entry(table).or_insert_with(|| TableState {
+                subscriptions: Vec::new(),
+                found: None,
+            });
+            if !state.subscriptions.contains(&subscription.name) {
+                state.subscriptions.push(subscription.name.clone());
+            }
+        }
+    }
+    for (table, state) in &mut tables {
+        let row = match client
+            .query_opt(
+                "SELECT c.relreplident::text, has_table_privilege(c.oid, 'SELECT'), \
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+                        c.relreplident = 'i' AND NOT EXISTS \
+                          (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&table.schema, &table.name],
+            )
+            .await
+        {
+            Ok(row) => row,
+            Err(error) => {
+                report.query_failed(&format!("the catalog entry of {table}"), &error);
+                continue;
+            }
+        };
+        let Some(row) = row else {
+            report.problem(
+                format!(
+                    "table {table} does not exist (named by subscription {})",
+                    names(&state.subscriptions)
+                ),
+                "create the table, or correct `tables` in the subscription",
+            );
+            continue;
+        };
+        report.pass();
+        let can_select: bool = row.get(1);
+        if can_select {
+            report.pass();
+        } else {
+            report.problem(
+                format!("role {role:?} lacks SELECT on {table}"),
+                format!(
+                    "GRANT SELECT ON {} TO {}",
+                    table.quoted(),
+                    quote_identifier(role)
+                ),
+            );
+        }
+        state.found = Some(FoundTable {
+            replica_identity: row.get(0),
+            has_primary_key: row.get(2),
+            identity_index_missing: row.get(3),
+        });
+    }
+    for subscription in subscriptions {
+        let wants_old_rows = subscription
+            .events
+            .iter()
+            .any(|kind| matches!(kind, EventKind::Update | EventKind::Delete));
+        if !wants_old_rows {
+            continue;
+        }
+        for table in subscription.table_names() {
+            let Some(found) = tables.get(&table).and_then(|state| state.found.as_ref()) else {
+                continue;
+            };
+            match found.missing_identity() {
+                None => report.pass(),
+                Some(identity) => report.warning(
+                    format!(
+                        "table {table} has REPLICA IDENTITY {identity}: subscription {:?} receives updates/deletes \
+                         but old_record will be null (and PostgreSQL refuses UPDATE and DELETE on a table \
+                         without a replica identity while a publication publishes them)",
+                        subscription.name
+                    ),
+                    format!(
+                        "ALTER TABLE {} REPLICA IDENTITY FULL (or add a primary key)",
+                        table.quoted()
+                    ),
+                ),
+            }
+        }
+    }
+    tables
+}
+
+/// The rules against the catalog (columns, filters), per subscription whose
+/// tables all exist, so that one bad rule does not hide the next.
+async fn check_rules(
+    client: &tokio_postgres::Client,
+    subscriptions: &[SubscriptionConfig],
+    tables: &BTreeMap<TableName, TableState>,
+    report: &mut CheckReport,
+) {
+    for (index, subscription) in subscriptions.iter().enumerate() {
+        let all_found = subscription
+            .table_names()
+            .iter()
+            .all(|table| tables.get(table).is_some_and(|state| state.found.is_some()));
+        if !all_found {
+            continue;
+        }
+        match catalog_check::check_subscription(client, index, subscription).await {
+            Ok(_) => report.pass(),
+            // Reported above with the other missing tables.
+            Err(RuleError::UnknownTable { .. }) => {}
+            Err(RuleError::Catalog(error)) => {
+                report.query_failed(
+                    &format!("the catalog for subscription {:?}", subscription.name),
+                    &error,
+                );
+            }
+            Err(error) => report.problem(error.to_string(), ""),
+        }
+    }
+}
+
+/// The publication exists, holds every table the rules name, and publishes
+/// the operations the subscriptions ask for.
+async fn check_publication(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    tables: &BTreeMap<TableName, TableState>,
+    report: &mut CheckReport,
+) {
+    let publication = &config.source.publication;
+    let row = match client
+        .query_opt(
+            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1",
+            &[publication],
+        )
+        .await
+    {
+        Ok(row) => row,
+        Err(error) => {
+            report.query_failed("pg_publication", &error);
+            return;
+        }
+    };
+    let Some(row) = row else {
+        report.problem(
+            format!("publication {publication:?} does not exist"),
+            "run `walhook setup` (it creates the publication for the tables the rules name)",
+        );
+        return;
+    };
+    report.pass();
+    let published: BTreeSet<TableName> = match client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[publication],
+        )
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| TableName {
+                schema: row.get(0),
+                name: row.get(1),
+            })
+            .collect(),
+        Err(error) => {
+            report.query_failed("pg_publication_tables", &error);
+            return;
+        }
+    };
+    let missing: Vec<String> = tables
+        .iter()
+        .filter(|(table, state)| state.found.is_some() && !published.contains(table))
+        .map(|(table, _)| table.to_string())
+        .collect();
+    if missing.is_empty() {
+        report.pass();
+    } else {
+        report.problem(
+            format!(
+                "publication {publication:?} does not include {}",
+                missing.join(", ")
+            ),
+            "run `walhook setup` (it sets the publication to the tables the rules name)",
+        );
+    }
+    let operations = [
+        (EventKind::Insert, "insert", row.get::<_, bool>(0)),
+        (EventKind::Update, "update", row.get::<_, bool>(1)),
+        (EventKind::Delete, "delete", row.get::<_, bool>(2)),
+        (EventKind::Truncate, "truncate", row.get::<_, bool>(3)),
+    ];
+    // A table without a replica identity in a publication that publishes
+    // updates or deletes makes PostgreSQL refuse the application's UPDATE
+    // and DELETE on it, whatever walhook subscribes to. (Subscriptions that
+    // receive updates or deletes were warned about with the tables.)
+    let publishes_old_rows = operations[1].2 || operations[2].2;
+    for (table, state) in tables {
+        let Some(identity) = state.found.as_ref().and_then(FoundTable::missing_identity) else {
+            continue;
+        };
+        let warned = config.subscriptions.iter().any(|subscription| {
+            subscription.table_names().contains(table)
+                && subscription
+                    .events
+                    .iter()
+                    .any(|kind| matches!(kind, EventKind::Update | EventKind::Delete))
+        });
+        if publishes_old_rows && published.contains(table) && !warned {
+            report.warning(
+                format!(
+                    "table {table} has REPLICA IDENTITY {identity} and publication {publication:?} \
+                     publishes updates/deletes, so PostgreSQL refuses UPDATE and DELETE on it"
+                ),
+                format!(
+                    "ALTER TABLE {} REPLICA IDENTITY FULL (or add a primary key), or if the table \
+                     only ever gets inserts, ALTER PUBLICATION {} SET (publish = 'insert, truncate')",
+                    table.quoted(),
+                    quote_identifier(publication)
+                ),
+            );
+        }
+    }
+    let unpublished: Vec<&str> = operations
+        .iter()
+        .filter(|(kind, _, published)| {
+            !published
+                && config
+                    .subscriptions
+                    .iter()
+                    .any(|subscription| subscription.events.contains(kind))
+        })
+        .map(|(_, name, _)| *name)
+        .collect();
+    if unpublished.is_empty() {
+        report.pass();
+    } else {
+        report.problem(
+            format!(
+                "publication {publication:?} does not publish {}, which a subscription asks for",
+                unpublished.join(", ")
+            ),
+            format!(
+                "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
+                quote_identifier(publication)
+            ),
+        );
+    }
+}
+
+/// The slot exists, is a pgoutput slot of this database and still has its
+/// WAL; or, when missing, that it could be created; and that a WAL sender is
+/// free for walhook.
+async fn check_slot(client: &tokio_postgres::Client, config: &Config, report: &mut CheckReport) {
+    let slot = &config.source.slot;
+    let limits = match client
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int, \
+                    (SELECT count(*)::int FROM pg_replication_slots), \
+                    current_setting('max_wal_senders')::int, \
+                    (SELECT count(*)::int FROM pg_stat_activity WHERE backend_type = 'walsender'), \
+                    current_database()::text",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row,
+        Err(error) => {
+            report.query_failed("the replication limits", &error);
+            return;
+        }
+    };
+    let max_slots: i32 = limits.get(0);
+    let slots_used: i32 = limits.get(1);
+    let max_senders: i32 = limits.get(2);
+    let senders_used: i32 = limits.get(3);
+    let database: String = limits.get(4);
+    let row = match client
+        .query_opt(
+            "SELECT plugin::text, slot_type::text, database::text, active, \
+                    to_jsonb(s) ->> 'wal_status' \
+             FROM pg_replication_slots s WHERE slot_name = $1",
+            &[slot],
+        )
+        .await
+    {
+        Ok(row) => row,
+        Err(error) => {
+            report.query_failed("pg_replication_slots", &error);
+            return;
+        }
+    };
+    let active = match row {
+        None => {
+            report.problem(
+                format!("replication slot {slot:?} does not exist"),
+                "run `walhook setup` (it creates the slot; changes are streamed from then on)",
+            );
+            if slots_used >= max_slots {
+                report.problem(
+                    format!(
+                        "all {max_slots} replication slots are in use (max_replication_slots = {max_slots}), \
+                         so the slot cannot be created"
+                    ),
+                    "raise max_replication_slots (ALTER SYSTEM SET max_replication_slots = …, then restart) \
+                     or drop an unused slot with SELECT pg_drop_replication_slot('name')",
+                );
+            } else {
+                report.pass();
+            }
+            false
+        }
+        Some(row) => {
+            let plugin: Option<String> = row.get(0);
+            let kind: String = row.get(1);
+            let slot_database: Option<String> = row.get(2);
+            let active: bool = row.get(3);
+            let wal_status: Option<String> = row.get(4);
+            let drop_it = format!(
+                "choose another source.slot, or drop this one with SELECT pg_drop_replication_slot('{}') \
+                 and run `walhook setup`",
+                slot.replace('\'', "''")
+            );
+            if kind != "logical" || plugin.as_deref() != Some("pgoutput") {
+                report.problem(
+                    format!(
+                        "slot {slot:?} is a {kind} slot for {}, not a logical pgoutput slot",
+                        plugin.as_deref().unwrap_or("no plugin")
+                    ),
+                    drop_it,
+                );
+            } else if slot_database.as_deref() != Some(database.as_str()) {
+                report.problem(
+                    format!(
+                        "slot {slot:?} belongs to database {:?}, not {database:?}",
+                        slot_database.unwrap_or_default()
+                    ),
+                    drop_it,
+                );
+            } else if wal_status.as_deref() == Some("lost") {
+                report.problem(
+                    format!(
+                        "slot {slot:?} has lost WAL it needs (wal_status = lost) and cannot stream any more"
+                    ),
+                    format!("{drop_it} (changes in between are not delivered)"),
+                );
+            } else {
+                report.pass();
+            }
+            active
+        }
+    };
+    // An active slot means a walhook (or another reader) already holds a WAL
+    // sender; this one would stand by without needing a new one until then.
+    if !active && senders_used >= max_senders {
+        report.problem(
+            format!(
+                "all {max_senders} WAL senders are in use (max_wal_senders = {max_senders}), \
+                 so walhook cannot open its replication connection"
+            ),
+            "raise max_wal_senders (ALTER SYSTEM SET max_wal_senders = …, then restart) \
+             or stop an unused replication client",
+        );
+    } else {
+        report.pass();
+    }
+}
+
+/// The `walhook` schema that holds dead letters, and the role's right to
+/// write there.
+async fn check_dead_letters(client: &tokio_postgres::Client, role: &str, report: &mut CheckReport) {
+    let row = match client
+        .query_opt(
+            // By catalog rather than to_regclass, which fails outright in a
+            // schema the role may not use.
+            "SELECT has_schema_privilege(n.oid, 'USAGE') \
+                    AND has_table_privilege(c.oid, 'INSERT') \
+                    AND has_table_privilege(c.oid, 'SELECT') \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'walhook' AND c.relname = 'dead_letters'",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row,
+        Err(error) => {
+            report.query_failed("the walhook schema", &error);
+            return;
+        }
+    };
+    let writable = row.as_ref().is_some_and(|row| row.get::<_, bool>(0));
+    if row.is_none() {
+        report.problem(
+            "table walhook.dead_letters does not exist, so undeliverable events cannot be parked",
+            "run `walhook setup` (it runs sql/001_walhook_schema.sql)",
+        );
+    } else if !writable {
+        let role = quote_identifier(role);
+        report.problem(
+            format!("role {role} cannot write dead letters to walhook.dead_letters"),
+            format!(
+                "GRANT USAGE ON SCHEMA walhook TO {role}; \
+                 GRANT SELECT, INSERT, DELETE ON walhook.dead_letters TO {role}; \
+                 GRANT USAGE ON SEQUENCE walhook.dead_letters_id_seq TO {role}"
+            ),
+        );
+    } else {
+        report.pass();
+    }
+}
+
+/// Each subscription URL's host resolves. No request is sent.
+async fn check_urls(subscriptions: &[SubscriptionConfig], report: &mut CheckReport) {
+    let mut resolved: BTreeMap<(String, u16), Result<(), String>> = BTreeMap::new();
+    for subscription in subscriptions {
+        // Only the host is printed: the rest of a URL may hold a token.
+        let Ok(url) = url::Url::parse(subscription.url.expose()) else {
+            report.problem(
+                format!("subscription {:?}: url is not a URL", subscription.name),
+                "correct `url`",
+            );
+            continue;
+        };
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            report.problem(
+                format!("subscription {:?}: url has no host", subscription.name),
+                "correct `url`",
+            );
+            continue;
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let key = (host.clone(), port);
+        let outcome = match resolved.get(&key) {
+            Some(outcome) => outcome.clone(),
+            None => {
+                let outcome = resolve(&host, port).await;
+                resolved.insert(key, outcome.clone());
+                outcome
+            }
+        };
+        match outcome {
+            Ok(()) => report.pass(),
+            Err(why) => report.problem(
+                format!(
+                    "subscription {:?}: url host {host} does not resolve ({why})",
+                    subscription.name
+                ),
+                "correct `url`, or the DNS name it uses",
+            ),
+        }
+    }
+}
+
+async fn resolve(host: &str, port: u16) -> Result<(), String> {
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+        Err(_) => Err(format!("no answer within {}s", RESOLVE_TIMEOUT.as_secs())),
+        Ok(Err(error)) => Err(error.to_string()),
+        Ok(Ok(mut addresses)) => match addresses.next() {
+            Some(_) => Ok(()),
+            None => Err("no addresses".to_owned()),
+        },
+    }
+}
+
+/// The server's words for a failed query, without the client's wrapping.
+fn server_message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => error.to_string(),
+    }
+}
+
+/// `"a"` or `"a", "b"`.
+fn names(subscriptions: &[String]) -> String {
+    subscriptions
+        .iter()
+        .map(|name| format!("{name:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_follows_problems_not_warnings() {
+        let mut report = CheckReport::default();
+        report.warning("w", "f");
+        assert_eq!(report.exit_code(), 0);
+        assert!(report.summary().contains("ready to run"));
+        report.problem("p", "f");
+        assert_eq!(report.exit_code(), 1);
+        assert!(report.summary().contains("1 problem to fix, 1 warning"));
+    }
+
+    #[test]
+    fn a_finding_shows_its_fix() {
+        let finding = Finding {
+            what: "x is wrong".into(),
+            fix: "do y".into(),
+        };
+        assert_eq!(finding.to_string(), "x is wrong — fix: do y");
+    }
+}

@@ -1,0 +1,520 @@
+//! `walhook listen`: a webhook receiver for development. It listens on
+//! 127.0.0.1, prints every webhook it is sent (a header line with the event
+//! type, table and id, then the payload as pretty JSON with every number's
+//! digits kept), and says whether its Standard Webhooks signature verifies.
+//!
+//! Answers: 204 when the signature verifies, or when no secret was given
+//! (nothing to check against); 401 when a secret was given and the
+//! signature is missing, does not match or is older or newer than the
+//! five-minute tolerance the Standard Webhooks libraries apply; 400 for a
+//! body that is not JSON. walhook treats 401 and 400 as permanent, so a
+//! mismatched secret shows up as dead letters, as it would in production.
+//! `{"events": [...]}` batches are printed event by event. Output is
+//! coloured only when stdout is a terminal. Ctrl-C (or SIGTERM) stops it.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use serde_json::Value;
+
+use crate::app::AppError;
+use crate::config::ConfigError;
+use crate::deliver::signing::SigningKey;
+
+/// How far `webhook-timestamp` may be from now, as in the Standard Webhooks
+/// reference libraries.
+const TIMESTAMP_TOLERANCE_SECS: i64 = 5 * 60;
+
+/// The largest body accepted (a batch of big rows can exceed axum's 2 MB).
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// `walhook listen --port P [--secret S]`: serves until Ctrl-C or SIGTERM.
+/// A bad secret or a port that cannot be bound is an argument problem (exit 2).
+pub async fn run(port: u16, secret: Option<&str>) -> Result<(), AppError> {
+    let key = match secret {
+        Some(secret) => Some(signing_key(secret)?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|error| {
+            argument_error(
+                "--port",
+                format!(
+                    "cannot listen on 127.0.0.1:{port}: {error}; choose another port (0 picks a free one)"
+                ),
+            )
+        })?;
+    let addr = listener.local_addr().map_err(|error| {
+        argument_error("--port", format!("cannot read the bound address: {error}"))
+    })?;
+    emit(&format!(
+        "listening on http://{addr}\n{}\n",
+        if key.is_some() {
+            "signatures: checked against the given secret (a bad one is answered 401)"
+        } else {
+            "signatures: not checked (pass --secret whsec_… to check them)"
+        }
+    ));
+    let received = serve(listener, key, None, stop_requested())
+        .await
+        .map_err(|error| AppError::Command(format!("listen: the server stopped: {error}")))?;
+    emit(&format!("stopped after {received} webhook request(s)\n"));
+    Ok(())
+}
+
+/// Serves the printing receiver on `listener` until `shutdown`, returning
+/// how many requests it took. Each printed request is also announced on
+/// `arrivals` (the demo counts them there).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    key: Option<SigningKey>,
+    arrivals: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<u64, std::io::Error> {
+    let receiver = Arc::new(Listener {
+        key,
+        colour: std::io::stdout().is_terminal(),
+        received: AtomicU64::new(0),
+        arrivals,
+    });
+    let router = axum::Router::new()
+        .fallback(axum::routing::post(receive))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(Arc::clone(&receiver));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(receiver.received.load(Ordering::Relaxed))
+}
+
+/// `whsec_…`, or `env:NAME` naming a variable that holds it.
+fn signing_key(secret: &str) -> Result<SigningKey, ConfigError> {
+    let value = match secret.strip_prefix("env:") {
+        Some(variable) => std::env::var(variable).map_err(|_| {
+            argument_error(
+                "--secret",
+                format!("reads the environment variable {variable}, which is not set"),
+            )
+        })?,
+        None => secret.to_owned(),
+    };
+    SigningKey::from_secret(&value).map_err(|why| argument_error("--secret", why))
+}
+
+/// A bad argument, reported like a config problem: "--port: …", exit 2.
+fn argument_error(argument: &str, message: String) -> ConfigError {
+    ConfigError {
+        file: argument.to_owned(),
+        message,
+    }
+}
+
+/// Resolves on the first Ctrl-C or SIGTERM.
+async fn stop_requested() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+struct Listener {
+    key: Option<SigningKey>,
+    colour: bool,
+    received: AtomicU64,
+    arrivals: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+}
+
+/// What the signature headers came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Signature {
+    Verified,
+    /// No secret was given; `signed` says whether the headers were there.
+    NotChecked {
+        signed: bool,
+    },
+    Invalid(String),
+}
+
+impl Signature {
+    fn status(&self) -> StatusCode {
+        match self {
+            Signature::Verified | Signature::NotChecked { .. } => StatusCode::NO_CONTENT,
+            Signature::Invalid(_) => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    fn describe(&self, colour: bool) -> String {
+        match self {
+            Signature::Verified => paint(colour, GREEN, "signature verified ✓"),
+            Signature::NotChecked { signed: true } => {
+                "signature not checked (no --secret)".to_owned()
+            }
+            Signature::NotChecked { signed: false } => "unsigned".to_owned(),
+            Signature::Invalid(why) => paint(colour, RED, &format!("signature INVALID ✗ ({why})")),
+        }
+    }
+}
+
+async fn receive(
+    State(listener): State<Arc<Listener>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    listener.received.fetch_add(1, Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or(0);
+    let signature = verify(listener.key.as_ref(), &headers, &body, now);
+    let parsed = serde_json::from_slice::<Value>(&body);
+    let status = match (&signature, &parsed) {
+        (Signature::Invalid(_), _) => StatusCode::UNAUTHORIZED,
+        (_, Err(_)) => StatusCode::BAD_REQUEST,
+        _ => signature.status(),
+    };
+    let webhook_id = header(&headers, "webhook-id").unwrap_or("-");
+    let mut out = String::new();
+    match &parsed {
+        Ok(value) => render(
+            &mut out,
+            uri.path(),
+            webhook_id,
+            value,
+            &signature,
+            status,
+            listener.colour,
+        ),
+        Err(error) => {
+            let _ = writeln!(
+                out,
+                "{} {}  {}  body is not JSON ({error}) → {}",
+                paint(listener.colour, BOLD, "←"),
+                uri.path(),
+                signature.describe(listener.colour),
+                status.as_u16()
+            );
+            let _ = writeln!(out, "{}", String::from_utf8_lossy(&body));
+        }
+    }
+    out.push('\n');
+    emit(&out);
+    if let Some(arrivals) = &listener.arrivals {
+        let _ = arrivals.send(());
+    }
+    status
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// Checks the Standard Webhooks headers against `key`: any of the
+/// space-separated `v1,…` signatures may match, and the timestamp must be
+/// within the tolerance of `now`.
+fn verify(key: Option<&SigningKey>, headers: &HeaderMap, body: &[u8], now: i64) -> Signature {
+    let id = header(headers, "webhook-id");
+    let timestamp = header(headers, "webhook-timestamp");
+    let signatures = header(headers, "webhook-signature");
+    let Some(key) = key else {
+        return Signature::NotChecked {
+            signed: signatures.is_some(),
+        };
+    };
+    let (Some(id), Some(timestamp), Some(signatures)) = (id, timestamp, signatures) else {
+        return Signature::Invalid(
+            "missing webhook-id, webhook-timestamp or webhook-signature".to_owned(),
+        );
+    };
+    let Ok(timestamp) = timestamp.trim().parse::<i64>() else {
+        return Signature::Invalid(format!(
+            "webhook-timestamp {timestamp:?} is not a number of seconds"
+        ));
+    };
+    let skew = now.saturating_sub(timestamp);
+    if skew.abs() > TIMESTAMP_TOLERANCE_SECS {
+        return Signature::Invalid(format!(
+            "webhook-timestamp is {}s {} now; the tolerance is {TIMESTAMP_TOLERANCE_SECS}s",
+            skew.abs(),
+            if skew > 0 { "before" } else { "after" }
+        ));
+    }
+    let expected = key.sign(id, timestamp, body);
+    let matches = signatures
+        .split_whitespace()
+        .filter(|candidate| candidate.starts_with("v1,"))
+        .any(|candidate| constant_time_eq(candidate.as_bytes(), expected.as_bytes()));
+    if matches {
+        Signature::Verified
+    } else {
+        Signature::Invalid("no v1 signature matches this secret and body".to_owned())
+    }
+}
+
+fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    left.len() == right.len()
+        && left
+            .iter()
+            .zip(right)
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
+}
+
+/// The header line(s) and pretty JSON of one request.
+fn render(
+    out: &mut String,
+    path: &str,
+    webhook_id: &str,
+    body: &Value,
+    signature: &Signature,
+    status: StatusCode,
+    colour: bool,
+) {
+    let verdict = format!("{}  → {}", signature.describe(colour), status.as_u16());
+    match body.get("events").and_then(Value::as_array) {
+        Some(events) => {
+            let _ = writeln!(
+                out,
+                "{} {}  {verdict}",
+                paint(
+                    colour,
+                    BOLD,
+                    &format!(
+                        "← batch of {} event{}  {webhook_id}",
+                        events.len(),
+                        if events.len() == 1 { "" } else { "s" }
+                    )
+                ),
+                path,
+            );
+            for (index, event) in events.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "  [{}/{}] {}",
+                    index + 1,
+                    events.len(),
+                    paint(colour, BOLD, &event_title(event))
+                );
+                write_pretty(out, event, colour);
+            }
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "{} {}  {verdict}",
+                paint(colour, BOLD, &format!("← {}", event_title(body))),
+                path,
+            );
+            write_pretty(out, body, colour);
+        }
+    }
+}
+
+/// `UPDATE public.orders  wh_…` from a payload's own fields.
+fn event_title(event: &Value) -> String {
+    let text = |name: &str| event.get(name).and_then(Value::as_str).unwrap_or("?");
+    format!(
+        "{} {}.{}  {}",
+        text("type"),
+        text("schema"),
+        text("table"),
+        text("id")
+    )
+}
+
+/// Pretty JSON laid out as `serde_json::to_string_pretty` lays it out (two
+/// spaces, `"key": value`), optionally coloured. Numbers are written from
+/// their own text, so `12.50` stays `12.50`.
+fn write_pretty(out: &mut String, value: &Value, colour: bool) {
+    if colour {
+        write_value(out, value, 0);
+    } else {
+        match serde_json::to_string_pretty(value) {
+            Ok(text) => out.push_str(&text),
+            Err(_) => out.push_str(&value.to_string()),
+        }
+    }
+    out.push('\n');
+}
+
+fn write_value(out: &mut String, value: &Value, depth: usize) {
+    match value {
+        Value::Null => out.push_str(&paint(true, MAGENTA, "null")),
+        Value::Bool(flag) => out.push_str(&paint(true, MAGENTA, &flag.to_string())),
+        Value::Number(number) => out.push_str(&paint(true, YELLOW, &number.to_string())),
+        Value::String(text) => out.push_str(&paint(true, GREEN, &quoted(text))),
+        Value::Array(items) if items.is_empty() => out.push_str("[]"),
+        Value::Object(fields) if fields.is_empty() => out.push_str("{}"),
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                out.push_str(if index == 0 { "\n" } else { ",\n" });
+                indent(out, depth + 1);
+                write_value(out, item, depth + 1);
+            }
+            out.push('\n');
+            indent(out, depth);
+            out.push(']');
+        }
+        Value::Object(fields) => {
+            out.push('{');
+            for (index, (name, field)) in fields.iter().enumerate() {
+                out.push_str(if index == 0 { "\n" } else { ",\n" });
+                indent(out, depth + 1);
+                out.push_str(&paint(true, CYAN, &quoted(name)));
+                out.push_str(": ");
+                write_value(out, field, depth + 1);
+            }
+            out.push('\n');
+            indent(out, depth);
+            out.push('}');
+        }
+    }
+}
+
+fn indent(out: &mut String, depth: usize) {
+    for _ in 0..depth {
+        out.push_str("  ");
+    }
+}
+
+fn quoted(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| format!("{text:?}"))
+}
+
+const BOLD: &str = "\x1b[1m";
+const RED: &str = "\x1b[31m";
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const MAGENTA: &str = "\x1b[35m";
+const CYAN: &str = "\x1b[36m";
+const RESET: &str = "\x1b[0m";
+
+fn paint(colour: bool, code: &str, text: &str) -> String {
+    if colour {
+        format!("{code}{text}{RESET}")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Writes a whole block at once so that concurrent requests do not
+/// interleave their lines. A closed stdout is not worth failing a request.
+fn emit(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn any_of_several_signatures_may_match() {
+        let key = SigningKey::from_secret(SECRET).unwrap();
+        let body = br#"{"id":"wh_1"}"#;
+        let good = key.sign("wh_1", 1_000_000, body);
+        let map = headers(&[
+            ("webhook-id", "wh_1"),
+            ("webhook-timestamp", "1000000"),
+            (
+                "webhook-signature",
+                &format!("v1,bm90IHRoaXMgb25l v1a,ignored {good}"),
+            ),
+        ]);
+        assert_eq!(
+            verify(Some(&key), &map, body, 1_000_010),
+            Signature::Verified
+        );
+        assert!(matches!(
+            verify(Some(&key), &map, b"{}", 1_000_010),
+            Signature::Invalid(_)
+        ));
+        // Outside the five-minute tolerance, a good signature still fails.
+        assert!(matches!(
+            verify(Some(&key), &map, body, 1_000_000 + 301),
+            Signature::Invalid(why) if why.contains("tolerance")
+        ));
+        assert_eq!(
+            verify(None, &map, body, 0),
+            Signature::NotChecked { signed: true }
+        );
+        assert!(matches!(
+            verify(Some(&key), &HeaderMap::new(), body, 0),
+            Signature::Invalid(_)
+        ));
+        assert_eq!(
+            verify(None, &HeaderMap::new(), body, 0).status(),
+            StatusCode::NO_CONTENT
+        );
+    }
+
+    #[test]
+    fn coloured_json_has_the_plain_layout_and_keeps_digits() {
+        let value: Value = serde_json::from_str(
+            r#"{"amount": 12.50, "big": 123456789012345678901234567890, "tags": ["a", null, true],
+                "empty": [], "none": {}, "nested": {"x": "q\"uote"}}"#,
+        )
+        .unwrap();
+        let mut coloured = String::new();
+        write_value(&mut coloured, &value, 0);
+        let mut stripped = String::new();
+        let mut rest = coloured.as_str();
+        while let Some(start) = rest.find('\x1b') {
+            stripped.push_str(&rest[..start]);
+            let after = &rest[start..];
+            rest = &after[after.find('m').unwrap() + 1..];
+        }
+        stripped.push_str(rest);
+        assert_eq!(stripped, serde_json::to_string_pretty(&value).unwrap());
+        assert!(stripped.contains("\"amount\": 12.50"));
+        assert!(stripped.contains("123456789012345678901234567890"));
+    }
+
+    #[test]
+    fn batches_are_printed_event_by_event() {
+        let body: Value = serde_json::from_str(
+            r#"{"events": [{"id": "wh_a", "type": "INSERT", "schema": "public", "table": "t"},
+                           {"id": "wh_b", "type": "DELETE", "schema": "public", "table": "t"}]}"#,
+        )
+        .unwrap();
+        let mut out = String::new();
+        render(
+            &mut out,
+            "/hook",
+            "whb_1",
+            &body,
+            &Signature::Verified,
+            StatusCode::NO_CONTENT,
+            false,
+        );
+        assert!(out.starts_with("← batch of 2 events  whb_1 /hook  signature verified ✓  → 204"));
+        assert!(out.contains("[1/2] INSERT public.t  wh_a"));
+        assert!(out.contains("[2/2] DELETE public.t  wh_b"));
+    }
+}

@@ -1,0 +1,48 @@
+//! `walhook status`: slot lag (bytes and time), confirmed position, the
+//! walsender serving the slot, and dead-letter counts per subscription, as a
+//! table, as JSON (`--json`), or refreshed in place (`--watch`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::app::{self, AppError};
+use crate::config::Config;
+use crate::pgconn::connect_sql;
+
+/// How often `--watch` refreshes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Prints the status once, or every two seconds with `watch`.
+pub async fn run(config_path: &Path, json: bool, watch: bool) -> Result<(), AppError> {
+    let config = Config::load(config_path)?;
+    let params = app::source_params(&config)?;
+    let client = connect_sql(&params).await?;
+    let names: Vec<String> = config
+        .subscriptions
+        .iter()
+        .map(|subscription| subscription.name.clone())
+        .collect();
+    loop {
+        let report = crate::status::collect(&client, &config.source.slot, &names)
+            .await
+            .map_err(|error| AppError::Command(format!("status: reading the catalog: {error}")))?;
+        if json {
+            let text = serde_json::to_string_pretty(&report)
+                .map_err(|error| AppError::Command(format!("status: {error}")))?;
+            println!("{text}");
+        } else {
+            if watch {
+                // Clear the screen and go home, so the table refreshes in place.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", report.render());
+        }
+        if !watch {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! What `walhook status` and the admin `/status` endpoint report, read from
+//! PostgreSQL itself: the slot's confirmed position and lag, the walsender
+//! serving it, and dead-letter counts per subscription.
+//!
+//! It reads and reports; it changes nothing.
+
+use serde::Serialize;
+
+/// The facts about one slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub slot: String,
+    pub exists: bool,
+    pub active: bool,
+    pub active_pid: Option<i32>,
+    pub confirmed_flush_lsn: Option<String>,
+    pub restart_lsn: Option<String>,
+    pub current_wal_lsn: String,
+    /// Current WAL position minus the confirmed position.
+    pub lag_bytes: Option<i64>,
+    /// WAL the slot holds back from removal (current minus restart position).
+    pub retained_bytes: Option<i64>,
+    /// `pg_stat_replication.flush_lag` of the walsender serving the slot.
+    pub lag_seconds: Option<f64>,
+    pub wal_status: Option<String>,
+    pub subscriptions: Vec<SubscriptionStatus>,
+}
+
+/// Dead letters of one subscription.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionStatus {
+    pub name: String,
+    pub dead_letters: i64,
+    pub oldest_dead_letter: Option<String>,
+}
+
+/// Reads the report for `slot` and the named subscriptions.
+pub async fn collect(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    subscriptions: &[String],
+) -> Result<StatusReport, tokio_postgres::Error> {
+    let current: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
+    let slot_row = client
+        .query_opt(
+            "SELECT s.active, s.active_pid, s.confirmed_flush_lsn::text, s.restart_lsn::text, \
+                    (pg_current_wal_lsn() - s.confirmed_flush_lsn)::int8, \
+                    (pg_current_wal_lsn() - s.restart_lsn)::int8, \
+                    extract(epoch FROM r.flush_lag)::float8, s.wal_status \
+             FROM pg_replication_slots s \
+             LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    let has_dead_letters = client
+        .query_one(
+            "SELECT to_regclass('walhook.dead_letters') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get::<_, bool>(0);
+    let mut report = StatusReport {
+        slot: slot.to_owned(),
+        exists: slot_row.is_some(),
+        active: false,
+        active_pid: None,
+        confirmed_flush_lsn: None,
+        restart_lsn: None,
+        current_wal_lsn: current,
+        lag_bytes: None,
+        retained_bytes: None,
+        lag_seconds: None,
+        wal_status: None,
+        subscriptions: Vec::new(),
+    };
+    if let Some(row) = slot_row {
+        report.active = row.get(0);
+        report.active_pid = row.get(1);
+        report.confirmed_flush_lsn = row.get(2);
+        report.restart_lsn = row.get(3);
+        report.lag_bytes = row.get(4);
+        report.retained_bytes = row.get(5);
+        report.lag_seconds = row.get(6);
+        report.wal_status = row.get(7);
+    }
+    for name in subscriptions {
+        let (count, oldest) = if has_dead_letters {
+            let row = client
+                .query_one(
+                    "SELECT count(*), min(first_attempt_at)::text FROM walhook.dead_letters \
+                     WHERE subscription = $1",
+                    &[name],
+                )
+                .await?;
+            (row.get::<_, i64>(0), row.get::<_, Option<String>>(1))
+        } else {
+            (0, None)
+        };
+        report.subscriptions.push(SubscriptionStatus {
+            name: name.clone(),
+            dead_letters: count,
+            oldest_dead_letter: oldest,
+        });
+    }
+    Ok(report)
+}
+
+impl StatusReport {
+    /// A compact table for a terminal.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let bytes = |value: Option<i64>| {
+            value.map_or_else(|| "-".to_owned(), |bytes| format_bytes(bytes.max(0)))
+        };
+        out.push_str(&format!(
+            "slot {}: {}\n",
+            self.slot,
+            if !self.exists {
+                "MISSING (run `walhook setup`)".to_owned()
+            } else if self.active {
+                format!(
+                    "active (pid {})",
+                    self.active_pid
+                        .map_or("?".to_owned(), |pid| pid.to_string())
+                )
+            } else {
+                "inactive (no walhook is reading it)".to_owned()
+            }
+        ));
+        if self.exists {
+            out.push_str(&format!(
+                "  confirmed {}   current {}   lag {}   lag time {}   WAL held {}   wal_status {}\n",
+                self.confirmed_flush_lsn.as_deref().unwrap_or("-"),
+                self.current_wal_lsn,
+                bytes(self.lag_bytes),
+                self.lag_seconds
+                    .map_or("-".to_owned(), |seconds| format!("{seconds:.3}s")),
+                bytes(self.retained_bytes),
+                self.wal_status.as_deref().unwrap_or("-"),
+            ));
+        }
+        out.push_str(&format!(
+            "\n{:<32} {:>12}  {}\n",
+            "subscription", "dead letters", "oldest"
+        ));
+        for subscription in &self.subscriptions {
+            out.push_str(&format!(
+                "{:<32} {:>12}  {}\n",
+                subscription.name,
+                subscription.dead_letters,
+                subscription.oldest_dead_letter.as_deref().unwrap_or("-")
+            ));
+        }
+        out
+    }
+}
+
+fn format_bytes(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_like_an_operator_expects() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(1536), "1.5 kB");
+        assert_eq!(format_bytes(5 * 1024 * 1024), "5.0 MB");
+    }
+}

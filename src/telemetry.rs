@@ -1,0 +1,277 @@
+//! Metrics: every figure walhook exports, named once, registered once.
+//!
+//! [`Metrics`] owns a Prometheus registry and typed handles to each metric.
+//! Per-subscription handles are resolved at start-up ([`SubscriptionMetrics`])
+//! so the hot path touches an atomic, not a label map. It does not serve them
+//! (`admin`) or decide what to count (the stages do).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Metric names (without the `walhook_` prefix the registry adds; counters
+/// get `_total` when exported).
+pub mod names {
+    pub const CHANGES_DECODED: &str = "changes_decoded";
+    pub const EVENTS_MATCHED: &str = "events_matched";
+    pub const EVENTS_DELIVERED: &str = "events_delivered";
+    pub const EVENTS_DEAD_LETTERED: &str = "events_dead_lettered";
+    pub const HTTP_RESPONSES: &str = "http_responses";
+    pub const DELIVERY_RETRIES: &str = "delivery_retries";
+    pub const REQUESTS_IN_FLIGHT: &str = "requests_in_flight";
+    pub const DELIVERY_LATENCY_SECONDS: &str = "delivery_latency_seconds";
+    pub const REPLICATION_LAG_BYTES: &str = "replication_lag_bytes";
+    pub const REPLICATION_LAG_SECONDS: &str = "replication_lag_seconds";
+    pub const CONFIRMED_LSN: &str = "confirmed_lsn";
+    pub const RECONNECTS: &str = "reconnects";
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriptionLabel {
+    subscription: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabel {
+    subscription: String,
+    class: &'static str,
+}
+
+/// The class of an HTTP outcome, for `http_responses_total{class}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseClass {
+    Success,
+    Redirect,
+    ClientError,
+    ServerError,
+    /// No HTTP answer: refused, reset, timed out.
+    Transport,
+}
+
+impl ResponseClass {
+    const ALL: [ResponseClass; 5] = [
+        ResponseClass::Success,
+        ResponseClass::Redirect,
+        ResponseClass::ClientError,
+        ResponseClass::ServerError,
+        ResponseClass::Transport,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ResponseClass::Success => "2xx",
+            ResponseClass::Redirect => "3xx",
+            ResponseClass::ClientError => "4xx",
+            ResponseClass::ServerError => "5xx",
+            ResponseClass::Transport => "error",
+        }
+    }
+
+    /// The class of a status code (1xx counts as an error: it is no answer).
+    pub fn of_status(status: u16) -> ResponseClass {
+        match status {
+            200..=299 => ResponseClass::Success,
+            300..=399 => ResponseClass::Redirect,
+            400..=499 => ResponseClass::ClientError,
+            500..=599 => ResponseClass::ServerError,
+            _ => ResponseClass::Transport,
+        }
+    }
+}
+
+/// One subscription's handles.
+#[derive(Debug, Clone)]
+pub struct SubscriptionMetrics {
+    pub matched: Counter,
+    pub delivered: Counter,
+    pub dead_lettered: Counter,
+    pub retries: Counter,
+    responses: [Counter; 5],
+    pub latency: Histogram,
+}
+
+impl SubscriptionMetrics {
+    pub fn response(&self, class: ResponseClass) {
+        let index = ResponseClass::ALL
+            .iter()
+            .position(|candidate| *candidate == class)
+            .unwrap_or(4);
+        self.responses[index].inc();
+    }
+}
+
+/// Every metric of one walhook process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub changes_decoded: Counter,
+    pub requests_in_flight: Gauge,
+    pub replication_lag_bytes: Gauge,
+    pub replication_lag_seconds: Gauge<f64, AtomicU64>,
+    pub confirmed_lsn: Gauge,
+    pub reconnects: Counter,
+    subscriptions: Vec<SubscriptionMetrics>,
+}
+
+impl Metrics {
+    /// Registers everything, with handles for each named subscription.
+    pub fn new(subscription_names: &[String]) -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("walhook");
+        let changes_decoded = Counter::default();
+        registry.register(
+            names::CHANGES_DECODED,
+            "Row changes decoded from the slot",
+            changes_decoded.clone(),
+        );
+        let matched = Family::<SubscriptionLabel, Counter>::default();
+        registry.register(
+            names::EVENTS_MATCHED,
+            "Events a subscription's rules matched",
+            matched.clone(),
+        );
+        let delivered = Family::<SubscriptionLabel, Counter>::default();
+        registry.register(
+            names::EVENTS_DELIVERED,
+            "Events answered 2xx",
+            delivered.clone(),
+        );
+        let dead_lettered = Family::<SubscriptionLabel, Counter>::default();
+        registry.register(
+            names::EVENTS_DEAD_LETTERED,
+            "Events stored in walhook.dead_letters",
+            dead_lettered.clone(),
+        );
+        let retries = Family::<SubscriptionLabel, Counter>::default();
+        registry.register(
+            names::DELIVERY_RETRIES,
+            "Requests sent again after a failed attempt",
+            retries.clone(),
+        );
+        let responses = Family::<ResponseLabel, Counter>::default();
+        registry.register(
+            names::HTTP_RESPONSES,
+            "HTTP outcomes by status class (error: no answer)",
+            responses.clone(),
+        );
+        let latency = Family::<SubscriptionLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+        });
+        registry.register(
+            names::DELIVERY_LATENCY_SECONDS,
+            "From the transaction's commit to the 2xx answer",
+            latency.clone(),
+        );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            names::REQUESTS_IN_FLIGHT,
+            "HTTP requests in flight",
+            requests_in_flight.clone(),
+        );
+        let replication_lag_bytes = Gauge::default();
+        registry.register(
+            names::REPLICATION_LAG_BYTES,
+            "Server WAL end minus the confirmed position",
+            replication_lag_bytes.clone(),
+        );
+        let replication_lag_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            names::REPLICATION_LAG_SECONDS,
+            "Age of the oldest committed change not yet confirmed",
+            replication_lag_seconds.clone(),
+        );
+        let confirmed_lsn = Gauge::default();
+        registry.register(
+            names::CONFIRMED_LSN,
+            "The confirmed WAL position, as a number",
+            confirmed_lsn.clone(),
+        );
+        let reconnects = Counter::default();
+        registry.register(
+            names::RECONNECTS,
+            "Replication connections re-opened after a loss",
+            reconnects.clone(),
+        );
+        let subscriptions = subscription_names
+            .iter()
+            .map(|name| {
+                let label = SubscriptionLabel {
+                    subscription: name.clone(),
+                };
+                SubscriptionMetrics {
+                    matched: matched.get_or_create(&label).clone(),
+                    delivered: delivered.get_or_create(&label).clone(),
+                    dead_lettered: dead_lettered.get_or_create(&label).clone(),
+                    retries: retries.get_or_create(&label).clone(),
+                    responses: ResponseClass::ALL.map(|class| {
+                        responses
+                            .get_or_create(&ResponseLabel {
+                                subscription: name.clone(),
+                                class: class.label(),
+                            })
+                            .clone()
+                    }),
+                    latency: latency.get_or_create(&label).clone(),
+                }
+            })
+            .collect();
+        Arc::new(Metrics {
+            registry,
+            changes_decoded,
+            requests_in_flight,
+            replication_lag_bytes,
+            replication_lag_seconds,
+            confirmed_lsn,
+            reconnects,
+            subscriptions,
+        })
+    }
+
+    /// The handles of subscription number `index`.
+    pub fn subscription(&self, index: usize) -> Option<&SubscriptionMetrics> {
+        self.subscriptions.get(index)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_named_metrics_with_subscription_labels() {
+        let metrics = Metrics::new(&["orders".to_owned()]);
+        let orders = metrics.subscription(0).unwrap();
+        orders.delivered.inc_by(3);
+        orders.response(ResponseClass::of_status(503));
+        orders.latency.observe(0.002);
+        metrics.confirmed_lsn.set(42);
+        let text = metrics.render();
+        assert!(
+            text.contains("walhook_events_delivered_total{subscription=\"orders\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("walhook_http_responses_total{subscription=\"orders\",class=\"5xx\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("walhook_confirmed_lsn 42"), "{text}");
+        assert!(
+            text.contains("walhook_delivery_latency_seconds_count{subscription=\"orders\"} 1"),
+            "{text}"
+        );
+        assert!(metrics.subscription(1).is_none());
+    }
+}

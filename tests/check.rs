@@ -1,0 +1,277 @@
+//! `walhook check` against the real throw-away PostgreSQL: a healthy setup
+//! passes (warnings allowed); each thing that must be fixed exits 1 and
+//! prints its fix; a bad file exits 2 like `run`.
+
+use std::process::Output;
+use std::time::Duration;
+
+use crate::support::{TestDb, walhook_binary};
+
+/// Runs `walhook <args> --config <file with text>`; returns the output and
+/// stdout + stderr as text.
+async fn walhook(args: &[&str], config: &str) -> (Output, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(walhook_binary())
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .env_remove("WALHOOK_CONFIG")
+            .output(),
+    )
+    .await
+    .expect("walhook exits within 60s")
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    (output, text)
+}
+
+fn subscription(name: &str, table: &str, events: &str, url: &str) -> String {
+    format!(
+        r#"
+        [[subscriptions]]
+        name = "{name}"
+        tables = ["{table}"]
+        events = {events}
+        url = "{url}"
+        "#
+    )
+}
+
+async fn create_tables(db: &TestDb) {
+    db.client
+        .batch_execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, status text);
+             CREATE TABLE audit (at timestamptz, what text);
+             CREATE TABLE clicks (at timestamptz, url text);",
+        )
+        .await
+        .unwrap();
+}
+
+/// Lines of the output that start with `prefix`.
+fn lines<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_healthy_setup_exits_0_and_warns_about_a_table_without_replica_identity() {
+    let db = TestDb::new().await;
+    create_tables(&db).await;
+    let config = db.config_text(&format!(
+        "{}{}{}",
+        subscription(
+            "orders",
+            "public.orders",
+            r#"["insert", "update", "delete"]"#,
+            "http://127.0.0.1:9/hook"
+        ),
+        subscription(
+            "audit",
+            "audit",
+            r#"["insert", "update"]"#,
+            "http://localhost:9/audit"
+        ),
+        subscription(
+            "clicks",
+            "clicks",
+            r#"["insert"]"#,
+            "http://localhost:9/clicks"
+        ),
+    ));
+    let (output, text) = walhook(&["setup"], &config).await;
+    assert!(output.status.success(), "{text}");
+
+    let (output, text) = walhook(&["check"], &config).await;
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(lines(&text, "problem:").is_empty(), "{text}");
+    let warnings = lines(&text, "warning:");
+    assert_eq!(warnings.len(), 2, "{text}");
+    assert!(
+        warnings[0].contains("public.audit")
+            && warnings[0].contains("old_record will be null")
+            && warnings[0].contains("ALTER TABLE \"public\".\"audit\" REPLICA IDENTITY FULL"),
+        "{text}"
+    );
+    // An insert-only subscription: the hazard is the publication's.
+    assert!(
+        warnings[1].contains("public.clicks")
+            && warnings[1].contains("refuses UPDATE and DELETE")
+            && warnings[1].contains("SET (publish = 'insert, truncate')"),
+        "{text}"
+    );
+    assert!(text.contains("ready to run"), "{text}");
+    // What the warning says is so.
+    let refused = db
+        .client
+        .batch_execute("UPDATE clicks SET url = 'x'")
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("replica identity")
+            || format!("{refused:?}").contains("replica identity"),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_publication_slot_and_table_exit_1_with_their_fixes() {
+    let db = TestDb::new().await;
+    create_tables(&db).await;
+    let config = db.config_text(&format!(
+        "{}{}",
+        subscription(
+            "orders",
+            "orders",
+            r#"["insert"]"#,
+            "http://127.0.0.1:9/hook"
+        ),
+        subscription(
+            "typo",
+            "public.ordersz",
+            r#"["insert"]"#,
+            "http://127.0.0.1:9/hook"
+        ),
+    ));
+    let (output, text) = walhook(&["check"], &config).await;
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let problems = lines(&text, "problem:");
+    let has = |needles: &[&str]| {
+        problems
+            .iter()
+            .any(|line| needles.iter().all(|needle| line.contains(needle)))
+    };
+    assert!(
+        has(&["publication", "does not exist", "fix: run `walhook setup`"]),
+        "{text}"
+    );
+    assert!(
+        has(&[
+            "replication slot",
+            "does not exist",
+            "fix: run `walhook setup`"
+        ]),
+        "{text}"
+    );
+    assert!(
+        has(&["public.ordersz", "does not exist", "typo", "fix:"]),
+        "{text}"
+    );
+    assert!(
+        has(&["walhook.dead_letters", "fix: run `walhook setup`"]),
+        "{text}"
+    );
+    assert!(text.contains("problems to fix"), "{text}");
+    // check only reads: nothing was created.
+    let slot = db
+        .client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.name],
+        )
+        .await
+        .unwrap();
+    assert!(slot.is_none());
+}
+
+#[tokio::test]
+async fn a_role_without_replication_or_select_exits_1_with_the_grants() {
+    let db = TestDb::new().await;
+    create_tables(&db).await;
+    let subscriptions = subscription(
+        "orders",
+        "orders",
+        r#"["insert"]"#,
+        "http://127.0.0.1:9/hook",
+    );
+    let (output, text) = walhook(&["setup"], &db.config_text(&subscriptions)).await;
+    assert!(output.status.success(), "{text}");
+    let role = format!("{}_reader", db.name);
+    db.client
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'pw'"))
+        .await
+        .unwrap();
+    let role_url = db
+        .url
+        .replacen("postgres://postgres@", &format!("postgres://{role}:pw@"), 1);
+    assert_ne!(role_url, db.url, "the test URL has the expected shape");
+    let config = db.config_text(&subscriptions).replace(
+        &format!("url = \"{}\"", db.url),
+        &format!("url = \"{role_url}\""),
+    );
+
+    let (output, text) = walhook(&["check"], &config).await;
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let problems = lines(&text, "problem:");
+    assert!(
+        problems.iter().any(|line| line.contains("REPLICATION")
+            && line.contains(&format!("ALTER ROLE \"{role}\" REPLICATION"))),
+        "{text}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|line| line.contains("lacks SELECT on public.orders")
+                && line.contains(&format!(
+                    "GRANT SELECT ON \"public\".\"orders\" TO \"{role}\""
+                ))),
+        "{text}"
+    );
+
+    // Granted, both problems go away.
+    db.client
+        .batch_execute(&format!(
+            "ALTER ROLE {role} REPLICATION; GRANT SELECT ON orders TO {role};
+             GRANT USAGE ON SCHEMA walhook TO {role};
+             GRANT SELECT, INSERT, DELETE ON walhook.dead_letters TO {role};"
+        ))
+        .await
+        .unwrap();
+    let (output, text) = walhook(&["check"], &config).await;
+    assert_eq!(output.status.code(), Some(0), "{text}");
+}
+
+#[tokio::test]
+async fn an_unresolvable_url_host_exits_1_and_a_bad_file_exits_2() {
+    let db = TestDb::new().await;
+    create_tables(&db).await;
+    let config = db.config_text(&subscription(
+        "orders",
+        "orders",
+        r#"["insert"]"#,
+        "http://no-such-host.invalid/hook?token=secret-token",
+    ));
+    let (output, text) = walhook(&["setup"], &config).await;
+    assert!(output.status.success(), "{text}");
+    let (output, text) = walhook(&["check"], &config).await;
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let problems = lines(&text, "problem:");
+    assert_eq!(problems.len(), 1, "{text}");
+    assert!(
+        problems[0].contains("no-such-host.invalid does not resolve")
+            && problems[0].contains("fix: correct `url`"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("secret-token"),
+        "the URL is not printed whole"
+    );
+
+    let (output, text) = walhook(
+        &["check"],
+        &config.replace("[admin]", "[admin]\nlistn = \"x\""),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("listn"), "{text}");
+}

@@ -1,0 +1,180 @@
+//! `walhook dead-letters list / replay / purge` against parked events: a
+//! refused event is listed, replays with its original id once the receiver is
+//! fixed, and is gone afterwards; purge removes without sending.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::receiver::Receiver;
+use crate::support::{TestDb, Walhook, WalhookBinary, wait_until};
+
+fn subscription(name: &str, receiver: &Receiver) -> String {
+    format!(
+        r#"
+        [[subscriptions]]
+        name = "{name}"
+        tables = ["items"]
+        events = ["insert"]
+        url = "{}"
+        secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        "#,
+        receiver.url(&format!("/{name}"))
+    )
+}
+
+async fn dead_letter_count(db: &TestDb) -> i64 {
+    db.client
+        .query_one("SELECT count(*) FROM walhook.dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Inserts `rows` rows that the receiver refuses with 422 and waits until
+/// `letters` dead letters are parked.
+async fn park(db: &TestDb, receiver: &Receiver, config: &str, rows: i64, letters: i64) {
+    receiver.respond_with(422);
+    let walhook = Walhook::start(db.config(config));
+    db.wait_slot_active().await;
+    for id in 1..=rows {
+        db.client
+            .batch_execute(&format!("INSERT INTO items VALUES ({id}, 'row {id}')"))
+            .await
+            .unwrap();
+    }
+    wait_until("the rows to be parked", Duration::from_secs(30), || async {
+        dead_letter_count(db).await == letters
+    })
+    .await;
+    walhook.stop().await.unwrap();
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_refused_event_is_listed_replayed_with_its_id_and_then_gone() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, payload text)")
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let config = subscription("rows", &receiver);
+    park(&db, &receiver, &config, 3, 3).await;
+    let refused = receiver.requests();
+    let refused_ids: Vec<String> = refused
+        .iter()
+        .map(|request| request.headers["webhook-id"].clone())
+        .collect();
+
+    let binary = WalhookBinary::new(&db.config_text(&config));
+    let listed = binary.command(&["dead-letters", "list"]).await;
+    assert!(listed.status.success(), "{listed:?}");
+    let table = stdout(&listed);
+    for id in &refused_ids {
+        assert!(table.contains(id.as_str()), "{id} listed in:\n{table}");
+    }
+    assert!(table.contains("422"), "{table}");
+    assert!(table.contains("3 dead letter(s)"), "{table}");
+
+    let listed = binary.command(&["dead-letters", "list", "--json"]).await;
+    let letters: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let letters = letters.as_array().unwrap();
+    assert_eq!(letters.len(), 3);
+    assert_eq!(letters[0]["subscription"], "rows");
+    assert_eq!(letters[0]["last_status"], 422);
+    assert_eq!(letters[0]["payload"]["record"]["id"], 1);
+
+    // No selector: replay refuses rather than guessing.
+    let refused_replay = binary.command(&["dead-letters", "replay"]).await;
+    assert_eq!(refused_replay.status.code(), Some(2));
+
+    // Still refused: the letters stay, with one more attempt each, and the
+    // failure holds the rest back to keep their order.
+    let failing = binary
+        .command(&["dead-letters", "replay", "--subscription", "rows"])
+        .await;
+    assert_eq!(failing.status.code(), Some(1), "{failing:?}");
+    assert_eq!(dead_letter_count(&db).await, 3);
+    let before = receiver.requests().len();
+
+    receiver.respond_with(200);
+    let replayed = binary.command(&["dead-letters", "replay", "--all"]).await;
+    assert!(replayed.status.success(), "{replayed:?}");
+    assert!(stdout(&replayed).contains("replayed 3, failed 0"));
+    let replays = &receiver.requests()[before..];
+    assert_eq!(replays.len(), 3);
+    let parked_order: Vec<&str> = letters
+        .iter()
+        .map(|letter| letter["event_id"].as_str().unwrap())
+        .collect();
+    for (replay, parked_id) in replays.iter().zip(parked_order) {
+        // In the order they were parked, with the same id and the same body,
+        // freshly signed.
+        assert_eq!(replay.headers["webhook-id"], parked_id);
+        let original = refused
+            .iter()
+            .find(|request| request.headers["webhook-id"] == parked_id)
+            .unwrap();
+        assert_eq!(replay.body, original.body);
+        assert!(replay.headers["webhook-signature"].starts_with("v1,"));
+    }
+    assert_eq!(dead_letter_count(&db).await, 0);
+    let listed = binary.command(&["dead-letters", "list"]).await;
+    assert!(stdout(&listed).contains("0 dead letter(s)"));
+}
+
+#[tokio::test]
+async fn purge_removes_only_what_it_selects_and_refuses_without_a_selector() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, payload text)")
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let config = format!(
+        "{}{}",
+        subscription("first", &receiver),
+        subscription("second", &receiver)
+    );
+    // Two subscriptions × two rows.
+    park(&db, &receiver, &config, 2, 4).await;
+    let binary = WalhookBinary::new(&db.config_text(&config));
+
+    let refused = binary.command(&["dead-letters", "purge"]).await;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--all"));
+    assert_eq!(dead_letter_count(&db).await, 4);
+
+    let one: String = db
+        .client
+        .query_one(
+            "SELECT event_id FROM walhook.dead_letters WHERE subscription = 'second' ORDER BY id LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let purged = binary
+        .command(&["dead-letters", "purge", "--id", &one])
+        .await;
+    assert!(purged.status.success(), "{purged:?}");
+    assert!(stdout(&purged).contains("purged 1 dead letter(s)"));
+    assert_eq!(dead_letter_count(&db).await, 3);
+
+    let purged = binary
+        .command(&["dead-letters", "purge", "--subscription", "first"])
+        .await;
+    assert!(stdout(&purged).contains("purged 2 dead letter(s)"));
+    let listed = binary
+        .command(&["dead-letters", "list", "--subscription", "second"])
+        .await;
+    assert!(stdout(&listed).contains("1 dead letter(s)"));
+
+    let purged = binary.command(&["dead-letters", "purge", "--all"]).await;
+    assert!(stdout(&purged).contains("purged 1 dead letter(s)"));
+    assert_eq!(dead_letter_count(&db).await, 0);
+}

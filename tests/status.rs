@@ -1,0 +1,108 @@
+//! `walhook status` reports the lag of a slot that is held back on purpose,
+//! and dead letters per subscription.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{TestDb, walhook_binary};
+
+async fn walhook(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(walhook_binary())
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .output(),
+    )
+    .await
+    .expect("walhook exits")
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "walhook {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[tokio::test]
+async fn status_reports_the_lag_of_a_slot_held_back() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("walhook.toml");
+    std::fs::write(
+        &config,
+        db.config_text(
+            r#"
+            [[subscriptions]]
+            name = "orders"
+            tables = ["orders"]
+            url = "http://127.0.0.1:9/"
+            [[subscriptions]]
+            name = "quiet"
+            tables = ["orders"]
+            url = "http://127.0.0.1:9/"
+            "#,
+        ),
+    )
+    .unwrap();
+    // The slot, the publication and the schema, and nobody reading the slot.
+    walhook(&["setup"], &config).await;
+    db.client
+        .batch_execute(
+            "INSERT INTO orders SELECT g, repeat('x', 500) FROM generate_series(1, 2000) g;
+             INSERT INTO walhook.dead_letters
+               (subscription, event_id, payload, last_status, last_error, attempts, first_attempt_at)
+             VALUES ('orders', 'wh_1', '{}', 422, 'HTTP 422', 1, now());",
+        )
+        .await
+        .unwrap();
+    let lag_before: i64 = db
+        .client
+        .query_one(
+            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(lag_before > 1_000_000, "the inserts wrote over a megabyte");
+
+    let output = walhook(&["status", "--json"], &config).await;
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let lag_after: i64 = db
+        .client
+        .query_one(
+            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(report["slot"], db.name.as_str());
+    assert_eq!(report["exists"], true);
+    assert_eq!(report["active"], false);
+    let lag = report["lag_bytes"].as_i64().unwrap();
+    assert!(
+        (lag_before..=lag_after).contains(&lag),
+        "lag {lag} not within [{lag_before}, {lag_after}]"
+    );
+    assert_eq!(report["subscriptions"][0]["name"], "orders");
+    assert_eq!(report["subscriptions"][0]["dead_letters"], 1);
+    assert_eq!(report["subscriptions"][1]["dead_letters"], 0);
+
+    // The table form names the same facts.
+    let output = walhook(&["status"], &config).await;
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.contains(&format!("slot {}: inactive", db.name)),
+        "{table}"
+    );
+    assert!(table.contains("lag 1.") || table.contains("MB"), "{table}");
+}
