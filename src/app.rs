@@ -23,16 +23,18 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, Health};
 use crate::config::{BackoffConfig, Config, ConfigError};
 use crate::deliver::Delivery;
 use crate::deliver::dead_letters::DeadLetters;
 use crate::lsn::Lsn;
 use crate::pgconn::{ConnectParams, PgConnError, connect_sql};
-use crate::pipeline::{Pipeline, PipelineError};
+use crate::pipeline::{Observers, Pipeline, PipelineError};
 use crate::rules::Rules;
 use crate::rules::catalog_check::{self, RuleError};
 use crate::setup::{self, SetupError};
 use crate::source::{ReplicationStream, SourceError};
+use crate::telemetry::Metrics;
 
 /// pgoutput protocol version walhook speaks (no streaming of in-progress
 /// transactions: large ones arrive at commit, spilled by the server).
@@ -66,6 +68,15 @@ pub enum AppError {
     Pipeline(#[from] PipelineError),
     #[error("cannot start delivery: {0}")]
     Delivery(String),
+    #[error(
+        "admin.listen: cannot listen on {listen}: {source}; choose another address, \
+         or set admin.listen = \"\" to disable the admin server"
+    )]
+    AdminListen {
+        listen: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A command other than `run` failed at run time (demo, bench, status).
     #[error("{0}")]
     Command(String),
@@ -135,6 +146,49 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     }
     drop(client);
 
+    let names: Vec<String> = config
+        .subscriptions
+        .iter()
+        .map(|subscription| subscription.name.clone())
+        .collect();
+    let observers = Observers {
+        metrics: Metrics::new(&names),
+        health: Arc::new(Health::default()),
+    };
+    let admin_task = if config.admin.listen.is_empty() {
+        None
+    } else {
+        let (_, task) = admin::serve(
+            &config.admin.listen,
+            Arc::clone(&observers.metrics),
+            Arc::clone(&observers.health),
+            params.clone(),
+            config.source.slot.clone(),
+            names,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|source| AppError::AdminListen {
+            listen: config.admin.listen.clone(),
+            source,
+        })?;
+        Some(task)
+    };
+    let outcome = stream_until_stopped(&config, &params, &rules, &observers, &shutdown).await;
+    if let Some(task) = admin_task {
+        task.abort();
+    }
+    outcome
+}
+
+/// Streams, reconnecting as needed, until shutdown or a fatal error.
+async fn stream_until_stopped(
+    config: &Config,
+    params: &ConnectParams,
+    rules: &Arc<Rules>,
+    observers: &Observers,
+    shutdown: &CancellationToken,
+) -> Result<(), AppError> {
     let mut failures = 0u32;
     // Whether this process has streamed from the slot (so a missing slot
     // means it vanished).
@@ -146,7 +200,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             return Ok(());
         }
         let stream = match ReplicationStream::start(
-            &params,
+            params,
             &config.source.slot,
             &config.source.publication,
             Lsn::ZERO,
@@ -160,7 +214,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
                     tracing::info!(slot = %config.source.slot, reason = %error, "slot is active in another process; standing by");
                 }
                 standing_by = true;
-                if !pause(STANDBY_POLL, &shutdown).await {
+                if !pause(STANDBY_POLL, shutdown).await {
                     return Ok(());
                 }
                 continue;
@@ -175,19 +229,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             Err(error) if error.is_transient() => {
                 failures += 1;
                 tracing::warn!(%error, attempt = failures, "cannot open the replication connection; retrying");
-                if !pause(reconnect_wait(failures), &shutdown).await {
+                if !pause(reconnect_wait(failures), shutdown).await {
                     return Ok(());
                 }
                 continue;
             }
             Err(error) => return Err(error.into()),
         };
-        let catalog = match connect_sql(&params).await {
+        let catalog = match connect_sql(params).await {
             Ok(client) => client,
             Err(error) if error.is_transient() => {
                 failures += 1;
                 tracing::warn!(%error, "cannot open the catalog connection; retrying");
-                if !pause(reconnect_wait(failures), &shutdown).await {
+                if !pause(reconnect_wait(failures), shutdown).await {
                     return Ok(());
                 }
                 continue;
@@ -201,7 +255,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             tracing::info!(slot = %config.source.slot, "the slot is free; this walhook takes over");
             standing_by = false;
         }
+        observers.health.set_connected(true);
         if streamed {
+            observers.metrics.reconnects.inc();
             tracing::info!(slot = %config.source.slot, from = %start, server = %params.redacted(), "reconnected; resuming from the slot's confirmed position");
         } else {
             tracing::info!(slot = %config.source.slot, from = %start, server = %params.redacted(), "streaming changes");
@@ -217,17 +273,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             &config.subscriptions,
             DeadLetters::new(params.clone()),
             abandon.clone(),
+            Arc::clone(&observers.metrics),
             &mut lanes,
         )
         .map_err(|error| AppError::Delivery(error.to_string()))?;
         let mut pipeline = Pipeline::new(
             stream,
             catalog,
-            Arc::clone(&rules),
+            Arc::clone(rules),
             start,
             config.source.status_interval,
+            observers.clone(),
         );
-        let outcome = pipeline.run(&mut delivery, &shutdown).await;
+        let outcome = pipeline.run(&mut delivery, shutdown).await;
+        observers.health.set_connected(false);
         // Closing the lanes lets them finish what they hold.
         drop(delivery);
         match outcome {
@@ -260,7 +319,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
                 }
                 failures += 1;
                 tracing::warn!(%error, confirmed = %pipeline.confirmed(), "replication connection lost; reconnecting (unconfirmed changes will be sent again)");
-                if !pause(reconnect_wait(failures), &shutdown).await {
+                if !pause(reconnect_wait(failures), shutdown).await {
                     return Ok(());
                 }
             }

@@ -44,6 +44,8 @@ struct OpenTransaction {
     /// Where confirming this transaction (and any empty ones after it) lands.
     end: Lsn,
     pending: Arc<AtomicUsize>,
+    /// Its commit time (microseconds since 2000-01-01), for the lag metric.
+    commit_time_micros: i64,
 }
 
 /// The resolved frontier over transactions in commit order.
@@ -54,6 +56,7 @@ pub struct Checkpoint {
     /// The transaction being read, between Begin and Commit. Its count holds
     /// one extra token until Commit so it cannot complete early.
     reading: Option<Arc<AtomicUsize>>,
+    reading_commit_time_micros: i64,
     wake: Arc<Notify>,
 }
 
@@ -64,6 +67,7 @@ impl Checkpoint {
             confirmed,
             open: VecDeque::new(),
             reading: None,
+            reading_commit_time_micros: 0,
             wake: Arc::new(Notify::new()),
         }
     }
@@ -83,10 +87,24 @@ impl Checkpoint {
         self.open.len()
     }
 
-    /// A transaction begins (pgoutput Begin).
-    pub fn begin(&mut self) {
+    /// A transaction begins (pgoutput Begin, which carries its commit time).
+    pub fn begin(&mut self, commit_time_micros: i64) {
         debug_assert!(self.reading.is_none(), "begin inside a transaction");
         self.reading = Some(Arc::new(AtomicUsize::new(1)));
+        self.reading_commit_time_micros = commit_time_micros;
+    }
+
+    /// The commit time of the oldest transaction with unresolved events
+    /// (microseconds since 2000-01-01), or `None` when nothing is pending.
+    pub fn oldest_pending_commit_micros(&self) -> Option<i64> {
+        match self.open.front() {
+            Some(oldest) => Some(oldest.commit_time_micros),
+            None => self
+                .reading
+                .as_ref()
+                .filter(|pending| pending.load(Ordering::Acquire) > 1)
+                .map(|_| self.reading_commit_time_micros),
+        }
     }
 
     /// Registers one event of the transaction being read.
@@ -114,7 +132,11 @@ impl Checkpoint {
             // nothing.
             self.skip_to(end);
         } else {
-            self.open.push_back(OpenTransaction { end, pending });
+            self.open.push_back(OpenTransaction {
+                end,
+                pending,
+                commit_time_micros: self.reading_commit_time_micros,
+            });
         }
     }
 
@@ -159,7 +181,7 @@ mod tests {
     #[test]
     fn empty_transactions_and_keepalives_move_an_idle_frontier() {
         let mut checkpoint = Checkpoint::new(lsn(10));
-        checkpoint.begin();
+        checkpoint.begin(0);
         checkpoint.commit(lsn(20));
         assert_eq!(checkpoint.advance(), lsn(20));
         checkpoint.skip_to(lsn(30));
@@ -171,15 +193,15 @@ mod tests {
     #[test]
     fn frontier_waits_for_the_oldest_unresolved_transaction() {
         let mut checkpoint = Checkpoint::new(lsn(0));
-        checkpoint.begin();
+        checkpoint.begin(0);
         let first = checkpoint.track_event();
         checkpoint.commit(lsn(100));
-        checkpoint.begin();
+        checkpoint.begin(0);
         let second_a = checkpoint.track_event();
         let second_b = checkpoint.track_event();
         checkpoint.commit(lsn(200));
         // A later empty transaction and a keepalive ride behind the second.
-        checkpoint.begin();
+        checkpoint.begin(0);
         checkpoint.commit(lsn(300));
         checkpoint.skip_to(lsn(350));
 
@@ -194,7 +216,7 @@ mod tests {
     #[test]
     fn a_transaction_cannot_complete_before_its_commit() {
         let mut checkpoint = Checkpoint::new(lsn(0));
-        checkpoint.begin();
+        checkpoint.begin(0);
         let event = checkpoint.track_event();
         event.resolve();
         // Still reading: a keepalive in the middle must not move anything.
@@ -207,7 +229,7 @@ mod tests {
     #[test]
     fn dropped_acks_hold_the_frontier() {
         let mut checkpoint = Checkpoint::new(lsn(0));
-        checkpoint.begin();
+        checkpoint.begin(0);
         drop(checkpoint.track_event());
         checkpoint.commit(lsn(10));
         assert_eq!(checkpoint.advance(), lsn(0));
@@ -217,7 +239,7 @@ mod tests {
     async fn resolving_the_last_event_wakes_the_owner() {
         let mut checkpoint = Checkpoint::new(lsn(0));
         let wake = checkpoint.wake();
-        checkpoint.begin();
+        checkpoint.begin(0);
         let event = checkpoint.track_event();
         checkpoint.commit(lsn(10));
         tokio::spawn(async move { event.resolve() });

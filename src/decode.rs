@@ -69,6 +69,7 @@ impl Decoder {
             xid,
             commit_lsn,
             commit_time: format_commit_time(commit_time_micros),
+            commit_time_micros,
         }));
         self.next_ordinal = 0;
     }

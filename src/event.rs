@@ -49,6 +49,8 @@ pub struct TransactionInfo {
     pub commit_lsn: Lsn,
     /// RFC 3339, UTC, microseconds, `Z`.
     pub commit_time: String,
+    /// The same, as microseconds since 2000-01-01 UTC.
+    pub commit_time_micros: i64,
 }
 
 /// One cell of a decoded row.
@@ -297,6 +299,16 @@ pub fn write_string(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(&mut *out, text);
 }
 
+/// A time as microseconds since 2000-01-01 UTC, PostgreSQL's epoch.
+pub fn micros_since_2000(time: std::time::SystemTime) -> i64 {
+    const POSTGRES_EPOCH_UNIX_SECONDS: u64 = 946_684_800;
+    let epoch = std::time::UNIX_EPOCH + std::time::Duration::from_secs(POSTGRES_EPOCH_UNIX_SECONDS);
+    match time.duration_since(epoch) {
+        Ok(since) => i64::try_from(since.as_micros()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
 /// Formats a pgoutput timestamp (microseconds since 2000-01-01 UTC) as
 /// RFC 3339 with microseconds and `Z`.
 pub fn format_commit_time(micros_since_2000: i64) -> String {
@@ -354,6 +366,7 @@ mod tests {
                 xid: 7431,
                 commit_lsn: Lsn(0x1A2B400),
                 commit_time: format_commit_time(0),
+                commit_time_micros: 0,
             }),
         }
     }

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Health;
 use crate::checkpoint::Checkpoint;
 use crate::config::EventKind;
 use crate::decode::{DecodeFailure, Decoder};
@@ -28,6 +29,7 @@ use crate::lsn::Lsn;
 use crate::pgoutput::{self, PgOutputMessage};
 use crate::rules::{Route, Rules};
 use crate::source::{ReplicationMessage, ReplicationStream, SourceError};
+use crate::telemetry::Metrics;
 
 /// How long a stopping walhook waits for the server to acknowledge its final
 /// position.
@@ -69,6 +71,14 @@ pub struct Pipeline {
     routes: HashMap<u32, Arc<[Route]>>,
     checkpoint: Checkpoint,
     reporter: Reporter,
+    observers: Observers,
+}
+
+/// Where the reader reports what it sees: metrics and health.
+#[derive(Clone)]
+pub struct Observers {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
 }
 
 /// When and what to tell the walsender.
@@ -88,6 +98,7 @@ impl Pipeline {
         rules: Arc<Rules>,
         start: Lsn,
         status_interval: Duration,
+        observers: Observers,
     ) -> Pipeline {
         let mut ticks = tokio::time::interval(PROGRESS_REPORT_INTERVAL.min(status_interval));
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -105,6 +116,7 @@ impl Pipeline {
                 status_interval,
                 ticks,
             },
+            observers,
         }
     }
 
@@ -186,6 +198,7 @@ impl Pipeline {
     /// passed, or when `now`.
     async fn report(&mut self, now: bool) -> Result<(), SourceError> {
         let confirmed = self.checkpoint.advance();
+        self.observe(confirmed);
         let reporter = &mut self.reporter;
         let due = reporter.last_sent_at.elapsed() >= reporter.status_interval;
         if now || due || confirmed != reporter.last_sent {
@@ -196,6 +209,27 @@ impl Pipeline {
             reporter.last_sent_at = Instant::now();
         }
         Ok(())
+    }
+
+    /// Updates the progress metrics and the health.
+    fn observe(&self, confirmed: Lsn) {
+        let metrics = &self.observers.metrics;
+        metrics.confirmed_lsn.set(confirmed.0 as i64);
+        let lag = self.reporter.received.0.saturating_sub(confirmed.0);
+        metrics.replication_lag_bytes.set(lag as i64);
+        let lag_seconds = match self.checkpoint.oldest_pending_commit_micros() {
+            Some(commit) => {
+                let now = crate::event::micros_since_2000(std::time::SystemTime::now());
+                now.saturating_sub(commit).max(0) as f64 / 1e6
+            }
+            None => 0.0,
+        };
+        metrics.replication_lag_seconds.set(lag_seconds);
+        if confirmed != self.reporter.last_sent
+            || self.checkpoint.oldest_pending_commit_micros().is_none()
+        {
+            self.observers.health.progressed();
+        }
     }
 
     /// Handles one pgoutput message. Returns false when shutdown interrupted
@@ -215,7 +249,7 @@ impl Pipeline {
                 commit_time_micros,
                 xid,
             } => {
-                self.checkpoint.begin();
+                self.checkpoint.begin(commit_time_micros);
                 self.decoder.begin(xid, final_lsn, commit_time_micros);
             }
             PgOutputMessage::Commit { end_lsn, .. } => {
@@ -283,10 +317,14 @@ impl Pipeline {
         delivery: &mut Delivery,
         shutdown: &CancellationToken,
     ) -> Result<bool, PipelineError> {
+        self.observers.metrics.changes_decoded.inc();
         let Some(routes) = self.routes.get(&change.table.relation_id).cloned() else {
             return Ok(true);
         };
         for route in routes.iter().filter(|route| route.matches(&change)) {
+            if let Some(handles) = self.observers.metrics.subscription(route.subscription) {
+                handles.matched.inc();
+            }
             let projection = match &route.projection {
                 Some(mask) => Projection::Only(mask),
                 None => Projection::All,
@@ -302,6 +340,7 @@ impl Pipeline {
                 id,
                 ordering_key: change.ordering_key(),
                 previous_ordering_key: change.previous_ordering_key(),
+                commit_time_micros: change.transaction.commit_time_micros,
                 body: Bytes::from(body),
                 ack: self.checkpoint.track_event(),
             };

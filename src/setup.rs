@@ -167,17 +167,6 @@ async fn ensure_publication(
         return Ok(());
     };
     let current_publish: String = existing.get(0);
-    if current_publish != publish {
-        let statement = format!(
-            "ALTER PUBLICATION {} SET (publish = '{publish}')",
-            quote_identifier(publication)
-        );
-        client
-            .batch_execute(&statement)
-            .await
-            .map_err(|error| SetupError::new(&statement, error))?;
-        report.publication_changed = true;
-    }
     let mut current: Vec<TableName> = client
         .query(lookup, &[&publication])
         .await
@@ -192,18 +181,36 @@ async fn ensure_publication(
     let mut wanted = tables.to_vec();
     wanted.sort();
     wanted.dedup();
+    // A publication that already covers every table and operation the rules
+    // need works as it is; narrowing it only saves decoding, and a
+    // least-privilege role (not its owner) may not alter it.
+    let covers = wanted.iter().all(|table| current.contains(table))
+        && publish
+            .split(", ")
+            .all(|operation| current_publish.split(", ").any(|have| have == operation));
+    let mut alterations = Vec::new();
+    if current_publish != publish {
+        alterations.push(format!(
+            "ALTER PUBLICATION {} SET (publish = '{publish}')",
+            quote_identifier(publication)
+        ));
+    }
     if current != wanted {
         // Exactly the tables the rules name: others would be decoded for
         // nothing.
-        let statement = format!(
+        alterations.push(format!(
             "ALTER PUBLICATION {} SET TABLE {table_list}",
             quote_identifier(publication)
-        );
-        client
-            .batch_execute(&statement)
-            .await
-            .map_err(|error| SetupError::new(&statement, error))?;
-        report.publication_changed = true;
+        ));
+    }
+    for statement in alterations {
+        match client.batch_execute(&statement).await {
+            Ok(()) => report.publication_changed = true,
+            Err(error) if covers => {
+                tracing::info!(publication, reason = %SetupError::new(&statement, error), "the publication covers more than the rules need and cannot be narrowed by this role; using it as it is");
+            }
+            Err(error) => return Err(SetupError::new(&statement, error)),
+        }
     }
     Ok(())
 }

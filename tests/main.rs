@@ -5,6 +5,7 @@
 
 mod support;
 
+mod admin;
 mod check;
 mod cli;
 mod contract;
@@ -12,6 +13,7 @@ mod dead_letters;
 mod delivery;
 mod faults;
 mod filters;
+mod least_privilege;
 mod lifecycle;
 mod listen;
 mod payloads;

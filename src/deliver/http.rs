@@ -28,6 +28,9 @@ pub enum EndpointError {
 /// Builds the one HTTP client every lane shares: keep-alive pool as large as
 /// the in-flight bound, no redirects, rustls.
 pub fn build_client(config: &DeliveryConfig) -> Result<reqwest::Client, EndpointError> {
+    // reqwest panics without a process-wide TLS provider; `main` installs
+    // one, but walhook used as a library (tests, embedders) may not have.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .user_agent(concat!("walhook/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())

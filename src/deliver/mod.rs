@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Ack;
 use crate::config::{BatchConfig, DeliveryConfig, Ordering, SubscriptionConfig};
+use crate::telemetry::{Metrics, ResponseClass, SubscriptionMetrics};
 use dead_letters::{DeadLetter, DeadLetters};
 use http::{Attempt, Endpoint};
 use policy::Verdict;
@@ -61,6 +62,9 @@ pub struct Outbound {
     /// Set when an update changed the row's key: the old key's hash.
     pub previous_ordering_key: Option<u64>,
     pub body: Bytes,
+    /// The transaction's commit time (microseconds since 2000-01-01), for
+    /// the commit-to-delivery latency.
+    pub commit_time_micros: i64,
     pub ack: Ack,
 }
 
@@ -136,6 +140,7 @@ struct Shared {
     dead_letters: DeadLetters,
     /// Cancelled when in-flight work is to be abandoned (after the grace).
     abandon: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 /// The lane closed because delivery is shutting down.
@@ -150,6 +155,7 @@ impl Delivery {
         subscriptions: &[SubscriptionConfig],
         dead_letters: DeadLetters,
         abandon: CancellationToken,
+        metrics: Arc<Metrics>,
         tasks: &mut JoinSet<()>,
     ) -> Result<Delivery, http::EndpointError> {
         let client = http::build_client(config)?;
@@ -159,10 +165,15 @@ impl Delivery {
             config: config.clone(),
             dead_letters,
             abandon,
+            metrics: Arc::clone(&metrics),
         });
         let mut all = Vec::with_capacity(subscriptions.len());
-        for subscription in subscriptions {
+        for (index, subscription) in subscriptions.iter().enumerate() {
             let endpoint = Arc::new(Endpoint::new(subscription)?);
+            let lane_metrics = Arc::new(LaneMetrics {
+                handles: metrics.subscription(index).cloned(),
+                failures: FailureLog::default(),
+            });
             let lane_count = match subscription.ordering {
                 Ordering::Strict => 1,
                 Ordering::Key | Ordering::None => config.concurrency.clamp(1, MAX_LANES),
@@ -175,6 +186,7 @@ impl Delivery {
                     receiver,
                     Arc::clone(&load),
                     Arc::clone(&endpoint),
+                    Arc::clone(&lane_metrics),
                     subscription.batch,
                     Arc::clone(&shared),
                 ));
@@ -240,6 +252,7 @@ async fn run_lane(
     mut receiver: mpsc::UnboundedReceiver<Queued>,
     load: Arc<LaneLoad>,
     endpoint: Arc<Endpoint>,
+    metrics: Arc<LaneMetrics>,
     batch: BatchConfig,
     shared: Arc<Shared>,
 ) {
@@ -261,7 +274,7 @@ async fn run_lane(
             fill_batch(&mut receiver, &mut events, &mut budget, batch).await;
         }
         let count = events.len();
-        if !deliver(&endpoint, &shared, &mut events).await {
+        if !deliver(&endpoint, &metrics, &shared, &mut events).await {
             return;
         }
         budget.clear();
@@ -293,9 +306,67 @@ async fn fill_batch(
     }
 }
 
+/// One subscription's metric handles and failure summary, shared by its
+/// lanes.
+struct LaneMetrics {
+    handles: Option<SubscriptionMetrics>,
+    failures: FailureLog,
+}
+
+/// Summarises an endpoint's failures: one warning when a streak starts, then
+/// at most one every [`FAILURE_LOG_INTERVAL`] with the count, and one line
+/// when it recovers — not a line per attempt.
+#[derive(Default)]
+struct FailureLog {
+    state: std::sync::Mutex<FailureStreak>,
+}
+
+#[derive(Default)]
+struct FailureStreak {
+    failures: u64,
+    unreported: u64,
+    last_report: Option<std::time::Instant>,
+}
+
+/// How often an ongoing failure streak is logged.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl FailureLog {
+    fn failed(&self, endpoint: &str, failure: &Attempt) {
+        let Ok(mut streak) = self.state.lock() else {
+            return;
+        };
+        streak.failures += 1;
+        streak.unreported += 1;
+        let due = streak
+            .last_report
+            .is_none_or(|last| last.elapsed() >= FAILURE_LOG_INTERVAL);
+        if due {
+            tracing::warn!(subscription = %endpoint, %failure, failures = streak.unreported, total = streak.failures, "deliveries failing; retrying with backoff");
+            streak.unreported = 0;
+            streak.last_report = Some(std::time::Instant::now());
+        }
+    }
+
+    fn succeeded(&self, endpoint: &str) {
+        let Ok(mut streak) = self.state.lock() else {
+            return;
+        };
+        if streak.failures > 0 {
+            tracing::info!(subscription = %endpoint, failures = streak.failures, "deliveries succeed again");
+            *streak = FailureStreak::default();
+        }
+    }
+}
+
 /// Delivers `events` as one request, retrying, and resolves their claims once
 /// delivered or dead-lettered. Returns false when abandoned.
-async fn deliver(endpoint: &Endpoint, shared: &Shared, events: &mut Vec<Outbound>) -> bool {
+async fn deliver(
+    endpoint: &Endpoint,
+    metrics: &LaneMetrics,
+    shared: &Shared,
+    events: &mut Vec<Outbound>,
+) -> bool {
     let request = http::RequestBody::for_events(events, endpoint.batched());
     let max_attempts = shared.config.max_attempts;
     let first_attempt_at = std::time::SystemTime::now();
@@ -310,16 +381,37 @@ async fn deliver(endpoint: &Endpoint, shared: &Shared, events: &mut Vec<Outbound
                 permit = shared.in_flight.acquire() => permit,
             };
             let Ok(_permit) = permit else { return false };
-            tokio::select! {
+            shared.metrics.requests_in_flight.inc();
+            let outcome = tokio::select! {
                 biased;
-                _ = shared.abandon.cancelled() => return false,
-                outcome = endpoint.send(&shared.client, &request, shared.config.timeout) => outcome,
+                _ = shared.abandon.cancelled() => None,
+                outcome = endpoint.send(&shared.client, &request, shared.config.timeout) => Some(outcome),
+            };
+            shared.metrics.requests_in_flight.dec();
+            match outcome {
+                Some(outcome) => outcome,
+                None => return false,
             }
         };
+        if let Some(handles) = &metrics.handles {
+            handles.response(match outcome.status() {
+                Some(status) => ResponseClass::of_status(status),
+                None => ResponseClass::Transport,
+            });
+            if attempt > 1 {
+                handles.retries.inc();
+            }
+        }
         let not_before = match outcome.verdict() {
             Verdict::Delivered => {
-                if attempt > 1 {
-                    tracing::info!(subscription = %endpoint.name, attempts = attempt, "delivered after retrying");
+                metrics.failures.succeeded(&endpoint.name);
+                if let Some(handles) = &metrics.handles {
+                    handles.delivered.inc_by(events.len() as u64);
+                    let now = crate::event::micros_since_2000(std::time::SystemTime::now());
+                    for event in events.iter() {
+                        let latency = now.saturating_sub(event.commit_time_micros).max(0);
+                        handles.latency.observe(latency as f64 / 1e6);
+                    }
                 }
                 for event in events.drain(..) {
                     event.ack.resolve();
@@ -332,11 +424,8 @@ async fn deliver(endpoint: &Endpoint, shared: &Shared, events: &mut Vec<Outbound
             }
             Verdict::Retry { not_before } => not_before,
         };
-        if attempt == 1 || attempt == max_attempts {
-            tracing::warn!(subscription = %endpoint.name, attempt, max_attempts, failure = %outcome, "delivery failed");
-        } else {
-            tracing::debug!(subscription = %endpoint.name, attempt, failure = %outcome, "delivery failed");
-        }
+        metrics.failures.failed(&endpoint.name, &outcome);
+        tracing::debug!(subscription = %endpoint.name, attempt, failure = %outcome, "delivery failed");
         last_failure = Some(outcome);
         if attempt == max_attempts {
             break;
@@ -348,7 +437,8 @@ async fn deliver(endpoint: &Endpoint, shared: &Shared, events: &mut Vec<Outbound
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    park_as_dead_letters(
+    let parked = events.len() as u64;
+    let stored = park_as_dead_letters(
         endpoint,
         shared,
         events,
@@ -356,7 +446,11 @@ async fn deliver(endpoint: &Endpoint, shared: &Shared, events: &mut Vec<Outbound
         attempts_made,
         first_attempt_at,
     )
-    .await
+    .await;
+    if stored && let Some(handles) = &metrics.handles {
+        handles.dead_lettered.inc_by(parked);
+    }
+    stored
 }
 
 /// Stores each event as a dead letter (retrying the store until it works),
@@ -418,6 +512,7 @@ mod tests {
             ordering_key: 0,
             previous_ordering_key: None,
             body: Bytes::from(vec![b'x'; body_len]),
+            commit_time_micros: 0,
             ack: checkpoint.track_event(),
         }
     }
@@ -425,7 +520,7 @@ mod tests {
     #[test]
     fn an_event_costs_its_bytes_plus_overhead_and_never_more_than_the_budget() {
         let mut checkpoint = Checkpoint::new(Lsn(0));
-        checkpoint.begin();
+        checkpoint.begin(0);
         let small = event(&mut checkpoint, 100);
         assert_eq!(budget_cost(&small) as usize, 100 + 7 + EVENT_OVERHEAD_BYTES);
         let huge = event(&mut checkpoint, SUBSCRIPTION_BUFFER_BYTES * 2);

@@ -279,6 +279,7 @@ mod tests {
                 xid: 1,
                 commit_lsn: crate::lsn::Lsn(2),
                 commit_time: String::new(),
+                commit_time_micros: 0,
             }),
         }
     }

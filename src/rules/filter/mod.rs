@@ -472,6 +472,7 @@ mod tests {
                 xid: 1,
                 commit_lsn: Lsn(2),
                 commit_time: String::new(),
+                commit_time_micros: 0,
             }),
         }
     }

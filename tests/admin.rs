@@ -1,0 +1,163 @@
+//! The admin server: `/metrics` counters move by exactly the delivered
+//! events, `/healthz` answers, and `/readyz` turns unready when PostgreSQL
+//! stops (and ready again when it is back).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use walhook::config::Config;
+use walhook::pgtemp::TempPostgres;
+
+use crate::support::receiver::Receiver;
+use crate::support::{TestDb, Walhook, wait_until};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of one sample line of the Prometheus text, e.g.
+/// `walhook_events_delivered_total{subscription="orders"}`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+async fn get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+        Err(_) => (0, String::new()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_deliveries_exactly_and_readyz_follows_postgres() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(TempPostgres::start)
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let db = TestDb::on(&cluster).await;
+    db.client
+        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let text = db
+        .config_text(&format!(
+            r#"
+            [[subscriptions]]
+            name = "orders"
+            tables = ["orders"]
+            url = "{}"
+            "#,
+            receiver.url("/orders")
+        ))
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let config = Config::from_toml(std::path::Path::new("test.toml"), &text).unwrap();
+    let walhook = Walhook::start(config);
+    db.wait_slot_active().await;
+    let base = format!("http://127.0.0.1:{port}");
+
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    wait_until("/readyz to be ready", Duration::from_secs(30), || async {
+        get(&format!("{base}/readyz")).await.0 == 200
+    })
+    .await;
+    let (status, before) = get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    let delivered = "walhook_events_delivered_total{subscription=\"orders\"}";
+    assert_eq!(sample(&before, delivered), Some(0.0), "{before}");
+
+    db.client
+        .batch_execute("INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 25) g")
+        .await
+        .unwrap();
+    receiver
+        .wait_for_delivered(25, Duration::from_secs(30))
+        .await;
+    // The counter moves when the lane records the 2xx, just after the
+    // receiver answered: wait for it, then check it is exact.
+    wait_until(
+        "the delivered counter to reach 25",
+        Duration::from_secs(10),
+        || async { sample(&get(&format!("{base}/metrics")).await.1, delivered) == Some(25.0) },
+    )
+    .await;
+    let (_, after) = get(&format!("{base}/metrics")).await;
+    for (series, value) in [
+        (delivered, 25.0),
+        (
+            "walhook_events_matched_total{subscription=\"orders\"}",
+            25.0,
+        ),
+        ("walhook_changes_decoded_total", 25.0),
+        (
+            "walhook_http_responses_total{subscription=\"orders\",class=\"2xx\"}",
+            25.0,
+        ),
+        (
+            "walhook_http_responses_total{subscription=\"orders\",class=\"5xx\"}",
+            0.0,
+        ),
+        (
+            "walhook_events_dead_lettered_total{subscription=\"orders\"}",
+            0.0,
+        ),
+        (
+            "walhook_delivery_latency_seconds_count{subscription=\"orders\"}",
+            25.0,
+        ),
+    ] {
+        assert_eq!(sample(&after, series), Some(value), "{series}:\n{after}");
+    }
+    assert!(sample(&after, "walhook_confirmed_lsn").unwrap() > 0.0);
+
+    // /status carries the same facts as `walhook status`.
+    let (status, report) = get(&format!("{base}/status")).await;
+    assert_eq!(status, 200, "{report}");
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["slot"], db.name.as_str());
+    assert_eq!(report["active"], true);
+
+    // PostgreSQL stops: not ready. It comes back: ready again.
+    let stopping = Arc::clone(&cluster);
+    tokio::task::spawn_blocking(move || stopping.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    wait_until(
+        "/readyz to turn unready",
+        Duration::from_secs(30),
+        || async { get(&format!("{base}/readyz")).await.0 == 503 },
+    )
+    .await;
+    let starting = Arc::clone(&cluster);
+    tokio::task::spawn_blocking(move || starting.start_again())
+        .await
+        .unwrap()
+        .unwrap();
+    wait_until(
+        "/readyz to be ready again",
+        Duration::from_secs(60),
+        || async { get(&format!("{base}/readyz")).await.0 == 200 },
+    )
+    .await;
+    let (_, metrics) = get(&format!("{base}/metrics")).await;
+    assert!(
+        sample(&metrics, "walhook_reconnects_total").unwrap() >= 1.0,
+        "{metrics}"
+    );
+    walhook.stop().await.unwrap();
+}

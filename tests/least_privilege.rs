@@ -1,0 +1,99 @@
+//! `sql/` as an administrator would use it: every file through psql on a
+//! fresh database, then `walhook run` as the least-privilege role it creates.
+
+use std::time::Duration;
+
+use crate::support::receiver::Receiver;
+use crate::support::{TestDb, Walhook, cluster};
+
+#[tokio::test]
+async fn psql_runs_the_sql_files_then_walhook_runs_as_the_least_privilege_role() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, status text);
+             CREATE TABLE secrets (id int PRIMARY KEY, token text);",
+        )
+        .await
+        .unwrap();
+    let mut sql = String::new();
+    let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sql"))
+        .collect();
+    files.sort();
+    for file in &files {
+        sql.push_str(&std::fs::read_to_string(file).unwrap());
+        sql.push('\n');
+    }
+    let psql = tokio::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "tables=public.orders"])
+        .args(["-v", "walhook_password=s3cret-pw"])
+        .arg(&db.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql is installed with the PostgreSQL client");
+    let output = {
+        let mut psql = psql;
+        let mut stdin = psql.stdin.take().unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, sql.as_bytes())
+            .await
+            .unwrap();
+        drop(stdin);
+        psql.wait_with_output().await.unwrap()
+    };
+    assert!(
+        output.status.success(),
+        "psql: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The role may read orders, and not the other table.
+    let as_walhook = cluster().url_as("walhook", "s3cret-pw", &db.name);
+    let walhook_client = crate::support::connect(&as_walhook).await;
+    let denied = walhook_client
+        .query("SELECT * FROM secrets", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied.as_db_error().map(|db| db.code().code()),
+        Some("42501"),
+        "{denied}"
+    );
+
+    let receiver = Receiver::start().await;
+    let config = db
+        .config_text(&format!(
+            r#"
+            [[subscriptions]]
+            name = "orders"
+            tables = ["orders"]
+            events = ["insert", "update"]
+            url = "{}"
+            "#,
+            receiver.url("/orders")
+        ))
+        .replace(&db.url, &as_walhook)
+        .replace(
+            &format!("publication = \"{}\"", db.name),
+            "publication = \"walhook\"",
+        );
+    let config =
+        walhook::config::Config::from_toml(std::path::Path::new("test.toml"), &config).unwrap();
+    let walhook = Walhook::start(config);
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute("INSERT INTO orders VALUES (1, 'new'); UPDATE orders SET status = 'paid';")
+        .await
+        .unwrap();
+    let events = receiver
+        .wait_for_delivered(2, Duration::from_secs(30))
+        .await;
+    assert_eq!(events[0]["record"]["id"], 1);
+    assert_eq!(events[1]["record"]["status"], "paid");
+    walhook.stop().await.unwrap();
+}
