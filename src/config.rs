@@ -555,8 +555,10 @@ fn resolve(value: &mut Secret, key: &str) -> Result<(), String> {
 /// `WALHOOK_SOURCE__URL` and friends: only the scalar keys of `[source]`,
 /// `[delivery]` and `[admin]`, as design §3 says.
 fn env_overrides() -> Env {
+    // Keys arrive as written (WALHOOK_SOURCE__URL → "SOURCE.URL") and are
+    // lower-cased by figment only after this filter: compare lower-cased.
     Env::prefixed("WALHOOK_").split("__").filter(|key| {
-        let key = key.as_str();
+        let key = key.as_str().to_ascii_lowercase();
         ["source.", "delivery.", "admin."]
             .iter()
             .any(|section| key.starts_with(section))

@@ -123,7 +123,7 @@ struct BenchArgs {
     /// Rows per transaction in the backlog.
     #[arg(long, default_value_t = 100)]
     rows_per_transaction: u64,
-    /// Live-mode commit rates (rows/s), comma-separated; empty skips live mode.
+    /// Live-mode commit rates (rows/s), comma-separated; 0 skips live mode.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     live_rates: Vec<u64>,
     /// Seconds per live rate.
@@ -132,6 +132,9 @@ struct BenchArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench.json")]
     json: PathBuf,
+    /// Run only the backlog scenarios whose name contains this text.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 impl BenchArgs {
@@ -139,9 +142,14 @@ impl BenchArgs {
         commands::bench::BenchOptions {
             rows: self.rows,
             rows_per_transaction: self.rows_per_transaction.max(1),
-            live_rates: self.live_rates,
+            live_rates: self
+                .live_rates
+                .into_iter()
+                .filter(|rate| *rate > 0)
+                .collect(),
             live_seconds: self.live_seconds,
             json_path: self.json,
+            only: self.only,
         }
     }
 }
@@ -169,10 +177,17 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     // One TLS provider for both PostgreSQL connections and HTTP.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // The daemon's worker threads (default: one per core).
+    if matches!(cli.command, Command::Run(_))
+        && let Some(threads) = std::env::var("WALHOOK_WORKER_THREADS")
+            .ok()
+            .and_then(|threads| threads.parse::<usize>().ok())
+            .filter(|threads| *threads > 0)
     {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

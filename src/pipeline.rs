@@ -132,11 +132,17 @@ impl Pipeline {
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => {
+                    delivery.flush();
+                    return Ok(());
+                }
                 _ = wake.notified() => {
                     self.checkpoint.advance();
                 }
                 _ = self.reporter.ticks.tick() => {
+                    // A backstop: events normally go out as soon as nothing
+                    // more is buffered (below).
+                    delivery.flush();
                     self.report(false).await?;
                 }
                 message = self.stream.next() => {
@@ -144,6 +150,7 @@ impl Pipeline {
                         ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
                             self.reporter.received = self.reporter.received.max(wal_end);
                             if !self.handle(wal_start, data, delivery, shutdown).await? {
+                                delivery.flush();
                                 return Ok(());
                             }
                         }
@@ -154,6 +161,11 @@ impl Pipeline {
                                 self.report(true).await?;
                             }
                         }
+                    }
+                    // Hand the burst to the lanes once nothing more is at hand:
+                    // one wake-up per lane instead of one per event.
+                    if !self.stream.has_buffered_message() {
+                        delivery.flush();
                     }
                 }
             }

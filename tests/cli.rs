@@ -155,3 +155,56 @@ async fn demo_shows_the_whole_loop_and_exits_cleanly() {
     );
     assert!(stdout.contains("\"type\": \"DELETE\""), "{stdout}");
 }
+
+#[tokio::test]
+async fn environment_overrides_replace_scalar_keys_of_the_file() {
+    // The file names one unreachable port; WALHOOK_SOURCE__URL another. The
+    // error must name the one from the environment.
+    let file_port = 9;
+    let env_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\nurl = \"postgres://walhook@127.0.0.1:{file_port}/app?sslmode=disable\"\nconnect_timeout = \"2s\"\n[admin]\nlisten = \"\"\n{GOOD_SUBSCRIPTION}"
+        ),
+    )
+    .unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(walhook_binary())
+            .args(["run", "--config"])
+            .arg(&path)
+            .env(
+                "WALHOOK_SOURCE__URL",
+                format!("postgres://walhook@127.0.0.1:{env_port}/app?sslmode=disable"),
+            )
+            .env("WALHOOK_DELIVERY__CONCURRENCY", "8")
+            .output(),
+    )
+    .await
+    .expect("walhook exits")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{env_port}")),
+        "{stderr}"
+    );
+
+    // A bad value from the environment names the variable.
+    let output = tokio::process::Command::new(walhook_binary())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("WALHOOK_DELIVERY__CONCURRENCY", "many")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("delivery.concurrency"), "{stderr}");
+}

@@ -36,6 +36,8 @@ pub struct BenchOptions {
     pub live_rates: Vec<u64>,
     pub live_seconds: u64,
     pub json_path: PathBuf,
+    /// Only the backlog scenarios whose name contains this.
+    pub only: Option<String>,
 }
 
 /// One backlog scenario's figures.
@@ -159,6 +161,14 @@ async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Repo
     let mut backlog = Vec::new();
     let mut ceiling = None;
     for (index, scenario) in SCENARIOS.iter().enumerate() {
+        // The first scenario's backlog also gives the ceiling.
+        let selected = options
+            .only
+            .as_ref()
+            .is_none_or(|only| scenario.name.contains(only.as_str()));
+        if !selected && index > 0 {
+            continue;
+        }
         let database = format!("bench{index}");
         let client = prepare_database(postgres, &database).await?;
         // The ceiling reads the first backlog with its own slot.
@@ -173,6 +183,9 @@ async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Repo
         if index == 0 {
             eprintln!("bench: pg_recvlogical ceiling…");
             ceiling = Some(measure_ceiling(postgres, &client, &database, options.rows).await?);
+        }
+        if !selected {
+            continue;
         }
         eprintln!("bench: walhook {}…", scenario.name);
         let mut result = measure_walhook(postgres, &database, scenario, options.rows).await?;

@@ -28,6 +28,7 @@ pub mod http;
 pub mod policy;
 pub mod signing;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
@@ -47,7 +48,7 @@ use policy::Verdict;
 /// Bytes of events one subscription may hold (queued or in flight) before
 /// `submit` waits: what a down endpoint may absorb before it stalls the
 /// reader, and so every other subscription.
-pub const SUBSCRIPTION_BUFFER_BYTES: usize = 16 << 20;
+pub const SUBSCRIPTION_BUFFER_BYTES: usize = 4 << 20;
 /// What one queued event costs beyond its payload (the event, its id, its
 /// claim, the queue slot), so that many tiny events are bounded too.
 const EVENT_OVERHEAD_BYTES: usize = 256;
@@ -72,6 +73,8 @@ pub struct Outbound {
 /// what they hold and end.
 pub struct Delivery {
     subscriptions: Vec<SubscriptionLanes>,
+    /// (subscription, lane) pairs with pending events.
+    dirty: Vec<(usize, usize)>,
 }
 
 struct SubscriptionLanes {
@@ -85,8 +88,11 @@ struct SubscriptionLanes {
 /// The sending side of one lane. The queue itself is unbounded: the
 /// subscription's byte budget bounds it.
 struct Lane {
-    sender: mpsc::UnboundedSender<Queued>,
+    sender: mpsc::UnboundedSender<Vec<Queued>>,
     load: Arc<LaneLoad>,
+    /// Submitted but not yet handed over: events travel to the lane in
+    /// chunks, one wake-up per chunk rather than per event.
+    pending: Vec<Queued>,
 }
 
 /// An event in a lane, holding its share of the subscription's budget until
@@ -190,7 +196,11 @@ impl Delivery {
                     subscription.batch,
                     Arc::clone(&shared),
                 ));
-                lanes.push(Lane { sender, load });
+                lanes.push(Lane {
+                    sender,
+                    load,
+                    pending: Vec::new(),
+                });
             }
             all.push(SubscriptionLanes {
                 ordering: subscription.ordering,
@@ -199,79 +209,130 @@ impl Delivery {
                 buffer: Arc::new(Semaphore::new(SUBSCRIPTION_BUFFER_BYTES)),
             });
         }
-        Ok(Delivery { subscriptions: all })
+        Ok(Delivery {
+            subscriptions: all,
+            dirty: Vec::new(),
+        })
     }
 
     /// Queues an event for subscription number `subscription`, waiting while
-    /// the subscription's byte budget is spent.
+    /// the subscription's byte budget is spent. The event reaches its lane at
+    /// the next [`Delivery::flush`] (or sooner, when waiting requires it).
     pub async fn submit(
         &mut self,
         subscription: usize,
         event: Outbound,
     ) -> Result<(), DeliveryClosed> {
-        let Some(target) = self.subscriptions.get_mut(subscription) else {
+        let Some(target) = self.subscriptions.get(subscription) else {
             return Err(DeliveryClosed);
         };
-        let lane_count = target.lanes.len() as u64;
+        let lane_count = target.lanes.len();
         let lane = match target.ordering {
             Ordering::Strict => 0,
-            Ordering::Key => (event.ordering_key % lane_count) as usize,
-            Ordering::None => {
-                target.next_round_robin = (target.next_round_robin + 1) % target.lanes.len();
-                target.next_round_robin
-            }
+            Ordering::Key => (event.ordering_key % lane_count as u64) as usize,
+            Ordering::None => (target.next_round_robin + 1) % lane_count,
         };
         if target.ordering == Ordering::Key
             && let Some(previous) = event.previous_ordering_key
         {
             // A key change: the old key's earlier changes go first, so a
             // receiver never sees the old key again after the rename.
-            let previous_lane = (previous % lane_count) as usize;
-            if previous_lane != lane
-                && let Some(previous) = target.lanes.get(previous_lane)
-            {
-                previous.load.wait_idle().await;
+            let previous_lane = (previous % lane_count as u64) as usize;
+            if previous_lane != lane {
+                self.flush();
+                if let Some(previous) = self
+                    .subscriptions
+                    .get(subscription)
+                    .and_then(|target| target.lanes.get(previous_lane))
+                {
+                    previous.load.wait_idle().await;
+                }
             }
         }
-        let budget = Arc::clone(&target.buffer)
-            .acquire_many_owned(budget_cost(&event))
-            .await
-            .map_err(|_| DeliveryClosed)?;
-        let Some(lane) = target.lanes.get(lane) else {
+        let cost = budget_cost(&event);
+        let Some(target) = self.subscriptions.get(subscription) else {
             return Err(DeliveryClosed);
         };
-        lane.load.outstanding.fetch_add(1, AtomicOrdering::AcqRel);
-        lane.sender
-            .send(Queued { event, budget })
-            .map_err(|_| DeliveryClosed)
+        let budget = match Arc::clone(&target.buffer).try_acquire_many_owned(cost) {
+            Ok(budget) => budget,
+            Err(_) => {
+                // Events held here count against the budget: hand them over
+                // before waiting for the lanes to return some of it.
+                self.flush();
+                let Some(target) = self.subscriptions.get(subscription) else {
+                    return Err(DeliveryClosed);
+                };
+                Arc::clone(&target.buffer)
+                    .acquire_many_owned(cost)
+                    .await
+                    .map_err(|_| DeliveryClosed)?
+            }
+        };
+        let Some(target) = self.subscriptions.get_mut(subscription) else {
+            return Err(DeliveryClosed);
+        };
+        if target.ordering == Ordering::None {
+            target.next_round_robin = lane;
+        }
+        let Some(queue) = target.lanes.get_mut(lane) else {
+            return Err(DeliveryClosed);
+        };
+        queue.load.outstanding.fetch_add(1, AtomicOrdering::AcqRel);
+        if queue.pending.is_empty() {
+            self.dirty.push((subscription, lane));
+        }
+        queue.pending.push(Queued { event, budget });
+        Ok(())
+    }
+
+    /// Hands every pending event to its lane. The reader calls this when it
+    /// has no more data at hand, so a burst of changes costs one wake-up per
+    /// lane, not one per event.
+    pub fn flush(&mut self) {
+        for (subscription, lane) in self.dirty.drain(..) {
+            if let Some(lane) = self
+                .subscriptions
+                .get_mut(subscription)
+                .and_then(|target| target.lanes.get_mut(lane))
+                && !lane.pending.is_empty()
+            {
+                // A closed lane means shutdown; its events stay unresolved.
+                let _ = lane.sender.send(std::mem::take(&mut lane.pending));
+            }
+        }
     }
 }
 
 /// Takes events from one lane and delivers them one request at a time.
 async fn run_lane(
-    mut receiver: mpsc::UnboundedReceiver<Queued>,
+    mut receiver: mpsc::UnboundedReceiver<Vec<Queued>>,
     load: Arc<LaneLoad>,
     endpoint: Arc<Endpoint>,
     metrics: Arc<LaneMetrics>,
     batch: BatchConfig,
     shared: Arc<Shared>,
 ) {
+    let mut backlog: VecDeque<Queued> = VecDeque::new();
     let mut events = Vec::with_capacity(batch.max_events);
     // The budget shares of the events being delivered, returned once done.
     let mut budget = Vec::with_capacity(batch.max_events);
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = shared.abandon.cancelled() => return,
-            next = receiver.recv() => match next {
-                Some(event) => event,
-                None => return,
-            },
+        let Some(first) = backlog.pop_front() else {
+            let chunk = tokio::select! {
+                biased;
+                _ = shared.abandon.cancelled() => return,
+                next = receiver.recv() => match next {
+                    Some(chunk) => chunk,
+                    None => return,
+                },
+            };
+            backlog.extend(chunk);
+            continue;
         };
         events.push(first.event);
         budget.push(first.budget);
         if batch.max_events > 1 {
-            fill_batch(&mut receiver, &mut events, &mut budget, batch).await;
+            fill_batch(&mut receiver, &mut backlog, &mut events, &mut budget, batch).await;
         }
         let count = events.len();
         if !deliver(&endpoint, &metrics, &shared, &mut events).await {
@@ -284,25 +345,29 @@ async fn run_lane(
 
 /// Adds queued events to a batch until it is full or `max_wait` passes.
 async fn fill_batch(
-    receiver: &mut mpsc::UnboundedReceiver<Queued>,
+    receiver: &mut mpsc::UnboundedReceiver<Vec<Queued>>,
+    backlog: &mut VecDeque<Queued>,
     events: &mut Vec<Outbound>,
     budget: &mut Vec<OwnedSemaphorePermit>,
     batch: BatchConfig,
 ) {
     let deadline = tokio::time::Instant::now() + batch.max_wait;
     while events.len() < batch.max_events {
-        let queued = match receiver.try_recv() {
-            Ok(queued) => queued,
+        if let Some(queued) = backlog.pop_front() {
+            events.push(queued.event);
+            budget.push(queued.budget);
+            continue;
+        }
+        match receiver.try_recv() {
+            Ok(chunk) => backlog.extend(chunk),
             Err(mpsc::error::TryRecvError::Disconnected) => return,
             Err(mpsc::error::TryRecvError::Empty) => {
                 match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                    Ok(Some(queued)) => queued,
+                    Ok(Some(chunk)) => backlog.extend(chunk),
                     Ok(None) | Err(_) => return,
                 }
             }
-        };
-        events.push(queued.event);
-        budget.push(queued.budget);
+        }
     }
 }
 

@@ -121,6 +121,20 @@ impl ReplicationStream {
         })
     }
 
+    /// Whether a whole message is already buffered, so that [`Self::next`]
+    /// will not wait for the network. The reader hands events to delivery
+    /// when this turns false.
+    pub fn has_buffered_message(&self) -> bool {
+        let buffered = &self.wire.read;
+        match buffered.get(1..5) {
+            Some(&[a, b, c, d]) => {
+                let length = u32::from_be_bytes([a, b, c, d]) as usize;
+                buffered.len() > length
+            }
+            _ => false,
+        }
+    }
+
     /// The next XLogData frame or keepalive.
     ///
     /// Cancel-safe: dropping the future (another `select!` branch won) loses

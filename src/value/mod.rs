@@ -80,10 +80,32 @@ fn render(
 /// Appends `text` as a JSON string, escaped as PostgreSQL's `escape_json`
 /// does: `"` `\` and the control characters, nothing else.
 pub fn write_string(out: &mut Vec<u8>, text: &[u8]) {
-    let text = String::from_utf8_lossy(text);
+    // Valid UTF-8 is the rule: check it once, fast, and only fall back to the
+    // lossy (allocating) path when it is not.
+    match std::str::from_utf8(text) {
+        Ok(_) => write_escaped(out, text),
+        Err(_) => write_escaped(out, String::from_utf8_lossy(text).as_bytes()),
+    }
+}
+
+/// Appends a Rust string as a JSON string (it is UTF-8 already).
+pub fn write_str(out: &mut Vec<u8>, text: &str) {
+    write_escaped(out, text.as_bytes());
+}
+
+/// Escapes UTF-8 `text` into `out` between quotes, copying runs of bytes
+/// that need no escape in one go.
+fn write_escaped(out: &mut Vec<u8>, text: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(text.len() + 2);
     out.push(b'"');
-    for &byte in text.as_bytes() {
+    let mut run_start = 0;
+    for (index, &byte) in text.iter().enumerate() {
+        if byte >= 0x20 && byte != b'"' && byte != b'\\' {
+            continue;
+        }
+        out.extend_from_slice(&text[run_start..index]);
+        run_start = index + 1;
         match byte {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -92,15 +114,14 @@ pub fn write_string(out: &mut Vec<u8>, text: &[u8]) {
             b'\t' => out.extend_from_slice(b"\\t"),
             0x08 => out.extend_from_slice(b"\\b"),
             0x0c => out.extend_from_slice(b"\\f"),
-            0..0x20 => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
+            _ => {
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[usize::from(byte >> 4)]);
                 out.push(HEX[usize::from(byte & 0xf)]);
             }
-            _ => out.push(byte),
         }
     }
+    out.extend_from_slice(&text[run_start..]);
     out.push(b'"');
 }
 
