@@ -9,12 +9,13 @@
 //!
 //! It does not choose subscriptions or track delivery.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::catalog::{CatalogError, TypeRegistry};
 use crate::config::EventKind;
-use crate::event::{Cell, Change, ColumnInfo, Row, TableInfo, TransactionInfo, format_commit_time};
+use crate::event::{
+    Cell, Change, ColumnInfo, RelationMap, Row, TableInfo, TransactionInfo, format_commit_time,
+};
 use crate::lsn::Lsn;
 use crate::pgoutput::{OldTuple, RelationMessage, TupleData, TupleValue};
 
@@ -52,7 +53,7 @@ impl DecodeFailure {
 /// The decoder's state across messages.
 #[derive(Default)]
 pub struct Decoder {
-    tables: HashMap<u32, Arc<TableInfo>>,
+    tables: RelationMap<Arc<TableInfo>>,
     types: TypeRegistry,
     transaction: Option<Arc<TransactionInfo>>,
     next_ordinal: u32,

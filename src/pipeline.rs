@@ -11,7 +11,6 @@
 //! It does not connect, retry connections or own the delivery lanes; `app`
 //! does.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::EventKind;
 use crate::decode::{DecodeFailure, Decoder};
 use crate::deliver::{Delivery, DeliveryClosed, Outbound};
-use crate::event::{Change, Projection, write_payload};
+use crate::event::{Change, Projection, RelationMap, write_payload};
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, PgOutputMessage};
 use crate::rules::{Route, Rules};
@@ -68,7 +67,7 @@ pub struct Pipeline {
     catalog: tokio_postgres::Client,
     decoder: Decoder,
     rules: Arc<Rules>,
-    routes: HashMap<u32, Arc<[Route]>>,
+    routes: RelationMap<Arc<[Route]>>,
     checkpoint: Checkpoint,
     reporter: Reporter,
     observers: Observers,
@@ -107,7 +106,7 @@ impl Pipeline {
             catalog,
             decoder: Decoder::new(),
             rules,
-            routes: HashMap::new(),
+            routes: RelationMap::default(),
             checkpoint: Checkpoint::new(start),
             reporter: Reporter {
                 received: start,
@@ -128,16 +127,14 @@ impl Pipeline {
         delivery: &mut Delivery,
         shutdown: &CancellationToken,
     ) -> Result<(), PipelineError> {
-        let wake = self.checkpoint.wake();
+        // Resolved events are not watched one by one: every report (on the
+        // tick, or when the walsender asks) advances the checkpoint first.
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
                     delivery.flush();
                     return Ok(());
-                }
-                _ = wake.notified() => {
-                    self.checkpoint.advance();
                 }
                 _ = self.reporter.ticks.tick() => {
                     // A backstop: events normally go out as soon as nothing
@@ -341,7 +338,10 @@ impl Pipeline {
                 Some(mask) => Projection::Only(mask),
                 None => Projection::All,
             };
-            let mut body = Vec::with_capacity(256);
+            // Room for the rendered rows plus the envelope: one allocation.
+            let rows = change.new.as_ref().map_or(0, |row| row.json.len())
+                + change.old.as_ref().map_or(0, |row| row.json.len());
+            let mut body = Vec::with_capacity(384 + rows + rows / 2);
             let id = write_payload(
                 &mut body,
                 &change,

@@ -88,6 +88,20 @@ pub fn write_string(out: &mut Vec<u8>, text: &[u8]) {
     }
 }
 
+/// Whether any of eight bytes is a control character, `"` or `\\`
+/// (the classic "has a zero byte" test, applied three times).
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |value: u64| value.wrapping_sub(ONES) & !value & HIGHS != 0;
+    // Bytes below 0x20: subtracting 0x20 borrows into the high bit of any
+    // byte that was smaller (and not already >= 0x80).
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS != 0;
+    control
+        || has_zero(word ^ (ONES * u64::from(b'"')))
+        || has_zero(word ^ (ONES * u64::from(b'\\')))
+}
+
 /// Appends a Rust string as a JSON string (it is UTF-8 already).
 pub fn write_str(out: &mut Vec<u8>, text: &str) {
     write_escaped(out, text.as_bytes());
@@ -100,10 +114,22 @@ fn write_escaped(out: &mut Vec<u8>, text: &[u8]) {
     out.reserve(text.len() + 2);
     out.push(b'"');
     let mut run_start = 0;
-    for (index, &byte) in text.iter().enumerate() {
+    let mut index = 0;
+    while index < text.len() {
+        // Skip eight plain bytes at a time; most text has nothing to escape.
+        if let Some(chunk) = text.get(index..index + 8)
+            && let Ok(chunk) = <[u8; 8]>::try_from(chunk)
+            && !needs_escape(u64::from_le_bytes(chunk))
+        {
+            index += 8;
+            continue;
+        }
+        let byte = text[index];
+        index += 1;
         if byte >= 0x20 && byte != b'"' && byte != b'\\' {
             continue;
         }
+        let index = index - 1;
         out.extend_from_slice(&text[run_start..index]);
         run_start = index + 1;
         match byte {
@@ -516,6 +542,48 @@ mod tests {
         assert_eq!(json(DATE, "0044-03-15 BC"), r#""0044-03-15 BC""#);
         assert_eq!(json(26, "12"), r#""12""#, "oid is text");
         assert_eq!(json(17, r"\x00ff"), r#""\\x00ff""#);
+    }
+
+    #[test]
+    fn fast_escaping_matches_byte_by_byte_escaping() {
+        // The eight-bytes-at-a-time skip must never miss a byte to escape,
+        // wherever it sits in a word.
+        let reference = |text: &str| {
+            let mut out = String::from("\"");
+            for c in text.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    '\u{8}' => out.push_str("\\b"),
+                    '\u{c}' => out.push_str("\\f"),
+                    c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        let alphabet = [
+            'a', 'Z', '"', '\\', '\n', '\u{1}', '\u{1f}', ' ', '~', 'é', '\u{7f}', '🎉',
+        ];
+        for length in 0..40 {
+            for _ in 0..50 {
+                let text: String = (0..length)
+                    .map(|_| alphabet[rng.usize(..alphabet.len())])
+                    .collect();
+                let mut out = Vec::new();
+                write_str(&mut out, &text);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    reference(&text),
+                    "{text:?}"
+                );
+            }
+        }
     }
 
     #[test]
