@@ -196,7 +196,19 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => finish(commands::run(&args.config).await),
+            // On a worker thread, not the thread that blocks on the runtime:
+            // the reader then wakes delivery lanes through the worker's own
+            // queue instead of waking another thread for each hand-off.
+            Command::Run(args) => {
+                let config = args.config.clone();
+                match tokio::spawn(async move { commands::run(&config).await }).await {
+                    Ok(outcome) => finish(outcome),
+                    Err(error) => {
+                        eprintln!("error: the daemon task failed: {error}");
+                        ExitCode::from(1)
+                    }
+                }
+            }
             Command::Setup(args) => finish(commands::setup(&args.config).await),
             Command::Demo => finish(commands::demo::run().await),
             Command::Bench(args) => finish(commands::bench::run(args.into_options()).await),
