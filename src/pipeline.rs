@@ -26,7 +26,7 @@ use crate::deliver::{Delivery, DeliveryClosed, Outbound};
 use crate::event::{Change, Projection, RelationMap, write_payload};
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, PgOutputMessage};
-use crate::rules::{Route, Rules};
+use crate::rules::{Decision, Route, Rules};
 use crate::source::{ReplicationMessage, ReplicationStream, SourceError};
 use crate::telemetry::Metrics;
 
@@ -330,7 +330,12 @@ impl Pipeline {
         let Some(routes) = self.routes.get(&change.table.relation_id).cloned() else {
             return Ok(true);
         };
-        for route in routes.iter().filter(|route| route.matches(&change)) {
+        for route in routes.iter() {
+            let park = match route.decide(&change) {
+                Decision::Skip => continue,
+                Decision::Deliver => None,
+                Decision::Park(reason) => Some(reason),
+            };
             if let Some(handles) = self.observers.metrics.subscription(route.subscription) {
                 handles.matched.inc();
             }
@@ -353,6 +358,7 @@ impl Pipeline {
                 ordering_key: change.ordering_key(),
                 previous_ordering_key: change.previous_ordering_key(),
                 commit_time_micros: change.transaction.commit_time_micros,
+                park,
                 body: Bytes::from(body),
                 ack: self.checkpoint.track_event(),
             };

@@ -897,7 +897,7 @@ async fn only_changes_to_paid_are_delivered() {
 }
 
 #[tokio::test]
-async fn a_dropped_filter_column_stops_matching_without_stopping_walhook() {
+async fn a_dropped_filter_column_parks_its_changes_as_dead_letters_without_stopping_walhook() {
     let db = TestDb::new().await;
     db.client
         .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, status text, note text)")
@@ -962,6 +962,19 @@ async fn a_dropped_filter_column_stops_matching_without_stopping_walhook() {
         .collect();
     assert_eq!(by_note, vec![Value::from(1)]);
     assert!(!walhook.task.is_finished(), "walhook keeps running");
+    // Row 3 could not be judged by the filter: parked, not skipped.
+    wait_until("the undecidable change to be parked", DEADLINE, || async {
+        db.client
+            .query_opt(
+                "SELECT 1 FROM walhook.dead_letters WHERE subscription = 'by-note' \
+                 AND payload->'record'->>'id' = '3' AND last_error LIKE '%note%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
     walhook.stop().await.unwrap();
 }
 

@@ -66,6 +66,9 @@ pub struct Outbound {
     /// The transaction's commit time (microseconds since 2000-01-01), for
     /// the commit-to-delivery latency.
     pub commit_time_micros: i64,
+    /// Set when the event must not be sent but parked as a dead letter at
+    /// its turn (its filter cannot be evaluated), with the reason.
+    pub park: Option<Arc<str>>,
     pub ack: Ack,
 }
 
@@ -329,6 +332,29 @@ async fn run_lane(
             backlog.extend(chunk);
             continue;
         };
+        if let Some(reason) = first.event.park.clone() {
+            // Parked at its turn in the lane, so the key's order holds.
+            let mut parked = vec![first.event];
+            let stored = park_as_dead_letters(
+                &endpoint,
+                &shared,
+                &mut parked,
+                None,
+                &reason,
+                0,
+                std::time::SystemTime::now(),
+            )
+            .await;
+            if !stored {
+                return;
+            }
+            if let Some(handles) = &metrics.handles {
+                handles.dead_lettered.inc();
+            }
+            drop(first.budget);
+            load.finished(1);
+            continue;
+        }
         events.push(first.event);
         budget.push(first.budget);
         if batch.max_events > 1 {
@@ -354,6 +380,11 @@ async fn fill_batch(
     let deadline = tokio::time::Instant::now() + batch.max_wait;
     while events.len() < batch.max_events {
         if let Some(queued) = backlog.pop_front() {
+            if queued.event.park.is_some() {
+                // Goes alone, at its turn.
+                backlog.push_front(queued);
+                return;
+            }
             events.push(queued.event);
             budget.push(queued.budget);
             continue;
@@ -503,11 +534,16 @@ async fn deliver(
         }
     }
     let parked = events.len() as u64;
+    let (last_status, last_error) = match &last_failure {
+        Some(attempt) => (attempt.status(), attempt.to_string()),
+        None => (None, "no attempt was made".to_owned()),
+    };
     let stored = park_as_dead_letters(
         endpoint,
         shared,
         events,
-        last_failure,
+        last_status,
+        &last_error,
         attempts_made,
         first_attempt_at,
     )
@@ -524,14 +560,11 @@ async fn park_as_dead_letters(
     endpoint: &Endpoint,
     shared: &Shared,
     events: &mut Vec<Outbound>,
-    last_failure: Option<Attempt>,
+    last_status: Option<u16>,
+    last_error: &str,
     attempts: u32,
     first_attempt_at: std::time::SystemTime,
 ) -> bool {
-    let (last_status, last_error) = match &last_failure {
-        Some(attempt) => (attempt.status(), attempt.to_string()),
-        None => (None, "no attempt was made".to_owned()),
-    };
     tracing::warn!(subscription = %endpoint.name, events = events.len(), error = %last_error, "parking undeliverable events as dead letters");
     for event in events.drain(..) {
         let letter = DeadLetter {
@@ -539,7 +572,7 @@ async fn park_as_dead_letters(
             event_id: &event.id,
             payload: &event.body,
             last_status,
-            last_error: &last_error,
+            last_error,
             attempts,
             first_attempt_at,
         };
@@ -578,6 +611,7 @@ mod tests {
             previous_ordering_key: None,
             body: Bytes::from(vec![b'x'; body_len]),
             commit_time_micros: 0,
+            park: None,
             ack: checkpoint.track_event(),
         }
     }

@@ -57,8 +57,19 @@ enum RouteFilter {
     /// No filter: every change of a wanted kind.
     All,
     Bound(Arc<BoundFilter>),
-    /// The filter cannot apply to this shape: nothing matches.
-    Unusable,
+    /// The filter cannot apply to this shape (a column it names was
+    /// dropped): its changes are parked as dead letters with this reason,
+    /// so nothing is silently skipped.
+    Unusable(Arc<str>),
+}
+
+/// What a route does with a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Skip,
+    Deliver,
+    /// Cannot be decided: park it as a dead letter, for this reason.
+    Park(Arc<str>),
 }
 
 impl Route {
@@ -69,16 +80,22 @@ impl Route {
     /// Whether this subscription receives `change`: it wants the kind and,
     /// except for TRUNCATE, its filter is TRUE for the change.
     pub fn matches(&self, change: &Change) -> bool {
+        self.decide(change) == Decision::Deliver
+    }
+
+    /// Deliver, skip, or — when the filter cannot be evaluated — park.
+    pub fn decide(&self, change: &Change) -> Decision {
         if !self.wants(change.kind) {
-            return false;
+            return Decision::Skip;
         }
         if change.kind == EventKind::Truncate {
-            return true;
+            return Decision::Deliver;
         }
         match &self.filter {
-            RouteFilter::All => true,
-            RouteFilter::Bound(filter) => filter.matches(change),
-            RouteFilter::Unusable => false,
+            RouteFilter::All => Decision::Deliver,
+            RouteFilter::Bound(filter) if filter.matches(change) => Decision::Deliver,
+            RouteFilter::Bound(_) => Decision::Skip,
+            RouteFilter::Unusable(reason) => Decision::Park(Arc::clone(reason)),
         }
     }
 }
@@ -167,7 +184,9 @@ impl Rules {
 fn route_filter(subscription: &Subscription, table: &TableInfo) -> RouteFilter {
     let filter = match &subscription.filter {
         SubscriptionFilter::None => return RouteFilter::All,
-        SubscriptionFilter::Invalid => return RouteFilter::Unusable,
+        SubscriptionFilter::Invalid => {
+            return RouteFilter::Unusable("the subscription's filter does not parse".into());
+        }
         SubscriptionFilter::Parsed(filter) => filter,
     };
     match filter.bind(table) {
@@ -188,9 +207,15 @@ fn route_filter(subscription: &Subscription, table: &TableInfo) -> RouteFilter {
                 table = %format_args!("{}.{}", table.schema, table.name),
                 column = %column.name,
                 "the filter names a column the table no longer has; \
-                 its changes do not match until the filter or the table is fixed"
+                 its changes are parked as dead letters until the filter or the table is fixed"
             );
-            RouteFilter::Unusable
+            RouteFilter::Unusable(
+                format!(
+                    "filter of subscription {:?} names column {:?}, which table {}.{} no longer has",
+                    subscription.name, column.name, table.schema, table.name
+                )
+                .into(),
+            )
         }
     }
 }
