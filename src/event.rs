@@ -145,7 +145,7 @@ impl Change {
         let (new, old) = (self.new.as_ref()?, self.old.as_ref()?);
         Some(
             (0..self.table.columns.len())
-                .filter(|&index| new.value(index) != old.value(index))
+                .filter(|&index| is_distinct(new.value(index), old.value(index)))
                 .collect(),
         )
     }
@@ -172,6 +172,17 @@ impl Change {
             .iter()
             .any(|&index| old.value(index).is_some() && old.value(index) != new.value(index));
         key_changed.then(|| key_hash(&self.table, Some(old)))
+    }
+}
+
+/// SQL's IS DISTINCT FROM over rendered values: equal text is equal, and
+/// numbers compare by value (`1.0` and `1.00` are not distinct).
+fn is_distinct(new: Option<&[u8]>, old: Option<&[u8]>) -> bool {
+    match (new, old) {
+        (Some(new), Some(old)) if new != old => {
+            crate::rules::filter::decimal::compare(new, old) != Some(std::cmp::Ordering::Equal)
+        }
+        (new, old) => new != old,
     }
 }
 
@@ -501,6 +512,16 @@ mod tests {
         write_payload(&mut out, &change, "s", Projection::All);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("\"record\":{\"id\":12.50,"), "{text}");
+    }
+
+    #[test]
+    fn changed_columns_compare_numbers_by_value() {
+        let change = change(
+            EventKind::Update,
+            Some(row(&[Some("1.00"), Some("\"a\""), Some("-0")])),
+            Some(row(&[Some("1.0"), Some("\"b\""), Some("0")])),
+        );
+        assert_eq!(change.changed_columns(), Some(vec![1]));
     }
 
     #[test]

@@ -27,7 +27,7 @@
 //! [`Filter::check_types`]) nor decide which events a subscription takes
 //! (`rules`): TRUNCATE bypasses filters there.
 
-mod decimal;
+pub(crate) mod decimal;
 mod eval;
 mod syntax;
 
