@@ -271,6 +271,28 @@ const RESERVED: &[&str] = &[
 /// A token and the character offset where it starts.
 type Spanned = (Token, usize);
 
+/// Reads a token quoted by `quote` starting at `open` (SQL style: a doubled
+/// quote stands for one). Returns the text and the index after the closing
+/// quote, or `None` when the quote is never closed.
+fn quoted(chars: &[char], open: usize, quote: char) -> Option<(String, usize)> {
+    let mut text = String::new();
+    let mut i = open + 1;
+    loop {
+        match chars.get(i) {
+            None => return None,
+            Some(&c) if c == quote && chars.get(i + 1) == Some(&quote) => {
+                text.push(quote);
+                i += 2;
+            }
+            Some(&c) if c == quote => return Some((text, i + 1)),
+            Some(&c) => {
+                text.push(c);
+                i += 1;
+            }
+        }
+    }
+}
+
 fn lex(source: &str) -> Result<Vec<Spanned>, ParseError> {
     let chars: Vec<char> = source.chars().collect();
     let error = |position: usize, expected: &str, found: String| ParseError {
@@ -305,56 +327,26 @@ fn lex(source: &str) -> Result<Vec<Spanned>, ParseError> {
             },
             '!' if next == Some('=') => Token::Op(CompareOp::Ne),
             '\'' => {
-                let mut text = String::new();
-                i += 1;
-                loop {
-                    match chars.get(i) {
-                        None => {
-                            return Err(error(
-                                start,
-                                "a closing `'` for this string",
-                                "the end of the filter".into(),
-                            ));
-                        }
-                        Some('\'') if chars.get(i + 1) == Some(&'\'') => {
-                            text.push('\'');
-                            i += 2;
-                        }
-                        Some('\'') => break,
-                        Some(&c) => {
-                            text.push(c);
-                            i += 1;
-                        }
-                    }
-                }
-                i += 1;
+                let Some((text, next)) = quoted(&chars, i, '\'') else {
+                    return Err(error(
+                        start,
+                        "a closing `'` for this string",
+                        "the end of the filter".into(),
+                    ));
+                };
+                i = next;
                 tokens.push((Token::String(text), start));
                 continue;
             }
             '"' => {
-                let mut name = String::new();
-                i += 1;
-                loop {
-                    match chars.get(i) {
-                        None => {
-                            return Err(error(
-                                start,
-                                "a closing `\"` for this identifier",
-                                "the end of the filter".into(),
-                            ));
-                        }
-                        Some('"') if chars.get(i + 1) == Some(&'"') => {
-                            name.push('"');
-                            i += 2;
-                        }
-                        Some('"') => break,
-                        Some(&c) => {
-                            name.push(c);
-                            i += 1;
-                        }
-                    }
-                }
-                i += 1;
+                let Some((name, next)) = quoted(&chars, i, '"') else {
+                    return Err(error(
+                        start,
+                        "a closing `\"` for this identifier",
+                        "the end of the filter".into(),
+                    ));
+                };
+                i = next;
                 if name.is_empty() {
                     return Err(error(
                         start,
