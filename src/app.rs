@@ -87,6 +87,14 @@ pub enum AppError {
          not delivered), then start walhook again"
     )]
     SlotVanished { slot: String, since: String },
+    #[error(
+        "replication slot \"{slot}\" was invalidated by PostgreSQL (wal_status = lost: it fell \
+         more than max_slot_wal_keep_size behind, and the WAL it needed is gone); changes after \
+         {confirmed} cannot be read any more. Drop it with SELECT \
+         pg_drop_replication_slot('{slot}') and run `walhook setup` to start a new slot \
+         (changes in between are not delivered), and consider a larger max_slot_wal_keep_size"
+    )]
+    SlotInvalidated { slot: String, confirmed: String },
     #[error(transparent)]
     DeadLetters(#[from] crate::commands::dead_letters::DeadLetterError),
 }
@@ -122,6 +130,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let client = connect_sql(&params).await?;
     catalog_check::check(&client, &config.subscriptions).await?;
     let rules = Arc::new(Rules::new(&config.subscriptions));
+    check_slot_not_lost(&client, &config.source.slot).await?;
     if config.source.auto_setup {
         if let Some(streamed_since) = vanished_slot(&client, &config.source.slot).await {
             return Err(AppError::SlotVanished {
@@ -234,7 +243,13 @@ async fn stream_until_stopped(
                 }
                 continue;
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => {
+                // An invalidated slot deserves its fix, not the server's words.
+                if let Ok(client) = connect_sql(params).await {
+                    check_slot_not_lost(&client, &config.source.slot).await?;
+                }
+                return Err(error.into());
+            }
         };
         let catalog = match connect_sql(params).await {
             Ok(client) => client,
@@ -341,6 +356,27 @@ async fn pause(wait: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = shutdown.cancelled() => false,
         _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// A slot PostgreSQL invalidated (`wal_status = 'lost'`) cannot stream:
+/// say so with the fix rather than relay the server's terse error.
+async fn check_slot_not_lost(client: &tokio_postgres::Client, slot: &str) -> Result<(), AppError> {
+    let lost = client
+        .query_opt(
+            "SELECT coalesce(confirmed_flush_lsn::text, '?') FROM pg_replication_slots \
+             WHERE slot_name = $1 AND wal_status = 'lost'",
+            &[&slot],
+        )
+        .await
+        .ok()
+        .flatten();
+    match lost {
+        Some(row) => Err(AppError::SlotInvalidated {
+            slot: slot.to_owned(),
+            confirmed: row.get(0),
+        }),
+        None => Ok(()),
     }
 }
 

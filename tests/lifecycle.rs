@@ -598,3 +598,65 @@ async fn sigkill_at_random_moments_of_a_20000_row_stream_loses_nothing() {
     wait_for_rows(&receiver, ROWS, Duration::from_secs(60), || binary.log()).await;
     walhook.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_invalidated_slot_stops_walhook_with_the_fix() {
+    // A cluster that keeps at most 1 MB of WAL for a lagging slot.
+    let cluster = tokio::task::spawn_blocking(|| {
+        TempPostgres::start_with(walhook::pgtemp::TempPostgresOptions {
+            extra_conf: vec![
+                "max_slot_wal_keep_size = '1MB'".into(),
+                "wal_keep_size = 0".into(),
+                "min_wal_size = '32MB'".into(),
+                "max_wal_size = '64MB'".into(),
+            ],
+            hba_lines: Vec::new(),
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let db = TestDb::on(&cluster).await;
+    create_items(&db).await;
+    let receiver = Receiver::start().await;
+    let binary = WalhookBinary::new(&db.config_text(&items_subscription(&receiver)));
+    let setup = binary.command(&["setup"]).await;
+    assert!(setup.status.success(), "{setup:?}");
+    // Nobody reads the slot; write past the limit, then checkpoint so the
+    // WAL it needs is removed.
+    for round in 0..6 {
+        db.client
+            .batch_execute(&format!(
+                "INSERT INTO items SELECT g, repeat(md5(g::text), 40) \
+                 FROM generate_series({}, {}) g; CHECKPOINT; SELECT pg_switch_wal();",
+                round * 5000 + 1,
+                round * 5000 + 5000
+            ))
+            .await
+            .unwrap();
+    }
+    crate::support::wait_until(
+        "the slot to be invalidated",
+        Duration::from_secs(60),
+        || async {
+            db.client.batch_execute("CHECKPOINT").await.unwrap();
+            db.client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND wal_status = 'lost'",
+                &[&db.name],
+            )
+            .await
+            .unwrap()
+            .is_some()
+        },
+    )
+    .await;
+    let run = tokio::time::timeout(Duration::from_secs(60), binary.command(&["run"]))
+        .await
+        .expect("walhook stops at once");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("invalidated"), "{stderr}");
+    assert!(stderr.contains("max_slot_wal_keep_size"), "{stderr}");
+    assert!(stderr.contains("walhook setup"), "{stderr}");
+}
