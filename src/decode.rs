@@ -13,9 +13,7 @@ use std::sync::Arc;
 
 use crate::catalog::{CatalogError, TypeRegistry};
 use crate::config::EventKind;
-use crate::event::{
-    Cell, Change, ColumnInfo, RelationMap, Row, TableInfo, TransactionInfo, format_commit_time,
-};
+use crate::event::{Cell, Change, ColumnInfo, RelationMap, Row, TableInfo, TransactionInfo};
 use crate::lsn::Lsn;
 use crate::pgoutput::{OldTuple, RelationMessage, TupleData, TupleValue};
 
@@ -69,7 +67,7 @@ impl Decoder {
         self.transaction = Some(Arc::new(TransactionInfo {
             xid,
             commit_lsn,
-            commit_time: format_commit_time(commit_time_micros),
+            commit_time: crate::pgtime::format_rfc3339(commit_time_micros),
             commit_time_micros,
         }));
         self.next_ordinal = 0;
@@ -217,9 +215,7 @@ impl Decoder {
                     // walhook asks for text; binary is kept as hex like bytea.
                     let mut hex = String::with_capacity(bytes.len() * 2 + 2);
                     hex.push_str("\\x");
-                    for byte in bytes.iter() {
-                        let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{byte:02x}"));
-                    }
+                    crate::event::push_hex(&mut hex, bytes);
                     crate::event::write_string(out, &hex);
                 }),
             }

@@ -370,28 +370,6 @@ pub fn write_string(out: &mut Vec<u8>, text: &str) {
     crate::value::write_str(out, text);
 }
 
-/// A time as microseconds since 2000-01-01 UTC, PostgreSQL's epoch.
-pub fn micros_since_2000(time: std::time::SystemTime) -> i64 {
-    const POSTGRES_EPOCH_UNIX_SECONDS: u64 = 946_684_800;
-    let epoch = std::time::UNIX_EPOCH + std::time::Duration::from_secs(POSTGRES_EPOCH_UNIX_SECONDS);
-    match time.duration_since(epoch) {
-        Ok(since) => i64::try_from(since.as_micros()).unwrap_or(i64::MAX),
-        Err(before) => -i64::try_from(before.duration().as_micros()).unwrap_or(i64::MAX),
-    }
-}
-
-/// Formats a pgoutput timestamp (microseconds since 2000-01-01 UTC) as
-/// RFC 3339 with microseconds and `Z`.
-pub fn format_commit_time(micros_since_2000: i64) -> String {
-    const POSTGRES_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
-    let unix_micros = micros_since_2000.saturating_add(POSTGRES_EPOCH_UNIX_SECONDS * 1_000_000);
-    let Ok(unix_micros) = u64::try_from(unix_micros) else {
-        return "1970-01-01T00:00:00.000000Z".to_owned();
-    };
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(unix_micros);
-    humantime::format_rfc3339_micros(time).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,7 +414,7 @@ mod tests {
             transaction: Arc::new(TransactionInfo {
                 xid: 7431,
                 commit_lsn: Lsn(0x1A2B400),
-                commit_time: format_commit_time(0),
+                commit_time: crate::pgtime::format_rfc3339(0),
                 commit_time_micros: 0,
             }),
         }
@@ -541,13 +519,5 @@ mod tests {
         assert_ne!(a, event_id("t", Lsn(100), 0));
         assert_ne!(a, event_id("s", Lsn(101), 0));
         assert!(a.starts_with("wh_") && a.len() == 35);
-    }
-
-    #[test]
-    fn commit_time_is_rfc3339_micros_utc() {
-        // 2026-11-27T08:00:00.123456Z
-        let unix = 1_795_737_600_i64 + 8 * 3600;
-        let micros = (unix - 946_684_800) * 1_000_000 + 123_456;
-        assert_eq!(format_commit_time(micros), "2026-11-27T08:00:00.123456Z");
     }
 }

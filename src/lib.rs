@@ -37,6 +37,7 @@ pub mod lsn;
 pub mod pgconn;
 pub mod pgoutput;
 pub mod pgtemp;
+pub mod pgtime;
 pub mod pipeline;
 pub mod rules;
 pub mod setup;

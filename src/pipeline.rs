@@ -228,7 +228,7 @@ impl Pipeline {
         metrics.replication_lag_bytes.set(lag as i64);
         let lag_seconds = match self.checkpoint.oldest_pending_commit_micros() {
             Some(commit) => {
-                let now = crate::event::micros_since_2000(std::time::SystemTime::now());
+                let now = crate::pgtime::micros_since_2000(std::time::SystemTime::now());
                 now.saturating_sub(commit).max(0) as f64 / 1e6
             }
             None => 0.0,

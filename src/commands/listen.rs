@@ -61,7 +61,7 @@ pub async fn run(port: u16, secret: Option<&str>) -> Result<(), AppError> {
             "signatures: not checked (pass --secret whsec_… to check them)"
         }
     ));
-    let received = serve(listener, key, None, stop_requested())
+    let received = serve(listener, key, None, super::stop_requested())
         .await
         .map_err(|error| AppError::Command(format!("listen: the server stopped: {error}")))?;
     emit(&format!("stopped after {received} webhook request(s)\n"));
@@ -112,22 +112,6 @@ fn argument_error(argument: &str, message: String) -> ConfigError {
     ConfigError {
         file: argument.to_owned(),
         message,
-    }
-}
-
-/// Resolves on the first Ctrl-C or SIGTERM.
-async fn stop_requested() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
     }
 }
 

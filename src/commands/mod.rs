@@ -67,6 +67,13 @@ pub async fn setup(config_path: &Path) -> Result<(), AppError> {
 
 /// Cancels `token` on the first SIGINT or SIGTERM.
 pub async fn cancel_on_signal(token: CancellationToken) {
+    stop_requested().await;
+    tracing::info!("shutdown requested; finishing in-flight deliveries");
+    token.cancel();
+}
+
+/// Resolves on the first Ctrl-C (SIGINT) or SIGTERM.
+pub(crate) async fn stop_requested() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -79,6 +86,4 @@ pub async fn cancel_on_signal(token: CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
     }
-    tracing::info!("shutdown requested; finishing in-flight deliveries");
-    token.cancel();
 }

@@ -211,9 +211,7 @@ impl RequestBody {
                 let digest = hasher.finalize();
                 let mut id = String::with_capacity(36);
                 id.push_str("whb_");
-                for byte in &digest[..16] {
-                    let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{byte:02x}"));
-                }
+                crate::event::push_hex(&mut id, &digest[..16]);
                 RequestBody {
                     id,
                     body: Bytes::from(body),

@@ -503,7 +503,7 @@ async fn deliver(
                 metrics.failures.succeeded(&endpoint.name);
                 if let Some(handles) = &metrics.handles {
                     handles.delivered.inc_by(events.len() as u64);
-                    let now = crate::event::micros_since_2000(std::time::SystemTime::now());
+                    let now = crate::pgtime::micros_since_2000(std::time::SystemTime::now());
                     for event in events.iter() {
                         let latency = now.saturating_sub(event.commit_time_micros).max(0);
                         handles.latency.observe(latency as f64 / 1e6);

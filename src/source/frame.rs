@@ -24,9 +24,6 @@ pub(crate) const MAX_FRAME_LEN: usize = (1 << 30) + 1024;
 /// The read buffer grows by at least this much before each read.
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
-/// Seconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
-const POSTGRES_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
-
 /// One message of the replication stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicationMessage {
@@ -171,15 +168,6 @@ pub(crate) fn standby_status_update(
     out[25..33].copy_from_slice(&client_time_micros.to_be_bytes());
     out[33] = u8::from(reply_requested);
     out
-}
-
-/// Microseconds since 2000-01-01 UTC for a wall-clock time.
-pub(crate) fn postgres_micros(time: std::time::SystemTime) -> i64 {
-    let unix_micros = match time.duration_since(std::time::UNIX_EPOCH) {
-        Ok(since) => i64::try_from(since.as_micros()).unwrap_or(i64::MAX),
-        Err(before) => -i64::try_from(before.duration().as_micros()).unwrap_or(i64::MAX),
-    };
-    unix_micros.saturating_sub(POSTGRES_EPOCH_UNIX_SECONDS * 1_000_000)
 }
 
 /// The fields of an ErrorResponse or NoticeResponse that walhook reports.
@@ -409,16 +397,5 @@ mod tests {
         assert_eq!(&bytes[25..33], &0x0A0Bi64.to_be_bytes());
         assert_eq!(bytes[33], 1);
         assert_eq!(standby_status_update(Lsn(1), Lsn(1), 0, false)[33], 0);
-    }
-
-    #[test]
-    fn client_time_counts_from_2000() {
-        let y2k = std::time::UNIX_EPOCH + std::time::Duration::from_secs(946_684_800);
-        assert_eq!(postgres_micros(y2k), 0);
-        assert_eq!(
-            postgres_micros(y2k + std::time::Duration::from_micros(1_500_000)),
-            1_500_000
-        );
-        assert_eq!(postgres_micros(std::time::UNIX_EPOCH), -946_684_800_000_000);
     }
 }

@@ -193,7 +193,7 @@ impl ReplicationStream {
         let payload = frame::standby_status_update(
             written,
             self.sent_flush,
-            frame::postgres_micros(std::time::SystemTime::now()),
+            crate::pgtime::micros_since_2000(std::time::SystemTime::now()),
             reply_requested,
         );
         self.wire.queue(|buf| {

@@ -128,16 +128,28 @@ impl Receiver {
 
     /// Waits until at least `count` requests arrived, answered or not.
     pub async fn wait_for_arrivals(&self, count: usize, deadline: Duration) {
+        self.wait_for("requests arrived", count, deadline, Self::arrivals)
+            .await;
+    }
+
+    /// Waits until `measure` reaches `count`, waking on every request.
+    async fn wait_for(
+        &self,
+        what: &str,
+        count: usize,
+        deadline: Duration,
+        measure: impl Fn(&Self) -> usize,
+    ) {
         let until = tokio::time::Instant::now() + deadline;
         loop {
             let notified = self.inner.changed.notified();
-            if self.arrivals() >= count {
+            if measure(self) >= count {
                 return;
             }
             if tokio::time::timeout_at(until, notified).await.is_err() {
                 panic!(
-                    "timed out after {deadline:?}: {} of {count} requests arrived",
-                    self.arrivals()
+                    "timed out after {deadline:?}: {} of {count} {what}",
+                    measure(self)
                 );
             }
         }
@@ -159,20 +171,8 @@ impl Receiver {
 
     /// Waits until at least `count` events were answered 2xx.
     pub async fn wait_for_delivered(&self, count: usize, deadline: Duration) -> Vec<Value> {
-        let until = tokio::time::Instant::now() + deadline;
-        loop {
-            let notified = self.inner.changed.notified();
-            let delivered = self.delivered();
-            if delivered.len() >= count {
-                return delivered;
-            }
-            if tokio::time::timeout_at(until, notified).await.is_err() {
-                panic!(
-                    "timed out after {deadline:?}: {} of {count} events delivered",
-                    self.delivered().len()
-                );
-            }
-        }
+        self.wait_for_delivered_count(count, deadline).await;
+        self.delivered()
     }
 
     /// How many events were answered 2xx so far (duplicates included).
@@ -180,39 +180,19 @@ impl Receiver {
         self.inner.delivered_events.load(Ordering::SeqCst)
     }
 
-    /// Like [`Receiver::wait_for_delivered`] without parsing every body on
-    /// each wake-up: for tests with very many events.
+    /// Like [`Receiver::wait_for_delivered`] without collecting the events.
     pub async fn wait_for_delivered_count(&self, count: usize, deadline: Duration) {
-        let until = tokio::time::Instant::now() + deadline;
-        loop {
-            let notified = self.inner.changed.notified();
-            if self.delivered_count() >= count {
-                return;
-            }
-            if tokio::time::timeout_at(until, notified).await.is_err() {
-                panic!(
-                    "timed out after {deadline:?}: {} of {count} events delivered",
-                    self.delivered_count()
-                );
-            }
-        }
+        self.wait_for("events delivered", count, deadline, Self::delivered_count)
+            .await;
     }
 
-    /// Waits until at least `count` requests arrived, whatever the answer.
+    /// Waits until at least `count` requests were answered, whatever the
+    /// answer.
     pub async fn wait_for_requests(&self, count: usize, deadline: Duration) {
-        let until = tokio::time::Instant::now() + deadline;
-        loop {
-            let notified = self.inner.changed.notified();
-            if self.requests().len() >= count {
-                return;
-            }
-            if tokio::time::timeout_at(until, notified).await.is_err() {
-                panic!(
-                    "timed out after {deadline:?}: {} of {count} requests arrived",
-                    self.requests().len()
-                );
-            }
-        }
+        self.wait_for("requests answered", count, deadline, |receiver| {
+            receiver.inner.requests.lock().unwrap().len()
+        })
+        .await;
     }
 }
 
@@ -242,13 +222,15 @@ async fn record(
             status = 503;
         }
     }
-    if (200..300).contains(&status) {
-        let events = serde_json::from_slice::<Value>(&body)
+    // Counted once per request (large tests need not re-parse every body),
+    // and only after the request is recorded, so a waiter that sees the
+    // count also sees the request.
+    let delivered_events = (200..300).contains(&status).then(|| {
+        serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|body| body.get("events").and_then(Value::as_array).map(Vec::len))
-            .unwrap_or(1);
-        inner.delivered_events.fetch_add(events, Ordering::SeqCst);
-    }
+            .unwrap_or(1)
+    });
     let headers = headers
         .iter()
         .map(|(name, value)| {
@@ -264,6 +246,9 @@ async fn record(
         body,
         status,
     });
+    if let Some(events) = delivered_events {
+        inner.delivered_events.fetch_add(events, Ordering::SeqCst);
+    }
     inner.changed.notify_waiters();
     let mut answer = HeaderMap::new();
     if (300..400).contains(&status) {
