@@ -16,26 +16,25 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::Notify;
-
 use crate::lsn::Lsn;
 
 /// A claim on one event of one transaction. Resolve it only when the event is
 /// durable (delivered or dead-lettered); dropping it unresolved keeps the
 /// transaction, and so the slot, where it is — which is what a shutdown that
 /// abandons in-flight requests needs.
+///
+/// Nobody is woken when a transaction completes: the reader looks at the
+/// front of the queue when it reports, so resolving costs one atomic
+/// decrement on the delivery side and nothing else.
 #[derive(Debug)]
 pub struct Ack {
     pending: Arc<AtomicUsize>,
-    wake: Arc<Notify>,
 }
 
 impl Ack {
     /// The event is durable.
     pub fn resolve(self) {
-        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.wake.notify_one();
-        }
+        self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -57,7 +56,6 @@ pub struct Checkpoint {
     /// one extra token until Commit so it cannot complete early.
     reading: Option<Arc<AtomicUsize>>,
     reading_commit_time_micros: i64,
-    wake: Arc<Notify>,
 }
 
 impl Checkpoint {
@@ -68,18 +66,12 @@ impl Checkpoint {
             open: VecDeque::new(),
             reading: None,
             reading_commit_time_micros: 0,
-            wake: Arc::new(Notify::new()),
         }
     }
 
     /// The position that may be confirmed now (after the last `advance`).
     pub fn confirmed(&self) -> Lsn {
         self.confirmed
-    }
-
-    /// Notified whenever some transaction may have completed.
-    pub fn wake(&self) -> Arc<Notify> {
-        Arc::clone(&self.wake)
     }
 
     /// How many committed transactions still wait on their events.
@@ -115,10 +107,7 @@ impl Checkpoint {
             Arc::new(AtomicUsize::new(1))
         }));
         pending.fetch_add(1, Ordering::AcqRel);
-        Ack {
-            pending,
-            wake: Arc::clone(&self.wake),
-        }
+        Ack { pending }
     }
 
     /// The transaction being read commits; `end` is its Commit end LSN.
@@ -235,17 +224,14 @@ mod tests {
         assert_eq!(checkpoint.advance(), lsn(0));
     }
 
-    #[tokio::test]
-    async fn resolving_the_last_event_wakes_the_owner() {
+    #[test]
+    fn an_ack_resolved_on_another_thread_moves_the_frontier() {
         let mut checkpoint = Checkpoint::new(lsn(0));
-        let wake = checkpoint.wake();
         checkpoint.begin(0);
         let event = checkpoint.track_event();
         checkpoint.commit(lsn(10));
-        tokio::spawn(async move { event.resolve() });
-        tokio::time::timeout(std::time::Duration::from_secs(5), wake.notified())
-            .await
-            .unwrap();
+        assert_eq!(checkpoint.advance(), lsn(0));
+        std::thread::spawn(move || event.resolve()).join().unwrap();
         assert_eq!(checkpoint.advance(), lsn(10));
     }
 }

@@ -194,8 +194,19 @@ impl Decoder {
     }
 
     fn render(&self, table: &TableInfo, tuple: &TupleData, key_only: bool) -> Row {
+        // Text values render to about their own length plus quotes; sizing
+        // once avoids regrowing the buffer column by column.
+        let text_bytes: usize = tuple
+            .0
+            .iter()
+            .map(|value| match value {
+                TupleValue::Text(text) => text.len() + 8,
+                TupleValue::Binary(bytes) => bytes.len() * 2 + 8,
+                TupleValue::Null | TupleValue::UnchangedToast => 4,
+            })
+            .sum();
         let mut row = Row {
-            json: Vec::with_capacity(tuple.0.len() * 16),
+            json: Vec::with_capacity(text_bytes + text_bytes / 8),
             cells: Vec::with_capacity(table.columns.len()),
         };
         for (index, column) in table.columns.iter().enumerate() {

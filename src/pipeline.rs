@@ -71,6 +71,8 @@ pub struct Pipeline {
     checkpoint: Checkpoint,
     reporter: Reporter,
     observers: Observers,
+    /// Where payloads are written before being copied out at their size.
+    scratch: Vec<u8>,
 }
 
 /// Where the reader reports what it sees: metrics and health.
@@ -116,6 +118,7 @@ impl Pipeline {
                 ticks,
             },
             observers,
+            scratch: Vec::with_capacity(4096),
         }
     }
 
@@ -343,12 +346,12 @@ impl Pipeline {
                 Some(mask) => Projection::Only(mask),
                 None => Projection::All,
             };
-            // Room for the rendered rows plus the envelope: one allocation.
-            let rows = change.new.as_ref().map_or(0, |row| row.json.len())
-                + change.old.as_ref().map_or(0, |row| row.json.len());
-            let mut body = Vec::with_capacity(384 + rows + rows / 2);
+            // Written into a reused buffer, then copied into an allocation
+            // of exactly its size: no regrowth, no slack held while queued,
+            // and `Bytes` needs no separate header for an exact-size buffer.
+            self.scratch.clear();
             let id = write_payload(
-                &mut body,
+                &mut self.scratch,
                 &change,
                 self.rules.name(route.subscription),
                 projection,
@@ -359,7 +362,7 @@ impl Pipeline {
                 previous_ordering_key: change.previous_ordering_key(),
                 commit_time_micros: change.transaction.commit_time_micros,
                 park,
-                body: Bytes::from(body),
+                body: Bytes::copy_from_slice(&self.scratch),
                 ack: self.checkpoint.track_event(),
             };
             if !self

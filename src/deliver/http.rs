@@ -188,7 +188,7 @@ impl RequestBody {
     pub fn for_events(events: &[Outbound], batched: bool) -> RequestBody {
         match events {
             [single] if !batched => RequestBody {
-                id: single.id.clone(),
+                id: single.id.to_string(),
                 body: single.body.clone(),
             },
             _ => {
@@ -204,7 +204,7 @@ impl RequestBody {
                         body.push(b',');
                     }
                     body.extend_from_slice(&event.body);
-                    hasher.update(event.id.as_bytes());
+                    hasher.update(event.id.as_str().as_bytes());
                     hasher.update(b",");
                 }
                 body.extend_from_slice(b"]}");

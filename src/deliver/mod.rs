@@ -34,12 +34,13 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Ack;
 use crate::config::{BatchConfig, DeliveryConfig, Ordering, SubscriptionConfig};
+use crate::event::EventId;
 use crate::telemetry::{Metrics, ResponseClass, SubscriptionMetrics};
 use dead_letters::{DeadLetter, DeadLetters};
 use http::{Attempt, Endpoint};
@@ -58,7 +59,7 @@ const MAX_LANES: usize = 256;
 /// One event on its way to one subscription.
 #[derive(Debug)]
 pub struct Outbound {
-    pub id: String,
+    pub id: EventId,
     pub ordering_key: u64,
     /// Set when an update changed the row's key: the old key's hash.
     pub previous_ordering_key: Option<u64>,
@@ -98,18 +99,19 @@ struct Lane {
     pending: Vec<Queued>,
 }
 
-/// An event in a lane, holding its share of the subscription's budget until
-/// it is resolved (or abandoned).
+/// An event in a lane and the share of its subscription's budget it holds
+/// until it is resolved. The lane returns the shares of a whole request at
+/// once (one semaphore update per request, not per event); a lane that is
+/// abandoned at shutdown returns nothing, which no longer matters.
 struct Queued {
     event: Outbound,
-    budget: OwnedSemaphorePermit,
+    cost: u32,
 }
 
 /// What an event costs from its subscription's budget; an event larger than
 /// the whole budget takes all of it (and so goes alone).
 fn budget_cost(event: &Outbound) -> u32 {
-    let cost =
-        (event.body.len() + event.id.len() + EVENT_OVERHEAD_BYTES).min(SUBSCRIPTION_BUFFER_BYTES);
+    let cost = (event.body.len() + EVENT_OVERHEAD_BYTES).min(SUBSCRIPTION_BUFFER_BYTES);
     u32::try_from(cost).unwrap_or(u32::MAX)
 }
 
@@ -187,12 +189,14 @@ impl Delivery {
                 Ordering::Strict => 1,
                 Ordering::Key | Ordering::None => config.concurrency.clamp(1, MAX_LANES),
             };
+            let buffer = Arc::new(Semaphore::new(SUBSCRIPTION_BUFFER_BYTES));
             let mut lanes = Vec::with_capacity(lane_count);
             for _ in 0..lane_count {
                 let (sender, receiver) = mpsc::unbounded_channel();
                 let load = Arc::new(LaneLoad::default());
                 tasks.spawn(run_lane(
                     receiver,
+                    Arc::clone(&buffer),
                     Arc::clone(&load),
                     Arc::clone(&endpoint),
                     Arc::clone(&lane_metrics),
@@ -209,7 +213,7 @@ impl Delivery {
                 ordering: subscription.ordering,
                 lanes,
                 next_round_robin: 0,
-                buffer: Arc::new(Semaphore::new(SUBSCRIPTION_BUFFER_BYTES)),
+                buffer,
             });
         }
         Ok(Delivery {
@@ -256,21 +260,27 @@ impl Delivery {
         let Some(target) = self.subscriptions.get(subscription) else {
             return Err(DeliveryClosed);
         };
-        let budget = match Arc::clone(&target.buffer).try_acquire_many_owned(cost) {
-            Ok(budget) => budget,
-            Err(_) => {
-                // Events held here count against the budget: hand them over
-                // before waiting for the lanes to return some of it.
-                self.flush();
-                let Some(target) = self.subscriptions.get(subscription) else {
-                    return Err(DeliveryClosed);
-                };
-                Arc::clone(&target.buffer)
-                    .acquire_many_owned(cost)
-                    .await
-                    .map_err(|_| DeliveryClosed)?
-            }
-        };
+        // The lane gives the share back (`Semaphore::add_permits`) once the
+        // event is resolved.
+        let acquired = target
+            .buffer
+            .try_acquire_many(cost)
+            .map(|share| share.forget())
+            .is_ok();
+        if !acquired {
+            // Events held here count against the budget: hand them over
+            // before waiting for the lanes to return some of it.
+            self.flush();
+            let Some(target) = self.subscriptions.get(subscription) else {
+                return Err(DeliveryClosed);
+            };
+            let buffer = Arc::clone(&target.buffer);
+            buffer
+                .acquire_many(cost)
+                .await
+                .map_err(|_| DeliveryClosed)?
+                .forget();
+        }
         let Some(target) = self.subscriptions.get_mut(subscription) else {
             return Err(DeliveryClosed);
         };
@@ -284,7 +294,7 @@ impl Delivery {
         if queue.pending.is_empty() {
             self.dirty.push((subscription, lane));
         }
-        queue.pending.push(Queued { event, budget });
+        queue.pending.push(Queued { event, cost });
         Ok(())
     }
 
@@ -299,8 +309,11 @@ impl Delivery {
                 .and_then(|target| target.lanes.get_mut(lane))
                 && !lane.pending.is_empty()
             {
+                // The next chunk is likely about as large as this one.
+                let next = Vec::with_capacity(lane.pending.len());
+                let chunk = std::mem::replace(&mut lane.pending, next);
                 // A closed lane means shutdown; its events stay unresolved.
-                let _ = lane.sender.send(std::mem::take(&mut lane.pending));
+                let _ = lane.sender.send(chunk);
             }
         }
     }
@@ -309,6 +322,7 @@ impl Delivery {
 /// Takes events from one lane and delivers them one request at a time.
 async fn run_lane(
     mut receiver: mpsc::UnboundedReceiver<Vec<Queued>>,
+    budget: Arc<Semaphore>,
     load: Arc<LaneLoad>,
     endpoint: Arc<Endpoint>,
     metrics: Arc<LaneMetrics>,
@@ -317,8 +331,6 @@ async fn run_lane(
 ) {
     let mut backlog: VecDeque<Queued> = VecDeque::new();
     let mut events = Vec::with_capacity(batch.max_events);
-    // The budget shares of the events being delivered, returned once done.
-    let mut budget = Vec::with_capacity(batch.max_events);
     loop {
         let Some(first) = backlog.pop_front() else {
             let chunk = tokio::select! {
@@ -351,55 +363,58 @@ async fn run_lane(
             if let Some(handles) = &metrics.handles {
                 handles.dead_lettered.inc();
             }
-            drop(first.budget);
+            budget.add_permits(first.cost as usize);
             load.finished(1);
             continue;
         }
+        // The budget shares of the events being delivered.
+        let mut held = first.cost as usize;
         events.push(first.event);
-        budget.push(first.budget);
         if batch.max_events > 1 {
-            fill_batch(&mut receiver, &mut backlog, &mut events, &mut budget, batch).await;
+            held += fill_batch(&mut receiver, &mut backlog, &mut events, batch).await;
         }
         let count = events.len();
         if !deliver(&endpoint, &metrics, &shared, &mut events).await {
             return;
         }
-        budget.clear();
+        budget.add_permits(held);
         load.finished(count);
     }
 }
 
-/// Adds queued events to a batch until it is full or `max_wait` passes.
+/// Adds queued events to a batch until it is full or `max_wait` passes;
+/// returns the budget shares of the events it added.
 async fn fill_batch(
     receiver: &mut mpsc::UnboundedReceiver<Vec<Queued>>,
     backlog: &mut VecDeque<Queued>,
     events: &mut Vec<Outbound>,
-    budget: &mut Vec<OwnedSemaphorePermit>,
     batch: BatchConfig,
-) {
+) -> usize {
     let deadline = tokio::time::Instant::now() + batch.max_wait;
+    let mut held = 0;
     while events.len() < batch.max_events {
         if let Some(queued) = backlog.pop_front() {
             if queued.event.park.is_some() {
                 // Goes alone, at its turn.
                 backlog.push_front(queued);
-                return;
+                break;
             }
+            held += queued.cost as usize;
             events.push(queued.event);
-            budget.push(queued.budget);
             continue;
         }
         match receiver.try_recv() {
             Ok(chunk) => backlog.extend(chunk),
-            Err(mpsc::error::TryRecvError::Disconnected) => return,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
             Err(mpsc::error::TryRecvError::Empty) => {
                 match tokio::time::timeout_at(deadline, receiver.recv()).await {
                     Ok(Some(chunk)) => backlog.extend(chunk),
-                    Ok(None) | Err(_) => return,
+                    Ok(None) | Err(_) => break,
                 }
             }
         }
     }
+    held
 }
 
 /// One subscription's metric handles and failure summary, shared by its
@@ -569,7 +584,7 @@ async fn park_as_dead_letters(
     for event in events.drain(..) {
         let letter = DeadLetter {
             subscription: &endpoint.name,
-            event_id: &event.id,
+            event_id: event.id.as_str(),
             payload: &event.body,
             last_status,
             last_error,
@@ -606,7 +621,7 @@ mod tests {
 
     fn event(checkpoint: &mut Checkpoint, body_len: usize) -> Outbound {
         Outbound {
-            id: "wh_0123".into(),
+            id: crate::event::event_id("s", Lsn(1), 0),
             ordering_key: 0,
             previous_ordering_key: None,
             body: Bytes::from(vec![b'x'; body_len]),
@@ -621,7 +636,7 @@ mod tests {
         let mut checkpoint = Checkpoint::new(Lsn(0));
         checkpoint.begin(0);
         let small = event(&mut checkpoint, 100);
-        assert_eq!(budget_cost(&small) as usize, 100 + 7 + EVENT_OVERHEAD_BYTES);
+        assert_eq!(budget_cost(&small) as usize, 100 + EVENT_OVERHEAD_BYTES);
         let huge = event(&mut checkpoint, SUBSCRIPTION_BUFFER_BYTES * 2);
         assert_eq!(budget_cost(&huge) as usize, SUBSCRIPTION_BUFFER_BYTES);
         // The budget fits a Semaphore and one acquire (u32).
