@@ -135,6 +135,10 @@ struct BenchArgs {
     /// Run only the backlog scenarios whose name contains this text.
     #[arg(long)]
     only: Option<String>,
+    /// Run everything this many times and print each figure's median (this
+    /// kind of machine varies by ±20% from run to run).
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
 }
 
 impl BenchArgs {
@@ -150,6 +154,7 @@ impl BenchArgs {
             live_seconds: self.live_seconds,
             json_path: self.json,
             only: self.only,
+            repeat: self.repeat.max(1),
         }
     }
 }

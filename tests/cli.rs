@@ -157,6 +157,48 @@ async fn demo_shows_the_whole_loop_and_exits_cleanly() {
 }
 
 #[tokio::test]
+async fn bench_measures_a_small_backlog_twice_and_writes_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let output = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new(walhook_binary())
+            .args(["bench", "--rows", "300", "--rows-per-transaction", "30"])
+            .args(["--only", "batch=100", "--repeat", "2", "--live-rates", "0"])
+            .arg("--json")
+            .arg(&json)
+            .output(),
+    )
+    .await
+    .expect("bench finishes")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("medians of 2 runs"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["runs"], 2);
+    let runs = report["every_run"]["backlog"][0].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{report}");
+    for run in runs {
+        assert_eq!(run["scenario"], "batch=100 ordering=key");
+        assert_eq!(run["rows"], 300);
+        // 300 rows in batches of at most 100: at least 3 requests.
+        assert!(run["requests"].as_u64().unwrap() >= 3, "{run}");
+        assert!(run["cpu_us_per_row"].as_f64().unwrap() > 0.0, "{run}");
+        assert!(
+            run["receiver_cpu_us_per_request"].as_f64().is_some(),
+            "{run}"
+        );
+    }
+    assert_eq!(report["every_run"]["ceiling"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
 async fn environment_overrides_replace_scalar_keys_of_the_file() {
     // The file names one unreachable port; WALHOOK_SOURCE__URL another. The
     // error must name the one from the environment.

@@ -7,7 +7,7 @@
 //! and its peak RSS. The same backlog is read by `pg_recvlogical` (pgoutput to
 //! /dev/null) for the ceiling, and walhook's rate is printed as a ratio of it.
 //! A live mode commits single-row transactions at a fixed rate and reports
-//! commit-to-arrival latency. Results print as one table and are written as
+//! commit-to-arrival latency after a one-second warm-up. Results print as one table and are written as
 //! JSON for comparison across commits.
 //!
 //! Figures are measurements of this machine at this moment, not assertions;
@@ -38,10 +38,12 @@ pub struct BenchOptions {
     pub json_path: PathBuf,
     /// Only the backlog scenarios whose name contains this.
     pub only: Option<String>,
+    /// How many times to run everything; the table shows medians.
+    pub repeat: u32,
 }
 
 /// One backlog scenario's figures.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct BacklogResult {
     scenario: String,
     rows: u64,
@@ -51,10 +53,13 @@ struct BacklogResult {
     peak_rss_mb: f64,
     ratio_of_ceiling: Option<f64>,
     requests: u64,
+    /// CPU the bench process (the receiver) spent per request: what the
+    /// other end of each POST costs on the same cores.
+    receiver_cpu_us_per_request: Option<f64>,
 }
 
 /// One live run's figures.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct LiveResult {
     target_rows_per_second: u64,
     achieved_rows_per_second: f64,
@@ -64,14 +69,26 @@ struct LiveResult {
     max_ms: f64,
 }
 
+/// Medians over the runs, and every run.
 #[derive(Debug, Serialize)]
 struct Report {
     commit: String,
     rows: u64,
     rows_per_transaction: u64,
+    runs: u32,
     ceiling: BacklogResult,
     backlog: Vec<BacklogResult>,
     live: Vec<LiveResult>,
+    every_run: EveryRun,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct EveryRun {
+    ceiling: Vec<BacklogResult>,
+    /// By scenario, then run.
+    backlog: Vec<Vec<BacklogResult>>,
+    /// By rate, then run.
+    live: Vec<Vec<LiveResult>>,
 }
 
 struct Scenario {
@@ -158,60 +175,135 @@ pub async fn run(options: BenchOptions) -> Result<(), AppError> {
 }
 
 async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Report, AppError> {
-    let mut backlog = Vec::new();
-    let mut ceiling = None;
-    for (index, scenario) in SCENARIOS.iter().enumerate() {
-        // The first scenario's backlog also gives the ceiling.
-        let selected = options
-            .only
-            .as_ref()
-            .is_none_or(|only| scenario.name.contains(only.as_str()));
-        if !selected && index > 0 {
-            continue;
+    let runs = options.repeat.max(1);
+    let mut every = EveryRun::default();
+    let selected: Vec<bool> = SCENARIOS
+        .iter()
+        .map(|scenario| {
+            options
+                .only
+                .as_ref()
+                .is_none_or(|only| scenario.name.contains(only.as_str()))
+        })
+        .collect();
+    every.backlog = vec![Vec::new(); SCENARIOS.len()];
+    for run in 0..runs {
+        if runs > 1 {
+            eprintln!("bench: run {} of {runs}", run + 1);
         }
-        let database = format!("bench{index}");
-        let client = prepare_database(postgres, &database).await?;
-        // The ceiling reads the first backlog with its own slot.
-        if index == 0 {
-            client
-                .batch_execute("SELECT pg_create_logical_replication_slot('ceiling', 'pgoutput')")
-                .await
-                .map_err(|error| bench_error("creating the ceiling slot", error))?;
+        let mut ceiling = None;
+        for (index, scenario) in SCENARIOS.iter().enumerate() {
+            // The first scenario's backlog also gives the ceiling.
+            if !selected[index] && index > 0 {
+                continue;
+            }
+            let database = format!("bench{index}_{run}");
+            let client = prepare_database(postgres, &database).await?;
+            let ceiling_slot = format!("ceiling_{run}");
+            // The ceiling reads the first backlog with its own slot.
+            if index == 0 {
+                client
+                    .batch_execute(&format!(
+                        "SELECT pg_create_logical_replication_slot('{ceiling_slot}', 'pgoutput')"
+                    ))
+                    .await
+                    .map_err(|error| bench_error("creating the ceiling slot", error))?;
+            }
+            eprintln!("bench: loading {} rows into {database}…", options.rows);
+            load_backlog(&client, options.rows, options.rows_per_transaction).await?;
+            if index == 0 {
+                eprintln!("bench: pg_recvlogical ceiling…");
+                let measured =
+                    measure_ceiling(postgres, &client, &database, &ceiling_slot, options.rows)
+                        .await?;
+                ceiling = Some(measured.rows_per_second);
+                every.ceiling.push(measured);
+            }
+            if !selected[index] {
+                continue;
+            }
+            eprintln!("bench: walhook {}…", scenario.name);
+            let mut result = measure_walhook(postgres, &database, scenario, options.rows).await?;
+            result.ratio_of_ceiling = ceiling.map(|ceiling| result.rows_per_second / ceiling);
+            every.backlog[index].push(result);
         }
-        eprintln!("bench: loading {} rows into {database}…", options.rows);
-        load_backlog(&client, options.rows, options.rows_per_transaction).await?;
-        if index == 0 {
-            eprintln!("bench: pg_recvlogical ceiling…");
-            ceiling = Some(measure_ceiling(postgres, &client, &database, options.rows).await?);
+        every.live.resize(options.live_rates.len(), Vec::new());
+        for (index, &rate) in options.live_rates.iter().enumerate() {
+            eprintln!(
+                "bench: live at {rate} rows/s for {}s…",
+                options.live_seconds
+            );
+            let database = format!("live{rate}_{index}_{run}");
+            prepare_database(postgres, &database).await?;
+            let result = measure_live(postgres, &database, rate, options.live_seconds).await?;
+            every.live[index].push(result);
         }
-        if !selected {
-            continue;
-        }
-        eprintln!("bench: walhook {}…", scenario.name);
-        let mut result = measure_walhook(postgres, &database, scenario, options.rows).await?;
-        result.ratio_of_ceiling = ceiling
-            .as_ref()
-            .map(|ceiling: &BacklogResult| result.rows_per_second / ceiling.rows_per_second);
-        backlog.push(result);
     }
-    let mut live = Vec::new();
-    for &rate in &options.live_rates {
-        eprintln!(
-            "bench: live at {rate} rows/s for {}s…",
-            options.live_seconds
-        );
-        let database = format!("live{rate}");
-        prepare_database(postgres, &database).await?;
-        live.push(measure_live(postgres, &database, rate, options.live_seconds).await?);
-    }
-    let ceiling = ceiling.ok_or_else(|| bench_error("ceiling", "not measured"))?;
+    every
+        .backlog
+        .retain(|scenario_runs| !scenario_runs.is_empty());
+    let ceiling =
+        median_backlog(&every.ceiling).ok_or_else(|| bench_error("ceiling", "not measured"))?;
     Ok(Report {
         commit: git_commit(),
         rows: options.rows,
         rows_per_transaction: options.rows_per_transaction,
+        runs,
         ceiling,
-        backlog,
-        live,
+        backlog: every
+            .backlog
+            .iter()
+            .filter_map(|runs| median_backlog(runs))
+            .collect(),
+        live: every
+            .live
+            .iter()
+            .filter_map(|runs| median_live(runs))
+            .collect(),
+        every_run: every,
+    })
+}
+
+/// The median of some figures (the upper one of an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.filter(|value| value.is_finite()).collect();
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Each figure's median over the runs of one scenario.
+fn median_backlog(runs: &[BacklogResult]) -> Option<BacklogResult> {
+    let first = runs.first()?;
+    let of = |figure: fn(&BacklogResult) -> f64| median(runs.iter().map(figure));
+    let optional = |figure: fn(&BacklogResult) -> Option<f64>| {
+        runs.iter()
+            .any(|run| figure(run).is_some())
+            .then(|| median(runs.iter().filter_map(figure)))
+    };
+    Some(BacklogResult {
+        scenario: first.scenario.clone(),
+        rows: first.rows,
+        seconds: of(|run| run.seconds),
+        rows_per_second: of(|run| run.rows_per_second),
+        cpu_us_per_row: of(|run| run.cpu_us_per_row),
+        peak_rss_mb: of(|run| run.peak_rss_mb),
+        ratio_of_ceiling: optional(|run| run.ratio_of_ceiling),
+        requests: of(|run| run.requests as f64) as u64,
+        receiver_cpu_us_per_request: optional(|run| run.receiver_cpu_us_per_request),
+    })
+}
+
+/// Each figure's median over the runs at one live rate.
+fn median_live(runs: &[LiveResult]) -> Option<LiveResult> {
+    let first = runs.first()?;
+    let of = |figure: fn(&LiveResult) -> f64| median(runs.iter().map(figure));
+    Some(LiveResult {
+        target_rows_per_second: first.target_rows_per_second,
+        achieved_rows_per_second: of(|run| run.achieved_rows_per_second),
+        rows: first.rows,
+        p50_ms: of(|run| run.p50_ms),
+        p99_ms: of(|run| run.p99_ms),
+        max_ms: of(|run| run.max_ms),
     })
 }
 
@@ -282,6 +374,7 @@ async fn measure_ceiling(
     postgres: &TempPostgres,
     client: &tokio_postgres::Client,
     database: &str,
+    slot: &str,
     rows: u64,
 ) -> Result<BacklogResult, AppError> {
     let end: String = client
@@ -301,7 +394,7 @@ async fn measure_ceiling(
             "-U",
             "postgres",
         ])
-        .args(["-d", database, "--slot", "ceiling", "--start", "--no-loop"])
+        .args(["-d", database, "--slot", slot, "--start", "--no-loop"])
         .args(["-o", "proto_version=1", "-o", "publication_names=walhook"])
         .args(["-f", "/dev/null", "--endpos", &end])
         .stdout(Stdio::null())
@@ -328,6 +421,7 @@ async fn measure_ceiling(
         peak_rss_mb: peak_kb as f64 / 1024.0,
         ratio_of_ceiling: Some(1.0),
         requests: 0,
+        receiver_cpu_us_per_request: None,
     })
 }
 
@@ -494,15 +588,18 @@ async fn measure_walhook(
 ) -> Result<BacklogResult, AppError> {
     let (sink, url) = start_sink(scenario.failure_percent, None).await?;
     let before = children_usage();
+    let receiver_before = own_cpu_seconds();
     let started = Instant::now();
     let daemon = spawn_walhook(&walhook_config(postgres, database, &url, scenario))?;
     let pid = daemon.child.id();
     let peak = watch_peak_rss(pid);
     wait_for_events(&sink, rows as usize, Duration::from_secs(600)).await?;
     let seconds = started.elapsed().as_secs_f64();
+    let receiver_cpu = own_cpu_seconds() - receiver_before;
     let peak_kb = pid.map(read_peak_rss_kb).unwrap_or(0);
     peak.abort();
     let cpu = stop_walhook(daemon, before).await?;
+    let requests = sink.requests.load(Ordering::Relaxed);
     Ok(BacklogResult {
         scenario: scenario.name.into(),
         rows,
@@ -511,9 +608,13 @@ async fn measure_walhook(
         cpu_us_per_row: cpu * 1e6 / rows as f64,
         peak_rss_mb: peak_kb as f64 / 1024.0,
         ratio_of_ceiling: None,
-        requests: sink.requests.load(Ordering::Relaxed),
+        requests,
+        receiver_cpu_us_per_request: Some(receiver_cpu * 1e6 / requests.max(1) as f64),
     })
 }
+
+/// Seconds of live load before the latency figures start.
+const LIVE_WARM_UP_SECONDS: u64 = 1;
 
 async fn measure_live(
     postgres: &TempPostgres,
@@ -521,7 +622,11 @@ async fn measure_live(
     rate: u64,
     seconds: u64,
 ) -> Result<LiveResult, AppError> {
-    let rows = rate * seconds;
+    // The first second warms up (the first Relation message's catalog
+    // lookups, the keep-alive connections opening) and is not counted: the
+    // figures describe a daemon that has been running.
+    let warm_up_rows = rate * LIVE_WARM_UP_SECONDS;
+    let rows = rate * seconds + warm_up_rows;
     let (sink, url) = start_sink(0, Some(rows as usize)).await?;
     let scenario = &SCENARIOS[0];
     let before = children_usage();
@@ -538,6 +643,16 @@ async fn measure_live(
     let mut writers = Vec::new();
     for writer in 0..WRITERS {
         let client = connect(&postgres.url(database)).await?;
+        // Prepared once: parsing and planning every insert would spend the
+        // 2 cores walhook shares with PostgreSQL on the load generator.
+        let insert = client
+            .prepare(
+                "INSERT INTO orders (id, customer, amount, status, note) \
+                 VALUES ($1::bigint, 'customer-' || $1::bigint || '@example.com', \
+                         ($1::bigint % 10000) / 100.0, 'pending', repeat('x', 100))",
+            )
+            .await
+            .map_err(|error| bench_error("preparing the live insert", error))?;
         let committed = Arc::clone(&committed);
         writers.push(tokio::spawn(async move {
             let interval = Duration::from_secs_f64(WRITERS as f64 / rate as f64);
@@ -546,7 +661,7 @@ async fn measure_live(
             let mut id = 1 + writer;
             while id <= rows {
                 ticks.tick().await;
-                if client.batch_execute(&insert_rows(id, id)).await.is_err() {
+                if client.execute(&insert, &[&(id as i64)]).await.is_err() {
                     break;
                 }
                 if let Ok(mut committed) = committed.lock()
@@ -577,6 +692,7 @@ async fn measure_live(
     let mut latencies: Vec<f64> = committed
         .iter()
         .zip(&arrived)
+        .skip(warm_up_rows as usize + 1)
         .filter_map(|(commit, arrival)| match (commit, arrival) {
             // An arrival can precede the client's view of its own commit ack.
             (Some(commit), Some(arrival)) => {
@@ -595,7 +711,7 @@ async fn measure_live(
     Ok(LiveResult {
         target_rows_per_second: rate,
         achieved_rows_per_second: rows as f64 / write_seconds,
-        rows,
+        rows: rows - warm_up_rows,
         p50_ms: percentile(0.50),
         p99_ms: percentile(0.99),
         max_ms: latencies.last().copied().unwrap_or(f64::NAN),
@@ -632,16 +748,22 @@ struct Usage {
 }
 
 fn children_usage() -> Usage {
-    use nix::sys::resource::{UsageWho, getrusage};
-    match getrusage(UsageWho::RUSAGE_CHILDREN) {
-        Ok(usage) => {
-            let seconds =
-                |time: nix::sys::time::TimeVal| time.tv_sec() as f64 + time.tv_usec() as f64 / 1e6;
-            Usage {
-                cpu_seconds: seconds(usage.user_time()) + seconds(usage.system_time()),
-            }
-        }
-        Err(_) => Usage { cpu_seconds: 0.0 },
+    Usage {
+        cpu_seconds: cpu_seconds(nix::sys::resource::UsageWho::RUSAGE_CHILDREN),
+    }
+}
+
+/// CPU time of this process (the receiver, while a scenario runs).
+fn own_cpu_seconds() -> f64 {
+    cpu_seconds(nix::sys::resource::UsageWho::RUSAGE_SELF)
+}
+
+fn cpu_seconds(who: nix::sys::resource::UsageWho) -> f64 {
+    let seconds =
+        |time: nix::sys::time::TimeVal| time.tv_sec() as f64 + time.tv_usec() as f64 / 1e6;
+    match nix::sys::resource::getrusage(who) {
+        Ok(usage) => seconds(usage.user_time()) + seconds(usage.system_time()),
+        Err(_) => 0.0,
     }
 }
 
@@ -682,27 +804,36 @@ fn git_commit() -> String {
 }
 
 fn print_report(report: &Report) {
+    let medians = if report.runs > 1 {
+        format!(", medians of {} runs", report.runs)
+    } else {
+        String::new()
+    };
     println!(
-        "\nwalhook bench — commit {}, {} rows in transactions of {}\n",
+        "\nwalhook bench — commit {}, {} rows in transactions of {}{medians}\n",
         report.commit, report.rows, report.rows_per_transaction
     );
     println!(
-        "| {:<38} | {:>9} | {:>8} | {:>10} | {:>8} | {:>9} |",
-        "emitter", "rows/s", "ceiling", "CPU µs/row", "peak RSS", "requests"
+        "| {:<38} | {:>9} | {:>8} | {:>10} | {:>8} | {:>9} | {:>14} |",
+        "emitter", "rows/s", "ceiling", "CPU µs/row", "peak RSS", "requests", "receiver µs/req"
     );
     println!(
-        "|{:-<40}|{:->11}|{:->10}|{:->12}|{:->10}|{:->11}|",
-        "", "", "", "", "", ""
+        "|{:-<40}|{:->11}|{:->10}|{:->12}|{:->10}|{:->11}|{:->17}|",
+        "", "", "", "", "", "", ""
     );
     for result in std::iter::once(&report.ceiling).chain(&report.backlog) {
+        let receiver = result
+            .receiver_cpu_us_per_request
+            .map_or_else(|| "–".to_owned(), |cpu| format!("{cpu:.1}"));
         println!(
-            "| {:<38} | {:>9.0} | {:>7.0}% | {:>10.2} | {:>5.1} MB | {:>9} |",
+            "| {:<38} | {:>9.0} | {:>7.0}% | {:>10.2} | {:>5.1} MB | {:>9} | {:>15} |",
             result.scenario,
             result.rows_per_second,
             result.ratio_of_ceiling.unwrap_or(f64::NAN) * 100.0,
             result.cpu_us_per_row,
             result.peak_rss_mb,
-            result.requests
+            result.requests,
+            receiver
         );
     }
     if !report.live.is_empty() {

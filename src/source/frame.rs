@@ -22,7 +22,7 @@ use crate::lsn::Lsn;
 pub(crate) const MAX_FRAME_LEN: usize = (1 << 30) + 1024;
 
 /// The read buffer grows by at least this much before each read.
-pub(crate) const READ_CHUNK: usize = 16 * 1024;
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
 
 /// One message of the replication stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
