@@ -132,10 +132,13 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         // Resolved events are not watched one by one: every report (on the
         // tick, or when the walsender asks) advances the checkpoint first.
+        // One cancellation future for the whole loop, not one per message.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
+                _ = &mut cancelled => {
                     delivery.flush();
                     return Ok(());
                 }
@@ -375,7 +378,8 @@ impl Pipeline {
         Ok(true)
     }
 
-    /// Waits for room in the lane while still answering the walsender.
+    /// Queues the event, waiting for room in the lane (while still answering
+    /// the walsender) only when there is none.
     async fn submit(
         &mut self,
         subscription: usize,
@@ -383,6 +387,9 @@ impl Pipeline {
         delivery: &mut Delivery,
         shutdown: &CancellationToken,
     ) -> Result<bool, PipelineError> {
+        let Some(event) = delivery.try_submit(subscription, event)? else {
+            return Ok(true);
+        };
         let submit = delivery.submit(subscription, event);
         tokio::pin!(submit);
         loop {

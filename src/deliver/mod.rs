@@ -222,6 +222,36 @@ impl Delivery {
         })
     }
 
+    /// Queues an event at once when it need not wait: its subscription's
+    /// budget has room and no key change makes it wait for another lane.
+    /// Otherwise hands it back for [`Delivery::submit`]. The reader's
+    /// common case, with no future and no wake-up registered.
+    pub fn try_submit(
+        &mut self,
+        subscription: usize,
+        event: Outbound,
+    ) -> Result<Option<Outbound>, DeliveryClosed> {
+        let (lane, previous_lane) = self.lanes_for(subscription, &event)?;
+        if let Some(previous_lane) = previous_lane
+            && self
+                .lane(subscription, previous_lane)?
+                .load
+                .outstanding
+                .load(AtomicOrdering::Acquire)
+                != 0
+        {
+            return Ok(Some(event));
+        }
+        let cost = budget_cost(&event);
+        let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
+        match target.buffer.try_acquire_many(cost) {
+            Ok(share) => share.forget(),
+            Err(_) => return Ok(Some(event)),
+        }
+        self.enqueue(subscription, lane, event, cost)?;
+        Ok(None)
+    }
+
     /// Queues an event for subscription number `subscription`, waiting while
     /// the subscription's byte budget is spent. The event reaches its lane at
     /// the next [`Delivery::flush`] (or sooner, when waiting requires it).
@@ -230,38 +260,16 @@ impl Delivery {
         subscription: usize,
         event: Outbound,
     ) -> Result<(), DeliveryClosed> {
-        let Some(target) = self.subscriptions.get(subscription) else {
-            return Err(DeliveryClosed);
-        };
-        let lane_count = target.lanes.len();
-        let lane = match target.ordering {
-            Ordering::Strict => 0,
-            Ordering::Key => (event.ordering_key % lane_count as u64) as usize,
-            Ordering::None => (target.next_round_robin + 1) % lane_count,
-        };
-        if target.ordering == Ordering::Key
-            && let Some(previous) = event.previous_ordering_key
-        {
+        let (lane, previous_lane) = self.lanes_for(subscription, &event)?;
+        if let Some(previous_lane) = previous_lane {
             // A key change: the old key's earlier changes go first, so a
             // receiver never sees the old key again after the rename.
-            let previous_lane = (previous % lane_count as u64) as usize;
-            if previous_lane != lane {
-                self.flush();
-                if let Some(previous) = self
-                    .subscriptions
-                    .get(subscription)
-                    .and_then(|target| target.lanes.get(previous_lane))
-                {
-                    previous.load.wait_idle().await;
-                }
-            }
+            self.flush();
+            let load = Arc::clone(&self.lane(subscription, previous_lane)?.load);
+            load.wait_idle().await;
         }
         let cost = budget_cost(&event);
-        let Some(target) = self.subscriptions.get(subscription) else {
-            return Err(DeliveryClosed);
-        };
-        // The lane gives the share back (`Semaphore::add_permits`) once the
-        // event is resolved.
+        let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
         let acquired = target
             .buffer
             .try_acquire_many(cost)
@@ -271,25 +279,65 @@ impl Delivery {
             // Events held here count against the budget: hand them over
             // before waiting for the lanes to return some of it.
             self.flush();
-            let Some(target) = self.subscriptions.get(subscription) else {
-                return Err(DeliveryClosed);
-            };
+            let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
             let buffer = Arc::clone(&target.buffer);
+            // The lane gives the share back (`Semaphore::add_permits`) once
+            // the event is resolved.
             buffer
                 .acquire_many(cost)
                 .await
                 .map_err(|_| DeliveryClosed)?
                 .forget();
         }
-        let Some(target) = self.subscriptions.get_mut(subscription) else {
-            return Err(DeliveryClosed);
+        self.enqueue(subscription, lane, event, cost)
+    }
+
+    /// The lane an event goes to and, for a key change under `key` ordering
+    /// that moves it to another lane, the old key's lane.
+    fn lanes_for(
+        &self,
+        subscription: usize,
+        event: &Outbound,
+    ) -> Result<(usize, Option<usize>), DeliveryClosed> {
+        let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
+        let lane_count = target.lanes.len();
+        let lane = match target.ordering {
+            Ordering::Strict => 0,
+            Ordering::Key => (event.ordering_key % lane_count as u64) as usize,
+            Ordering::None => (target.next_round_robin + 1) % lane_count,
         };
+        let previous_lane = match (target.ordering, event.previous_ordering_key) {
+            (Ordering::Key, Some(previous)) => {
+                Some((previous % lane_count as u64) as usize).filter(|&previous| previous != lane)
+            }
+            _ => None,
+        };
+        Ok((lane, previous_lane))
+    }
+
+    fn lane(&self, subscription: usize, lane: usize) -> Result<&Lane, DeliveryClosed> {
+        self.subscriptions
+            .get(subscription)
+            .and_then(|target| target.lanes.get(lane))
+            .ok_or(DeliveryClosed)
+    }
+
+    /// Adds an event whose budget share is taken to its lane's pending chunk.
+    fn enqueue(
+        &mut self,
+        subscription: usize,
+        lane: usize,
+        event: Outbound,
+        cost: u32,
+    ) -> Result<(), DeliveryClosed> {
+        let target = self
+            .subscriptions
+            .get_mut(subscription)
+            .ok_or(DeliveryClosed)?;
         if target.ordering == Ordering::None {
             target.next_round_robin = lane;
         }
-        let Some(queue) = target.lanes.get_mut(lane) else {
-            return Err(DeliveryClosed);
-        };
+        let queue = target.lanes.get_mut(lane).ok_or(DeliveryClosed)?;
         queue.load.outstanding.fetch_add(1, AtomicOrdering::AcqRel);
         if queue.pending.is_empty() {
             self.dirty.push((subscription, lane));

@@ -192,35 +192,48 @@ fn number_end(s: &[u8], start: usize) -> Option<usize> {
 /// `to_jsonb` prints timestamps (XSD style); `infinity` stays as it is, a BC
 /// suffix stays after the offset.
 fn write_timestamp(out: &mut Vec<u8>, text: &[u8], with_zone: bool) {
-    let Ok(s) = std::str::from_utf8(text) else {
+    // ISO output is digits, separators and perhaps " BC": nothing to escape,
+    // so it is written straight into `out`. Anything else goes out as text.
+    let plain = text
+        .iter()
+        .all(|&byte| (byte.is_ascii_graphic() || byte == b' ') && byte != b'"' && byte != b'\\');
+    let Some(space) = text.iter().position(|&byte| byte == b' ') else {
         return write_string(out, text);
     };
-    let Some((date, rest)) = s.split_once(' ') else {
-        return write_string(out, text);
-    };
-    if !date.starts_with(|c: char| c.is_ascii_digit())
-        || !rest.starts_with(|c: char| c.is_ascii_digit())
+    let (date, rest) = (&text[..space], &text[space + 1..]);
+    if !plain
+        || !date.first().is_some_and(u8::is_ascii_digit)
+        || !rest.first().is_some_and(u8::is_ascii_digit)
     {
         return write_string(out, text);
     }
-    let mut xsd = String::with_capacity(s.len() + 3);
-    xsd.push_str(date);
-    xsd.push('T');
-    match rest.find(['+', '-']).filter(|_| with_zone) {
-        None => xsd.push_str(rest),
+    out.reserve(text.len() + 6);
+    out.push(b'"');
+    out.extend_from_slice(date);
+    out.push(b'T');
+    match rest
+        .iter()
+        .position(|&byte| byte == b'+' || byte == b'-')
+        .filter(|_| with_zone)
+    {
+        None => out.extend_from_slice(rest),
         Some(at) => {
             let (time, zone) = rest.split_at(at);
-            let (offset, suffix) = zone.split_at(zone.find(' ').unwrap_or(zone.len()));
-            xsd.push_str(time);
-            xsd.push_str(offset);
+            let offset_end = zone
+                .iter()
+                .position(|&byte| byte == b' ')
+                .unwrap_or(zone.len());
+            let (offset, suffix) = zone.split_at(offset_end);
+            out.extend_from_slice(time);
+            out.extend_from_slice(offset);
             // ISO prints "+00" and "+05:30"; XSD always has the minutes.
-            if !offset.contains(':') {
-                xsd.push_str(":00");
+            if !offset.contains(&b':') {
+                out.extend_from_slice(b":00");
             }
-            xsd.push_str(suffix);
+            out.extend_from_slice(suffix);
         }
     }
-    write_string(out, xsd.as_bytes());
+    out.push(b'"');
 }
 
 /// `array_in`'s notion of white space.
