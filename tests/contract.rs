@@ -550,6 +550,73 @@ async fn order_holds_per_key_and_strictly_under_concurrency_64() {
     walhook.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_key_change_arrives_after_the_old_keys_changes_and_before_the_new_keys() {
+    const KEYS: i64 = 30;
+    const RENAMED: i64 = 1000;
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL)")
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    // Slow, uneven answers: without the key-change barrier a rename (in the
+    // new key's lane) would overtake the old key's last update.
+    receiver.delay_responses_randomly(Duration::from_millis(4));
+    let text = db
+        .config_text(&format!(
+            r#"
+            [[subscriptions]]
+            name = "items"
+            tables = ["items"]
+            ordering = "key"
+            url = "{}"
+            "#,
+            receiver.url("/items"),
+        ))
+        .replace("concurrency = 16", "concurrency = 64");
+    let config =
+        walhook::config::Config::from_toml(std::path::Path::new("test.toml"), &text).unwrap();
+    let walhook = Walhook::start(config);
+    db.wait_slot_active().await;
+
+    // n = 0 insert, n = 1 update, n = 2 the rename, n = 3 an update of the
+    // new key: one transaction each, all in one burst.
+    let mut burst = format!("INSERT INTO items SELECT g, 0 FROM generate_series(1, {KEYS}) g;\n");
+    for id in 1..=KEYS {
+        burst.push_str(&format!("UPDATE items SET n = 1 WHERE id = {id};\n"));
+    }
+    for id in 1..=KEYS {
+        burst.push_str(&format!(
+            "UPDATE items SET id = id + {RENAMED}, n = 2 WHERE id = {id};\n"
+        ));
+    }
+    for id in 1..=KEYS {
+        burst.push_str(&format!(
+            "UPDATE items SET n = 3 WHERE id = {};\n",
+            id + RENAMED
+        ));
+    }
+    db.client.batch_execute(&burst).await.unwrap();
+    receiver
+        .wait_for_delivered((4 * KEYS) as usize, DEADLINE)
+        .await;
+
+    let mut per_row: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for event in delivered_to(&receiver, "/items") {
+        let original = row_id(&event) % RENAMED;
+        per_row
+            .entry(original)
+            .or_default()
+            .push(event["record"]["n"].as_i64().unwrap());
+    }
+    assert_eq!(per_row.len() as i64, KEYS);
+    for (id, seen) in &per_row {
+        assert_eq!(seen, &[0, 1, 2, 3], "row {id}, in arrival order");
+    }
+    walhook.stop().await.unwrap();
+}
+
 fn parse_lsn(text: &str) -> u64 {
     let (high, low) = text.split_once('/').unwrap();
     (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
