@@ -349,9 +349,8 @@ impl Pipeline {
                 Some(mask) => Projection::Only(mask),
                 None => Projection::All,
             };
-            // Written into a reused buffer, then copied into an allocation
-            // of exactly its size: no regrowth, no slack held while queued,
-            // and `Bytes` needs no separate header for an exact-size buffer.
+            // Written into a reused buffer; delivery copies it into its
+            // lane's chunk.
             self.scratch.clear();
             let id = write_payload(
                 &mut self.scratch,
@@ -365,7 +364,7 @@ impl Pipeline {
                 previous_ordering_key: change.previous_ordering_key(),
                 commit_time_micros: change.transaction.commit_time_micros,
                 park,
-                body: Bytes::copy_from_slice(&self.scratch),
+                body: Bytes::new(),
                 ack: self.checkpoint.track_event(),
             };
             if !self
@@ -387,10 +386,28 @@ impl Pipeline {
         delivery: &mut Delivery,
         shutdown: &CancellationToken,
     ) -> Result<bool, PipelineError> {
-        let Some(event) = delivery.try_submit(subscription, event)? else {
+        let Some(event) = delivery.try_submit(subscription, event, &self.scratch)? else {
             return Ok(true);
         };
-        let submit = delivery.submit(subscription, event);
+        // The payload leaves `self` while waiting, which answers the
+        // walsender through `self`; it comes back whatever the outcome.
+        let payload = std::mem::take(&mut self.scratch);
+        let outcome = self
+            .wait_to_submit(subscription, event, &payload, delivery, shutdown)
+            .await;
+        self.scratch = payload;
+        outcome
+    }
+
+    async fn wait_to_submit(
+        &mut self,
+        subscription: usize,
+        event: Outbound,
+        payload: &[u8],
+        delivery: &mut Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        let submit = delivery.submit(subscription, event, payload);
         tokio::pin!(submit);
         loop {
             tokio::select! {
