@@ -128,6 +128,46 @@ async fn a_refused_event_is_listed_replayed_with_its_id_and_then_gone() {
 }
 
 #[tokio::test]
+async fn a_batched_subscription_gets_its_letters_back_as_batches() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, payload text)")
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let config = format!(
+        "{}batch = {{ max_events = 10, max_wait = \"50ms\" }}\n",
+        subscription("batched", &receiver)
+    );
+    park(&db, &receiver, &config, 2, 2).await;
+    let parked: Vec<Value> = receiver
+        .requests()
+        .iter()
+        .flat_map(|request| request.events())
+        .collect();
+
+    receiver.respond_with(200);
+    let before = receiver.requests().len();
+    let binary = WalhookBinary::new(&db.config_text(&config));
+    let replayed = binary.command(&["dead-letters", "replay", "--all"]).await;
+    assert!(replayed.status.success(), "{replayed:?}");
+    let replays = &receiver.requests()[before..];
+    assert_eq!(replays.len(), 2);
+    for (replay, row) in replays.iter().zip(1..) {
+        // The envelope the receiver parses for this subscription, holding
+        // the parked event unchanged.
+        let body = replay.json();
+        let events = body["events"].as_array().expect("a batch envelope");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["record"]["id"], row);
+        assert!(parked.contains(&events[0]), "{body}");
+        assert!(replay.headers["webhook-id"].starts_with("whb_"));
+        assert!(replay.headers["webhook-signature"].starts_with("v1,"));
+    }
+    assert_eq!(dead_letter_count(&db).await, 0);
+}
+
+#[tokio::test]
 async fn purge_removes_only_what_it_selects_and_refuses_without_a_selector() {
     let db = TestDb::new().await;
     db.client

@@ -4,7 +4,9 @@
 //! A replay sends each stored payload byte for byte to its subscription's
 //! *current* endpoint — URL, headers and signing key from the config as it is
 //! now — with the event's original id as `webhook-id`, so a receiver that
-//! already saw it recognises the duplicate. Letters go in their original
+//! already saw it recognises the duplicate. A batched subscription gets each
+//! letter as `{"events": [payload]}`, the shape its receiver parses, with the
+//! batch id of that one-event batch. Letters go in their original
 //! order (`walhook.dead_letters.id`); a row is deleted only after a 2xx. When
 //! one letter of a subscription fails, the rest of that subscription's
 //! letters wait for the next replay, so a key's changes never overtake each
@@ -292,9 +294,18 @@ pub async fn replay(config_path: &Path, selector: &Selector) -> Result<(), AppEr
             stopped.insert(letter.subscription.clone());
             continue;
         };
-        let request = RequestBody {
-            id: letter.event_id.clone(),
-            body: Bytes::from(letter.payload.clone().into_bytes()),
+        // A batched subscription's receiver expects `{"events": [...]}`: the
+        // letter goes as a batch of one, with the id such a batch gets.
+        let request = if endpoint.batched() {
+            RequestBody::batch(std::iter::once((
+                letter.event_id.as_str(),
+                letter.payload.as_bytes(),
+            )))
+        } else {
+            RequestBody {
+                id: letter.event_id.clone(),
+                body: Bytes::from(letter.payload.clone().into_bytes()),
+            }
         };
         let attempt = endpoint
             .send(&http, &request, config.delivery.timeout)

@@ -191,32 +191,40 @@ impl RequestBody {
                 id: single.id.to_string(),
                 body: single.body.clone(),
             },
-            _ => {
-                let size = events
+            _ => RequestBody::batch(
+                events
                     .iter()
-                    .map(|event| event.body.len() + 1)
-                    .sum::<usize>();
-                let mut body = Vec::with_capacity(size + 12);
-                body.extend_from_slice(b"{\"events\":[");
-                let mut hasher = Sha256::new();
-                for (index, event) in events.iter().enumerate() {
-                    if index > 0 {
-                        body.push(b',');
-                    }
-                    body.extend_from_slice(&event.body);
-                    hasher.update(event.id.as_str().as_bytes());
-                    hasher.update(b",");
-                }
-                body.extend_from_slice(b"]}");
-                let digest = hasher.finalize();
-                let mut id = String::with_capacity(36);
-                id.push_str("whb_");
-                crate::event::push_hex(&mut id, &digest[..16]);
-                RequestBody {
-                    id,
-                    body: Bytes::from(body),
-                }
+                    .map(|event| (event.id.as_str(), &event.body[..])),
+            ),
+        }
+    }
+
+    /// `{"events": [...]}` of (id, payload) pairs, with the batch id walhook
+    /// derives from their ids: the same events always make the same id.
+    pub fn batch<'a>(events: impl Iterator<Item = (&'a str, &'a [u8])> + Clone) -> RequestBody {
+        let size = events
+            .clone()
+            .map(|(_, payload)| payload.len() + 1)
+            .sum::<usize>();
+        let mut body = Vec::with_capacity(size + 12);
+        body.extend_from_slice(b"{\"events\":[");
+        let mut hasher = Sha256::new();
+        for (index, (id, payload)) in events.enumerate() {
+            if index > 0 {
+                body.push(b',');
             }
+            body.extend_from_slice(payload);
+            hasher.update(id.as_bytes());
+            hasher.update(b",");
+        }
+        body.extend_from_slice(b"]}");
+        let digest = hasher.finalize();
+        let mut id = String::with_capacity(36);
+        id.push_str("whb_");
+        crate::event::push_hex(&mut id, &digest[..16]);
+        RequestBody {
+            id,
+            body: Bytes::from(body),
         }
     }
 }
