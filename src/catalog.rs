@@ -10,11 +10,11 @@
 //! The common built-in types are known without a query; a type that is not
 //! known renders as text.
 //!
-//! It does not render values (see `value`), follow schema changes by itself
+//! It does not render values (see `value`) or follow schema changes by itself
 //! (the decoder calls [`TypeRegistry::invalidate`] on a pgoutput Type message
-//! and then `ensure` again), or apply user-defined casts to `json`: a
-//! non-built-in type with such a cast (e.g. `hstore`) is text here, where
-//! `to_jsonb` would call the cast.
+//! and then `ensure` again). Of the non-built-in types whose cast to `json`
+//! `to_jsonb` would call, it knows `hstore`'s (an object of strings); any
+//! other such type is text here.
 
 use std::collections::{HashMap, HashSet};
 
@@ -44,6 +44,9 @@ pub enum JsonKind {
     Composite {
         fields: Vec<(String, u32)>,
     },
+    /// `hstore` (contrib), which `to_jsonb` renders through its cast to json
+    /// (`hstore_to_json`): an object whose values are strings or null.
+    Hstore,
     /// Everything else: a JSON string of the text output.
     Text,
 }
@@ -406,7 +409,11 @@ SELECT t.oid, n.nspname::text, t.typname::text, t.typtype, t.typlen, t.typelem,
               ORDER BY a.attnum),
        ARRAY(SELECT a.atttypid FROM pg_catalog.pg_attribute a
               WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
-              ORDER BY a.attnum)
+              ORDER BY a.attnum),
+       (SELECT p.proname::text FROM pg_catalog.pg_cast c
+          JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc
+         WHERE c.castsource = t.oid AND c.casttarget = 'pg_catalog.json'::pg_catalog.regtype
+           AND c.castmethod = 'f')
   FROM pg_catalog.pg_type t
   JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
  WHERE t.oid = ANY($1::oid[])";
@@ -433,6 +440,8 @@ async fn query_types(
         let typbasetype: u32 = row.try_get(8).map_err(error)?;
         let names: Vec<String> = row.try_get(9).map_err(error)?;
         let types: Vec<u32> = row.try_get(10).map_err(error)?;
+        // `to_jsonb` calls a non-built-in type's cast to json, if it has one.
+        let cast_to_json: Option<String> = row.try_get(11).map_err(error)?;
 
         let is_array = typelem != 0
             && match subscript.as_deref() {
@@ -443,6 +452,8 @@ async fn query_types(
             Loaded::Domain { base: typbasetype }
         } else if let Some(kind) = scalar_kind(oid) {
             Loaded::Kind(kind)
+        } else if cast_to_json.as_deref() == Some("hstore_to_json") {
+            Loaded::Kind(JsonKind::Hstore)
         } else if is_array {
             // int2vector and oidvector print their elements space-separated.
             let delimiter = if oid == INT2VECTOR || oid == OIDVECTOR {

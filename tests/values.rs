@@ -233,18 +233,35 @@ async fn every_column_type_renders_as_to_jsonb() -> Result<()> {
         "12.5 must differ from 12.50"
     );
 
+    let compared = assert_renders_as_to_jsonb(&client, "v", 1..=4, &columns, &types).await?;
+    assert_eq!(compared, 4 * columns.len());
+    Ok(())
+}
+
+/// Renders every column of the given rows of `table` (whose key column is
+/// `row_id`) and compares each with `to_jsonb(row) -> column`, after
+/// PostgreSQL parses ours as jsonb. Returns how many values it compared.
+async fn assert_renders_as_to_jsonb(
+    client: &Client,
+    table: &str,
+    row_ids: std::ops::RangeInclusive<i32>,
+    columns: &[Column],
+    types: &TypeRegistry,
+) -> Result<usize> {
     let mut failures = Vec::new();
     let mut compared = 0;
-    for row_id in 1..=4 {
-        let texts = text_values(&client, "v", row_id, &columns).await?;
+    for row_id in row_ids {
+        let texts = text_values(client, table, row_id, columns).await?;
         for (column, text) in columns.iter().zip(&texts) {
-            let ours = render(&types, column.type_oid, text.as_deref());
+            let ours = render(types, column.type_oid, text.as_deref());
             let parses = serde_json::from_str::<serde_json::Value>(&ours).is_ok();
             let verdict = client
                 .query_one(
-                    "SELECT $1::text::jsonb::text = (to_jsonb(v) -> $2::text)::text,
-                            (to_jsonb(v) -> $2::text)::text
-                       FROM v WHERE row_id = $3",
+                    &format!(
+                        "SELECT $1::text::jsonb::text = (to_jsonb(t) -> $2::text)::text,
+                                (to_jsonb(t) -> $2::text)::text
+                           FROM {table} t WHERE row_id = $3"
+                    ),
                     &[&ours, &column.name, &row_id],
                 )
                 .await;
@@ -266,13 +283,43 @@ async fn every_column_type_renders_as_to_jsonb() -> Result<()> {
             }
         }
     }
-    assert_eq!(compared, 4 * columns.len());
     assert!(
         failures.is_empty(),
         "{} of {compared} values differ from to_jsonb:\n{}",
         failures.len(),
         failures.join("\n")
     );
+    Ok(compared)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hstore_renders_as_its_cast_to_json_does() -> Result<()> {
+    let cluster = cluster()?;
+    let client = fresh_database(&cluster, "values_hstore").await?;
+    client
+        .batch_execute(
+            r#"
+            CREATE EXTENSION hstore;
+            CREATE DOMAIN tags_d AS hstore;
+            CREATE TABLE h (row_id int PRIMARY KEY, c_hstore hstore, c_hstore_arr hstore[],
+                            c_tags tags_d);
+            INSERT INTO h VALUES
+              (1, 'b=>1, a=>NULL, longer=>"x y", aa=>"q\"uote", "back\\slash"=>"é 😀", "="=>">"',
+               ARRAY['a=>1'::hstore, '', NULL], 'k=>v'),
+              (2, '', '{}', ''),
+              (3, NULL, NULL, NULL),
+              (4, '"new
+line"=>"tab	here", ""=>""', ARRAY['x=>NULL'::hstore], 'z=>1, y=>2');
+            "#,
+        )
+        .await?;
+    let columns = columns(&client, "h").await?;
+    let mut types = TypeRegistry::new();
+    let oids: Vec<u32> = columns.iter().map(|c| c.type_oid).collect();
+    types.ensure(&client, &oids).await?;
+    assert_eq!(types.kind(columns[1].type_oid), &JsonKind::Hstore);
+    let compared = assert_renders_as_to_jsonb(&client, "h", 1..=4, &columns, &types).await?;
+    assert_eq!(compared, 4 * columns.len());
     Ok(())
 }
 

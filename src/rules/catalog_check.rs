@@ -255,9 +255,11 @@ fn value_class(kind: &JsonKind) -> ValueClass {
         JsonKind::Date | JsonKind::Timestamp | JsonKind::TimestampTz | JsonKind::Text => {
             ValueClass::Text
         }
-        JsonKind::Json | JsonKind::Jsonb | JsonKind::Array { .. } | JsonKind::Composite { .. } => {
-            ValueClass::Json
-        }
+        JsonKind::Json
+        | JsonKind::Jsonb
+        | JsonKind::Array { .. }
+        | JsonKind::Composite { .. }
+        | JsonKind::Hstore => ValueClass::Json,
     }
 }
 

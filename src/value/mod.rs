@@ -73,8 +73,66 @@ fn render(
             write_array(out, text, *element, *delimiter, types, depth)?
         }
         JsonKind::Composite { fields } => write_composite(out, text, fields, types, depth)?,
+        JsonKind::Hstore => write_hstore(out, text)?,
     }
     Ok(())
+}
+
+/// An `hstore` as `hstore_to_json` and then jsonb give it: `{"k": "v"}`
+/// with null for NULL values, keys in jsonb's order (shorter first, then
+/// bytewise). The text is `hstore_out`'s: `"k"=>"v", "k2"=>NULL`, with `"`
+/// and `\` escaped by a backslash inside the quotes.
+fn write_hstore(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Malformed> {
+    let mut cursor = Cursor { s: text, pos: 0 };
+    let mut pairs: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    cursor.skip_space();
+    while cursor.peek().is_some() {
+        if !pairs.is_empty() {
+            cursor.expect(b',')?;
+            cursor.skip_space();
+        }
+        let key = hstore_quoted(&mut cursor)?;
+        cursor.expect(b'=')?;
+        cursor.expect(b'>')?;
+        let value = if cursor.peek() == Some(b'"') {
+            Some(hstore_quoted(&mut cursor)?)
+        } else if cursor.s.get(cursor.pos..cursor.pos + 4) == Some(b"NULL") {
+            cursor.pos += 4;
+            None
+        } else {
+            return Err(Malformed);
+        };
+        pairs.push((key, value));
+        cursor.skip_space();
+    }
+    pairs.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.cmp(&b.0)));
+    out.push(b'{');
+    for (index, (key, value)) in pairs.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        write_string(out, key);
+        out.push(b':');
+        match value {
+            Some(value) => write_string(out, value),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// One double-quoted hstore key or value, unescaped.
+fn hstore_quoted(cursor: &mut Cursor<'_>) -> Result<Vec<u8>, Malformed> {
+    cursor.expect(b'"')?;
+    let mut unquoted = Vec::new();
+    loop {
+        match cursor.next()? {
+            b'"' => return Ok(unquoted),
+            b'\\' => unquoted.push(cursor.next()?),
+            byte => unquoted.push(byte),
+        }
+    }
 }
 
 /// Appends `text` as a JSON string, escaped as PostgreSQL's `escape_json`
@@ -555,6 +613,28 @@ mod tests {
         assert_eq!(json(DATE, "0044-03-15 BC"), r#""0044-03-15 BC""#);
         assert_eq!(json(26, "12"), r#""12""#, "oid is text");
         assert_eq!(json(17, r"\x00ff"), r#""\\x00ff""#);
+    }
+
+    #[test]
+    fn hstore_text_that_is_not_hstore_out_stays_a_string() {
+        let hstore = |text: &str| {
+            let mut out = Vec::new();
+            match write_hstore(&mut out, text.as_bytes()) {
+                Ok(()) => String::from_utf8(out).unwrap(),
+                Err(Malformed) => "malformed".to_owned(),
+            }
+        };
+        assert_eq!(hstore(r#""b"=>"1", "a"=>NULL"#), r#"{"a":null,"b":"1"}"#);
+        assert_eq!(hstore(""), "{}");
+        for broken in [
+            r#""a"=>"#,
+            r#""a"#,
+            "a=>b",
+            r#""a"=>"1" "b"=>"2""#,
+            r#""a"=>Nul"#,
+        ] {
+            assert_eq!(hstore(broken), "malformed", "{broken}");
+        }
     }
 
     #[test]
