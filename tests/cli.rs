@@ -157,14 +157,15 @@ async fn demo_shows_the_whole_loop_and_exits_cleanly() {
 }
 
 #[tokio::test]
-async fn bench_measures_a_small_backlog_twice_and_writes_its_report() {
+async fn bench_measures_a_small_backlog_and_live_load_twice_and_writes_its_report() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let output = tokio::time::timeout(
         Duration::from_secs(300),
         tokio::process::Command::new(walhook_binary())
             .args(["bench", "--rows", "300", "--rows-per-transaction", "30"])
-            .args(["--only", "batch=100", "--repeat", "2", "--live-rates", "0"])
+            .args(["--only", "batch=100", "--repeat", "2"])
+            .args(["--live-rates", "200", "--live-seconds", "1"])
             .arg("--json")
             .arg(&json)
             .output(),
@@ -196,6 +197,20 @@ async fn bench_measures_a_small_backlog_twice_and_writes_its_report() {
         );
     }
     assert_eq!(report["every_run"]["ceiling"].as_array().unwrap().len(), 2);
+    // Live: 200 rows a second for one second after the warm-up, each row's
+    // commit-to-arrival latency measured.
+    let live = report["every_run"]["live"][0].as_array().unwrap();
+    assert_eq!(live.len(), 2, "{report}");
+    for run in live {
+        assert_eq!(run["rows"], 200, "{run}");
+        let (p50, p99, max) = (
+            run["p50_ms"].as_f64().unwrap(),
+            run["p99_ms"].as_f64().unwrap(),
+            run["max_ms"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{run}");
+        assert!(run["cpu_us_per_row"].as_f64().unwrap() > 0.0, "{run}");
+    }
 }
 
 #[tokio::test]

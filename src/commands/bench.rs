@@ -67,6 +67,8 @@ struct LiveResult {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// walhook's CPU over the whole live run (warm-up included) per row.
+    cpu_us_per_row: f64,
 }
 
 /// Medians over the runs, and every run.
@@ -304,6 +306,7 @@ fn median_live(runs: &[LiveResult]) -> Option<LiveResult> {
         p50_ms: of(|run| run.p50_ms),
         p99_ms: of(|run| run.p99_ms),
         max_ms: of(|run| run.max_ms),
+        cpu_us_per_row: of(|run| run.cpu_us_per_row),
     })
 }
 
@@ -678,7 +681,7 @@ async fn measure_live(
     }
     let write_seconds = started.elapsed().as_secs_f64();
     wait_for_events(&sink, rows as usize, Duration::from_secs(120)).await?;
-    stop_walhook(daemon, before).await?;
+    let cpu = stop_walhook(daemon, before).await?;
 
     let committed = committed
         .lock()
@@ -715,6 +718,7 @@ async fn measure_live(
         p50_ms: percentile(0.50),
         p99_ms: percentile(0.99),
         max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        cpu_us_per_row: cpu * 1e6 / rows as f64,
     })
 }
 
@@ -838,21 +842,22 @@ fn print_report(report: &Report) {
     }
     if !report.live.is_empty() {
         println!(
-            "\n| {:>12} | {:>12} | {:>8} | {:>8} | {:>8} |",
-            "live rows/s", "achieved", "p50 ms", "p99 ms", "max ms"
+            "\n| {:>12} | {:>12} | {:>8} | {:>8} | {:>8} | {:>10} |",
+            "live rows/s", "achieved", "p50 ms", "p99 ms", "max ms", "CPU µs/row"
         );
         println!(
-            "|{:->14}|{:->14}|{:->10}|{:->10}|{:->10}|",
-            "", "", "", "", ""
+            "|{:->14}|{:->14}|{:->10}|{:->10}|{:->10}|{:->12}|",
+            "", "", "", "", "", ""
         );
         for live in &report.live {
             println!(
-                "| {:>12} | {:>12.0} | {:>8.2} | {:>8.2} | {:>8.2} |",
+                "| {:>12} | {:>12.0} | {:>8.2} | {:>8.2} | {:>8.2} | {:>10.1} |",
                 live.target_rows_per_second,
                 live.achieved_rows_per_second,
                 live.p50_ms,
                 live.p99_ms,
-                live.max_ms
+                live.max_ms,
+                live.cpu_us_per_row
             );
         }
     }
