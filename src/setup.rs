@@ -1,6 +1,8 @@
 //! Setup: makes a database ready for walhook — the `walhook` schema (from the
 //! SQL files under `sql/`), the publication for exactly the tables the rules
-//! name, and the logical replication slot — idempotently.
+//! name, and the logical replication slot — idempotently, and one instance
+//! at a time (an advisory lock), so instances that start together do not
+//! race each other's checks.
 //!
 //! The publication is created before the slot: pgoutput looks publications
 //! up as of the WAL it decodes, so a slot older than its publication fails.
@@ -72,8 +74,36 @@ pub struct SetupReport {
     pub slot_confirmed: Option<Lsn>,
 }
 
-/// Runs every setup step.
+/// The advisory lock setup holds: its steps check then create (schema,
+/// publication, slot), which races when two instances start at once — an
+/// active one and its standby, or shards of one database — and PostgreSQL's
+/// own `IF NOT EXISTS` does not make `CREATE SCHEMA` safe against that. The
+/// key spells "walhook" in ASCII.
+const SETUP_LOCK: i64 = 0x0077_616c_686f_6f6b;
+
+/// Runs every setup step, one instance at a time per database.
 pub async fn run(
+    client: &tokio_postgres::Client,
+    publication: &str,
+    slot: &str,
+    tables: &[TableName],
+    publish: &[EventKind],
+) -> Result<SetupReport, SetupError> {
+    let lock = "SELECT pg_advisory_lock($1)";
+    client
+        .execute(lock, &[&SETUP_LOCK])
+        .await
+        .map_err(|error| SetupError::new(lock, error))?;
+    let outcome = run_steps(client, publication, slot, tables, publish).await;
+    // Released even when a step failed; a lost connection releases it too.
+    let unlock = "SELECT pg_advisory_unlock($1)";
+    let unlocked = client.execute(unlock, &[&SETUP_LOCK]).await;
+    let report = outcome?;
+    unlocked.map_err(|error| SetupError::new(unlock, error))?;
+    Ok(report)
+}
+
+async fn run_steps(
     client: &tokio_postgres::Client,
     publication: &str,
     slot: &str,

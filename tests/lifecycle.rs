@@ -1,7 +1,7 @@
 //! walhook's life beside PostgreSQL: Postgres restarted mid-stream, a slot
 //! that vanishes, schema changes and unchanged TOAST while streaming, a huge
-//! transaction, a standby taking over, a graceful stop, and SIGKILL at random
-//! moments.
+//! transaction, a standby taking over, a graceful stop, SIGKILL at random
+//! moments, and two instances sharding tables across their own slots.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -659,4 +659,148 @@ async fn an_invalidated_slot_stops_walhook_with_the_fix() {
     assert!(stderr.contains("invalidated"), "{stderr}");
     assert!(stderr.contains("max_slot_wal_keep_size"), "{stderr}");
     assert!(stderr.contains("walhook setup"), "{stderr}");
+}
+
+/// Waits until walhook streams from `slot` (a walsender holds it).
+async fn wait_streaming(db: &TestDb, slot: &str) {
+    wait_until(
+        "the slot to be streamed",
+        Duration::from_secs(30),
+        || async {
+            db.client
+                .query_opt(
+                    "SELECT 1 FROM pg_replication_slots s \
+                 JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                 WHERE s.slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .unwrap()
+                .is_some()
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_shard_tables_across_their_own_slots_and_progress_independently() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, note text);
+             CREATE TABLE signups (id int PRIMARY KEY, note text);",
+        )
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    // One config per shard: its own slot, publication and table.
+    let shard = |table: &str| {
+        let text = db
+            .config_text(&format!(
+                r#"
+                [[subscriptions]]
+                name = "{table}"
+                tables = ["{table}"]
+                url = "{}"
+                "#,
+                receiver.url(&format!("/{table}"))
+            ))
+            .replace(
+                &format!("slot = \"{}\"", db.name),
+                &format!("slot = \"{}_{table}\"", db.name),
+            )
+            .replace(
+                &format!("publication = \"{}\"", db.name),
+                &format!("publication = \"{}_{table}\"", db.name),
+            );
+        assert!(text.contains(&format!("slot = \"{}_{table}\"", db.name)));
+        walhook::config::Config::from_toml(std::path::Path::new("test.toml"), &text).unwrap()
+    };
+    let orders_slot = format!("{}_orders", db.name);
+    let signups_slot = format!("{}_signups", db.name);
+    let orders = Walhook::start(shard("orders"));
+    let signups = Walhook::start(shard("signups"));
+    wait_streaming(&db, &orders_slot).await;
+    wait_streaming(&db, &signups_slot).await;
+
+    let insert = |table: &'static str, from: i32, to: i32| {
+        let client = &db.client;
+        async move {
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO {table} SELECT g, 'x' FROM generate_series({from}, {to}) g"
+                ))
+                .await
+                .unwrap();
+        }
+    };
+    // Row ids delivered to `path`, sorted (lanes interleave keys).
+    let delivered_to = |path: &str| -> Vec<i64> {
+        let mut ids: Vec<i64> = receiver
+            .requests()
+            .iter()
+            .filter(|request| request.path == path && (200..300).contains(&request.status))
+            .flat_map(|request| request.events())
+            .map(|event| event["record"]["id"].as_i64().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    insert("orders", 1, 50).await;
+    insert("signups", 1, 30).await;
+    receiver
+        .wait_for_delivered(80, Duration::from_secs(30))
+        .await;
+    // Each shard sends its own table only, every row once.
+    assert_eq!(delivered_to("/orders"), (1..=50).collect::<Vec<_>>());
+    assert_eq!(delivered_to("/signups"), (1..=30).collect::<Vec<_>>());
+
+    // With the orders shard stopped, the signups shard goes on and its slot
+    // moves on; the orders slot keeps its place for when it comes back.
+    orders.stop().await.unwrap();
+    let slot_position = |slot: String| {
+        let client = &db.client;
+        async move {
+            client
+                .query_one(
+                    "SELECT (confirmed_flush_lsn - '0/0')::text FROM pg_replication_slots \
+                     WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+                .parse::<u64>()
+                .unwrap()
+        }
+    };
+    let orders_held = slot_position(orders_slot.clone()).await;
+    insert("orders", 51, 60).await;
+    insert("signups", 31, 40).await;
+    receiver
+        .wait_for_delivered(90, Duration::from_secs(30))
+        .await;
+    assert_eq!(delivered_to("/signups"), (1..=40).collect::<Vec<_>>());
+    assert_eq!(
+        delivered_to("/orders").len(),
+        50,
+        "the stopped shard sent nothing"
+    );
+    // walhook confirms on its next progress report.
+    wait_until(
+        "the signups slot to confirm past the stopped orders slot",
+        Duration::from_secs(30),
+        || async { slot_position(signups_slot.clone()).await > orders_held },
+    )
+    .await;
+    assert_eq!(slot_position(orders_slot.clone()).await, orders_held);
+
+    // Back again: the orders shard sends what it missed, from its own slot.
+    let orders = Walhook::start(shard("orders"));
+    receiver
+        .wait_for_delivered(100, Duration::from_secs(30))
+        .await;
+    assert_eq!(delivered_to("/orders"), (1..=60).collect::<Vec<_>>());
+    orders.stop().await.unwrap();
+    signups.stop().await.unwrap();
 }
