@@ -18,8 +18,9 @@
 //! thousands of typical events); only then does backpressure reach the slot
 //! for all of them — which it must, since one slot serves every subscription
 //! and its confirmed position cannot pass the down endpoint's events anyway.
-//! Memory stays below `subscriptions × SUBSCRIPTION_BUFFER_BYTES` plus one
-//! request per lane.
+//! Events reach a lane in chunks whose payloads share one buffer (trimmed to
+//! at most a quarter of spare room), so memory stays below `subscriptions ×
+//! SUBSCRIPTION_BUFFER_BYTES × 1.25` plus one request per lane.
 //!
 //! It does not build payloads (`event`) or decide what confirms (`checkpoint`).
 
