@@ -71,7 +71,8 @@ pub struct Pipeline {
     checkpoint: Checkpoint,
     reporter: Reporter,
     observers: Observers,
-    /// Where payloads are written before being copied out at their size.
+    /// Where payloads are written before delivery copies them into their
+    /// lane's chunk.
     scratch: Vec<u8>,
 }
 
