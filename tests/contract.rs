@@ -563,8 +563,9 @@ async fn a_key_change_arrives_after_the_old_keys_changes_and_before_the_new_keys
     // Slow, uneven answers: without the key-change barrier a rename (in the
     // new key's lane) would overtake the old key's last update.
     receiver.delay_responses_randomly(Duration::from_millis(4));
-    let text = db
-        .config_text(&format!(
+    let config = db.config_with(
+        "concurrency = 64",
+        &format!(
             r#"
             [[subscriptions]]
             name = "items"
@@ -573,10 +574,9 @@ async fn a_key_change_arrives_after_the_old_keys_changes_and_before_the_new_keys
             url = "{}"
             "#,
             receiver.url("/items"),
-        ))
-        .replace("concurrency = 16", "concurrency = 64");
-    let config =
-        walhook::config::Config::from_toml(std::path::Path::new("test.toml"), &text).unwrap();
+        ),
+    );
+    assert_eq!(config.delivery.concurrency, 64);
     let walhook = Walhook::start(config);
     db.wait_slot_active().await;
 

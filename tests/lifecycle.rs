@@ -661,27 +661,6 @@ async fn an_invalidated_slot_stops_walhook_with_the_fix() {
     assert!(stderr.contains("walhook setup"), "{stderr}");
 }
 
-/// Waits until walhook streams from `slot` (a walsender holds it).
-async fn wait_streaming(db: &TestDb, slot: &str) {
-    wait_until(
-        "the slot to be streamed",
-        Duration::from_secs(30),
-        || async {
-            db.client
-                .query_opt(
-                    "SELECT 1 FROM pg_replication_slots s \
-                 JOIN pg_stat_replication r ON r.pid = s.active_pid \
-                 WHERE s.slot_name = $1",
-                    &[&slot],
-                )
-                .await
-                .unwrap()
-                .is_some()
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_shard_tables_across_their_own_slots_and_progress_independently() {
     let db = TestDb::new().await;
@@ -720,8 +699,8 @@ async fn two_instances_shard_tables_across_their_own_slots_and_progress_independ
     let signups_slot = format!("{}_signups", db.name);
     let orders = Walhook::start(shard("orders"));
     let signups = Walhook::start(shard("signups"));
-    wait_streaming(&db, &orders_slot).await;
-    wait_streaming(&db, &signups_slot).await;
+    db.wait_slot_streamed(&orders_slot).await;
+    db.wait_slot_streamed(&signups_slot).await;
 
     let insert = |table: &'static str, from: i32, to: i32| {
         let client = &db.client;

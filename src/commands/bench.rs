@@ -189,6 +189,7 @@ async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Repo
         })
         .collect();
     every.backlog = vec![Vec::new(); SCENARIOS.len()];
+    every.live = vec![Vec::new(); options.live_rates.len()];
     for run in 0..runs {
         if runs > 1 {
             eprintln!("bench: run {} of {runs}", run + 1);
@@ -229,7 +230,6 @@ async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Repo
             result.ratio_of_ceiling = ceiling.map(|ceiling| result.rows_per_second / ceiling);
             every.backlog[index].push(result);
         }
-        every.live.resize(options.live_rates.len(), Vec::new());
         for (index, &rate) in options.live_rates.iter().enumerate() {
             eprintln!(
                 "bench: live at {rate} rows/s for {}s…",

@@ -255,10 +255,8 @@ impl Delivery {
             return Ok(Some(event));
         }
         let cost = budget_cost(payload);
-        let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
-        match target.buffer.try_acquire_many(cost) {
-            Ok(share) => share.forget(),
-            Err(_) => return Ok(Some(event)),
+        if !self.try_take_budget(subscription, cost)? {
+            return Ok(Some(event));
         }
         self.enqueue(subscription, lane, event, payload, cost)?;
         Ok(None)
@@ -282,20 +280,12 @@ impl Delivery {
             load.wait_idle().await;
         }
         let cost = budget_cost(payload);
-        let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
-        let acquired = target
-            .buffer
-            .try_acquire_many(cost)
-            .map(|share| share.forget())
-            .is_ok();
-        if !acquired {
+        if !self.try_take_budget(subscription, cost)? {
             // Events held here count against the budget: hand them over
             // before waiting for the lanes to return some of it.
             self.flush();
             let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
             let buffer = Arc::clone(&target.buffer);
-            // The lane gives the share back (`Semaphore::add_permits`) once
-            // the event is resolved.
             buffer
                 .acquire_many(cost)
                 .await
@@ -326,6 +316,18 @@ impl Delivery {
             _ => None,
         };
         Ok((lane, previous_lane))
+    }
+
+    /// Takes `cost` from the subscription's budget if it has that much now.
+    /// The lane gives it back (`Semaphore::add_permits`) once the event is
+    /// resolved.
+    fn try_take_budget(&self, subscription: usize, cost: u32) -> Result<bool, DeliveryClosed> {
+        let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
+        Ok(target
+            .buffer
+            .try_acquire_many(cost)
+            .map(|share| share.forget())
+            .is_ok())
     }
 
     fn lane(&self, subscription: usize, lane: usize) -> Result<&Lane, DeliveryClosed> {

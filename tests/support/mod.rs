@@ -141,6 +141,12 @@ impl TestDb {
     /// is already `active`, held by the creating backend, but rows committed
     /// before its creation finishes are not in its stream.)
     pub async fn wait_slot_active(&self) {
+        self.wait_slot_streamed(&self.name).await;
+    }
+
+    /// Waits until a walsender streams from `slot` (a slot being created is
+    /// already `active`, so `pg_stat_replication` is what tells).
+    pub async fn wait_slot_streamed(&self, slot: &str) {
         wait_until(
             "the slot to be streamed",
             Duration::from_secs(30),
@@ -150,7 +156,7 @@ impl TestDb {
                         "SELECT 1 FROM pg_replication_slots s \
                      JOIN pg_stat_replication r ON r.pid = s.active_pid \
                      WHERE s.slot_name = $1",
-                        &[&self.name],
+                        &[&slot],
                     )
                     .await
                     .unwrap()
