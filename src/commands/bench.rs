@@ -539,7 +539,20 @@ fn spawn_walhook(config: &str) -> Result<Daemon, AppError> {
     let path = dir.path().join("walhook.toml");
     std::fs::write(&path, config).map_err(|error| bench_error("writing the config", error))?;
     let exe = std::env::current_exe().map_err(|error| bench_error("finding walhook", error))?;
-    let child = tokio::process::Command::new(exe)
+    // `WALHOOK_BENCH_WRAPPER="valgrind --tool=callgrind"` runs the daemon
+    // under a profiler (instruction counts do not vary from run to run the
+    // way times do here); its figures then include the wrapper's cost.
+    let wrapper = std::env::var("WALHOOK_BENCH_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(words).arg(exe);
+            command
+        }
+        None => tokio::process::Command::new(exe),
+    };
+    let child = command
         .args(["run", "--config"])
         .arg(&path)
         .env("WALHOOK_LOG", "warn")
