@@ -151,13 +151,15 @@ pub fn write_string(out: &mut Vec<u8>, text: &[u8]) {
 fn needs_escape(word: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |value: u64| value.wrapping_sub(ONES) & !value & HIGHS != 0;
+    let zero_bytes = |value: u64| value.wrapping_sub(ONES) & !value & HIGHS;
     // Bytes below 0x20: subtracting 0x20 borrows into the high bit of any
     // byte that was smaller (and not already >= 0x80).
-    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS != 0;
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+    // One test of the three, not three branches.
     control
-        || has_zero(word ^ (ONES * u64::from(b'"')))
-        || has_zero(word ^ (ONES * u64::from(b'\\')))
+        | zero_bytes(word ^ (ONES * u64::from(b'"')))
+        | zero_bytes(word ^ (ONES * u64::from(b'\\')))
+        != 0
 }
 
 /// Appends a Rust string as a JSON string (it is UTF-8 already).
@@ -168,7 +170,6 @@ pub fn write_str(out: &mut Vec<u8>, text: &str) {
 /// Escapes UTF-8 `text` into `out` between quotes, copying runs of bytes
 /// that need no escape in one go.
 fn write_escaped(out: &mut Vec<u8>, text: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(text.len() + 2);
     out.push(b'"');
     let mut run_start = 0;
@@ -184,29 +185,65 @@ fn write_escaped(out: &mut Vec<u8>, text: &[u8]) {
         }
         let byte = text[index];
         index += 1;
-        if byte >= 0x20 && byte != b'"' && byte != b'\\' {
+        if !ESCAPED[usize::from(byte)] {
             continue;
         }
-        let index = index - 1;
-        out.extend_from_slice(&text[run_start..index]);
-        run_start = index + 1;
-        match byte {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            _ => {
+        out.extend_from_slice(&text[run_start..index - 1]);
+        run_start = index;
+        if let Some(escape) = escape_of(byte) {
+            escape.write(out);
+        }
+    }
+    out.extend_from_slice(&text[run_start..]);
+    out.push(b'"');
+}
+
+/// The bytes a JSON string cannot hold as themselves: one look-up a byte
+/// where eight-at-a-time does not apply (short texts, tails).
+const ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// How JSON writes a byte that cannot appear as itself in a string.
+enum Escape {
+    Short(&'static [u8]),
+    Unicode(u8),
+}
+
+impl Escape {
+    fn write(&self, out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        match self {
+            Escape::Short(text) => out.extend_from_slice(text),
+            Escape::Unicode(byte) => {
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[usize::from(byte >> 4)]);
                 out.push(HEX[usize::from(byte & 0xf)]);
             }
         }
     }
-    out.extend_from_slice(&text[run_start..]);
-    out.push(b'"');
+}
+
+fn escape_of(byte: u8) -> Option<Escape> {
+    Some(match byte {
+        b'"' => Escape::Short(b"\\\""),
+        b'\\' => Escape::Short(b"\\\\"),
+        b'\n' => Escape::Short(b"\\n"),
+        b'\r' => Escape::Short(b"\\r"),
+        b'\t' => Escape::Short(b"\\t"),
+        0x08 => Escape::Short(b"\\b"),
+        0x0c => Escape::Short(b"\\f"),
+        0x00..0x20 => Escape::Unicode(byte),
+        _ => return None,
+    })
 }
 
 /// The JSON number grammar (RFC 8259), which is also PostgreSQL's
@@ -688,6 +725,29 @@ mod tests {
         let mut out = Vec::new();
         write_json(&mut out, TEXT, b"bad \xff utf8", &TypeRegistry::new());
         assert_eq!(String::from_utf8_lossy(&out), "\"bad \u{fffd} utf8\"");
+    }
+
+    #[test]
+    fn every_ascii_byte_escapes_like_serde_json_wherever_it_sits() {
+        // The escaper reads eight bytes at a time and pads the tail: put
+        // each byte at each offset of strings that end inside and outside a
+        // word, next to plain text and next to other escapes.
+        for byte in 0u8..0x80 {
+            for length in 1..=19 {
+                for at in 0..length {
+                    let mut text = vec![b'a'; length];
+                    text[at] = byte;
+                    if length > 2 {
+                        text[length - 1] = b'"';
+                    }
+                    let text = String::from_utf8(text).unwrap_or_default();
+                    let mut out = Vec::new();
+                    write_str(&mut out, &text);
+                    let expected = serde_json::to_string(&text).unwrap_or_default();
+                    assert_eq!(String::from_utf8_lossy(&out), expected, "{text:?}");
+                }
+            }
+        }
     }
 
     #[test]
