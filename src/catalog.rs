@@ -18,6 +18,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::event::OidMap;
+
 /// How values of a type are written in JSON, as `to_jsonb` writes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JsonKind {
@@ -214,7 +216,8 @@ pub fn builtin_oids() -> impl Iterator<Item = u32> {
 /// A cache of [`TypeFacts`] by type oid.
 #[derive(Debug, Clone)]
 pub struct TypeRegistry {
-    types: HashMap<u32, TypeFacts>,
+    /// Looked up once per column value on the hot path.
+    types: OidMap<TypeFacts>,
 }
 
 impl Default for TypeRegistry {
@@ -246,7 +249,7 @@ impl TypeRegistry {
     /// (the tests use it to check the built-in table against the catalog).
     pub fn without_builtins() -> Self {
         TypeRegistry {
-            types: HashMap::new(),
+            types: OidMap::default(),
         }
     }
 

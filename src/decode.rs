@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::catalog::{CatalogError, TypeRegistry};
 use crate::config::EventKind;
-use crate::event::{Cell, Change, ColumnInfo, RelationMap, Row, TableInfo, TransactionInfo};
+use crate::event::{Cell, Change, ColumnInfo, OidMap, Row, TableInfo, TransactionInfo};
 use crate::lsn::Lsn;
 use crate::pgoutput::{OldTuple, RelationMessage, TupleData, TupleValue};
 
@@ -51,7 +51,7 @@ impl DecodeFailure {
 /// The decoder's state across messages.
 #[derive(Default)]
 pub struct Decoder {
-    tables: RelationMap<Arc<TableInfo>>,
+    tables: OidMap<Arc<TableInfo>>,
     types: TypeRegistry,
     transaction: Option<Arc<TransactionInfo>>,
     next_ordinal: u32,
@@ -110,11 +110,7 @@ impl Decoder {
         let columns: Vec<ColumnInfo> = message
             .columns
             .into_iter()
-            .map(|column| ColumnInfo {
-                name: column.name,
-                type_oid: column.type_oid,
-                in_identity: column.is_key,
-            })
+            .map(|column| ColumnInfo::new(column.name, column.type_oid, column.is_key))
             .collect();
         let identity_full = message.replica_identity == b'f';
         let mut key_columns: Vec<usize> = columns
@@ -132,14 +128,14 @@ impl Decoder {
                 .map(|(index, _)| index)
                 .collect();
         }
-        let table = Arc::new(TableInfo {
-            relation_id: message.id,
-            schema: message.namespace,
-            name: message.name,
+        let table = Arc::new(TableInfo::new(
+            message.id,
+            message.namespace,
+            message.name,
             columns,
             key_columns,
             identity_full,
-        });
+        ));
         self.tables.insert(table.relation_id, Arc::clone(&table));
         Ok(table)
     }

@@ -18,17 +18,16 @@ use sha2::{Digest, Sha256};
 use crate::config::EventKind;
 use crate::lsn::Lsn;
 
-/// A map keyed by relation id. Relation ids are few and chosen by
-/// PostgreSQL, not by an attacker: a multiplicative hash is enough, and the
-/// default SipHash showed in profiles (two look-ups per change).
-pub type RelationMap<V> =
-    std::collections::HashMap<u32, V, std::hash::BuildHasherDefault<RelationIdHasher>>;
+/// A map keyed by an oid (relation ids, type oids). Oids are few and chosen
+/// by PostgreSQL, not by an attacker: a multiplicative hash is enough, and
+/// the default SipHash showed in profiles (several look-ups per change).
+pub type OidMap<V> = std::collections::HashMap<u32, V, std::hash::BuildHasherDefault<OidHasher>>;
 
-/// The hasher of [`RelationMap`].
+/// The hasher of [`OidMap`].
 #[derive(Debug, Default, Clone, Copy)]
-pub struct RelationIdHasher(u64);
+pub struct OidHasher(u64);
 
-impl std::hash::Hasher for RelationIdHasher {
+impl std::hash::Hasher for OidHasher {
     fn finish(&self) -> u64 {
         self.0
     }
@@ -56,6 +55,32 @@ pub struct TableInfo {
     pub key_columns: Vec<usize>,
     /// `REPLICA IDENTITY FULL`: old rows arrive whole.
     pub identity_full: bool,
+    /// `schema` and `name` as JSON strings, escaped once per Relation
+    /// message instead of once per payload.
+    json_schema: Box<[u8]>,
+    json_name: Box<[u8]>,
+}
+
+impl TableInfo {
+    pub fn new(
+        relation_id: u32,
+        schema: String,
+        name: String,
+        columns: Vec<ColumnInfo>,
+        key_columns: Vec<usize>,
+        identity_full: bool,
+    ) -> TableInfo {
+        TableInfo {
+            relation_id,
+            json_schema: json_string(&schema),
+            json_name: json_string(&name),
+            schema,
+            name,
+            columns,
+            key_columns,
+            identity_full,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +89,25 @@ pub struct ColumnInfo {
     pub type_oid: u32,
     /// Part of the replica identity (sent in a key-only old row).
     pub in_identity: bool,
+    /// `name` as a JSON string: a payload names each column it sends.
+    json_name: Box<[u8]>,
+}
+
+impl ColumnInfo {
+    pub fn new(name: String, type_oid: u32, in_identity: bool) -> ColumnInfo {
+        ColumnInfo {
+            json_name: json_string(&name),
+            name,
+            type_oid,
+            in_identity,
+        }
+    }
+}
+
+fn json_string(text: &str) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(text.len() + 2);
+    write_string(&mut out, text);
+    out.into_boxed_slice()
 }
 
 /// The transaction a change belongs to.
@@ -314,9 +358,9 @@ pub fn write_payload(
     out.extend_from_slice(b",\"type\":\"");
     out.extend_from_slice(change.kind.payload_type().as_bytes());
     out.extend_from_slice(b"\",\"schema\":");
-    write_string(out, &table.schema);
+    out.extend_from_slice(&table.json_schema);
     out.extend_from_slice(b",\"table\":");
-    write_string(out, &table.name);
+    out.extend_from_slice(&table.json_name);
     out.extend_from_slice(b",\"record\":");
     write_row(out, table, change.new.as_ref(), projection);
     out.extend_from_slice(b",\"old_record\":");
@@ -377,7 +421,7 @@ fn write_row(out: &mut Vec<u8>, table: &TableInfo, row: Option<&Row>, projection
             out.push(b',');
         }
         first = false;
-        write_string(out, &column.name);
+        out.extend_from_slice(&column.json_name);
         out.push(b':');
         out.extend_from_slice(value);
     }
@@ -391,7 +435,7 @@ fn write_names(out: &mut Vec<u8>, table: &TableInfo, indexes: impl Iterator<Item
             out.push(b',');
         }
         if let Some(column) = table.columns.get(index) {
-            write_string(out, &column.name);
+            out.extend_from_slice(&column.json_name);
         }
     }
     out.push(b']');
@@ -407,21 +451,17 @@ mod tests {
     use super::*;
 
     fn table() -> Arc<TableInfo> {
-        Arc::new(TableInfo {
-            relation_id: 16384,
-            schema: "public".into(),
-            name: "orders".into(),
-            columns: ["id", "status", "note"]
+        Arc::new(TableInfo::new(
+            16384,
+            "public".into(),
+            "orders".into(),
+            ["id", "status", "note"]
                 .into_iter()
-                .map(|name| ColumnInfo {
-                    name: name.into(),
-                    type_oid: 25,
-                    in_identity: name == "id",
-                })
+                .map(|name| ColumnInfo::new(name.into(), 25, name == "id"))
                 .collect(),
-            key_columns: vec![0],
-            identity_full: true,
-        })
+            vec![0],
+            true,
+        ))
     }
 
     fn row(values: &[Option<&str>]) -> Row {
@@ -511,6 +551,35 @@ mod tests {
         assert_eq!(body["changed_columns"], serde_json::json!(["note"]));
     }
 
+    #[test]
+    fn names_that_need_escaping_are_escaped_once_and_right() {
+        // Quoted identifiers may hold quotes, backslashes and newlines.
+        let table = Arc::new(TableInfo::new(
+            1,
+            "sch\"ema".into(),
+            "ta\\ble".into(),
+            ["i\"d", "no\nte"]
+                .into_iter()
+                .map(|name| ColumnInfo::new(name.into(), 25, name == "i\"d"))
+                .collect(),
+            vec![0],
+            true,
+        ));
+        let mut change = change(
+            EventKind::Update,
+            Some(row(&[Some("1"), Some("\"b\"")])),
+            Some(row(&[Some("1"), Some("\"a\"")])),
+        );
+        change.table = table;
+        let body = payload(&change, Projection::All);
+        assert_eq!(body["schema"], "sch\"ema");
+        assert_eq!(body["table"], "ta\\ble");
+        assert_eq!(
+            body["record"],
+            serde_json::json!({"i\"d": 1, "no\nte": "b"})
+        );
+        assert_eq!(body["changed_columns"], serde_json::json!(["no\nte"]));
+    }
     #[test]
     fn numbers_keep_their_digits() {
         let change = change(

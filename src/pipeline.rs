@@ -23,7 +23,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::EventKind;
 use crate::decode::{DecodeFailure, Decoder};
 use crate::deliver::{Delivery, DeliveryClosed, Outbound};
-use crate::event::{Change, Projection, RelationMap, write_payload};
+use crate::event::{Change, OidMap, Projection, write_payload};
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, PgOutputMessage};
 use crate::rules::{Decision, Route, Rules};
@@ -67,7 +67,7 @@ pub struct Pipeline {
     catalog: tokio_postgres::Client,
     decoder: Decoder,
     rules: Arc<Rules>,
-    routes: RelationMap<Arc<[Route]>>,
+    routes: OidMap<Arc<[Route]>>,
     checkpoint: Checkpoint,
     reporter: Reporter,
     observers: Observers,
@@ -109,7 +109,7 @@ impl Pipeline {
             catalog,
             decoder: Decoder::new(),
             rules,
-            routes: RelationMap::default(),
+            routes: OidMap::default(),
             checkpoint: Checkpoint::new(start),
             reporter: Reporter {
                 received: start,

@@ -562,21 +562,17 @@ fn toml_string(text: &str) -> String {
 }
 
 fn filtered_table() -> Arc<TableInfo> {
-    Arc::new(TableInfo {
-        relation_id: 1,
-        schema: "public".into(),
-        name: "t".into(),
-        columns: COLUMNS
+    Arc::new(TableInfo::new(
+        1,
+        "public".into(),
+        "t".into(),
+        COLUMNS
             .iter()
-            .map(|&(name, _, type_oid, _)| ColumnInfo {
-                name: name.into(),
-                type_oid,
-                in_identity: true,
-            })
+            .map(|&(name, _, type_oid, _)| ColumnInfo::new(name.into(), type_oid, true))
             .collect(),
-        key_columns: Vec::new(),
-        identity_full: true,
-    })
+        Vec::new(),
+        true,
+    ))
 }
 
 #[tokio::test]

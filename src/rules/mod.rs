@@ -257,21 +257,17 @@ mod tests {
     }
 
     fn table(schema: &str, name: &str) -> TableInfo {
-        TableInfo {
-            relation_id: 1,
-            schema: schema.into(),
-            name: name.into(),
-            columns: ["id", "status"]
+        TableInfo::new(
+            1,
+            schema.into(),
+            name.into(),
+            ["id", "status"]
                 .into_iter()
-                .map(|name| ColumnInfo {
-                    name: name.into(),
-                    type_oid: 23,
-                    in_identity: name == "id",
-                })
+                .map(|name| ColumnInfo::new(name.into(), 23, name == "id"))
                 .collect(),
-            key_columns: vec![0],
-            identity_full: false,
-        }
+            vec![0],
+            false,
+        )
     }
 
     #[test]

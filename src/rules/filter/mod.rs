@@ -429,21 +429,17 @@ mod tests {
 
     /// Columns: a, b (numbers), s, t (text), flag (bool).
     fn table() -> Arc<TableInfo> {
-        Arc::new(TableInfo {
-            relation_id: 1,
-            schema: "public".into(),
-            name: "t".into(),
-            columns: [("a", 23), ("b", 1700), ("s", 25), ("t", 25), ("flag", 16)]
+        Arc::new(TableInfo::new(
+            1,
+            "public".into(),
+            "t".into(),
+            [("a", 23), ("b", 1700), ("s", 25), ("t", 25), ("flag", 16)]
                 .into_iter()
-                .map(|(name, type_oid)| ColumnInfo {
-                    name: name.into(),
-                    type_oid,
-                    in_identity: name == "a",
-                })
+                .map(|(name, type_oid)| ColumnInfo::new(name.into(), type_oid, name == "a"))
                 .collect(),
-            key_columns: vec![0],
-            identity_full: true,
-        })
+            vec![0],
+            true,
+        ))
     }
 
     /// A row from JSON cells in column order; `None` is an unchanged TOAST
