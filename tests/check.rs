@@ -5,6 +5,7 @@
 use std::process::Output;
 use std::time::Duration;
 
+use crate::support::receiver::Receiver;
 use crate::support::{TestDb, walhook_binary};
 
 /// Runs `walhook <args> --config <file with text>`; returns the output and
@@ -68,25 +69,27 @@ fn lines<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
 async fn a_healthy_setup_exits_0_and_warns_about_a_table_without_replica_identity() {
     let db = TestDb::new().await;
     create_tables(&db).await;
+    // check connects to each URL's port (no request is sent).
+    let receiver = Receiver::start().await;
     let config = db.config_text(&format!(
         "{}{}{}",
         subscription(
             "orders",
             "public.orders",
             r#"["insert", "update", "delete"]"#,
-            "http://127.0.0.1:9/hook"
+            &receiver.url("/hook")
         ),
         subscription(
             "audit",
             "audit",
             r#"["insert", "update"]"#,
-            "http://localhost:9/audit"
+            &receiver.url("/audit").replace("127.0.0.1", "localhost")
         ),
         subscription(
             "clicks",
             "clicks",
             r#"["insert"]"#,
-            "http://localhost:9/clicks"
+            &receiver.url("/clicks")
         ),
     ));
     let (output, text) = walhook(&["setup"], &config).await;
@@ -96,20 +99,30 @@ async fn a_healthy_setup_exits_0_and_warns_about_a_table_without_replica_identit
     assert_eq!(output.status.code(), Some(0), "{text}");
     assert!(lines(&text, "problem:").is_empty(), "{text}");
     let warnings = lines(&text, "warning:");
-    assert_eq!(warnings.len(), 2, "{text}");
+    assert_eq!(warnings.len(), 3, "{text}");
+    // A primary key identifies rows, but updates come without the old row.
     assert!(
-        warnings[0].contains("public.audit")
-            && warnings[0].contains("old_record will be null")
-            && warnings[0].contains("ALTER TABLE \"public\".\"audit\" REPLICA IDENTITY FULL"),
+        warnings[0].contains("public.orders")
+            && warnings[0].contains("REPLICA IDENTITY DEFAULT")
+            && warnings[0].contains("old_record null")
+            && warnings[0].contains("unchanged_toast")
+            && warnings[0].contains("ALTER TABLE \"public\".\"orders\" REPLICA IDENTITY FULL"),
+        "{text}"
+    );
+    assert!(
+        warnings[1].contains("public.audit")
+            && warnings[1].contains("old_record will be null")
+            && warnings[1].contains("ALTER TABLE \"public\".\"audit\" REPLICA IDENTITY FULL"),
         "{text}"
     );
     // An insert-only subscription: the hazard is the publication's.
     assert!(
-        warnings[1].contains("public.clicks")
-            && warnings[1].contains("refuses UPDATE and DELETE")
-            && warnings[1].contains("SET (publish = 'insert, truncate')"),
+        warnings[2].contains("public.clicks")
+            && warnings[2].contains("refuses UPDATE and DELETE")
+            && warnings[2].contains("SET (publish = 'insert, truncate')"),
         "{text}"
     );
+    assert_eq!(receiver.arrivals(), 0, "check sends no webhook");
     assert!(text.contains("ready to run"), "{text}");
     // What the warning says is so.
     let refused = db
@@ -188,12 +201,8 @@ async fn a_missing_publication_slot_and_table_exit_1_with_their_fixes() {
 async fn a_role_without_replication_or_select_exits_1_with_the_grants() {
     let db = TestDb::new().await;
     create_tables(&db).await;
-    let subscriptions = subscription(
-        "orders",
-        "orders",
-        r#"["insert"]"#,
-        "http://127.0.0.1:9/hook",
-    );
+    let receiver = Receiver::start().await;
+    let subscriptions = subscription("orders", "orders", r#"["insert"]"#, &receiver.url("/hook"));
     let (output, text) = walhook(&["setup"], &db.config_text(&subscriptions)).await;
     assert!(output.status.success(), "{text}");
     let role = format!("{}_reader", db.name);
@@ -242,24 +251,47 @@ async fn a_role_without_replication_or_select_exits_1_with_the_grants() {
 }
 
 #[tokio::test]
-async fn an_unresolvable_url_host_exits_1_and_a_bad_file_exits_2() {
+async fn an_unreachable_url_exits_1_and_a_bad_file_exits_2() {
     let db = TestDb::new().await;
     create_tables(&db).await;
-    let config = db.config_text(&subscription(
-        "orders",
-        "orders",
-        r#"["insert"]"#,
-        "http://no-such-host.invalid/hook?token=secret-token",
+    // A port nothing listens on: bound for a moment, then let go.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = db.config_text(&format!(
+        "{}{}",
+        subscription(
+            "orders",
+            "orders",
+            r#"["insert"]"#,
+            "http://no-such-host.invalid/hook?token=secret-token",
+        ),
+        subscription(
+            "down",
+            "orders",
+            r#"["insert"]"#,
+            &format!("http://127.0.0.1:{closed_port}/hook?token=secret-token"),
+        ),
     ));
     let (output, text) = walhook(&["setup"], &config).await;
     assert!(output.status.success(), "{text}");
     let (output, text) = walhook(&["check"], &config).await;
     assert_eq!(output.status.code(), Some(1), "{text}");
     let problems = lines(&text, "problem:");
-    assert_eq!(problems.len(), 1, "{text}");
+    assert_eq!(problems.len(), 2, "{text}");
     assert!(
         problems[0].contains("no-such-host.invalid does not resolve")
             && problems[0].contains("fix: correct `url`"),
+        "{text}"
+    );
+    assert!(
+        problems[1].contains("\"down\"")
+            && problems[1].contains(&format!(
+                "nothing accepts connections at 127.0.0.1 port {closed_port}"
+            ))
+            && problems[1].contains("fix: start the receiver, or correct `url`"),
         "{text}"
     );
     assert!(

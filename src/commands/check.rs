@@ -3,9 +3,9 @@
 //! it, one line each, then a summary.
 //!
 //! It only reads: it creates nothing, opens no replication connection and
-//! sends no webhook (a URL's host is resolved, not called). A problem is
-//! something that stops walhook or loses data (exit 1); a warning is
-//! something that works but probably not as the user expects (exit 0). The
+//! sends no webhook (a URL's port is connected to, never sent a request). A
+//! problem is something that stops walhook or loses data (exit 1); a warning
+//! is something that works but probably not as the user expects (exit 0). The
 //! config file itself is loaded as `run` loads it, so a bad file exits 2
 //! before anything is checked. A query the role may not run becomes a
 //! problem line of its own rather than ending the check, so one run shows
@@ -22,6 +22,9 @@ use crate::rules::catalog_check::{self, RuleError};
 
 /// How long resolving one URL host may take before it counts as failed.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long connecting to one URL's address may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the check found.
 #[derive(Debug, Default)]
@@ -209,6 +212,16 @@ struct FoundTable {
 }
 
 impl FoundTable {
+    /// `REPLICA IDENTITY` as `ALTER TABLE` spells it.
+    fn identity_name(&self) -> &'static str {
+        match self.replica_identity.as_str() {
+            "f" => "FULL",
+            "n" => "NOTHING",
+            "i" => "USING INDEX",
+            _ => "DEFAULT",
+        }
+    }
+
     /// How the table's replica identity fails to identify old rows, if it
     /// does.
     fn missing_identity(&self) -> Option<&'static str> {
@@ -303,7 +316,26 @@ async fn check_tables(
                 continue;
             };
             match found.missing_identity() {
-                None => report.pass(),
+                None if found.replica_identity == "f"
+                    || !subscription.events.contains(&EventKind::Update) =>
+                {
+                    report.pass()
+                }
+                // Updates work, but without the old row: say what that
+                // means for the payload, once per subscription and table.
+                None => report.warning(
+                    format!(
+                        "table {table} has REPLICA IDENTITY {}: the updates subscription {:?} receives carry \
+                         old_record null (only the key columns when the key changes) and changed_columns null, \
+                         and large values an update leaves alone are listed in unchanged_toast instead of sent",
+                        found.identity_name(),
+                        subscription.name
+                    ),
+                    format!(
+                        "ALTER TABLE {} REPLICA IDENTITY FULL if receivers need the old row",
+                        table.quoted()
+                    ),
+                ),
                 Some(identity) => report.warning(
                     format!(
                         "table {table} has REPLICA IDENTITY {identity}: subscription {:?} receives updates/deletes \
@@ -643,9 +675,10 @@ async fn check_dead_letters(client: &tokio_postgres::Client, role: &str, report:
     }
 }
 
-/// Each subscription URL's host resolves. No request is sent.
+/// Each subscription URL's host resolves and accepts a TCP connection. No
+/// request is sent.
 async fn check_urls(subscriptions: &[SubscriptionConfig], report: &mut CheckReport) {
-    let mut resolved: BTreeMap<(String, u16), Result<(), String>> = BTreeMap::new();
+    let mut reached: BTreeMap<(String, u16), Result<(), Unreachable>> = BTreeMap::new();
     for subscription in subscriptions {
         // Only the host is printed: the rest of a URL may hold a token.
         let Ok(url) = url::Url::parse(subscription.url.expose()) else {
@@ -667,36 +700,67 @@ async fn check_urls(subscriptions: &[SubscriptionConfig], report: &mut CheckRepo
             .trim_end_matches(']')
             .to_owned();
         let key = (host.clone(), port);
-        let outcome = match resolved.get(&key) {
+        let outcome = match reached.get(&key) {
             Some(outcome) => outcome.clone(),
             None => {
-                let outcome = resolve(&host, port).await;
-                resolved.insert(key, outcome.clone());
+                let outcome = reach(&host, port).await;
+                reached.insert(key, outcome.clone());
                 outcome
             }
         };
         match outcome {
             Ok(()) => report.pass(),
-            Err(why) => report.problem(
+            Err(Unreachable::Unresolved(why)) => report.problem(
                 format!(
                     "subscription {:?}: url host {host} does not resolve ({why})",
                     subscription.name
                 ),
                 "correct `url`, or the DNS name it uses",
             ),
+            Err(Unreachable::Refused(why)) => report.problem(
+                format!(
+                    "subscription {:?}: nothing accepts connections at {host} port {port} ({why})",
+                    subscription.name
+                ),
+                "start the receiver, or correct `url`",
+            ),
         }
     }
 }
 
-async fn resolve(host: &str, port: u16) -> Result<(), String> {
-    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await {
-        Err(_) => Err(format!("no answer within {}s", RESOLVE_TIMEOUT.as_secs())),
-        Ok(Err(error)) => Err(error.to_string()),
-        Ok(Ok(mut addresses)) => match addresses.next() {
-            Some(_) => Ok(()),
-            None => Err("no addresses".to_owned()),
-        },
+/// Why a URL's host cannot be reached.
+#[derive(Debug, Clone)]
+enum Unreachable {
+    Unresolved(String),
+    Refused(String),
+}
+
+/// Resolves `host` and opens (then drops) a TCP connection to the first
+/// address that takes one.
+async fn reach(host: &str, port: u16) -> Result<(), Unreachable> {
+    let addresses: Vec<std::net::SocketAddr> =
+        match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+            Err(_) => {
+                return Err(Unreachable::Unresolved(format!(
+                    "no answer within {}s",
+                    RESOLVE_TIMEOUT.as_secs()
+                )));
+            }
+            Ok(Err(error)) => return Err(Unreachable::Unresolved(error.to_string())),
+            Ok(Ok(addresses)) => addresses.collect(),
+        };
+    if addresses.is_empty() {
+        return Err(Unreachable::Unresolved("no addresses".to_owned()));
     }
+    let mut why = String::new();
+    for address in addresses {
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(error)) => why = error.to_string(),
+            Err(_) => why = format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+        }
+    }
+    Err(Unreachable::Refused(why))
 }
 
 /// The server's words for a failed query, without the client's wrapping.
