@@ -1,5 +1,6 @@
 //! walhook's configuration: one TOML file, then `WALHOOK_…` environment
-//! overrides, then `env:NAME` references resolved, then checked.
+//! overrides, each with its `env:NAME` references resolved, then typed and
+//! checked.
 //!
 //! [`Config::load`] returns either a config whose every value has the right
 //! shape, or one [`ConfigError`] that names the file, the key and the fix.
@@ -11,8 +12,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The whole configuration file.
@@ -154,7 +156,10 @@ pub enum Ordering {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
-    #[serde(default = "default_batch_max_events")]
+    #[serde(
+        default = "default_batch_max_events",
+        deserialize_with = "lenient_usize"
+    )]
     pub max_events: usize,
     #[serde(default = "default_batch_max_wait", with = "humantime_serde")]
     pub max_wait: Duration,
@@ -303,8 +308,8 @@ impl Config {
             ));
         }
         let figment = Figment::new()
-            .merge(Toml::file_exact(path))
-            .merge(env_overrides());
+            .merge(EnvReferences(Toml::file_exact(path)))
+            .merge(EnvReferences(env_overrides()));
         Self::from_figment(path, figment)
     }
 
@@ -312,38 +317,19 @@ impl Config {
     /// had been read from `path` (used by `demo` and tests).
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let figment = Figment::new()
-            .merge(Toml::string(text))
-            .merge(env_overrides());
+            .merge(EnvReferences(Toml::string(text)))
+            .merge(EnvReferences(env_overrides()));
         Self::from_figment(path, figment)
     }
 
     fn from_figment(path: &Path, figment: Figment) -> Result<Config, ConfigError> {
-        let mut config: Config = figment
+        let config: Config = figment
             .extract()
             .map_err(|error| ConfigError::at(path, describe_figment_error(error)))?;
-        config
-            .resolve_env_references()
-            .map_err(|message| ConfigError::at(path, message))?;
         config
             .validate()
             .map_err(|message| ConfigError::at(path, message))?;
         Ok(config)
-    }
-
-    /// Replaces every `env:NAME` value with the variable's value.
-    fn resolve_env_references(&mut self) -> Result<(), String> {
-        resolve(&mut self.source.url, "source.url")?;
-        for (index, subscription) in self.subscriptions.iter_mut().enumerate() {
-            let at = subscription_key(index, &subscription.name);
-            resolve(&mut subscription.url, &format!("{at}.url"))?;
-            if let Some(secret) = &mut subscription.secret {
-                resolve(secret, &format!("{at}.secret"))?;
-            }
-            for (name, value) in &mut subscription.headers {
-                resolve(value, &format!("{at}.headers.{name}"))?;
-            }
-        }
-        Ok(())
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -537,17 +523,66 @@ fn subscription_key(index: usize, name: &str) -> String {
     }
 }
 
-fn resolve(value: &mut Secret, key: &str) -> Result<(), String> {
-    if let Some(variable) = value.0.strip_prefix("env:") {
-        match std::env::var(variable) {
-            Ok(resolved) => value.0 = resolved,
-            Err(_) => {
-                return Err(format!(
-                    "key `{key}` reads the environment variable {variable}, which is not set; \
-                     export it or put the value in the file"
-                ));
+/// A provider whose every string value `"env:NAME"` is replaced by the
+/// variable's value before the config is typed, so that any key may come
+/// from the environment (design §3). The value stays a string; the keys that
+/// take numbers or booleans also accept them written as strings.
+struct EnvReferences<P>(P);
+
+impl<P: Provider> Provider for EnvReferences<P> {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut data = self.0.data()?;
+        for dict in data.values_mut() {
+            for (key, value) in dict.iter_mut() {
+                resolve_env_reference(value, key).map_err(figment::Error::from)?;
             }
         }
+        Ok(data)
+    }
+}
+
+/// Resolves `env:` strings in `value` (found at `key`), recursively.
+fn resolve_env_reference(value: &mut Value, key: &str) -> Result<(), String> {
+    match value {
+        Value::String(_, text) => {
+            if let Some(variable) = text.strip_prefix("env:") {
+                match std::env::var(variable) {
+                    Ok(resolved) => *text = resolved,
+                    Err(_) => {
+                        return Err(format!(
+                            "key `{key}` reads the environment variable {variable}, which is not set; \
+                             export it or put the value in the file"
+                        ));
+                    }
+                }
+            }
+        }
+        Value::Dict(_, dict) => {
+            for (name, inner) in dict.iter_mut() {
+                resolve_env_reference(inner, &format!("{key}.{name}"))?;
+            }
+        }
+        Value::Array(_, items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                // A subscription is named by its index and, when it has one
+                // written plainly, its name.
+                let name = item
+                    .find_ref("name")
+                    .and_then(Value::as_str)
+                    .filter(|name| !name.starts_with("env:"))
+                    .map(str::to_owned);
+                let at = match name {
+                    Some(name) => format!("{key}[{index}] ({name})"),
+                    None => format!("{key}[{index}]"),
+                };
+                resolve_env_reference(item, &at)?;
+            }
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -265,3 +265,86 @@ async fn environment_overrides_replace_scalar_keys_of_the_file() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("delivery.concurrency"), "{stderr}");
 }
+
+#[tokio::test]
+async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute("CREATE TABLE env_orders (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let slot = format!("{}_from_env", db.name);
+    let config = format!(
+        r#"
+        [source]
+        url = "{url}"
+        slot = "env:WALHOOK_TEST_SLOT"
+        publication = "env:WALHOOK_TEST_SLOT"
+        [delivery]
+        concurrency = "env:WALHOOK_TEST_CONCURRENCY"
+        [admin]
+        listen = ""
+        [[subscriptions]]
+        name = "orders"
+        tables = ["env:WALHOOK_TEST_TABLE"]
+        url = "http://127.0.0.1:9/hook"
+        batch = {{ max_events = "env:WALHOOK_TEST_BATCH" }}
+        "#,
+        url = db.url
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(&path, &config).unwrap();
+    let setup = |table: Option<&str>| {
+        let mut command = tokio::process::Command::new(walhook_binary());
+        command
+            .args(["setup", "--config"])
+            .arg(&path)
+            .env_remove("WALHOOK_CONFIG")
+            .env("WALHOOK_TEST_SLOT", &slot)
+            .env("WALHOOK_TEST_CONCURRENCY", "4")
+            .env("WALHOOK_TEST_BATCH", "10")
+            .env_remove("WALHOOK_TEST_TABLE");
+        if let Some(table) = table {
+            command.env("WALHOOK_TEST_TABLE", table);
+        }
+        command.output()
+    };
+
+    // Unset: the message names the nested key and the variable; nothing made.
+    let output = setup(None).await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("subscriptions[0] (orders).tables[0]")
+            && stderr.contains("WALHOOK_TEST_TABLE"),
+        "{stderr}"
+    );
+    let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1";
+    let count: i64 = db.client.query_one(slots, &[&slot]).await.unwrap().get(0);
+    assert_eq!(count, 0);
+
+    // Set: the slot and the publication take their names from the
+    // environment, and the publication the table.
+    let output = setup(Some("public.env_orders")).await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let count: i64 = db.client.query_one(slots, &[&slot]).await.unwrap().get(0);
+    assert_eq!(count, 1, "the slot is named from the environment");
+    let published: Vec<String> = db
+        .client
+        .query(
+            "SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(published, ["env_orders"]);
+    db.client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+}
