@@ -168,13 +168,22 @@ struct ConfigArgs {
 
 #[derive(clap::Args)]
 struct ListenArgs {
-    /// The port on 127.0.0.1 (0 picks a free one; the first line says which).
-    #[arg(long, short, default_value_t = 8080)]
-    port: u16,
+    /// The port on 127.0.0.1 (0 picks a free one; the first line says
+    /// which). Default: the subscription's URL's port with --config, else 8080.
+    #[arg(long, short)]
+    port: Option<u16>,
     /// The subscription's `whsec_…` secret (or `env:NAME`): signatures are
-    /// checked and a bad one is answered 401.
+    /// checked and a bad one is answered 401. Default: the subscription's
+    /// secret with --config.
     #[arg(long, env = "WALHOOK_LISTEN_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// Stand in for a subscription of this config file: listen on its URL's
+    /// port and check signatures with its secret.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Which subscription of --config (needed when it has several).
+    #[arg(long, requires = "config")]
+    subscription: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -225,9 +234,15 @@ fn main() -> ExitCode {
                 Ok(report) => ExitCode::from(report.exit_code()),
                 Err(error) => finish(Err(error)),
             },
-            Command::Listen(args) => {
-                finish(commands::listen::run(args.port, args.secret.as_deref()).await)
-            }
+            Command::Listen(args) => finish(
+                commands::listen::run(commands::listen::ListenOptions {
+                    port: args.port,
+                    secret: args.secret,
+                    config: args.config,
+                    subscription: args.subscription,
+                })
+                .await,
+            ),
             Command::DeadLetters(command) => finish(dead_letters(command).await),
         }
     })

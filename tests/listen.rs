@@ -30,6 +30,11 @@ impl Listening {
         if let Some(secret) = secret {
             command.args(["--secret", secret]);
         }
+        Listening::spawn(command).await
+    }
+
+    /// Starts `command` (a `walhook listen`) and reads its first line.
+    async fn spawn(mut command: tokio::process::Command) -> Listening {
         let mut child = command
             .env_remove("WALHOOK_LISTEN_SECRET")
             .stdout(Stdio::piped())
@@ -294,5 +299,78 @@ async fn walhook_delivers_to_listen_and_the_signature_verifies() {
     assert!(output.contains("\"amount\": 99.90"), "{output}");
     assert!(!output.contains("INVALID"), "{output}");
     walhook.stop().await.unwrap();
+    assert!(listening.interrupt().await.success());
+}
+
+#[tokio::test]
+async fn with_config_listen_takes_the_subscriptions_port_and_secret() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            [source]
+            url = "postgres://walhook@127.0.0.1:9/app"
+            [[subscriptions]]
+            name = "orders"
+            tables = ["orders"]
+            url = "http://127.0.0.1:{port}/hooks/orders"
+            secret = "{SECRET}"
+            [[subscriptions]]
+            name = "elsewhere"
+            tables = ["orders"]
+            url = "https://hooks.example.com/orders"
+            "#
+        ),
+    )
+    .unwrap();
+    let listen = |extra: &[&str]| {
+        let mut command = tokio::process::Command::new(walhook_binary());
+        command
+            .arg("listen")
+            .arg("--config")
+            .arg(&path)
+            .args(extra)
+            .env_remove("WALHOOK_LISTEN_SECRET");
+        command
+    };
+
+    // Two subscriptions: it asks which; one it cannot stand in for: says why.
+    for (extra, expected) in [
+        (&[][..], "name one of \"orders\", \"elsewhere\""),
+        (
+            &["--subscription", "elsewhere"][..],
+            "not plain HTTP on this machine",
+        ),
+        (&["--subscription", "nope"][..], "\"nope\" is not in"),
+    ] {
+        let output = listen(extra).output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{expected:?} in {stderr}");
+    }
+
+    let listening = Listening::spawn(listen(&["--subscription", "orders"])).await;
+    assert_eq!(listening.base_url, format!("http://127.0.0.1:{port}"));
+    listening
+        .wait_for_output("standing in for subscription \"orders\"")
+        .await;
+    // The subscription's secret is the one checked.
+    let good = event("wh_good", "INSERT", "1.00");
+    assert_eq!(
+        post(&listening, "wh_good", &good, Some(SECRET), None).await,
+        204
+    );
+    let forged = event("wh_forged", "INSERT", "2.00");
+    assert_eq!(
+        post(&listening, "wh_forged", &forged, Some(OTHER_SECRET), None).await,
+        401
+    );
     assert!(listening.interrupt().await.success());
 }

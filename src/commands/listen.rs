@@ -11,9 +11,12 @@
 //! mismatched secret shows up as dead letters, as it would in production.
 //! `{"events": [...]}` batches are printed event by event. Output is
 //! coloured only when stdout is a terminal. Ctrl-C (or SIGTERM) stops it.
+//! With `--config` it stands in for one subscription of a config file: it
+//! listens on that subscription's URL's port and checks its secret.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,7 +26,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use serde_json::Value;
 
 use crate::app::AppError;
-use crate::config::ConfigError;
+use crate::config::{Config, ConfigError};
 use crate::deliver::signing::SigningKey;
 
 /// How far `webhook-timestamp` may be from now, as in the Standard Webhooks
@@ -33,12 +36,37 @@ const TIMESTAMP_TOLERANCE_SECS: i64 = 5 * 60;
 /// The largest body accepted (a batch of big rows can exceed axum's 2 MB).
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
-/// `walhook listen --port P [--secret S]`: serves until Ctrl-C or SIGTERM.
-/// A bad secret or a port that cannot be bound is an argument problem (exit 2).
-pub async fn run(port: u16, secret: Option<&str>) -> Result<(), AppError> {
-    let key = match secret {
-        Some(secret) => Some(signing_key(secret)?),
+/// The port a development receiver listens on when nothing says otherwise.
+const DEFAULT_PORT: u16 = 8080;
+
+/// What `walhook listen` was asked for.
+#[derive(Debug, Default)]
+pub struct ListenOptions {
+    pub port: Option<u16>,
+    /// `whsec_…` or `env:NAME`.
+    pub secret: Option<String>,
+    /// A config file whose subscription `listen` stands in for.
+    pub config: Option<PathBuf>,
+    pub subscription: Option<String>,
+}
+
+/// `walhook listen [--port P] [--secret S] [--config F [--subscription N]]`:
+/// serves until Ctrl-C or SIGTERM. A bad secret, a port that cannot be bound
+/// or a subscription it cannot stand in for is an argument problem (exit 2).
+pub async fn run(options: ListenOptions) -> Result<(), AppError> {
+    let stand_in = match &options.config {
+        Some(path) => Some(stand_in_for(path, options.subscription.as_deref())?),
         None => None,
+    };
+    let key = match (&options.secret, &stand_in) {
+        (Some(secret), _) => Some(signing_key(secret)?),
+        (None, Some(stand_in)) => stand_in.key.clone(),
+        (None, None) => None,
+    };
+    let port = match (options.port, &stand_in) {
+        (Some(port), _) => port,
+        (None, Some(stand_in)) => stand_in.port,
+        (None, None) => DEFAULT_PORT,
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
@@ -54,7 +82,11 @@ pub async fn run(port: u16, secret: Option<&str>) -> Result<(), AppError> {
         argument_error("--port", format!("cannot read the bound address: {error}"))
     })?;
     emit(&format!(
-        "listening on http://{addr}\n{}\n",
+        "listening on http://{addr}\n{}{}\n",
+        match &stand_in {
+            Some(stand_in) => format!("standing in for subscription {:?}\n", stand_in.name),
+            None => String::new(),
+        },
         if key.is_some() {
             "signatures: checked against the given secret (a bad one is answered 401)"
         } else {
@@ -91,6 +123,94 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(receiver.received.load(Ordering::Relaxed))
+}
+
+/// The port and key of the subscription `listen` stands in for.
+struct StandIn {
+    name: String,
+    port: u16,
+    key: Option<SigningKey>,
+}
+
+/// Reads `path` as `run` would and picks the subscription named `name` (or
+/// the only one). Its URL must be plain HTTP to this machine: that is where
+/// `listen` can answer in its place.
+fn stand_in_for(path: &Path, name: Option<&str>) -> Result<StandIn, ConfigError> {
+    let config = Config::load(path)?;
+    let names = || {
+        config
+            .subscriptions
+            .iter()
+            .map(|subscription| format!("{:?}", subscription.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let subscription = match name {
+        Some(name) => config
+            .subscriptions
+            .iter()
+            .find(|subscription| subscription.name == name)
+            .ok_or_else(|| {
+                argument_error(
+                    "--subscription",
+                    format!("{name:?} is not in {}; it has {}", path.display(), names()),
+                )
+            })?,
+        None => match config.subscriptions.as_slice() {
+            [only] => only,
+            _ => {
+                return Err(argument_error(
+                    "--subscription",
+                    format!(
+                        "{} has several subscriptions; name one of {}",
+                        path.display(),
+                        names()
+                    ),
+                ));
+            }
+        },
+    };
+    let url = url::Url::parse(subscription.url.expose()).map_err(|error| {
+        argument_error(
+            "--config",
+            format!(
+                "subscription {:?}: url is not valid: {error}",
+                subscription.name
+            ),
+        )
+    })?;
+    // It binds 127.0.0.1 only.
+    let local = matches!(url.host_str(), Some("127.0.0.1" | "localhost"));
+    let port = match (url.scheme(), local, url.port_or_known_default()) {
+        ("http", true, Some(port)) => port,
+        // Only the host is printed: the rest of a URL may hold a token.
+        _ => {
+            return Err(argument_error(
+                "--config",
+                format!(
+                    "subscription {:?} sends to {}://{}, not plain HTTP on this machine; \
+                     pass --port to listen anyway",
+                    subscription.name,
+                    url.scheme(),
+                    url.host_str().unwrap_or("")
+                ),
+            ));
+        }
+    };
+    let key = match &subscription.secret {
+        Some(secret) => Some(SigningKey::from_secret(secret.expose()).map_err(|why| {
+            argument_error(
+                "--config",
+                format!("subscription {:?}: secret {why}", subscription.name),
+            )
+        })?),
+        None => None,
+    };
+    Ok(StandIn {
+        name: subscription.name.clone(),
+        port,
+        key,
+    })
 }
 
 /// `whsec_…`, or `env:NAME` naming a variable that holds it.
