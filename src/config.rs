@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
-use figment::value::{Dict, Map, Value};
+use figment::value::{Dict, Map, Tag, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -307,18 +307,22 @@ impl Config {
                  (config/walhook.example.toml is a commented starting point)",
             ));
         }
-        let figment = Figment::new()
-            .merge(EnvReferences(Toml::file_exact(path)))
-            .merge(EnvReferences(env_overrides()));
+        let figment = Figment::from(EnvReferences(
+            Figment::new()
+                .merge(Toml::file_exact(path))
+                .merge(env_overrides()),
+        ));
         Self::from_figment(path, figment)
     }
 
     /// Builds a config from TOML text, with the environment applied, as if it
     /// had been read from `path` (used by `demo` and tests).
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let figment = Figment::new()
-            .merge(EnvReferences(Toml::string(text)))
-            .merge(EnvReferences(env_overrides()));
+        let figment = Figment::from(EnvReferences(
+            Figment::new()
+                .merge(Toml::string(text))
+                .merge(env_overrides()),
+        ));
         Self::from_figment(path, figment)
     }
 
@@ -523,47 +527,70 @@ fn subscription_key(index: usize, name: &str) -> String {
     }
 }
 
-/// A provider whose every string value `"env:NAME"` is replaced by the
-/// variable's value before the config is typed, so that any key may come
-/// from the environment (design §3). The value stays a string; the keys that
-/// take numbers or booleans also accept them written as strings.
-struct EnvReferences<P>(P);
+/// The merged file and overrides with every string value `"env:NAME"`
+/// replaced by the variable's value, before the config is typed, so that any
+/// key may come from the environment (design §3) and an override can stand
+/// in for a file's reference to a variable that is not set. The value stays
+/// a string; the keys that take numbers or booleans accept them as strings.
+/// A value that starts with `env:` is always a reference.
+struct EnvReferences(Figment);
 
-impl<P: Provider> Provider for EnvReferences<P> {
+impl Provider for EnvReferences {
     fn metadata(&self) -> Metadata {
-        self.0.metadata()
+        Provider::metadata(&self.0)
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let mut data = self.0.data()?;
         for dict in data.values_mut() {
             for (key, value) in dict.iter_mut() {
-                resolve_env_reference(value, key).map_err(figment::Error::from)?;
+                resolve_env_reference(value, vec![key.clone()]).map_err(|unset| {
+                    let mut error = figment::Error::from(format!(
+                        "reads the environment variable {}, which is not set; \
+                         export it or write the value itself",
+                        unset.variable
+                    ));
+                    error.path = unset.path;
+                    error
+                })?;
             }
         }
         Ok(data)
     }
+
+    // Where each value came from (file or variable), for error messages.
+    fn __metadata_map(&self) -> Option<Map<Tag, Metadata>> {
+        self.0.__metadata_map()
+    }
 }
 
-/// Resolves `env:` strings in `value` (found at `key`), recursively.
-fn resolve_env_reference(value: &mut Value, key: &str) -> Result<(), String> {
+/// An `env:` reference to a variable that is not set, and where it is.
+struct UnsetVariable {
+    path: Vec<String>,
+    variable: String,
+}
+
+/// Resolves `env:` strings in `value` (found at `path`), recursively.
+fn resolve_env_reference(value: &mut Value, path: Vec<String>) -> Result<(), UnsetVariable> {
     match value {
         Value::String(_, text) => {
             if let Some(variable) = text.strip_prefix("env:") {
                 match std::env::var(variable) {
                     Ok(resolved) => *text = resolved,
                     Err(_) => {
-                        return Err(format!(
-                            "key `{key}` reads the environment variable {variable}, which is not set; \
-                             export it or put the value in the file"
-                        ));
+                        return Err(UnsetVariable {
+                            path,
+                            variable: variable.to_owned(),
+                        });
                     }
                 }
             }
         }
         Value::Dict(_, dict) => {
             for (name, inner) in dict.iter_mut() {
-                resolve_env_reference(inner, &format!("{key}.{name}"))?;
+                let mut inner_path = path.clone();
+                inner_path.push(name.clone());
+                resolve_env_reference(inner, inner_path)?;
             }
         }
         Value::Array(_, items) => {
@@ -575,11 +602,13 @@ fn resolve_env_reference(value: &mut Value, key: &str) -> Result<(), String> {
                     .and_then(Value::as_str)
                     .filter(|name| !name.starts_with("env:"))
                     .map(str::to_owned);
-                let at = match name {
-                    Some(name) => format!("{key}[{index}] ({name})"),
-                    None => format!("{key}[{index}]"),
-                };
-                resolve_env_reference(item, &at)?;
+                let mut item_path = path.clone();
+                let last = item_path.pop().unwrap_or_default();
+                item_path.push(match name {
+                    Some(name) => format!("{last}[{index}] ({name})"),
+                    None => format!("{last}[{index}]"),
+                });
+                resolve_env_reference(item, item_path)?;
             }
         }
         _ => {}
@@ -623,6 +652,14 @@ fn describe_figment_error(error: figment::Error) -> String {
                     format!("{key}.{field}")
                 };
                 format!("missing key `{full}`; it is required")
+            }
+            // Not the value itself: an `env:` reference may have put a
+            // secret there.
+            figment::error::Kind::InvalidType(_, expected) => {
+                format!("has the wrong type; expected {expected}")
+            }
+            figment::error::Kind::InvalidValue(_, expected) => {
+                format!("has a value that is not valid; expected {expected}")
             }
             other => other.to_string(),
         };
@@ -677,9 +714,8 @@ fn lenient_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::E
         Flag::Text(text) => match text.to_ascii_lowercase().as_str() {
             "true" | "yes" | "on" | "1" => Ok(true),
             "false" | "no" | "off" | "0" => Ok(false),
-            _ => Err(serde::de::Error::custom(format!(
-                "expected true or false, found {text:?}"
-            ))),
+            // The value is not repeated: it may have come from a variable.
+            _ => Err(serde::de::Error::custom("expected true or false")),
         },
     }
 }

@@ -215,9 +215,9 @@ async fn bench_measures_a_small_backlog_and_live_load_twice_and_writes_its_repor
 
 #[tokio::test]
 async fn environment_overrides_replace_scalar_keys_of_the_file() {
-    // The file names one unreachable port; WALHOOK_SOURCE__URL another. The
-    // error must name the one from the environment.
-    let file_port = 9;
+    // The file reads a variable that is not set; WALHOOK_SOURCE__URL names
+    // an unreachable port instead. The override stands in for the file's
+    // value, and the error names the port from the environment.
     let env_port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
@@ -227,7 +227,7 @@ async fn environment_overrides_replace_scalar_keys_of_the_file() {
     std::fs::write(
         &path,
         format!(
-            "[source]\nurl = \"postgres://walhook@127.0.0.1:{file_port}/app?sslmode=disable\"\nconnect_timeout = \"2s\"\n[admin]\nlisten = \"\"\n{GOOD_SUBSCRIPTION}"
+            "[source]\nurl = \"env:WALHOOK_TEST_UNSET_DATABASE_URL\"\nconnect_timeout = \"2s\"\n[admin]\nlisten = \"\"\n{GOOD_SUBSCRIPTION}"
         ),
     )
     .unwrap();
@@ -257,6 +257,10 @@ async fn environment_overrides_replace_scalar_keys_of_the_file() {
     let output = tokio::process::Command::new(walhook_binary())
         .args(["run", "--config"])
         .arg(&path)
+        .env(
+            "WALHOOK_SOURCE__URL",
+            format!("postgres://walhook@127.0.0.1:{env_port}/app?sslmode=disable"),
+        )
         .env("WALHOOK_DELIVERY__CONCURRENCY", "many")
         .output()
         .await
@@ -308,11 +312,11 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
         if let Some(table) = table {
             command.env("WALHOOK_TEST_TABLE", table);
         }
-        command.output()
+        command
     };
 
     // Unset: the message names the nested key and the variable; nothing made.
-    let output = setup(None).await.unwrap();
+    let output = setup(None).output().await.unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
@@ -326,7 +330,7 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
 
     // Set: the slot and the publication take their names from the
     // environment, and the publication the table.
-    let output = setup(Some("public.env_orders")).await.unwrap();
+    let output = setup(Some("public.env_orders")).output().await.unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let count: i64 = db.client.query_one(slots, &[&slot]).await.unwrap().get(0);
@@ -347,4 +351,23 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await
         .unwrap();
+
+    // A variable's value in the wrong place is not echoed: it may be secret.
+    std::fs::write(
+        &path,
+        config.replace(
+            "url = \"http://127.0.0.1:9/hook\"",
+            "url = \"http://127.0.0.1:9/hook\"\n        headers = \"env:WALHOOK_TEST_AUTH\"",
+        ),
+    )
+    .unwrap();
+    let output = setup(Some("public.env_orders"))
+        .env("WALHOOK_TEST_AUTH", "Bearer s3cret-t0ken")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("headers"), "{stderr}");
+    assert!(!stderr.contains("s3cret-t0ken"), "{stderr}");
 }
