@@ -24,7 +24,7 @@ use crate::rules::catalog_check::{self, RuleError};
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long connecting to one URL's address may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the check found.
 #[derive(Debug, Default)]
@@ -675,8 +675,10 @@ async fn check_dead_letters(client: &tokio_postgres::Client, role: &str, report:
     }
 }
 
-/// Each subscription URL's host resolves and accepts a TCP connection. No
-/// request is sent.
+/// Each subscription URL's host resolves (a problem when it does not) and
+/// accepts a TCP connection (a warning when it does not: the receiver may
+/// not be up yet). No request is sent; with a proxy configured the
+/// connection is not tried.
 async fn check_urls(subscriptions: &[SubscriptionConfig], report: &mut CheckReport) {
     let mut reached: BTreeMap<(String, u16), Result<(), Unreachable>> = BTreeMap::new();
     for subscription in subscriptions {
@@ -717,23 +719,42 @@ async fn check_urls(subscriptions: &[SubscriptionConfig], report: &mut CheckRepo
                 ),
                 "correct `url`, or the DNS name it uses",
             ),
-            Err(Unreachable::Refused(why)) => report.problem(
+            // walhook runs and retries (then parks) while a receiver is
+            // down: worth knowing, not a reason to stop.
+            Err(Unreachable::Refused(why)) => report.warning(
                 format!(
                     "subscription {:?}: nothing accepts connections at {host} port {port} ({why})",
                     subscription.name
                 ),
                 "start the receiver, or correct `url`",
             ),
+            Err(Unreachable::ThroughProxy) => report.pass(),
         }
     }
 }
 
-/// Why a URL's host cannot be reached.
+/// Why a URL's host cannot be reached (or was not tried).
 #[derive(Debug, Clone)]
 enum Unreachable {
     Unresolved(String),
     Refused(String),
+    /// A proxy is configured: walhook's requests go through it, so a direct
+    /// connection proves nothing.
+    ThroughProxy,
 }
+
+/// The variables reqwest reads a proxy from.
+const PROXY_VARIABLES: [&str; 6] = [
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+];
+
+/// How many of a host's addresses are tried before it counts as unreachable.
+const ADDRESSES_TRIED: usize = 3;
 
 /// Resolves `host` and opens (then drops) a TCP connection to the first
 /// address that takes one.
@@ -752,8 +773,14 @@ async fn reach(host: &str, port: u16) -> Result<(), Unreachable> {
     if addresses.is_empty() {
         return Err(Unreachable::Unresolved("no addresses".to_owned()));
     }
+    if PROXY_VARIABLES
+        .iter()
+        .any(|variable| std::env::var_os(variable).is_some_and(|value| !value.is_empty()))
+    {
+        return Err(Unreachable::ThroughProxy);
+    }
     let mut why = String::new();
-    for address in addresses {
+    for address in addresses.into_iter().take(ADDRESSES_TRIED) {
         match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(error)) => why = error.to_string(),
