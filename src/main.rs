@@ -174,8 +174,8 @@ struct ListenArgs {
     port: Option<u16>,
     /// The subscription's `whsec_…` secret (or `env:NAME`): signatures are
     /// checked and a bad one is answered 401. Default: the subscription's
-    /// secret with --config.
-    #[arg(long, env = "WALHOOK_LISTEN_SECRET", hide_env_values = true)]
+    /// secret with --config, else $WALHOOK_LISTEN_SECRET.
+    #[arg(long)]
     secret: Option<String>,
     /// Stand in for a subscription of this config file: listen on its URL's
     /// port and check signatures with its secret.

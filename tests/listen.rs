@@ -356,7 +356,10 @@ async fn with_config_listen_takes_the_subscriptions_port_and_secret() {
         assert!(stderr.contains(expected), "{expected:?} in {stderr}");
     }
 
-    let listening = Listening::spawn(listen(&["--subscription", "orders"])).await;
+    // A secret left in the shell does not override the subscription's.
+    let mut command = listen(&["--subscription", "orders"]);
+    command.env("WALHOOK_LISTEN_SECRET", OTHER_SECRET);
+    let listening = Listening::spawn(command).await;
     assert_eq!(listening.base_url, format!("http://127.0.0.1:{port}"));
     listening
         .wait_for_output("standing in for subscription \"orders\"")

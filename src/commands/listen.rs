@@ -39,8 +39,11 @@ const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// The port a development receiver listens on when nothing says otherwise.
 const DEFAULT_PORT: u16 = 8080;
 
+/// Where a secret is read from when no `--secret` and no `--config` give one.
+const SECRET_VARIABLE: &str = "WALHOOK_LISTEN_SECRET";
+
 /// What `walhook listen` was asked for.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ListenOptions {
     pub port: Option<u16>,
     /// `whsec_…` or `env:NAME`.
@@ -58,10 +61,21 @@ pub async fn run(options: ListenOptions) -> Result<(), AppError> {
         Some(path) => Some(stand_in_for(path, options.subscription.as_deref())?),
         None => None,
     };
-    let key = match (&options.secret, &stand_in) {
-        (Some(secret), _) => Some(signing_key(secret)?),
-        (None, Some(stand_in)) => stand_in.key.clone(),
-        (None, None) => None,
+    // An explicit --secret wins; a stand-in uses its subscription's (a
+    // WALHOOK_LISTEN_SECRET left in the shell must not override it).
+    let (key, checked_against) = match (&options.secret, &stand_in) {
+        (Some(secret), _) => (Some(signing_key(secret)?), "the given secret".to_owned()),
+        (None, Some(stand_in)) => (
+            stand_in.key.clone(),
+            format!("subscription {:?}'s secret", stand_in.name),
+        ),
+        (None, None) => match std::env::var(SECRET_VARIABLE) {
+            Ok(secret) => (
+                Some(signing_key(&secret)?),
+                format!("the secret in {SECRET_VARIABLE}"),
+            ),
+            Err(_) => (None, String::new()),
+        },
     };
     let port = match (options.port, &stand_in) {
         (Some(port), _) => port,
@@ -88,9 +102,9 @@ pub async fn run(options: ListenOptions) -> Result<(), AppError> {
             None => String::new(),
         },
         if key.is_some() {
-            "signatures: checked against the given secret (a bad one is answered 401)"
+            format!("signatures: checked against {checked_against} (a bad one is answered 401)")
         } else {
-            "signatures: not checked (pass --secret whsec_… to check them)"
+            "signatures: not checked (pass --secret whsec_… to check them)".to_owned()
         }
     ));
     let received = serve(listener, key, None, super::stop_requested())
