@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::event::OidMap;
+use crate::oid::OidMap;
 
 /// How values of a type are written in JSON, as `to_jsonb` writes them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use crate::catalog::{CatalogError, TypeRegistry};
 use crate::config::EventKind;
-use crate::event::{Cell, Change, ColumnInfo, OidMap, Row, TableInfo, TransactionInfo};
+use crate::event::{Cell, Change, ColumnInfo, Row, TableInfo, TransactionInfo};
 use crate::lsn::Lsn;
+use crate::oid::OidMap;
 use crate::pgoutput::{OldTuple, RelationMessage, TupleData, TupleValue};
 
 /// A change that cannot be decoded into an event.

@@ -34,6 +34,7 @@ pub mod decode;
 pub mod deliver;
 pub mod event;
 pub mod lsn;
+pub mod oid;
 pub mod pgconn;
 pub mod pgoutput;
 pub mod pgtemp;

@@ -541,7 +541,10 @@ fn spawn_walhook(config: &str) -> Result<Daemon, AppError> {
     let exe = std::env::current_exe().map_err(|error| bench_error("finding walhook", error))?;
     // `WALHOOK_BENCH_WRAPPER="valgrind --tool=callgrind"` runs the daemon
     // under a profiler (instruction counts do not vary from run to run the
-    // way times do here); its figures then include the wrapper's cost.
+    // way times do here); its figures then include the wrapper's cost. The
+    // wrapper must be the daemon's process (valgrind is): SIGTERM and the
+    // memory reading go to the process started here, so one that forks
+    // (`perf stat`) would leave the daemon running.
     let wrapper = std::env::var("WALHOOK_BENCH_WRAPPER").unwrap_or_default();
     let mut words = wrapper.split_whitespace();
     let mut command = match words.next() {

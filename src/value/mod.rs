@@ -198,17 +198,15 @@ fn write_escaped(out: &mut Vec<u8>, text: &[u8]) {
     out.push(b'"');
 }
 
-/// The bytes a JSON string cannot hold as themselves: one look-up a byte
-/// where eight-at-a-time does not apply (short texts, tails).
+/// The bytes a JSON string cannot hold as themselves (those `escape_of`
+/// escapes): one look-up a byte where eight-at-a-time does not apply.
 const ESCAPED: [bool; 256] = {
     let mut table = [false; 256];
     let mut byte = 0;
-    while byte < 0x20 {
-        table[byte] = true;
+    while byte < 256 {
+        table[byte] = escape_of(byte as u8).is_some();
         byte += 1;
     }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
     table
 };
 
@@ -232,7 +230,7 @@ impl Escape {
     }
 }
 
-fn escape_of(byte: u8) -> Option<Escape> {
+const fn escape_of(byte: u8) -> Option<Escape> {
     Some(match byte {
         b'"' => Escape::Short(b"\\\""),
         b'\\' => Escape::Short(b"\\\\"),
@@ -729,17 +727,18 @@ mod tests {
 
     #[test]
     fn every_ascii_byte_escapes_like_serde_json_wherever_it_sits() {
-        // The escaper reads eight bytes at a time and pads the tail: put
-        // each byte at each offset of strings that end inside and outside a
-        // word, next to plain text and next to other escapes.
+        // The escaper reads eight bytes at a time and the rest one by one:
+        // put each byte at each offset (the last one included) of strings
+        // that end inside and outside a word, next to plain text and to
+        // another escape.
         for byte in 0u8..0x80 {
             for length in 1..=19 {
                 for at in 0..length {
                     let mut text = vec![b'a'; length];
-                    text[at] = byte;
                     if length > 2 {
-                        text[length - 1] = b'"';
+                        text[(at + length / 2) % length] = b'"';
                     }
+                    text[at] = byte;
                     let text = String::from_utf8(text).unwrap_or_default();
                     let mut out = Vec::new();
                     write_str(&mut out, &text);
