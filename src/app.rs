@@ -127,7 +127,51 @@ pub fn source_params(config: &Config) -> Result<ConnectParams, AppError> {
 /// Runs the daemon until `shutdown` is cancelled or a fatal error.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     let params = source_params(&config)?;
-    let client = connect_sql(&params).await?;
+    let names: Vec<String> = config
+        .subscriptions
+        .iter()
+        .map(|subscription| subscription.name.clone())
+        .collect();
+    let observers = Observers {
+        metrics: Metrics::new(&names),
+        health: Arc::new(Health::default()),
+    };
+    // Bound before the database is touched: an address that is taken is a
+    // start-up error that leaves the slot and publication as they were.
+    let admin_task = if config.admin.listen.is_empty() {
+        None
+    } else {
+        let (_, task) = admin::serve(
+            &config.admin.listen,
+            Arc::clone(&observers.metrics),
+            Arc::clone(&observers.health),
+            params.clone(),
+            config.source.slot.clone(),
+            names,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|source| AppError::AdminListen {
+            listen: config.admin.listen.clone(),
+            source,
+        })?;
+        Some(task)
+    };
+    let outcome = async {
+        let rules = prepare(&config, &params).await?;
+        stream_until_stopped(&config, &params, &rules, &observers, &shutdown).await
+    }
+    .await;
+    if let Some(task) = admin_task {
+        task.abort();
+    }
+    outcome
+}
+
+/// Checks the rules against the catalog and, unless `auto_setup = false`,
+/// runs the `setup` steps; returns the rules.
+async fn prepare(config: &Config, params: &ConnectParams) -> Result<Arc<Rules>, AppError> {
+    let client = connect_sql(params).await?;
     catalog_check::check(&client, &config.subscriptions).await?;
     let rules = Arc::new(Rules::new(&config.subscriptions));
     check_slot_not_lost(&client, &config.source.slot).await?;
@@ -154,40 +198,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         }
     }
     drop(client);
-
-    let names: Vec<String> = config
-        .subscriptions
-        .iter()
-        .map(|subscription| subscription.name.clone())
-        .collect();
-    let observers = Observers {
-        metrics: Metrics::new(&names),
-        health: Arc::new(Health::default()),
-    };
-    let admin_task = if config.admin.listen.is_empty() {
-        None
-    } else {
-        let (_, task) = admin::serve(
-            &config.admin.listen,
-            Arc::clone(&observers.metrics),
-            Arc::clone(&observers.health),
-            params.clone(),
-            config.source.slot.clone(),
-            names,
-            shutdown.clone(),
-        )
-        .await
-        .map_err(|source| AppError::AdminListen {
-            listen: config.admin.listen.clone(),
-            source,
-        })?;
-        Some(task)
-    };
-    let outcome = stream_until_stopped(&config, &params, &rules, &observers, &shutdown).await;
-    if let Some(task) = admin_task {
-        task.abort();
-    }
-    outcome
+    Ok(rules)
 }
 
 /// Streams, reconnecting as needed, until shutdown or a fatal error.

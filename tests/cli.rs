@@ -371,3 +371,34 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
     assert!(stderr.contains("headers"), "{stderr}");
     assert!(!stderr.contains("s3cret-t0ken"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_taken_admin_address_exits_1_before_the_database_is_touched() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let config = db
+        .config_text(GOOD_SUBSCRIPTION)
+        .replace("listen = \"\"", &format!("listen = \"{address}\""));
+    assert!(config.contains(&address));
+    let (output, stderr) = run_walhook(&["run"], Some(&config)).await;
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&address), "{stderr}");
+    // Neither the slot nor the publication was created.
+    let made: i64 = db
+        .client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1) \
+                  + (SELECT count(*) FROM pg_publication WHERE pubname = $1)",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(made, 0, "{stderr}");
+    drop(taken);
+}
