@@ -143,7 +143,7 @@ async fn status_endpoint(State(state): State<Arc<AdminState>>) -> (StatusCode, S
         let client = connect_sql(&state.params)
             .await
             .map_err(|error| error.to_string())?;
-        crate::status::collect(&client, &state.slot, &state.subscriptions)
+        crate::status::collect(&client, &state.slot, &state.subscriptions, None)
             .await
             .map_err(|error| error.to_string())
     }

@@ -2,9 +2,19 @@
 //! PostgreSQL itself: the slot's confirmed position and lag, the walsender
 //! serving it, and dead-letter counts per subscription.
 //!
-//! It reads and reports; it changes nothing.
+//! It reads and reports; it changes nothing. For an inactive slot it may
+//! peek at the oldest waiting transaction (which does not move the slot).
 
+use std::time::Duration;
+
+use bytes::Bytes;
 use serde::Serialize;
+
+use crate::pgoutput::{self, PgOutputMessage};
+
+/// How long a peek at an inactive slot may decode before the lag in time is
+/// left unknown (the oldest waiting transaction is then a large one).
+const PEEK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The facts about one slot.
 #[derive(Debug, Clone, Serialize)]
@@ -20,8 +30,13 @@ pub struct StatusReport {
     pub lag_bytes: Option<i64>,
     /// WAL the slot holds back from removal (current minus restart position).
     pub retained_bytes: Option<i64>,
-    /// `pg_stat_replication.flush_lag` of the walsender serving the slot.
+    /// Active slot: `pg_stat_replication.flush_lag` of the walsender serving
+    /// it. Inactive slot (when peeking was asked for): the age of the oldest
+    /// transaction waiting in it.
     pub lag_seconds: Option<f64>,
+    /// Inactive slot: the commit time (RFC 3339) of the oldest transaction
+    /// waiting in it, when a peek found one in time.
+    pub oldest_waiting_commit: Option<String>,
     pub wal_status: Option<String>,
     pub subscriptions: Vec<SubscriptionStatus>,
 }
@@ -34,11 +49,35 @@ pub struct SubscriptionStatus {
     pub oldest_dead_letter: Option<String>,
 }
 
-/// Reads the report for `slot` and the named subscriptions.
+/// How `status` peeks at an inactive slot, and what it found last time.
+#[derive(Debug)]
+pub struct Peek {
+    publication: String,
+    /// The confirmed position last peeked from and the commit time found
+    /// (`None`: nothing in time). The same position has the same oldest
+    /// waiting transaction, so `--watch` decodes it once, not every refresh.
+    last: Option<(String, Option<i64>)>,
+}
+
+impl Peek {
+    /// Peeks through `publication` (the one walhook streams with).
+    pub fn through(publication: &str) -> Peek {
+        Peek {
+            publication: publication.to_owned(),
+            last: None,
+        }
+    }
+}
+
+/// Reads the report for `slot` and the named subscriptions. With `peek`, an
+/// inactive slot with lag is peeked for the commit time of its oldest
+/// waiting transaction; the daemon's own endpoint does not peek, so it never
+/// holds its slot.
 pub async fn collect(
     client: &tokio_postgres::Client,
     slot: &str,
     subscriptions: &[String],
+    peek: Option<&mut Peek>,
 ) -> Result<StatusReport, tokio_postgres::Error> {
     let current: String = client
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -74,6 +113,7 @@ pub async fn collect(
         lag_bytes: None,
         retained_bytes: None,
         lag_seconds: None,
+        oldest_waiting_commit: None,
         wal_status: None,
         subscriptions: Vec::new(),
     };
@@ -86,6 +126,25 @@ pub async fn collect(
         report.retained_bytes = row.get(5);
         report.lag_seconds = row.get(6);
         report.wal_status = row.get(7);
+    }
+    if let Some(peek) = peek
+        && let Some(confirmed) = &report.confirmed_flush_lsn
+        && !report.active
+        && report.lag_bytes.is_some_and(|lag| lag > 0)
+    {
+        let commit = match &peek.last {
+            Some((position, commit)) if position == confirmed => *commit,
+            _ => {
+                let commit = oldest_waiting_commit(client, slot, &peek.publication).await;
+                peek.last = Some((confirmed.clone(), commit));
+                commit
+            }
+        };
+        if let Some(commit) = commit {
+            let now = crate::pgtime::micros_since_2000(std::time::SystemTime::now());
+            report.lag_seconds = Some(now.saturating_sub(commit).max(0) as f64 / 1e6);
+            report.oldest_waiting_commit = Some(crate::pgtime::format_rfc3339(commit));
+        }
     }
     for name in subscriptions {
         let (count, oldest) = if has_dead_letters {
@@ -107,6 +166,35 @@ pub async fn collect(
         });
     }
     Ok(report)
+}
+
+/// The commit time (microseconds since 2000) of the first transaction the
+/// slot would send, read with `pg_logical_slot_peek_binary_changes`, which
+/// decodes without confirming. `None` when nothing waits, when decoding takes
+/// longer than [`PEEK_TIMEOUT`], or when the peek is refused (a walhook
+/// took the slot meanwhile, or the role may not).
+async fn oldest_waiting_commit(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    publication: &str,
+) -> Option<i64> {
+    let timeout = format!("SET statement_timeout = {}", PEEK_TIMEOUT.as_millis());
+    client.batch_execute(&timeout).await.ok()?;
+    let first = client
+        .query_opt(
+            "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, 1, \
+                 'proto_version', '1', 'publication_names', $2) LIMIT 1",
+            &[&slot, &crate::config::quote_identifier(publication)],
+        )
+        .await;
+    let _ = client.batch_execute("RESET statement_timeout").await;
+    let data: Vec<u8> = first.ok()??.try_get(0).ok()?;
+    match pgoutput::parse(Bytes::from(data)) {
+        Ok(PgOutputMessage::Begin {
+            commit_time_micros, ..
+        }) => Some(commit_time_micros),
+        _ => None,
+    }
 }
 
 impl StatusReport {
@@ -142,6 +230,9 @@ impl StatusReport {
                 bytes(self.retained_bytes),
                 self.wal_status.as_deref().unwrap_or("-"),
             ));
+            if let Some(commit) = &self.oldest_waiting_commit {
+                out.push_str(&format!("  oldest waiting change committed {commit}\n"));
+            }
         }
         out.push_str(&format!(
             "\n{:<32} {:>12}  {}\n",

@@ -27,6 +27,18 @@ async fn walhook(args: &[&str], config: &std::path::Path) -> std::process::Outpu
     output
 }
 
+/// The slot's confirmed position, as PostgreSQL prints it.
+async fn confirmed(db: &TestDb) -> String {
+    db.client
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test]
 async fn status_reports_the_lag_of_a_slot_held_back() {
     let db = TestDb::new().await;
@@ -54,6 +66,7 @@ async fn status_reports_the_lag_of_a_slot_held_back() {
     .unwrap();
     // The slot, the publication and the schema, and nobody reading the slot.
     walhook(&["setup"], &config).await;
+    let before_inserts = std::time::SystemTime::now();
     db.client
         .batch_execute(
             "INSERT INTO orders SELECT g, repeat('x', 500) FROM generate_series(1, 2000) g;
@@ -93,6 +106,23 @@ async fn status_reports_the_lag_of_a_slot_held_back() {
         (lag_before..=lag_after).contains(&lag),
         "lag {lag} not within [{lag_before}, {lag_after}]"
     );
+    // The lag in time of a slot nobody reads: the age of the oldest waiting
+    // transaction, found by peeking (the slot does not move).
+    let waited = before_inserts.elapsed().unwrap().as_secs_f64();
+    let lag_seconds = report["lag_seconds"].as_f64().expect("lag_seconds");
+    assert!(
+        (0.0..=waited + 1.0).contains(&lag_seconds),
+        "lag {lag_seconds}s, inserted {waited}s ago"
+    );
+    let oldest = report["oldest_waiting_commit"]
+        .as_str()
+        .expect("a commit time");
+    assert!(oldest.ends_with('Z') && oldest.contains('T'), "{oldest}");
+    assert_eq!(
+        report["confirmed_flush_lsn"].as_str(),
+        Some(confirmed(&db).await.as_str()),
+        "peeking did not move the slot"
+    );
     assert_eq!(report["subscriptions"][0]["name"], "orders");
     assert_eq!(report["subscriptions"][0]["dead_letters"], 1);
     assert_eq!(report["subscriptions"][1]["dead_letters"], 0);
@@ -105,4 +135,8 @@ async fn status_reports_the_lag_of_a_slot_held_back() {
         "{table}"
     );
     assert!(table.contains("lag 1.") || table.contains("MB"), "{table}");
+    assert!(
+        table.contains("oldest waiting change committed 20"),
+        "{table}"
+    );
 }

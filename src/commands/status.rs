@@ -22,8 +22,9 @@ pub async fn run(config_path: &Path, json: bool, watch: bool) -> Result<(), AppE
         .iter()
         .map(|subscription| subscription.name.clone())
         .collect();
+    let mut peek = crate::status::Peek::through(&config.source.publication);
     loop {
-        let report = crate::status::collect(&client, &config.source.slot, &names)
+        let report = crate::status::collect(&client, &config.source.slot, &names, Some(&mut peek))
             .await
             .map_err(|error| AppError::Command(format!("status: reading the catalog: {error}")))?;
         if json {
