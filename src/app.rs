@@ -182,14 +182,7 @@ async fn prepare(config: &Config, params: &ConnectParams) -> Result<Arc<Rules>, 
                 since: format!(" (walhook streamed from it since {streamed_since})"),
             });
         }
-        let report = setup::run(
-            &client,
-            &config.source.publication,
-            &config.source.slot,
-            &rules.tables(),
-            &rules.events(),
-        )
-        .await?;
+        let report = setup::run(&client, &config.source, &rules).await?;
         if report.slot_created {
             tracing::info!(slot = %config.source.slot, "replication slot created");
         }

@@ -260,7 +260,6 @@ impl std::fmt::Debug for EventId {
 
 /// The payload id of a change for a subscription.
 pub fn event_id(subscription: &str, commit_lsn: Lsn, ordinal: u32) -> EventId {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hasher = Sha256::new();
     hasher.update(subscription.as_bytes());
     hasher.update([0]);
@@ -269,9 +268,8 @@ pub fn event_id(subscription: &str, commit_lsn: Lsn, ordinal: u32) -> EventId {
     let digest = hasher.finalize();
     let mut id = [0u8; EVENT_ID_LEN];
     id[..3].copy_from_slice(b"wh_");
-    for (pair, byte) in id[3..].chunks_exact_mut(2).zip(&digest[..16]) {
-        pair[0] = DIGITS[usize::from(byte >> 4)];
-        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    for (pair, &byte) in id[3..].chunks_exact_mut(2).zip(&digest[..16]) {
+        pair.copy_from_slice(&hex_pair(byte));
     }
     EventId(id)
 }
@@ -293,11 +291,17 @@ fn push_hex_u32(out: &mut Vec<u8>, value: u32) {
 
 /// Appends `bytes` as lowercase hex.
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    for &byte in bytes {
+        let [high, low] = hex_pair(byte);
+        out.push(char::from(high));
+        out.push(char::from(low));
     }
+}
+
+/// One byte as two lowercase hex digits (ids, bytea, `\u00XX` escapes).
+pub const fn hex_pair(byte: u8) -> [u8; 2] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    [DIGITS[(byte >> 4) as usize], DIGITS[(byte & 0x0f) as usize]]
 }
 
 /// Which columns a subscription sends: all, or a projection (by index).

@@ -9,8 +9,9 @@
 //! A failed statement is reported with the statement and the server's words.
 //! It does not validate rules (`rules::catalog_check`) or read changes.
 
-use crate::config::{EventKind, TableName, quote_identifier};
+use crate::config::{EventKind, SourceConfig, TableName, quote_identifier};
 use crate::lsn::Lsn;
+use crate::rules::Rules;
 
 /// The SQL files of `sql/`, in the order they run.
 pub const SQL_FILES: &[(&str, &str)] = &[(
@@ -81,20 +82,26 @@ pub struct SetupReport {
 /// key spells "walhook" in ASCII.
 const SETUP_LOCK: i64 = 0x0077_616c_686f_6f6b;
 
-/// Runs every setup step, one instance at a time per database.
+/// Runs every setup step for `source`'s slot and publication and the
+/// tables and operations `rules` name, one instance at a time per database.
 pub async fn run(
     client: &tokio_postgres::Client,
-    publication: &str,
-    slot: &str,
-    tables: &[TableName],
-    publish: &[EventKind],
+    source: &SourceConfig,
+    rules: &Rules,
 ) -> Result<SetupReport, SetupError> {
     let lock = "SELECT pg_advisory_lock($1)";
     client
         .execute(lock, &[&SETUP_LOCK])
         .await
         .map_err(|error| SetupError::new(lock, error))?;
-    let outcome = run_steps(client, publication, slot, tables, publish).await;
+    let outcome = run_steps(
+        client,
+        &source.publication,
+        &source.slot,
+        &rules.tables(),
+        &rules.events(),
+    )
+    .await;
     // Released even when a step failed; a lost connection releases it too.
     let unlock = "SELECT pg_advisory_unlock($1)";
     let unlocked = client.execute(unlock, &[&SETUP_LOCK]).await;

@@ -7,8 +7,8 @@
 //! and its peak RSS. The same backlog is read by `pg_recvlogical` (pgoutput to
 //! /dev/null) for the ceiling, and walhook's rate is printed as a ratio of it.
 //! A live mode commits single-row transactions at a fixed rate and reports
-//! commit-to-arrival latency after a one-second warm-up. Results print as one table and are written as
-//! JSON for comparison across commits.
+//! commit-to-arrival latency after a one-second warm-up. Results print as
+//! one table and are written as JSON for comparison across commits.
 //!
 //! Figures are measurements of this machine at this moment, not assertions;
 //! nothing here fails because something is slow.

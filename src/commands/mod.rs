@@ -33,14 +33,7 @@ pub async fn setup(config_path: &Path) -> Result<(), AppError> {
     let client = connect_sql(&params).await?;
     catalog_check::check(&client, &config.subscriptions).await?;
     let rules = Rules::new(&config.subscriptions);
-    let report = crate::setup::run(
-        &client,
-        &config.source.publication,
-        &config.source.slot,
-        &rules.tables(),
-        &rules.events(),
-    )
-    .await?;
+    let report = crate::setup::run(&client, &config.source, &rules).await?;
     println!(
         "schema walhook: ready\npublication {}: {}\nslot {}: {}{}",
         config.source.publication,

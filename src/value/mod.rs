@@ -218,13 +218,11 @@ enum Escape {
 
 impl Escape {
     fn write(&self, out: &mut Vec<u8>) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         match self {
             Escape::Short(text) => out.extend_from_slice(text),
             Escape::Unicode(byte) => {
                 out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(byte >> 4)]);
-                out.push(HEX[usize::from(byte & 0xf)]);
+                out.extend_from_slice(&crate::event::hex_pair(*byte));
             }
         }
     }
