@@ -7,22 +7,56 @@ use std::time::Duration;
 
 use crate::support::{TestDb, walhook_binary};
 
+/// Runs the binary with `args` and `env` (a `None` value removes the
+/// variable), `WALHOOK_CONFIG` unset; fails the test if it takes longer than
+/// `deadline`. Returns the output, stdout and stderr.
+async fn run_binary(
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, Option<&str>)],
+    deadline: Duration,
+) -> (Output, String, String) {
+    let mut command = tokio::process::Command::new(walhook_binary());
+    command.args(args).env_remove("WALHOOK_CONFIG");
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    let output = tokio::time::timeout(deadline, command.output())
+        .await
+        .expect("walhook exits in time")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output, stdout, stderr)
+}
+
+/// Runs `walhook <args> --config <file with config>` (a file that does not
+/// exist when `config` is `None`); returns the output and stderr.
 async fn run_walhook(args: &[&str], config: Option<&str>) -> (Output, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("walhook.toml");
     if let Some(text) = config {
         std::fs::write(&path, text).unwrap();
     }
-    let mut command = tokio::process::Command::new(walhook_binary());
-    command.args(args);
-    command.arg("--config").arg(&path);
-    command.env_remove("WALHOOK_CONFIG");
-    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .expect("walhook exits")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    all.extend([std::ffi::OsStr::new("--config"), path.as_os_str()]);
+    let (output, _, stderr) = run_binary(&all, &[], Duration::from_secs(60)).await;
     (output, stderr)
+}
+
+/// How many of the slot and the publication named `name` exist.
+async fn made(db: &TestDb, name: &str) -> i64 {
+    db.client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1) \
+                  + (SELECT count(*) FROM pg_publication WHERE pubname = $1)",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 const GOOD_SUBSCRIPTION: &str = r#"
@@ -129,17 +163,12 @@ async fn an_unreachable_database_exits_1_naming_host_and_port() {
 
 #[tokio::test]
 async fn demo_shows_the_whole_loop_and_exits_cleanly() {
-    let output = tokio::time::timeout(
+    let (output, stdout, stderr) = run_binary(
+        &[std::ffi::OsStr::new("demo")],
+        &[],
         Duration::from_secs(120),
-        tokio::process::Command::new(walhook_binary())
-            .arg("demo")
-            .output(),
     )
-    .await
-    .expect("demo finishes")
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    .await;
     assert!(
         output.status.success(),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
@@ -160,21 +189,26 @@ async fn demo_shows_the_whole_loop_and_exits_cleanly() {
 async fn bench_measures_a_small_backlog_and_live_load_twice_and_writes_its_report() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let output = tokio::time::timeout(
-        Duration::from_secs(300),
-        tokio::process::Command::new(walhook_binary())
-            .args(["bench", "--rows", "300", "--rows-per-transaction", "30"])
-            .args(["--only", "batch=100", "--repeat", "2"])
-            .args(["--live-rates", "200", "--live-seconds", "1"])
-            .arg("--json")
-            .arg(&json)
-            .output(),
-    )
-    .await
-    .expect("bench finishes")
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let args = [
+        "bench",
+        "--rows",
+        "300",
+        "--rows-per-transaction",
+        "30",
+        "--only",
+        "batch=100",
+        "--repeat",
+        "2",
+        "--live-rates",
+        "200",
+        "--live-seconds",
+        "1",
+        "--json",
+    ]
+    .map(std::ffi::OsStr::new);
+    let mut args = args.to_vec();
+    args.push(json.as_os_str());
+    let (output, stdout, stderr) = run_binary(&args, &[], Duration::from_secs(300)).await;
     assert!(
         output.status.success(),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
@@ -231,22 +265,21 @@ async fn environment_overrides_replace_scalar_keys_of_the_file() {
         ),
     )
     .unwrap();
-    let output = tokio::time::timeout(
+    let url = format!("postgres://walhook@127.0.0.1:{env_port}/app?sslmode=disable");
+    let run = [
+        std::ffi::OsStr::new("run"),
+        "--config".as_ref(),
+        path.as_os_str(),
+    ];
+    let (output, _, stderr) = run_binary(
+        &run,
+        &[
+            ("WALHOOK_SOURCE__URL", Some(&url)),
+            ("WALHOOK_DELIVERY__CONCURRENCY", Some("8")),
+        ],
         Duration::from_secs(60),
-        tokio::process::Command::new(walhook_binary())
-            .args(["run", "--config"])
-            .arg(&path)
-            .env(
-                "WALHOOK_SOURCE__URL",
-                format!("postgres://walhook@127.0.0.1:{env_port}/app?sslmode=disable"),
-            )
-            .env("WALHOOK_DELIVERY__CONCURRENCY", "8")
-            .output(),
     )
-    .await
-    .expect("walhook exits")
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    .await;
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!("127.0.0.1:{env_port}")),
@@ -254,18 +287,15 @@ async fn environment_overrides_replace_scalar_keys_of_the_file() {
     );
 
     // A bad value from the environment names the variable.
-    let output = tokio::process::Command::new(walhook_binary())
-        .args(["run", "--config"])
-        .arg(&path)
-        .env(
-            "WALHOOK_SOURCE__URL",
-            format!("postgres://walhook@127.0.0.1:{env_port}/app?sslmode=disable"),
-        )
-        .env("WALHOOK_DELIVERY__CONCURRENCY", "many")
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (output, _, stderr) = run_binary(
+        &run,
+        &[
+            ("WALHOOK_SOURCE__URL", Some(&url)),
+            ("WALHOOK_DELIVERY__CONCURRENCY", Some("many")),
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("delivery.concurrency"), "{stderr}");
 }
@@ -299,42 +329,45 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("walhook.toml");
     std::fs::write(&path, &config).unwrap();
-    let setup = |table: Option<&str>| {
-        let mut command = tokio::process::Command::new(walhook_binary());
-        command
-            .args(["setup", "--config"])
-            .arg(&path)
-            .env_remove("WALHOOK_CONFIG")
-            .env("WALHOOK_TEST_SLOT", &slot)
-            .env("WALHOOK_TEST_CONCURRENCY", "4")
-            .env("WALHOOK_TEST_BATCH", "10")
-            .env_remove("WALHOOK_TEST_TABLE");
-        if let Some(table) = table {
-            command.env("WALHOOK_TEST_TABLE", table);
-        }
-        command
+    let setup_args = [
+        std::ffi::OsStr::new("setup"),
+        "--config".as_ref(),
+        path.as_os_str(),
+    ];
+    let setup = async |table: Option<&str>, auth: Option<&str>| {
+        run_binary(
+            &setup_args,
+            &[
+                ("WALHOOK_TEST_SLOT", Some(&slot)),
+                ("WALHOOK_TEST_CONCURRENCY", Some("4")),
+                ("WALHOOK_TEST_BATCH", Some("10")),
+                ("WALHOOK_TEST_TABLE", table),
+                ("WALHOOK_TEST_AUTH", auth),
+            ],
+            Duration::from_secs(60),
+        )
+        .await
     };
 
     // Unset: the message names the nested key and the variable; nothing made.
-    let output = setup(None).output().await.unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (output, _, stderr) = setup(None, None).await;
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("subscriptions[0] (orders).tables[0]")
             && stderr.contains("WALHOOK_TEST_TABLE"),
         "{stderr}"
     );
-    let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1";
-    let count: i64 = db.client.query_one(slots, &[&slot]).await.unwrap().get(0);
-    assert_eq!(count, 0);
+    assert_eq!(made(&db, &slot).await, 0, "neither slot nor publication");
 
     // Set: the slot and the publication take their names from the
     // environment, and the publication the table.
-    let output = setup(Some("public.env_orders")).output().await.unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (output, _, stderr) = setup(Some("public.env_orders"), None).await;
     assert!(output.status.success(), "{stderr}");
-    let count: i64 = db.client.query_one(slots, &[&slot]).await.unwrap().get(0);
-    assert_eq!(count, 1, "the slot is named from the environment");
+    assert_eq!(
+        made(&db, &slot).await,
+        2,
+        "the slot and the publication are named from the environment"
+    );
     let published: Vec<String> = db
         .client
         .query(
@@ -361,12 +394,7 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
         ),
     )
     .unwrap();
-    let output = setup(Some("public.env_orders"))
-        .env("WALHOOK_TEST_AUTH", "Bearer s3cret-t0ken")
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (output, _, stderr) = setup(Some("public.env_orders"), Some("Bearer s3cret-t0ken")).await;
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("headers"), "{stderr}");
     assert!(!stderr.contains("s3cret-t0ken"), "{stderr}");
@@ -389,16 +417,6 @@ async fn a_taken_admin_address_exits_1_before_the_database_is_touched() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&address), "{stderr}");
     // Neither the slot nor the publication was created.
-    let made: i64 = db
-        .client
-        .query_one(
-            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1) \
-                  + (SELECT count(*) FROM pg_publication WHERE pubname = $1)",
-            &[&db.name],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(made, 0, "{stderr}");
+    assert_eq!(made(&db, &db.name).await, 0, "{stderr}");
     drop(taken);
 }

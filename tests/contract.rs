@@ -148,14 +148,6 @@ fn requests_to(receiver: &Receiver, path: &str) -> Vec<Received> {
         .collect()
 }
 
-fn delivered_to(receiver: &Receiver, path: &str) -> Vec<Value> {
-    requests_to(receiver, path)
-        .iter()
-        .filter(|request| (200..300).contains(&request.status))
-        .flat_map(Received::events)
-        .collect()
-}
-
 /// The row id of an event: from `record`, else `old_record`.
 fn row_id(event: &Value) -> i64 {
     event["record"]["id"]
@@ -429,7 +421,7 @@ async fn batches_hold_at_most_max_events_signed_once_with_a_deterministic_id() {
     );
 
     // Every row change exactly once among the 2xx answers, in order per key.
-    let events = delivered_to(&receiver, "/batched");
+    let events = receiver.delivered_to("/batched");
     assert_eq!(events.len(), total);
     let unique: HashSet<&str> = events
         .iter()
@@ -513,7 +505,8 @@ async fn order_holds_per_key_and_strictly_under_concurrency_64() {
     let total = committed.len();
     receiver.wait_for_delivered(2 * total, DEADLINE).await;
     let arrived = |path: &str| -> Vec<(i64, i64)> {
-        delivered_to(&receiver, path)
+        receiver
+            .delivered_to(path)
             .iter()
             .map(|event| (row_id(event), event["record"]["n"].as_i64().unwrap()))
             .collect()
@@ -537,7 +530,8 @@ async fn order_holds_per_key_and_strictly_under_concurrency_64() {
     // strict: the whole arrival order is commit order.
     let strict = arrived("/strict");
     assert_eq!(strict, committed);
-    let lsns: Vec<(u64, u64)> = delivered_to(&receiver, "/strict")
+    let lsns: Vec<(u64, u64)> = receiver
+        .delivered_to("/strict")
         .iter()
         .map(|event| {
             (
@@ -581,19 +575,23 @@ async fn a_key_change_arrives_after_the_old_keys_changes_and_before_the_new_keys
     db.wait_slot_active().await;
 
     // n = 0 insert, n = 1 update, n = 2 the rename, n = 3 an update of the
-    // new key: one transaction each, all in one burst.
+    // new key: one transaction each (a multi-statement query would otherwise
+    // be one implicit transaction), all in one burst.
     let mut burst = format!("INSERT INTO items SELECT g, 0 FROM generate_series(1, {KEYS}) g;\n");
+    let mut commit = |statement: String| {
+        burst.push_str(&format!("BEGIN; {statement}; COMMIT;\n"));
+    };
     for id in 1..=KEYS {
-        burst.push_str(&format!("UPDATE items SET n = 1 WHERE id = {id};\n"));
+        commit(format!("UPDATE items SET n = 1 WHERE id = {id}"));
     }
     for id in 1..=KEYS {
-        burst.push_str(&format!(
-            "UPDATE items SET id = id + {RENAMED}, n = 2 WHERE id = {id};\n"
+        commit(format!(
+            "UPDATE items SET id = id + {RENAMED}, n = 2 WHERE id = {id}"
         ));
     }
     for id in 1..=KEYS {
-        burst.push_str(&format!(
-            "UPDATE items SET n = 3 WHERE id = {};\n",
+        commit(format!(
+            "UPDATE items SET n = 3 WHERE id = {}",
             id + RENAMED
         ));
     }
@@ -603,7 +601,7 @@ async fn a_key_change_arrives_after_the_old_keys_changes_and_before_the_new_keys
         .await;
 
     let mut per_row: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    for event in delivered_to(&receiver, "/items") {
+    for event in receiver.delivered_to("/items") {
         let original = row_id(&event) % RENAMED;
         per_row
             .entry(original)
@@ -709,7 +707,8 @@ async fn subscriptions_share_tables_and_span_tables_with_their_own_events() {
     receiver.wait_for_delivered(total, DEADLINE).await;
     assert_eq!(receiver.delivered().len(), total, "nothing more");
     for (path, wanted) in &expected {
-        let mut got: Vec<(String, String, i64)> = delivered_to(&receiver, path)
+        let mut got: Vec<(String, String, i64)> = receiver
+            .delivered_to(path)
             .iter()
             .map(|event| {
                 (

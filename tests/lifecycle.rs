@@ -716,10 +716,8 @@ async fn two_instances_shard_tables_across_their_own_slots_and_progress_independ
     // Row ids delivered to `path`, sorted (lanes interleave keys).
     let delivered_to = |path: &str| -> Vec<i64> {
         let mut ids: Vec<i64> = receiver
-            .requests()
+            .delivered_to(path)
             .iter()
-            .filter(|request| request.path == path && (200..300).contains(&request.status))
-            .flat_map(|request| request.events())
             .map(|event| event["record"]["id"].as_i64().unwrap())
             .collect();
         ids.sort_unstable();
@@ -737,25 +735,12 @@ async fn two_instances_shard_tables_across_their_own_slots_and_progress_independ
     // With the orders shard stopped, the signups shard goes on and its slot
     // moves on; the orders slot keeps its place for when it comes back.
     orders.stop().await.unwrap();
-    let slot_position = |slot: String| {
-        let client = &db.client;
-        async move {
-            client
-                .query_one(
-                    "SELECT (confirmed_flush_lsn - '0/0')::text FROM pg_replication_slots \
-                     WHERE slot_name = $1",
-                    &[&slot],
-                )
-                .await
-                .unwrap()
-                .get::<_, String>(0)
-                .parse::<u64>()
-                .unwrap()
-        }
-    };
-    let orders_held = slot_position(orders_slot.clone()).await;
+    let orders_held = db.confirmed_flush_of(&orders_slot).await.unwrap();
     insert("orders", 51, 60).await;
     insert("signups", 31, 40).await;
+    // The confirmed position cannot pass an unresolved transaction: reaching
+    // the WAL written so far means rows 31-40 were delivered and confirmed.
+    let signups_written = db.current_wal().await;
     receiver
         .wait_for_delivered(90, Duration::from_secs(30))
         .await;
@@ -767,12 +752,17 @@ async fn two_instances_shard_tables_across_their_own_slots_and_progress_independ
     );
     // walhook confirms on its next progress report.
     wait_until(
-        "the signups slot to confirm past the stopped orders slot",
+        "the signups slot to confirm its new rows, past the stopped orders slot",
         Duration::from_secs(30),
-        || async { slot_position(signups_slot.clone()).await > orders_held },
+        || async {
+            db.confirmed_flush_of(&signups_slot)
+                .await
+                .is_some_and(|confirmed| confirmed >= signups_written)
+        },
     )
     .await;
-    assert_eq!(slot_position(orders_slot.clone()).await, orders_held);
+    assert!(signups_written > orders_held);
+    assert_eq!(db.confirmed_flush_of(&orders_slot).await, Some(orders_held));
 
     // Back again: the orders shard sends what it missed, from its own slot.
     let orders = Walhook::start(shard("orders"));

@@ -26,7 +26,9 @@ struct Listening {
 impl Listening {
     async fn start(secret: Option<&str>) -> Listening {
         let mut command = tokio::process::Command::new(walhook_binary());
-        command.args(["listen", "--port", "0"]);
+        command
+            .args(["listen", "--port", "0"])
+            .env_remove("WALHOOK_LISTEN_SECRET");
         if let Some(secret) = secret {
             command.args(["--secret", secret]);
         }
@@ -36,7 +38,6 @@ impl Listening {
     /// Starts `command` (a `walhook listen`) and reads its first line.
     async fn spawn(mut command: tokio::process::Command) -> Listening {
         let mut child = command
-            .env_remove("WALHOOK_LISTEN_SECRET")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

@@ -125,11 +125,16 @@ impl TestDb {
 
     /// The slot's confirmed_flush_lsn as numbers, for comparisons.
     pub async fn confirmed_flush(&self) -> Option<u64> {
+        self.confirmed_flush_of(&self.name).await
+    }
+
+    /// `slot`'s confirmed_flush_lsn as a number.
+    pub async fn confirmed_flush_of(&self, slot: &str) -> Option<u64> {
         let row = self
             .client
             .query_opt(
                 "SELECT (confirmed_flush_lsn - '0/0')::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&self.name],
+                &[&slot],
             )
             .await
             .unwrap()?;

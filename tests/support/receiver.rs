@@ -162,9 +162,18 @@ impl Receiver {
 
     /// The events of every request answered 2xx, in arrival order.
     pub fn delivered(&self) -> Vec<Value> {
+        self.delivered_where(|_| true)
+    }
+
+    /// The events of every request to `path` answered 2xx, in arrival order.
+    pub fn delivered_to(&self, path: &str) -> Vec<Value> {
+        self.delivered_where(|request| request.path == path)
+    }
+
+    fn delivered_where(&self, keep: impl Fn(&Received) -> bool) -> Vec<Value> {
         self.requests()
             .iter()
-            .filter(|request| (200..300).contains(&request.status))
+            .filter(|request| (200..300).contains(&request.status) && keep(request))
             .flat_map(Received::events)
             .collect()
     }
