@@ -50,18 +50,23 @@ async fn park(db: &TestDb, receiver: &Receiver, config: &str, rows: i64, letters
     walhook.stop().await.unwrap();
 }
 
+/// A database with the `items` table the tests park, and a receiver.
+async fn items_db() -> (TestDb, Receiver) {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, payload text)")
+        .await
+        .unwrap();
+    (db, Receiver::start().await)
+}
+
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[tokio::test]
 async fn a_refused_event_is_listed_replayed_with_its_id_and_then_gone() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, payload text)")
-        .await
-        .unwrap();
-    let receiver = Receiver::start().await;
+    let (db, receiver) = items_db().await;
     let config = subscription("rows", &receiver);
     park(&db, &receiver, &config, 3, 3).await;
     let refused = receiver.requests();
@@ -129,12 +134,7 @@ async fn a_refused_event_is_listed_replayed_with_its_id_and_then_gone() {
 
 #[tokio::test]
 async fn a_batched_subscription_gets_its_letters_back_as_batches() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, payload text)")
-        .await
-        .unwrap();
-    let receiver = Receiver::start().await;
+    let (db, receiver) = items_db().await;
     let config = format!(
         "{}batch = {{ max_events = 10, max_wait = \"50ms\" }}\n",
         subscription("batched", &receiver)
@@ -169,12 +169,7 @@ async fn a_batched_subscription_gets_its_letters_back_as_batches() {
 
 #[tokio::test]
 async fn purge_removes_only_what_it_selects_and_refuses_without_a_selector() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, payload text)")
-        .await
-        .unwrap();
-    let receiver = Receiver::start().await;
+    let (db, receiver) = items_db().await;
     let config = format!(
         "{}{}",
         subscription("first", &receiver),
