@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Health};
+use crate::catalog::TypeRegistry;
 use crate::config::{BackoffConfig, Config, ConfigError};
 use crate::deliver::Delivery;
 use crate::deliver::dead_letters::DeadLetters;
@@ -34,7 +35,9 @@ use crate::rules::Rules;
 use crate::rules::catalog_check::{self, RuleError};
 use crate::setup::{self, SetupError};
 use crate::source::{ReplicationStream, SourceError};
+use crate::tables::{self, Resolution};
 use crate::telemetry::Metrics;
+use crate::watch::CatalogWatch;
 
 /// pgoutput protocol version walhook speaks (no streaming of in-progress
 /// transactions: large ones arrive at commit, spilled by the server).
@@ -157,32 +160,47 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         })?;
         Some(task)
     };
+    let mut watch_task = None;
     let outcome = async {
-        let rules = prepare(&config, &params).await?;
+        let (rules, resolution) = prepare(&config, &params).await?;
+        let watch = CatalogWatch {
+            params: params.clone(),
+            publication: config.source.publication.clone(),
+            auto_setup: config.source.auto_setup,
+            interval: config.source.catalog_watch_interval,
+            rules: Arc::clone(&rules),
+            metrics: Arc::clone(&observers.metrics),
+        };
+        watch_task = Some(tokio::spawn(watch.run(resolution, shutdown.clone())));
         stream_until_stopped(&config, &params, &rules, &observers, &shutdown).await
     }
     .await;
-    if let Some(task) = admin_task {
+    for task in [admin_task, watch_task].into_iter().flatten() {
         task.abort();
     }
     outcome
 }
 
 /// Checks the rules against the catalog and, unless `auto_setup = false`,
-/// runs the `setup` steps; returns the rules.
-async fn prepare(config: &Config, params: &ConnectParams) -> Result<Arc<Rules>, AppError> {
+/// runs the `setup` steps; returns the rules and the tables they selected.
+async fn prepare(
+    config: &Config,
+    params: &ConnectParams,
+) -> Result<(Arc<Rules>, Resolution), AppError> {
     let client = connect_sql(params).await?;
-    catalog_check::check(&client, &config.subscriptions).await?;
-    let rules = Arc::new(Rules::new(&config.subscriptions));
+    let resolution = catalog_check::check(&client, &config.subscriptions).await?;
+    let mut rules = Rules::new(&config.subscriptions);
+    rules.bind(&resolution);
     check_slot_not_lost(&client, &config.source.slot).await?;
     if config.source.auto_setup {
+        catalog_check::refuse_unloggable(&resolution, &rules.events())?;
         if let Some(streamed_since) = vanished_slot(&client, &config.source.slot).await {
             return Err(AppError::SlotVanished {
                 slot: config.source.slot.clone(),
                 since: format!(" (walhook streamed from it since {streamed_since})"),
             });
         }
-        let report = setup::run(&client, &config.source, &rules).await?;
+        let report = setup::run(&client, &config.source, &rules, &resolution).await?;
         if report.slot_created {
             tracing::info!(slot = %config.source.slot, "replication slot created");
         }
@@ -191,7 +209,7 @@ async fn prepare(config: &Config, params: &ConnectParams) -> Result<Arc<Rules>, 
         }
     }
     drop(client);
-    Ok(rules)
+    Ok((Arc::new(rules), resolution))
 }
 
 /// Streams, reconnecting as needed, until shutdown or a fatal error.
@@ -208,6 +226,9 @@ async fn stream_until_stopped(
     let mut streamed = false;
     // Whether another process held the slot at the last attempt.
     let mut standing_by = false;
+    // Kept across connections: a type dropped while walhook reconnected is
+    // still known.
+    let mut types = TypeRegistry::new();
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -296,15 +317,29 @@ async fn stream_until_stopped(
             &mut lanes,
         )
         .map_err(|error| AppError::Delivery(error.to_string()))?;
+        // The rule tables as they are now (a `schema.*` may have gained
+        // tables): their column types are loaded before their first change.
+        let relations: Vec<u32> = match tables::resolve(&catalog, &rules.selectors()).await {
+            Ok(resolution) => resolution.tables.values().map(|table| table.oid).collect(),
+            Err(error) => {
+                tracing::debug!(%error, "cannot list the rule tables to preload their types");
+                Vec::new()
+            }
+        };
         let mut pipeline = Pipeline::new(
             stream,
             catalog,
             Arc::clone(rules),
+            std::mem::take(&mut types),
             start,
             config.source.status_interval,
             observers.clone(),
         );
-        let outcome = pipeline.run(&mut delivery, shutdown).await;
+        let outcome = match pipeline.preload_types(&relations).await {
+            Ok(()) => pipeline.run(&mut delivery, shutdown).await,
+            Err(error) => Err(error),
+        };
+        types = pipeline.take_types();
         observers.health.set_connected(false);
         // Closing the lanes lets them finish what they hold.
         drop(delivery);

@@ -12,7 +12,9 @@
 //!
 //! It does not render values (see `value`) or follow schema changes by itself
 //! (the decoder calls [`TypeRegistry::invalidate`] on a pgoutput Type message
-//! and then `ensure` again). Of the non-built-in types whose cast to `json`
+//! and then `ensure` again; a type the catalog no longer has by then keeps
+//! what was known of it, so preloading the rule tables' types at start-up
+//! protects values of a type dropped soon after its change). Of the non-built-in types whose cast to `json`
 //! `to_jsonb` would call, it knows `hstore`'s (an object of strings); any
 //! other such type is text here.
 
@@ -218,6 +220,11 @@ pub fn builtin_oids() -> impl Iterator<Item = u32> {
 pub struct TypeRegistry {
     /// Looked up once per column value on the hot path.
     types: OidMap<TypeFacts>,
+    /// What [`invalidate`](Self::invalidate) forgot, kept until the next
+    /// [`ensure`](Self::ensure): a type dropped after the change that used
+    /// it (the walsender sends a Type message before the table's Relation
+    /// message) is still rendered as it was, not as text.
+    retired: OidMap<TypeFacts>,
 }
 
 impl Default for TypeRegistry {
@@ -250,6 +257,7 @@ impl TypeRegistry {
     pub fn without_builtins() -> Self {
         TypeRegistry {
             types: OidMap::default(),
+            retired: OidMap::default(),
         }
     }
 
@@ -284,7 +292,8 @@ impl TypeRegistry {
 
     /// Forgets `oid` (a pgoutput Type message says it may have changed), the
     /// domains over it and the non-built-in types it refers to, so that the
-    /// next [`ensure`](Self::ensure) reloads them.
+    /// next [`ensure`](Self::ensure) reloads them. What the catalog no longer
+    /// has by then is restored as it was known.
     pub fn invalidate(&mut self, oid: u32) {
         let builtin: HashSet<u32> = builtin_oids().collect();
         let mut pending = vec![oid];
@@ -295,6 +304,7 @@ impl TypeRegistry {
             }
             if let Some(facts) = self.types.remove(&oid) {
                 pending.extend(referenced(&facts).filter(|oid| !builtin.contains(oid)));
+                self.retired.insert(oid, facts);
             }
             let domains = self
                 .types
@@ -314,11 +324,9 @@ impl TypeRegistry {
     ) -> Result<(), CatalogError> {
         let mut loaded: HashMap<u32, (String, String, Loaded)> = HashMap::new();
         let mut asked: HashSet<u32> = HashSet::new();
-        let mut pending: Vec<u32> = oids
-            .iter()
-            .copied()
-            .filter(|oid| !self.types.contains_key(oid))
-            .collect();
+        // Also the parts of known types that are not known (a field type
+        // forgotten by `invalidate` while its composite stayed).
+        let mut pending: Vec<u32> = self.unknown(oids);
         while !pending.is_empty() {
             pending.sort_unstable();
             pending.dedup();
@@ -360,7 +368,42 @@ impl TypeRegistry {
         for facts in resolved {
             self.types.insert(facts.oid, facts);
         }
+        // Asked for, gone from the catalog (dropped since), but known before:
+        // keep rendering it as before, and what it refers to.
+        let mut restore: Vec<u32> = asked
+            .into_iter()
+            .filter(|oid| !self.types.contains_key(oid))
+            .collect();
+        while let Some(oid) = restore.pop() {
+            if self.types.contains_key(&oid) {
+                continue;
+            }
+            if let Some(facts) = self.retired.remove(&oid) {
+                restore.extend(referenced(&facts));
+                self.types.insert(oid, facts);
+            }
+        }
+        self.retired.clear();
         Ok(())
+    }
+
+    /// The types among `oids`, or among the types their rendering refers to,
+    /// that the registry does not know: their values go out as text.
+    pub fn unknown(&self, oids: &[u32]) -> Vec<u32> {
+        let mut unknown = Vec::new();
+        let mut pending: Vec<u32> = oids.to_vec();
+        let mut seen = HashSet::new();
+        while let Some(oid) = pending.pop() {
+            if oid == 0 || !seen.insert(oid) {
+                continue;
+            }
+            match self.types.get(&oid) {
+                Some(facts) => pending.extend(referenced(facts)),
+                None => unknown.push(oid),
+            }
+        }
+        unknown.sort_unstable();
+        unknown
     }
 
     /// Follows a chain of domains from `base` to a type that is not one.

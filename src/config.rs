@@ -51,6 +51,11 @@ pub struct SourceConfig {
     /// else prompts it; must stay well under the server's `wal_sender_timeout`.
     #[serde(default = "default_status_interval", with = "humantime_serde")]
     pub status_interval: Duration,
+    /// How often the running daemon looks in the catalog for rule tables
+    /// that were renamed, moved, dropped or created again, and puts
+    /// re-created ones back into the publication.
+    #[serde(default = "default_catalog_watch_interval", with = "humantime_serde")]
+    pub catalog_watch_interval: Duration,
 }
 
 /// `[delivery]`: how webhooks are sent.
@@ -128,6 +133,24 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in the order PostgreSQL lists publication operations.
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Insert,
+        EventKind::Update,
+        EventKind::Delete,
+        EventKind::Truncate,
+    ];
+
+    /// The operation's name in a publication's `publish` option.
+    pub fn sql_operation(self) -> &'static str {
+        match self {
+            EventKind::Insert => "insert",
+            EventKind::Update => "update",
+            EventKind::Delete => "delete",
+            EventKind::Truncate => "truncate",
+        }
+    }
+
     /// The payload's `type` value.
     pub fn payload_type(self) -> &'static str {
         match self {
@@ -216,6 +239,9 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
 fn default_status_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_catalog_watch_interval() -> Duration {
     Duration::from_secs(10)
 }
 fn default_concurrency() -> usize {
@@ -354,6 +380,9 @@ impl Config {
         if source.status_interval.is_zero() {
             return Err("key `source.status_interval` must be more than 0s".into());
         }
+        if source.catalog_watch_interval < Duration::from_millis(100) {
+            return Err("key `source.catalog_watch_interval` must be at least 100ms".into());
+        }
         let delivery = &self.delivery;
         if delivery.concurrency == 0 {
             return Err("key `delivery.concurrency` must be at least 1".into());
@@ -408,7 +437,8 @@ impl SubscriptionConfig {
             ));
         }
         for table in &self.tables {
-            TableName::parse(table).map_err(|why| format!("key `{at}.tables`: {table:?} {why}"))?;
+            TableSelector::parse(table)
+                .map_err(|why| format!("key `{at}.tables`: {table:?} {why}"))?;
         }
         if self.events.is_empty() {
             return Err(format!(
@@ -458,12 +488,34 @@ impl SubscriptionConfig {
         Ok(())
     }
 
-    /// The tables as schema + name.
-    pub fn table_names(&self) -> Vec<TableName> {
-        // Validated at load time; a name that fails here is skipped.
+    /// Every entry of `tables`: tables and whole schemas.
+    pub fn table_selectors(&self) -> Vec<TableSelector> {
+        // Validated at load time; an entry that fails here is skipped.
         self.tables
             .iter()
-            .filter_map(|table| TableName::parse(table).ok())
+            .filter_map(|table| TableSelector::parse(table).ok())
+            .collect()
+    }
+
+    /// The tables `tables` names one by one (not those of a `schema.*`).
+    pub fn table_names(&self) -> Vec<TableName> {
+        self.table_selectors()
+            .into_iter()
+            .filter_map(|selector| match selector {
+                TableSelector::Table(table) => Some(table),
+                TableSelector::Schema(_) => None,
+            })
+            .collect()
+    }
+
+    /// The schemas `tables` names whole (`schema.*`).
+    pub fn schemas(&self) -> Vec<String> {
+        self.table_selectors()
+            .into_iter()
+            .filter_map(|selector| match selector {
+                TableSelector::Schema(schema) => Some(schema),
+                TableSelector::Table(_) => None,
+            })
             .collect()
     }
 }
@@ -477,17 +529,10 @@ pub struct TableName {
 
 impl TableName {
     pub fn parse(text: &str) -> Result<TableName, &'static str> {
-        let (schema, name) = match text.split_once('.') {
-            Some((schema, name)) => (schema, name),
-            None => ("public", text),
-        };
-        if schema.is_empty() || name.is_empty() || name.contains('.') {
-            return Err("is not a table name of the form schema.table or table");
+        match TableSelector::parse(text)? {
+            TableSelector::Table(table) => Ok(table),
+            TableSelector::Schema(_) => Err("names a whole schema, not one table"),
         }
-        Ok(TableName {
-            schema: schema.to_owned(),
-            name: name.to_owned(),
-        })
     }
 
     /// The name quoted for SQL, e.g. `"public"."orders"`.
@@ -497,6 +542,57 @@ impl TableName {
             quote_identifier(&self.schema),
             quote_identifier(&self.name)
         )
+    }
+}
+
+/// One entry of a subscription's `tables`: a table, or every table of a
+/// schema, those that exist and those created later (`schema.*`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TableSelector {
+    Table(TableName),
+    Schema(String),
+}
+
+impl TableSelector {
+    /// `schema.table`, `table` (schema `public`) or `schema.*`.
+    pub fn parse(text: &str) -> Result<TableSelector, &'static str> {
+        const SHAPE: &str = "is not a table name of the form schema.table, table or schema.*";
+        let (schema, name) = match text.split_once('.') {
+            Some((schema, name)) => (schema, name),
+            None => ("public", text),
+        };
+        if schema.is_empty() || name.is_empty() || name.contains('.') || schema.contains('*') {
+            return Err(SHAPE);
+        }
+        // Control characters would forge log lines and are never meant.
+        if text.chars().any(char::is_control) {
+            return Err("contains a control character");
+        }
+        match name {
+            "*" if text.contains('.') => Ok(TableSelector::Schema(schema.to_owned())),
+            _ if name.contains('*') => Err(SHAPE),
+            _ => Ok(TableSelector::Table(TableName {
+                schema: schema.to_owned(),
+                name: name.to_owned(),
+            })),
+        }
+    }
+
+    /// Whether the table `schema.name` is one this entry selects.
+    pub fn selects(&self, schema: &str, name: &str) -> bool {
+        match self {
+            TableSelector::Table(table) => table.schema == schema && table.name == name,
+            TableSelector::Schema(selected) => selected == schema,
+        }
+    }
+}
+
+impl fmt::Display for TableSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TableSelector::Table(table) => table.fmt(f),
+            TableSelector::Schema(schema) => write!(f, "{schema}.*"),
+        }
     }
 }
 

@@ -50,17 +50,72 @@ impl DecodeFailure {
 }
 
 /// The decoder's state across messages.
-#[derive(Default)]
 pub struct Decoder {
     tables: OidMap<Arc<TableInfo>>,
     types: TypeRegistry,
     transaction: Option<Arc<TransactionInfo>>,
     next_ordinal: u32,
+    /// Columns of the last decoded change whose value went out as text
+    /// instead of as `to_jsonb` renders it, by index (repeats allowed).
+    text_fallbacks: Vec<usize>,
 }
 
 impl Decoder {
-    pub fn new() -> Decoder {
-        Decoder::default()
+    /// A decoder that starts from what `types` knows (kept across
+    /// reconnections, so a type dropped meanwhile is still known).
+    pub fn new(types: TypeRegistry) -> Decoder {
+        Decoder {
+            tables: OidMap::default(),
+            types,
+            transaction: None,
+            next_ordinal: 0,
+            text_fallbacks: Vec::new(),
+        }
+    }
+
+    /// Hands back the type registry, for the next connection's decoder.
+    pub fn take_types(&mut self) -> TypeRegistry {
+        std::mem::take(&mut self.types)
+    }
+
+    /// Loads the types of every column of `relations` now, before their
+    /// changes arrive: a type dropped soon after a change that used it
+    /// (before walhook reads the change) is then still rendered faithfully.
+    pub async fn preload(
+        &mut self,
+        catalog: &tokio_postgres::Client,
+        relations: &[u32],
+    ) -> Result<(), DecodeFailure> {
+        if relations.is_empty() {
+            return Ok(());
+        }
+        let failure = |source: CatalogFailure| DecodeFailure::Catalog {
+            table: format!("{} rule tables", relations.len()),
+            source,
+        };
+        let rows = catalog
+            .query(
+                "SELECT DISTINCT atttypid FROM pg_catalog.pg_attribute \
+                 WHERE attrelid = ANY($1::oid[]) AND attnum > 0 AND NOT attisdropped",
+                &[&relations],
+            )
+            .await
+            .map_err(|error| failure(error.into()))?;
+        let oids = rows
+            .iter()
+            .map(|row| row.try_get::<_, u32>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| failure(error.into()))?;
+        self.types
+            .ensure(catalog, &oids)
+            .await
+            .map_err(|error| failure(error.into()))
+    }
+
+    /// The columns (by index) of the change just decoded whose values went
+    /// out as text; empty almost always.
+    pub fn text_fallbacks(&self) -> &[usize] {
+        &self.text_fallbacks
     }
 
     /// A transaction begins.
@@ -111,7 +166,21 @@ impl Decoder {
         let columns: Vec<ColumnInfo> = message
             .columns
             .into_iter()
-            .map(|column| ColumnInfo::new(column.name, column.type_oid, column.is_key))
+            .map(|column| {
+                let mut info = ColumnInfo::new(column.name, column.type_oid, column.is_key);
+                let unknown = self.types.unknown(&[column.type_oid]);
+                if !unknown.is_empty() {
+                    tracing::warn!(
+                        table = %table_name,
+                        column = %info.name,
+                        type_oids = ?unknown,
+                        "the column's type is not in the catalog (dropped before walhook read the \
+                         change?); its values go out as their text, not as to_jsonb renders them"
+                    );
+                    info.type_unknown = true;
+                }
+                info
+            })
             .collect();
         let identity_full = message.replica_identity == b'f';
         let mut key_columns: Vec<usize> = columns
@@ -164,6 +233,7 @@ impl Decoder {
             .transaction
             .clone()
             .ok_or(DecodeFailure::OutsideTransaction)?;
+        self.text_fallbacks.clear();
         let old = old.map(|old| match old {
             OldTuple::Key(tuple) => self.render(&table, tuple, true),
             OldTuple::Full(tuple) => self.render(&table, tuple, false),
@@ -173,7 +243,7 @@ impl Decoder {
             fill_unchanged_toast(new, old);
         }
         let ordinal = self.next_ordinal;
-        self.next_ordinal += 1;
+        self.next_ordinal = self.next_ordinal.wrapping_add(1);
         Ok(Change {
             table,
             kind,
@@ -190,7 +260,7 @@ impl Decoder {
         self.change(EventKind::Truncate, relation_id, None, None, lsn)
     }
 
-    fn render(&self, table: &TableInfo, tuple: &TupleData, key_only: bool) -> Row {
+    fn render(&mut self, table: &TableInfo, tuple: &TupleData, key_only: bool) -> Row {
         // Text values render to about their own length plus quotes; sizing
         // once avoids regrowing the buffer column by column.
         let text_bytes: usize = tuple
@@ -216,9 +286,15 @@ impl Decoder {
                 }
                 Some(TupleValue::Null) => row.push_value(|out| out.extend_from_slice(b"null")),
                 Some(TupleValue::UnchangedToast) => row.cells.push(Cell::UnchangedToast),
-                Some(TupleValue::Text(text)) => row.push_value(|out| {
-                    crate::value::write_json(out, column.type_oid, text, &self.types)
-                }),
+                Some(TupleValue::Text(text)) => {
+                    let mut faithful = true;
+                    row.push_value(|out| {
+                        faithful = crate::value::write_json(out, column.type_oid, text, &self.types)
+                    });
+                    if !faithful || column.type_unknown {
+                        self.text_fallbacks.push(index);
+                    }
+                }
                 Some(TupleValue::Binary(bytes)) => row.push_value(|out| {
                     // walhook asks for text; binary is kept as hex like bytea.
                     let mut hex = String::with_capacity(bytes.len() * 2 + 2);

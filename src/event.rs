@@ -64,6 +64,9 @@ pub struct ColumnInfo {
     pub type_oid: u32,
     /// Part of the replica identity (sent in a key-only old row).
     pub in_identity: bool,
+    /// Its type, or a type its rendering needs, is not in the catalog (it
+    /// was dropped before walhook read the change): values go out as text.
+    pub type_unknown: bool,
     /// `name` as a JSON string: a payload names each column it sends.
     json_name: Box<[u8]>,
 }
@@ -75,6 +78,7 @@ impl ColumnInfo {
             name,
             type_oid,
             in_identity,
+            type_unknown: false,
         }
     }
 }

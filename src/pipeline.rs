@@ -19,17 +19,18 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Health;
+use crate::catalog::TypeRegistry;
 use crate::checkpoint::Checkpoint;
 use crate::config::EventKind;
 use crate::decode::{DecodeFailure, Decoder};
 use crate::deliver::{Delivery, DeliveryClosed, Outbound};
-use crate::event::{Change, Projection, write_payload};
+use crate::event::{Change, Projection, TableInfo, write_payload};
 use crate::lsn::Lsn;
 use crate::oid::OidMap;
 use crate::pgoutput::{self, PgOutputMessage};
 use crate::rules::{Decision, Route, Rules};
 use crate::source::{ReplicationMessage, ReplicationStream, SourceError};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, TableProblem};
 
 /// How long a stopping walhook waits for the server to acknowledge its final
 /// position.
@@ -68,13 +69,25 @@ pub struct Pipeline {
     catalog: tokio_postgres::Client,
     decoder: Decoder,
     rules: Arc<Rules>,
-    routes: OidMap<Arc<[Route]>>,
+    routes: OidMap<Routing>,
     checkpoint: Checkpoint,
     reporter: Reporter,
     observers: Observers,
     /// Where payloads are written before delivery copies them into their
     /// lane's chunk.
     scratch: Vec<u8>,
+    /// (relation, column) pairs whose malformed values were logged once.
+    text_fallback_logged: std::collections::HashSet<(u32, usize)>,
+}
+
+/// What the reader does with the changes of one relation, as its latest
+/// Relation message shaped it.
+#[derive(Clone)]
+struct Routing {
+    routes: Arc<[Route]>,
+    /// Counts its changes when no rule selects it (the publication holds a
+    /// table the rules do not name): passed over, but never silently.
+    unrouted: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 /// Where the reader reports what it sees: metrics and health.
@@ -99,6 +112,7 @@ impl Pipeline {
         stream: ReplicationStream,
         catalog: tokio_postgres::Client,
         rules: Arc<Rules>,
+        types: TypeRegistry,
         start: Lsn,
         status_interval: Duration,
         observers: Observers,
@@ -108,7 +122,7 @@ impl Pipeline {
         Pipeline {
             stream,
             catalog,
-            decoder: Decoder::new(),
+            decoder: Decoder::new(types),
             rules,
             routes: OidMap::default(),
             checkpoint: Checkpoint::new(start),
@@ -121,6 +135,7 @@ impl Pipeline {
             },
             observers,
             scratch: Vec::with_capacity(4096),
+            text_fallback_logged: std::collections::HashSet::new(),
         }
     }
 
@@ -211,6 +226,18 @@ impl Pipeline {
         self.checkpoint.advance()
     }
 
+    /// Loads the column types of `relations` (the rule tables) before the
+    /// first change, so that a type dropped soon after a change that used it
+    /// is still rendered faithfully.
+    pub async fn preload_types(&mut self, relations: &[u32]) -> Result<(), PipelineError> {
+        Ok(self.decoder.preload(&self.catalog, relations).await?)
+    }
+
+    /// The type registry, for the next connection's pipeline.
+    pub fn take_types(&mut self) -> TypeRegistry {
+        self.decoder.take_types()
+    }
+
     /// Sends a standby status update when progress moved, when the interval
     /// passed, or when `now`.
     async fn report(&mut self, now: bool) -> Result<(), SourceError> {
@@ -276,8 +303,8 @@ impl Pipeline {
             }
             PgOutputMessage::Relation(relation) => {
                 let table = self.decoder.relation(relation, &self.catalog).await?;
-                let routes: Arc<[Route]> = self.rules.routes_for(&table).into();
-                self.routes.insert(table.relation_id, routes);
+                let routing = self.routing(&table);
+                self.routes.insert(table.relation_id, routing);
             }
             PgOutputMessage::Type { id, .. } => self.decoder.type_changed(id),
             PgOutputMessage::Insert { relation_id, new } => {
@@ -327,6 +354,54 @@ impl Pipeline {
         Ok(true)
     }
 
+    /// The routes of a relation's new shape, saying what is unusual about
+    /// it: a table no rule selects, or one selected by the oid it had at
+    /// start-up under a name the config no longer matches.
+    fn routing(&self, table: &TableInfo) -> Routing {
+        let routes: Arc<[Route]> = self.rules.routes_for(table).into();
+        let name = format!("{}.{}", table.schema, table.name);
+        if routes.is_empty() {
+            tracing::warn!(table = %name, "the publication sends changes of a table no rule selects; they are passed over and counted in walhook_changes_unrouted_total (remove the table from the publication, or add it to a subscription)");
+            return Routing {
+                routes,
+                unrouted: Some(self.observers.metrics.unrouted_counter(&name)),
+            };
+        }
+        if let Some(former) = self.rules.former_name(table) {
+            tracing::warn!(table = %former, now = %name, "a table the rules name was renamed or moved to another schema; walhook keeps delivering its changes, under its new name — update `tables` in the config, which still says the old name (a restart with the old name fails)");
+            self.observers.metrics.set_table_problem(
+                &former.to_string(),
+                TableProblem::Renamed,
+                true,
+            );
+        }
+        Routing {
+            routes,
+            unrouted: None,
+        }
+    }
+
+    /// Counts (and, the first time per column, logs) values of `change`
+    /// that went out as text rather than as `to_jsonb` renders them.
+    fn count_text_fallbacks(&mut self, change: &Change) {
+        for &index in self.decoder.text_fallbacks() {
+            let Some(column) = change.table.columns.get(index) else {
+                continue;
+            };
+            let table = format!("{}.{}", change.table.schema, change.table.name);
+            self.observers
+                .metrics
+                .values_as_text(&table, &column.name, 1);
+            if !column.type_unknown
+                && self
+                    .text_fallback_logged
+                    .insert((change.table.relation_id, index))
+            {
+                tracing::warn!(%table, column = %column.name, "a value's text is not what its type's output gives; it goes out as a JSON string of its text (counted in walhook_values_as_text_total)");
+            }
+        }
+    }
+
     /// Hands a change to every subscription that wants it.
     async fn dispatch(
         &mut self,
@@ -335,9 +410,17 @@ impl Pipeline {
         shutdown: &CancellationToken,
     ) -> Result<bool, PipelineError> {
         self.observers.metrics.changes_decoded.inc();
-        let Some(routes) = self.routes.get(&change.table.relation_id).cloned() else {
+        if !self.decoder.text_fallbacks().is_empty() {
+            self.count_text_fallbacks(&change);
+        }
+        let Some(routing) = self.routes.get(&change.table.relation_id) else {
             return Ok(true);
         };
+        if let Some(unrouted) = &routing.unrouted {
+            unrouted.inc();
+            return Ok(true);
+        }
+        let routes = Arc::clone(&routing.routes);
         for route in routes.iter() {
             let park = match route.decide(&change) {
                 Decision::Skip => continue,
@@ -365,6 +448,7 @@ impl Pipeline {
                 ordering_key: change.ordering_key(),
                 previous_ordering_key: change.previous_ordering_key(),
                 commit_time_micros: change.transaction.commit_time_micros,
+                barrier: change.kind == EventKind::Truncate,
                 park,
                 body: Bytes::new(),
                 ack: self.checkpoint.track_event(),

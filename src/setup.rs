@@ -9,9 +9,11 @@
 //! A failed statement is reported with the statement and the server's words.
 //! It does not validate rules (`rules::catalog_check`) or read changes.
 
-use crate::config::{EventKind, SourceConfig, TableName, quote_identifier};
+use crate::config::SourceConfig;
 use crate::lsn::Lsn;
+use crate::publication::{self, WantedPublication};
 use crate::rules::Rules;
+use crate::tables::Resolution;
 
 /// The SQL files of `sql/`, in the order they run.
 pub const SQL_FILES: &[(&str, &str)] = &[(
@@ -88,20 +90,14 @@ pub async fn run(
     client: &tokio_postgres::Client,
     source: &SourceConfig,
     rules: &Rules,
+    resolution: &Resolution,
 ) -> Result<SetupReport, SetupError> {
     let lock = "SELECT pg_advisory_lock($1)";
     client
         .execute(lock, &[&SETUP_LOCK])
         .await
         .map_err(|error| SetupError::new(lock, error))?;
-    let outcome = run_steps(
-        client,
-        &source.publication,
-        &source.slot,
-        &rules.tables(),
-        &rules.events(),
-    )
-    .await;
+    let outcome = run_steps(client, source, rules, resolution).await;
     // Released even when a step failed; a lost connection releases it too.
     let unlock = "SELECT pg_advisory_unlock($1)";
     let unlocked = client.execute(unlock, &[&SETUP_LOCK]).await;
@@ -112,12 +108,32 @@ pub async fn run(
 
 async fn run_steps(
     client: &tokio_postgres::Client,
-    publication: &str,
-    slot: &str,
-    tables: &[TableName],
-    publish: &[EventKind],
+    source: &SourceConfig,
+    rules: &Rules,
+    resolution: &Resolution,
 ) -> Result<SetupReport, SetupError> {
     let mut report = SetupReport::default();
+    let version = "SELECT current_setting('server_version_num')::int";
+    let server_version = publication::server_version(client)
+        .await
+        .map_err(|error| SetupError::new(version, error))?;
+    let schemas = rules.schemas();
+    if !schemas.is_empty() && server_version < publication::SCHEMA_PUBLICATIONS_SINCE {
+        return Err(SetupError::other(
+            "CREATE PUBLICATION … FOR TABLES IN SCHEMA",
+            format!(
+                "`tables` selects whole schemas ({}), which needs PostgreSQL 15 or newer \
+                 (FOR TABLES IN SCHEMA); this server is {}. List the tables one by one instead",
+                schemas
+                    .iter()
+                    .map(|schema| format!("{schema}.*"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                server_version
+            ),
+        ));
+    }
+    let wanted = WantedPublication::new(&rules.tables(), &schemas, &rules.events(), server_version);
     for (name, sql) in SQL_FILES {
         if let Err(error) = client.batch_execute(sql).await {
             // A least-privilege role cannot run the DDL, but an administrator
@@ -132,8 +148,15 @@ async fn run_steps(
             return Err(SetupError::new(name, error));
         }
     }
-    ensure_publication(client, publication, tables, publish, &mut report).await?;
-    ensure_slot(client, slot, &mut report).await?;
+    ensure_publication(
+        client,
+        &source.publication,
+        &wanted,
+        resolution.has_partitioned(),
+        &mut report,
+    )
+    .await?;
+    ensure_slot(client, &source.slot, &mut report).await?;
     Ok(report)
 }
 
@@ -148,54 +171,19 @@ async fn schema_installed(client: &tokio_postgres::Client) -> bool {
         .unwrap_or(false)
 }
 
-/// The `publish` option: only the operations some subscription wants, so an
-/// insert-only rule never makes PostgreSQL refuse UPDATE or DELETE on a table
-/// without a replica identity.
-fn publish_option(publish: &[EventKind]) -> String {
-    let mut operations: Vec<&str> = [
-        (EventKind::Insert, "insert"),
-        (EventKind::Update, "update"),
-        (EventKind::Delete, "delete"),
-        (EventKind::Truncate, "truncate"),
-    ]
-    .iter()
-    .filter(|(kind, _)| publish.contains(kind))
-    .map(|(_, name)| *name)
-    .collect();
-    if operations.is_empty() {
-        operations.push("insert");
-    }
-    operations.join(", ")
-}
-
 async fn ensure_publication(
     client: &tokio_postgres::Client,
     publication: &str,
-    tables: &[TableName],
-    publish: &[EventKind],
+    wanted: &WantedPublication,
+    partitioned: bool,
     report: &mut SetupReport,
 ) -> Result<(), SetupError> {
-    let publish = publish_option(publish);
-    let table_list = tables
-        .iter()
-        .map(TableName::quoted)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let lookup =
-        "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1";
-    let lookup_publish = "SELECT concat_ws(', ', \
-           CASE WHEN pubinsert THEN 'insert' END, CASE WHEN pubupdate THEN 'update' END, \
-           CASE WHEN pubdelete THEN 'delete' END, CASE WHEN pubtruncate THEN 'truncate' END) \
-         FROM pg_publication WHERE pubname = $1";
-    let existing = client
-        .query_opt(lookup_publish, &[&publication])
+    let lookup = "the publication's definition (pg_publication)";
+    let current = publication::read(client, publication, wanted.server_version)
         .await
-        .map_err(|error| SetupError::new(lookup_publish, error))?;
-    let Some(existing) = existing else {
-        let statement = format!(
-            "CREATE PUBLICATION {} FOR TABLE {table_list} WITH (publish = '{publish}')",
-            quote_identifier(publication)
-        );
+        .map_err(|error| SetupError::new(lookup, error))?;
+    let Some(current) = current else {
+        let statement = wanted.create_statement(publication);
         client
             .batch_execute(&statement)
             .await
@@ -203,44 +191,11 @@ async fn ensure_publication(
         report.publication_created = true;
         return Ok(());
     };
-    let current_publish: String = existing.get(0);
-    let mut current: Vec<TableName> = client
-        .query(lookup, &[&publication])
-        .await
-        .map_err(|error| SetupError::new(lookup, error))?
-        .iter()
-        .map(|row| TableName {
-            schema: row.get(0),
-            name: row.get(1),
-        })
-        .collect();
-    current.sort();
-    let mut wanted = tables.to_vec();
-    wanted.sort();
-    wanted.dedup();
-    // A publication that already covers every table and operation the rules
-    // need works as it is; narrowing it only saves decoding, and a
-    // least-privilege role (not its owner) may not alter it.
-    let covers = wanted.iter().all(|table| current.contains(table))
-        && publish
-            .split(", ")
-            .all(|operation| current_publish.split(", ").any(|have| have == operation));
-    let mut alterations = Vec::new();
-    if current_publish != publish {
-        alterations.push(format!(
-            "ALTER PUBLICATION {} SET (publish = '{publish}')",
-            quote_identifier(publication)
-        ));
-    }
-    if current != wanted {
-        // Exactly the tables the rules name: others would be decoded for
-        // nothing.
-        alterations.push(format!(
-            "ALTER PUBLICATION {} SET TABLE {table_list}",
-            quote_identifier(publication)
-        ));
-    }
-    for statement in alterations {
+    // A publication that already delivers every change the rules need works
+    // as it is; narrowing it only saves decoding, and a least-privilege role
+    // (not its owner) may not alter it.
+    let covers = wanted.is_covered_by(&current, partitioned);
+    for statement in wanted.alterations(publication, &current) {
         match client.batch_execute(&statement).await {
             Ok(()) => report.publication_changed = true,
             Err(error) if covers => {
@@ -287,22 +242,4 @@ async fn ensure_slot(
     report.slot_created = true;
     report.slot_confirmed = lsn.parse().ok();
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn publishes_only_what_subscriptions_ask_for() {
-        assert_eq!(publish_option(&[EventKind::Insert]), "insert");
-        assert_eq!(
-            publish_option(&[EventKind::Delete, EventKind::Insert, EventKind::Insert]),
-            "insert, delete"
-        );
-        assert_eq!(
-            publish_option(&[EventKind::Truncate, EventKind::Update]),
-            "update, truncate"
-        );
-    }
 }

@@ -30,11 +30,65 @@ pub mod names {
     pub const REPLICATION_LAG_SECONDS: &str = "replication_lag_seconds";
     pub const CONFIRMED_LSN: &str = "confirmed_lsn";
     pub const RECONNECTS: &str = "reconnects";
+    pub const CHANGES_UNROUTED: &str = "changes_unrouted";
+    pub const VALUES_AS_TEXT: &str = "values_as_text";
+    pub const RULE_TABLE_PROBLEMS: &str = "rule_table_problems";
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SubscriptionLabel {
     subscription: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabel {
+    table: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ColumnLabel {
+    table: String,
+    column: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableProblemLabel {
+    table: String,
+    problem: &'static str,
+}
+
+/// Something wrong with a table a rule names, as the catalog watch sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TableProblem {
+    /// Renamed or moved to another schema: still delivered, under its new
+    /// name, until the config is updated.
+    Renamed,
+    /// Dropped: nothing to deliver until a table of that name exists again.
+    Dropped,
+    /// Exists but the publication does not hold it: its changes are not
+    /// published.
+    Unpublished,
+    /// Cannot log updates and deletes while the publication publishes them,
+    /// so PostgreSQL refuses the application's UPDATE and DELETE on it.
+    NoReplicaIdentity,
+}
+
+impl TableProblem {
+    pub const ALL: [TableProblem; 4] = [
+        TableProblem::Renamed,
+        TableProblem::Dropped,
+        TableProblem::Unpublished,
+        TableProblem::NoReplicaIdentity,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TableProblem::Renamed => "renamed",
+            TableProblem::Dropped => "dropped",
+            TableProblem::Unpublished => "unpublished",
+            TableProblem::NoReplicaIdentity => "no_replica_identity",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,6 +170,9 @@ pub struct Metrics {
     pub replication_lag_seconds: Gauge<f64, AtomicU64>,
     pub confirmed_lsn: Gauge,
     pub reconnects: Counter,
+    changes_unrouted: Family<TableLabel, Counter>,
+    values_as_text: Family<ColumnLabel, Counter>,
+    rule_table_problems: Family<TableProblemLabel, Gauge>,
     subscriptions: Vec<SubscriptionMetrics>,
 }
 
@@ -197,6 +254,26 @@ impl Metrics {
             "Replication connections re-opened after a loss",
             reconnects.clone(),
         );
+        let changes_unrouted = Family::<TableLabel, Counter>::default();
+        registry.register(
+            names::CHANGES_UNROUTED,
+            "Changes decoded for a published table that no rule selects, by table",
+            changes_unrouted.clone(),
+        );
+        let values_as_text = Family::<ColumnLabel, Counter>::default();
+        registry.register(
+            names::VALUES_AS_TEXT,
+            "Values sent as a JSON string of their text because their type could not be \
+             rendered as to_jsonb does (unknown or dropped type, unexpected text)",
+            values_as_text.clone(),
+        );
+        let rule_table_problems = Family::<TableProblemLabel, Gauge>::default();
+        registry.register(
+            names::RULE_TABLE_PROBLEMS,
+            "1 while a table a rule names is renamed, dropped, unpublished or lacks the replica \
+             identity its published operations need",
+            rule_table_problems.clone(),
+        );
         let subscriptions = subscription_names
             .iter()
             .map(|name| {
@@ -228,8 +305,40 @@ impl Metrics {
             replication_lag_seconds,
             confirmed_lsn,
             reconnects,
+            changes_unrouted,
+            values_as_text,
+            rule_table_problems,
             subscriptions,
         })
+    }
+
+    /// The counter of changes of `table` that no rule selects.
+    pub fn unrouted_counter(&self, table: &str) -> Counter {
+        self.changes_unrouted
+            .get_or_create(&TableLabel {
+                table: table.to_owned(),
+            })
+            .clone()
+    }
+
+    /// Counts `count` values of `table`.`column` sent as text.
+    pub fn values_as_text(&self, table: &str, column: &str, count: u64) {
+        self.values_as_text
+            .get_or_create(&ColumnLabel {
+                table: table.to_owned(),
+                column: column.to_owned(),
+            })
+            .inc_by(count);
+    }
+
+    /// Sets whether `table` has `problem` (1) or not (0).
+    pub fn set_table_problem(&self, table: &str, problem: TableProblem, present: bool) {
+        self.rule_table_problems
+            .get_or_create(&TableProblemLabel {
+                table: table.to_owned(),
+                problem: problem.label(),
+            })
+            .set(i64::from(present));
     }
 
     /// The handles of subscription number `index`.

@@ -664,7 +664,9 @@ async fn random_filters_agree_with_postgresql() {
                 let text: Option<String> = row.get(at);
                 target.push_value(|out| match &text {
                     None => out.extend_from_slice(b"null"),
-                    Some(text) => walhook::value::write_json(out, oid, text.as_bytes(), &types),
+                    Some(text) => {
+                        walhook::value::write_json(out, oid, text.as_bytes(), &types);
+                    }
                 });
             }
         }

@@ -11,14 +11,18 @@
 //! problem line of its own rather than ending the check, so one run shows
 //! as much as it can.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use crate::app::{self, AppError};
-use crate::config::{Config, EventKind, SubscriptionConfig, TableName, quote_identifier};
+use crate::config::{
+    Config, EventKind, SubscriptionConfig, TableName, TableSelector, quote_identifier,
+};
 use crate::pgconn::connect_sql;
+use crate::publication::{self, WantedPublication};
 use crate::rules::catalog_check::{self, RuleError};
+use crate::tables::{self, Resolution};
 
 /// How long resolving one URL host may take before it counts as failed.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -209,6 +213,9 @@ struct FoundTable {
     has_primary_key: bool,
     /// REPLICA IDENTITY USING INDEX whose index is gone.
     identity_index_missing: bool,
+    /// It, or its leaf partitions, when they cannot log updates and deletes.
+    without_identity: Vec<TableName>,
+    partitioned: bool,
 }
 
 impl FoundTable {
@@ -223,28 +230,70 @@ impl FoundTable {
     }
 
     /// How the table's replica identity fails to identify old rows, if it
-    /// does.
-    fn missing_identity(&self) -> Option<&'static str> {
+    /// does. For a partitioned table, its leaves' identities count.
+    fn missing_identity(&self) -> Option<String> {
         match self.replica_identity.as_str() {
-            "n" => Some("NOTHING"),
-            "d" if !self.has_primary_key => Some("DEFAULT and no primary key"),
-            "i" if self.identity_index_missing => Some("USING INDEX but the index is gone"),
+            _ if self.partitioned && !self.without_identity.is_empty() => Some(format!(
+                "missing on its partitions {} (each partition's own identity counts)",
+                self.without_identity
+                    .iter()
+                    .map(TableName::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            "n" => Some("NOTHING".to_owned()),
+            "d" if !self.has_primary_key && !self.partitioned => {
+                Some("DEFAULT and no primary key".to_owned())
+            }
+            "i" if self.identity_index_missing => {
+                Some("USING INDEX but the index is gone".to_owned())
+            }
             _ => None,
         }
     }
 }
 
 /// Existence, SELECT privilege and replica identity of every table the rules
-/// name.
+/// select (one by one, or each table a `schema.*` has now).
 async fn check_tables(
     client: &tokio_postgres::Client,
     subscriptions: &[SubscriptionConfig],
     role: &str,
     report: &mut CheckReport,
 ) -> BTreeMap<TableName, TableState> {
+    let selectors: Vec<TableSelector> = subscriptions
+        .iter()
+        .flat_map(SubscriptionConfig::table_selectors)
+        .collect();
+    let resolution = match tables::resolve(client, &selectors).await {
+        Ok(resolution) => resolution,
+        Err(error) => {
+            report.query_failed("the rule tables in pg_class", &error);
+            Resolution::default()
+        }
+    };
+    for schema in &resolution.missing_schemas {
+        let named_by: Vec<String> = subscriptions
+            .iter()
+            .filter(|subscription| subscription.schemas().contains(schema))
+            .map(|subscription| subscription.name.clone())
+            .collect();
+        report.problem(
+            format!(
+                "schema {schema:?} does not exist (selected whole by subscription {})",
+                names(&named_by)
+            ),
+            "create the schema, or correct `tables` in the subscription",
+        );
+    }
     let mut tables: BTreeMap<TableName, TableState> = BTreeMap::new();
     for subscription in subscriptions {
-        for table in subscription.table_names() {
+        let own = subscription.table_selectors();
+        let selected = subscription
+            .table_names()
+            .into_iter()
+            .chain(resolution.selected_by(&own).map(|table| table.name.clone()));
+        for table in selected {
             let state = tables.entry(table).or_insert_with(|| TableState {
                 subscriptions: Vec::new(),
                 found: None,
@@ -279,7 +328,9 @@ async fn check_tables(
                     "table {table} does not exist (named by subscription {})",
                     names(&state.subscriptions)
                 ),
-                "create the table, or correct `tables` in the subscription",
+                "create the table, or correct `tables` in the subscription \
+                 (if it was renamed while walhook ran, walhook went on delivering it under \
+                 its new name: put that name in the config)",
             );
             continue;
         };
@@ -301,6 +352,15 @@ async fn check_tables(
             replica_identity: row.get(0),
             has_primary_key: row.get(2),
             identity_index_missing: row.get(3),
+            without_identity: resolution
+                .tables
+                .get(table)
+                .map(|found| found.without_identity.clone())
+                .unwrap_or_default(),
+            partitioned: resolution
+                .tables
+                .get(table)
+                .is_some_and(|found| found.partitioned),
         });
     }
     for subscription in subscriptions {
@@ -311,8 +371,11 @@ async fn check_tables(
         if !wants_old_rows {
             continue;
         }
-        for table in subscription.table_names() {
-            let Some(found) = tables.get(&table).and_then(|state| state.found.as_ref()) else {
+        for (table, state) in &tables {
+            if !state.subscriptions.contains(&subscription.name) {
+                continue;
+            }
+            let Some(found) = state.found.as_ref() else {
                 continue;
             };
             match found.missing_identity() {
@@ -372,8 +435,8 @@ async fn check_rules(
         }
         match catalog_check::check_subscription(client, index, subscription).await {
             Ok(_) => report.pass(),
-            // Reported above with the other missing tables.
-            Err(RuleError::UnknownTable { .. }) => {}
+            // Reported above with the other missing tables and schemas.
+            Err(RuleError::UnknownTable { .. } | RuleError::UnknownSchema { .. }) => {}
             Err(RuleError::Catalog(error)) => {
                 report.query_failed(
                     &format!("the catalog for subscription {:?}", subscription.name),
@@ -385,8 +448,9 @@ async fn check_rules(
     }
 }
 
-/// The publication exists, holds every table the rules name, and publishes
-/// the operations the subscriptions ask for.
+/// The publication exists, holds every table and schema the rules select,
+/// publishes partitions through their root, and publishes the operations
+/// the subscriptions ask for; and which published tables no rule selects.
 async fn check_publication(
     client: &tokio_postgres::Client,
     config: &Config,
@@ -394,20 +458,47 @@ async fn check_publication(
     report: &mut CheckReport,
 ) {
     let publication = &config.source.publication;
-    let row = match client
-        .query_opt(
-            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1",
-            &[publication],
-        )
-        .await
-    {
-        Ok(row) => row,
+    let server_version = match publication::server_version(client).await {
+        Ok(version) => version,
+        Err(error) => {
+            report.query_failed("server_version_num", &error);
+            return;
+        }
+    };
+    let explicit: Vec<TableName> = config
+        .subscriptions
+        .iter()
+        .flat_map(SubscriptionConfig::table_names)
+        .collect();
+    let schemas: Vec<String> = config
+        .subscriptions
+        .iter()
+        .flat_map(SubscriptionConfig::schemas)
+        .collect();
+    let events: Vec<EventKind> = config
+        .subscriptions
+        .iter()
+        .flat_map(|subscription| subscription.events.iter().copied())
+        .collect();
+    let wanted = WantedPublication::new(&explicit, &schemas, &events, server_version);
+    if !wanted.schemas.is_empty() && server_version < publication::SCHEMA_PUBLICATIONS_SINCE {
+        report.problem(
+            format!(
+                "`tables` selects whole schemas ({}), which needs PostgreSQL 15 or newer \
+                 (FOR TABLES IN SCHEMA); this server's version is {server_version}",
+                wanted.schemas.join(", ")
+            ),
+            "list the tables one by one in `tables`",
+        );
+    }
+    let current = match publication::read(client, publication, server_version).await {
+        Ok(current) => current,
         Err(error) => {
             report.query_failed("pg_publication", &error);
             return;
         }
     };
-    let Some(row) = row else {
+    let Some(current) = current else {
         report.problem(
             format!("publication {publication:?} does not exist"),
             "run `walhook setup` (it creates the publication for the tables the rules name)",
@@ -415,29 +506,26 @@ async fn check_publication(
         return;
     };
     report.pass();
-    let published: BTreeSet<TableName> = match client
-        .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-            &[publication],
-        )
-        .await
-    {
-        Ok(rows) => rows
-            .iter()
-            .map(|row| TableName {
-                schema: row.get(0),
-                name: row.get(1),
-            })
-            .collect(),
-        Err(error) => {
-            report.query_failed("pg_publication_tables", &error);
-            return;
-        }
-    };
     let missing: Vec<String> = tables
         .iter()
-        .filter(|(table, state)| state.found.is_some() && !published.contains(table))
+        .filter(|(table, state)| {
+            state.found.is_some()
+                && !current.all_tables
+                && !current.tables.contains(table)
+                && !current.schemas.contains(&table.schema)
+        })
         .map(|(table, _)| table.to_string())
+        .chain(
+            wanted
+                .schemas
+                .iter()
+                .filter(|schema| !current.all_tables && !current.schemas.contains(schema))
+                .map(|schema| {
+                    format!(
+                        "schema {schema} (as a whole, so that tables created later are published)"
+                    )
+                }),
+        )
         .collect();
     if missing.is_empty() {
         report.pass();
@@ -450,23 +538,45 @@ async fn check_publication(
             "run `walhook setup` (it sets the publication to the tables the rules name)",
         );
     }
-    let operations = [
-        (EventKind::Insert, "insert", row.get::<_, bool>(0)),
-        (EventKind::Update, "update", row.get::<_, bool>(1)),
-        (EventKind::Delete, "delete", row.get::<_, bool>(2)),
-        (EventKind::Truncate, "truncate", row.get::<_, bool>(3)),
-    ];
+    let partitioned: Vec<String> = tables
+        .iter()
+        .filter(|(_, state)| state.found.as_ref().is_some_and(|found| found.partitioned))
+        .map(|(table, _)| table.to_string())
+        .collect();
+    if !current.via_root && !partitioned.is_empty() {
+        report.problem(
+            format!(
+                "publication {publication:?} publishes the changes of partitioned {} under its \
+                 partitions' names, which no rule selects: they would be passed over",
+                partitioned.join(", ")
+            ),
+            format!(
+                "run `walhook setup`, or ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                quote_identifier(publication)
+            ),
+        );
+    } else {
+        report.pass();
+    }
+    let published = match publication::published_tables(client, publication).await {
+        Ok(published) => published,
+        Err(error) => {
+            report.query_failed("pg_publication_tables", &error);
+            return;
+        }
+    };
+    let has = |kind: EventKind| current.operations.contains(&kind);
     // A table without a replica identity in a publication that publishes
     // updates or deletes makes PostgreSQL refuse the application's UPDATE
     // and DELETE on it, whatever walhook subscribes to. (Subscriptions that
     // receive updates or deletes were warned about with the tables.)
-    let publishes_old_rows = operations[1].2 || operations[2].2;
+    let publishes_old_rows = has(EventKind::Update) || has(EventKind::Delete);
     for (table, state) in tables {
         let Some(identity) = state.found.as_ref().and_then(FoundTable::missing_identity) else {
             continue;
         };
         let warned = config.subscriptions.iter().any(|subscription| {
-            subscription.table_names().contains(table)
+            state.subscriptions.contains(&subscription.name)
                 && subscription
                     .events
                     .iter()
@@ -487,16 +597,11 @@ async fn check_publication(
             );
         }
     }
-    let unpublished: Vec<&str> = operations
+    let unpublished: Vec<&str> = wanted
+        .operations
         .iter()
-        .filter(|(kind, _, published)| {
-            !published
-                && config
-                    .subscriptions
-                    .iter()
-                    .any(|subscription| subscription.events.contains(kind))
-        })
-        .map(|(_, name, _)| *name)
+        .filter(|kind| !has(**kind) && events.contains(kind))
+        .map(|kind| kind.sql_operation())
         .collect();
     if unpublished.is_empty() {
         report.pass();
@@ -509,6 +614,33 @@ async fn check_publication(
             format!(
                 "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
                 quote_identifier(publication)
+            ),
+        );
+    }
+    // What the publication sends that no rule selects: decoded, counted in
+    // walhook_changes_unrouted_total, and passed over.
+    let selectors: Vec<TableSelector> = config
+        .subscriptions
+        .iter()
+        .flat_map(SubscriptionConfig::table_selectors)
+        .collect();
+    for table in published.iter().filter(|table| {
+        !selectors
+            .iter()
+            .any(|selector| selector.selects(&table.schema, &table.name))
+    }) {
+        report.warning(
+            format!(
+                "publication {publication:?} sends the changes of {table}, which no rule selects: \
+                 walhook decodes them and passes them over (counted in \
+                 walhook_changes_unrouted_total{{table=\"{table}\"}}); a table renamed while walhook \
+                 ran shows up here under its new name"
+            ),
+            format!(
+                "add {table} to a subscription's `tables`, or ALTER PUBLICATION {} DROP TABLE {} \
+                 (`walhook setup` narrows the publication to the rules' tables)",
+                quote_identifier(publication),
+                table.quoted()
             ),
         );
     }

@@ -31,9 +31,10 @@ pub async fn setup(config_path: &Path) -> Result<(), AppError> {
     let config = Config::load(config_path)?;
     let params = app::source_params(&config)?;
     let client = connect_sql(&params).await?;
-    catalog_check::check(&client, &config.subscriptions).await?;
+    let resolution = catalog_check::check(&client, &config.subscriptions).await?;
     let rules = Rules::new(&config.subscriptions);
-    let report = crate::setup::run(&client, &config.source, &rules).await?;
+    catalog_check::refuse_unloggable(&resolution, &rules.events())?;
+    let report = crate::setup::run(&client, &config.source, &rules, &resolution).await?;
     println!(
         "schema walhook: ready\npublication {}: {}\nslot {}: {}{}",
         config.source.publication,

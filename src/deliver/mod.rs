@@ -73,6 +73,10 @@ pub struct Outbound {
     /// Set when the event must not be sent but parked as a dead letter at
     /// its turn (its filter cannot be evaluated), with the reason.
     pub park: Option<Arc<str>>,
+    /// A TRUNCATE: under `key` ordering it goes out only once every earlier
+    /// event of its subscription has resolved, and later events wait for it
+    /// to resolve, so no row change overtakes it either way.
+    pub barrier: bool,
     pub ack: Ack,
 }
 
@@ -90,6 +94,9 @@ struct SubscriptionLanes {
     next_round_robin: usize,
     /// The subscription's byte budget; see [`SUBSCRIPTION_BUFFER_BYTES`].
     buffer: Arc<Semaphore>,
+    /// The lane holding a barrier event (a TRUNCATE) that may not have
+    /// resolved yet: later events wait until that lane is idle.
+    barrier_lane: Option<usize>,
 }
 
 /// The sending side of one lane. The queue itself is unbounded: the
@@ -225,6 +232,7 @@ impl Delivery {
                 lanes,
                 next_round_robin: 0,
                 buffer,
+                barrier_lane: None,
             });
         }
         Ok(Delivery {
@@ -254,12 +262,72 @@ impl Delivery {
         {
             return Ok(Some(event));
         }
+        if !self.barrier_allows(subscription, &event)? {
+            return Ok(Some(event));
+        }
         let cost = budget_cost(payload);
         if !self.try_take_budget(subscription, cost)? {
             return Ok(Some(event));
         }
         self.enqueue(subscription, lane, event, payload, cost)?;
         Ok(None)
+    }
+
+    /// Whether a barrier lets `event` be queued now: no earlier barrier of
+    /// its subscription is unresolved and, for a barrier event itself, no
+    /// earlier event at all. Only `key` ordering needs barriers: `strict`
+    /// has one lane and `none` promises no order.
+    fn barrier_allows(
+        &mut self,
+        subscription: usize,
+        event: &Outbound,
+    ) -> Result<bool, DeliveryClosed> {
+        let target = self
+            .subscriptions
+            .get_mut(subscription)
+            .ok_or(DeliveryClosed)?;
+        if target.ordering != Ordering::Key {
+            return Ok(true);
+        }
+        let idle = |lane: &Lane| lane.load.outstanding.load(AtomicOrdering::Acquire) == 0;
+        if let Some(barrier) = target.barrier_lane {
+            match target.lanes.get(barrier) {
+                Some(lane) if !idle(lane) => return Ok(false),
+                _ => target.barrier_lane = None,
+            }
+        }
+        Ok(!event.barrier || target.lanes.iter().all(idle))
+    }
+
+    /// Waits until a barrier lets `event` be queued (see
+    /// [`Delivery::barrier_allows`]).
+    async fn wait_for_barrier(
+        &mut self,
+        subscription: usize,
+        event: &Outbound,
+    ) -> Result<(), DeliveryClosed> {
+        while !self.barrier_allows(subscription, event)? {
+            // What waits here must reach its lane to resolve.
+            self.flush();
+            let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
+            let loads: Vec<Arc<LaneLoad>> = match target.barrier_lane {
+                Some(barrier) => target
+                    .lanes
+                    .get(barrier)
+                    .map(|lane| Arc::clone(&lane.load))
+                    .into_iter()
+                    .collect(),
+                None => target
+                    .lanes
+                    .iter()
+                    .map(|lane| Arc::clone(&lane.load))
+                    .collect(),
+            };
+            for load in loads {
+                load.wait_idle().await;
+            }
+        }
+        Ok(())
     }
 
     /// Queues an event for subscription number `subscription`, waiting while
@@ -279,6 +347,7 @@ impl Delivery {
             let load = Arc::clone(&self.lane(subscription, previous_lane)?.load);
             load.wait_idle().await;
         }
+        self.wait_for_barrier(subscription, &event).await?;
         let cost = budget_cost(payload);
         if !self.try_take_budget(subscription, cost)? {
             // Events held here count against the budget: hand them over
@@ -352,6 +421,9 @@ impl Delivery {
             .ok_or(DeliveryClosed)?;
         if target.ordering == Ordering::None {
             target.next_round_robin = lane;
+        }
+        if event.barrier && target.ordering == Ordering::Key {
+            target.barrier_lane = Some(lane);
         }
         let queue = target.lanes.get_mut(lane).ok_or(DeliveryClosed)?;
         queue.load.outstanding.fetch_add(1, AtomicOrdering::AcqRel);
@@ -708,6 +780,7 @@ mod tests {
             body: Bytes::new(),
             commit_time_micros: 0,
             park: None,
+            barrier: false,
             ack: checkpoint.track_event(),
         }
     }
@@ -734,6 +807,7 @@ mod tests {
                 lanes,
                 next_round_robin: 0,
                 buffer: Arc::new(Semaphore::new(SUBSCRIPTION_BUFFER_BYTES)),
+                barrier_lane: None,
             }],
             dirty: Vec::new(),
         };

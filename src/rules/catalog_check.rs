@@ -4,6 +4,11 @@
 //! kind, and reads old values only where the table's replica identity sends
 //! them.
 //!
+//! A `schema.*` entry is checked against every table the schema has now. A
+//! partition selected together with its root is refused (its changes arrive
+//! as the root's). [`refuse_unloggable`] refuses rules whose publication
+//! would make PostgreSQL refuse the application's updates and deletes.
+//!
 //! Each problem names the subscription, its key in the file (with the column
 //! in the filter for filter problems), the table or column, and the fix.
 //! Filters are parsed before the catalog is read, so a syntax error is
@@ -13,8 +18,9 @@
 use std::collections::HashMap;
 
 use crate::catalog::{CatalogError, JsonKind, TypeRegistry};
-use crate::config::{EventKind, SubscriptionConfig, TableName};
+use crate::config::{EventKind, SubscriptionConfig, TableName, TableSelector};
 use crate::rules::filter::{ColumnUse, Filter, Location, ParseError, Side, ValueClass};
+use crate::tables::{self, Resolution};
 
 /// A rule does not fit the database.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +30,37 @@ pub enum RuleError {
          fix `tables` or create the table"
     )]
     UnknownTable { subscription: String, table: String },
+    #[error(
+        "subscription {subscription:?}: schema {schema:?} does not exist (or this role cannot see \
+         it); fix `tables` or create the schema"
+    )]
+    UnknownSchema {
+        subscription: String,
+        schema: String,
+    },
+    #[error(
+        "subscription {subscription:?}: table {partition} is a partition of {root}, which the rules \
+         also select; walhook publishes partitions through their root, so changes of {partition} \
+         arrive as changes of {root} and this rule would receive none of them. Select {root} \
+         instead (a filter on the partition key narrows it)"
+    )]
+    PartitionOfSelectedRoot {
+        subscription: String,
+        partition: String,
+        root: String,
+    },
+    #[error(
+        "the rules ask for updates or deletes, but {tables} cannot log them (no primary key, no \
+         replica identity index, not REPLICA IDENTITY FULL): while the publication publishes \
+         {operations}, PostgreSQL would refuse the application's own {operations} on them. walhook \
+         publishes nothing until this is fixed: {fixes} (or add a primary key), or leave update and \
+         delete out of the `events` of every subscription"
+    )]
+    NoReplicaIdentity {
+        operations: String,
+        tables: String,
+        fixes: String,
+    },
     #[error(
         "subscription {subscription:?}: column {column:?} is not in table {table} (it has: {known}); fix `columns`"
     )]
@@ -129,11 +166,12 @@ struct ColumnFacts {
     type_name: String,
 }
 
-/// The columns of every table the rules name, as the catalog has them.
+/// Checks every subscription against the catalog; returns the tables the
+/// rules select, as they are now.
 pub async fn check(
     client: &tokio_postgres::Client,
     subscriptions: &[SubscriptionConfig],
-) -> Result<HashMap<TableName, Vec<String>>, RuleError> {
+) -> Result<Resolution, RuleError> {
     check_indexed(client, subscriptions.iter().enumerate().collect()).await
 }
 
@@ -143,22 +181,55 @@ pub async fn check_subscription(
     client: &tokio_postgres::Client,
     index: usize,
     subscription: &SubscriptionConfig,
-) -> Result<HashMap<TableName, Vec<String>>, RuleError> {
+) -> Result<Resolution, RuleError> {
     check_indexed(client, vec![(index, subscription)]).await
 }
 
 async fn check_indexed(
     client: &tokio_postgres::Client,
     subscriptions: Vec<(usize, &SubscriptionConfig)>,
-) -> Result<HashMap<TableName, Vec<String>>, RuleError> {
+) -> Result<Resolution, RuleError> {
     let filters = parse_filters(&subscriptions)?;
-    let mut tables: HashMap<TableName, TableFacts> = HashMap::new();
+    let selectors: Vec<TableSelector> = subscriptions
+        .iter()
+        .flat_map(|(_, subscription)| subscription.table_selectors())
+        .collect();
+    let resolution = tables::resolve(client, &selectors).await?;
+    let mut facts_by_table: HashMap<TableName, TableFacts> = HashMap::new();
     let mut types = TypeRegistry::new();
     for (&(index, subscription), filter) in subscriptions.iter().zip(&filters) {
-        for table in subscription.table_names() {
-            if !tables.contains_key(&table) {
+        let own = subscription.table_selectors();
+        for selector in &own {
+            match selector {
+                TableSelector::Table(table) if resolution.missing_tables.contains(table) => {
+                    return Err(RuleError::UnknownTable {
+                        subscription: subscription.name.clone(),
+                        table: table.to_string(),
+                    });
+                }
+                TableSelector::Schema(schema) if resolution.missing_schemas.contains(schema) => {
+                    return Err(RuleError::UnknownSchema {
+                        subscription: subscription.name.clone(),
+                        schema: schema.clone(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        for selected in resolution.selected_by(&own) {
+            let table = &selected.name;
+            if let Some(root) = &selected.partition_root
+                && resolution.tables.contains_key(root)
+            {
+                return Err(RuleError::PartitionOfSelectedRoot {
+                    subscription: subscription.name.clone(),
+                    partition: table.to_string(),
+                    root: root.to_string(),
+                });
+            }
+            if !facts_by_table.contains_key(table) {
                 let facts =
-                    table_facts(client, &table)
+                    table_facts(client, table)
                         .await?
                         .ok_or_else(|| RuleError::UnknownTable {
                             subscription: subscription.name.clone(),
@@ -166,9 +237,9 @@ async fn check_indexed(
                         })?;
                 let oids: Vec<u32> = facts.columns.iter().map(|column| column.type_oid).collect();
                 types.ensure(client, &oids).await?;
-                tables.insert(table.clone(), facts);
+                facts_by_table.insert(table.clone(), facts);
             }
-            let Some(facts) = tables.get(&table) else {
+            let Some(facts) = facts_by_table.get(table) else {
                 continue;
             };
             for column in subscription.columns.iter().flatten() {
@@ -182,21 +253,49 @@ async fn check_indexed(
                 }
             }
             if let Some(filter) = filter {
-                check_filter(index, subscription, filter, &table, facts, &types)?;
+                check_filter(index, subscription, filter, table, facts, &types)?;
             }
         }
     }
-    Ok(tables
-        .into_iter()
-        .map(|(table, facts)| {
-            let names = facts
-                .columns
-                .into_iter()
-                .map(|column| column.name)
-                .collect();
-            (table, names)
-        })
-        .collect())
+    Ok(resolution)
+}
+
+/// Refuses rules whose publication would publish updates or deletes for a
+/// table that cannot log them: PostgreSQL would then refuse the
+/// application's own `UPDATE` and `DELETE` on it. The publication's
+/// operations are shared by all its tables, so an insert-only rule's table
+/// counts too when another rule asks for updates.
+pub fn refuse_unloggable(resolution: &Resolution, publish: &[EventKind]) -> Result<(), RuleError> {
+    let operations: Vec<&str> = [(EventKind::Update, "UPDATE"), (EventKind::Delete, "DELETE")]
+        .iter()
+        .filter(|(kind, _)| publish.contains(kind))
+        .map(|(_, name)| *name)
+        .collect();
+    if operations.is_empty() {
+        return Ok(());
+    }
+    let tables = resolution.without_identity();
+    if tables.is_empty() {
+        return Ok(());
+    }
+    Err(RuleError::NoReplicaIdentity {
+        operations: operations.join(" and "),
+        tables: tables
+            .iter()
+            .map(TableName::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        fixes: tables
+            .iter()
+            .map(|table| {
+                format!(
+                    "ALTER TABLE {} REPLICA IDENTITY FULL;",
+                    sql_table_name(table)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    })
 }
 
 fn filter_key(index: usize) -> String {

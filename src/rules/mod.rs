@@ -4,29 +4,42 @@
 //! Routes are worked out once per table shape (each time a Relation message
 //! arrives) so that matching a change is a scan of a short list: the event
 //! kind, then the subscription's filter, bound to the shape's column indexes.
-//! TRUNCATE events skip filters. A filter naming a column the table no
-//! longer has (a DROP COLUMN after start-up) is logged once per shape and
-//! matches nothing. This module does not build payloads or send anything.
+//! A subscription selects a table by its name, by its schema (`schema.*`,
+//! tables created later included), or by the relation oid the table had
+//! when the rules were bound at start-up ([`Rules::bind`]), so a table
+//! renamed or moved while walhook runs is still delivered. TRUNCATE events
+//! skip filters. A filter naming a column the table no longer has (a DROP
+//! COLUMN after start-up) cannot be judged: its changes are parked as dead
+//! letters with the reason, never skipped. This module does not build
+//! payloads or send anything.
 
 pub mod catalog_check;
 pub mod filter;
 
 use std::sync::Arc;
 
-use crate::config::{EventKind, SubscriptionConfig, TableName};
+use crate::config::{EventKind, SubscriptionConfig, TableName, TableSelector};
 use crate::event::{Change, TableInfo};
+use crate::oid::OidMap;
+use crate::tables::Resolution;
 use filter::{BoundFilter, ColumnUse, Filter, Side};
 
 /// Every subscription, in configuration order.
 #[derive(Debug)]
 pub struct Rules {
     subscriptions: Vec<Subscription>,
+    /// The name each selected table had when the rules were bound to the
+    /// catalog, by relation oid: a table renamed or moved since keeps its
+    /// routes, and this is the name the config still gives it.
+    bound_names: OidMap<TableName>,
 }
 
 #[derive(Debug)]
 struct Subscription {
     name: String,
-    tables: Vec<TableName>,
+    tables: Vec<TableSelector>,
+    /// The relation oids of the tables `tables` selected at start-up.
+    table_oids: Vec<u32>,
     events: Vec<EventKind>,
     columns: Option<Vec<String>>,
     filter: SubscriptionFilter,
@@ -107,7 +120,8 @@ impl Rules {
                 .iter()
                 .map(|subscription| Subscription {
                     name: subscription.name.clone(),
-                    tables: subscription.table_names(),
+                    tables: subscription.table_selectors(),
+                    table_oids: Vec::new(),
                     events: subscription.events.clone(),
                     columns: subscription.columns.clone(),
                     filter: match subscription.filter.as_deref().map(Filter::parse) {
@@ -120,7 +134,56 @@ impl Rules {
                     },
                 })
                 .collect(),
+            bound_names: OidMap::default(),
         }
+    }
+
+    /// Binds the rules to the tables as the catalog has them at start-up, so
+    /// that each table is routed by its relation oid as well as by its
+    /// name: a table renamed or moved to another schema while walhook runs
+    /// keeps being delivered (under its new name) instead of silently
+    /// matching nothing.
+    pub fn bind(&mut self, resolution: &Resolution) {
+        for subscription in &mut self.subscriptions {
+            subscription.table_oids = resolution
+                .selected_by(&subscription.tables)
+                .map(|table| table.oid)
+                .collect();
+        }
+        self.bound_names = resolution
+            .tables
+            .values()
+            .map(|table| (table.oid, table.name.clone()))
+            .collect();
+    }
+
+    /// For a table the rules select by its oid but no longer by its name
+    /// (renamed or moved since start-up): the name the config gives it.
+    pub fn former_name(&self, table: &TableInfo) -> Option<&TableName> {
+        let selected_by_name = self.subscriptions.iter().any(|subscription| {
+            subscription
+                .tables
+                .iter()
+                .any(|selector| selector.selects(&table.schema, &table.name))
+        });
+        if selected_by_name {
+            return None;
+        }
+        self.bound_names.get(&table.relation_id)
+    }
+
+    /// The names of the subscriptions whose `tables` select `table`.
+    pub fn subscriptions_selecting(&self, table: &TableName) -> Vec<&str> {
+        self.subscriptions
+            .iter()
+            .filter(|subscription| {
+                subscription
+                    .tables
+                    .iter()
+                    .any(|selector| selector.selects(&table.schema, &table.name))
+            })
+            .map(|subscription| subscription.name.as_str())
+            .collect()
     }
 
     /// The subscription's name.
@@ -141,16 +204,42 @@ impl Rules {
         events
     }
 
-    /// Every table some rule names, deduplicated and sorted.
+    /// Every table some rule names one by one, deduplicated and sorted.
     pub fn tables(&self) -> Vec<TableName> {
         let mut tables: Vec<TableName> = self
-            .subscriptions
-            .iter()
-            .flat_map(|subscription| subscription.tables.iter().cloned())
+            .selectors()
+            .into_iter()
+            .filter_map(|selector| match selector {
+                TableSelector::Table(table) => Some(table),
+                TableSelector::Schema(_) => None,
+            })
             .collect();
         tables.sort();
         tables.dedup();
         tables
+    }
+
+    /// Every schema some rule selects whole (`schema.*`), sorted.
+    pub fn schemas(&self) -> Vec<String> {
+        let mut schemas: Vec<String> = self
+            .selectors()
+            .into_iter()
+            .filter_map(|selector| match selector {
+                TableSelector::Schema(schema) => Some(schema),
+                TableSelector::Table(_) => None,
+            })
+            .collect();
+        schemas.sort();
+        schemas.dedup();
+        schemas
+    }
+
+    /// Every entry of every subscription's `tables`.
+    pub fn selectors(&self) -> Vec<TableSelector> {
+        self.subscriptions
+            .iter()
+            .flat_map(|subscription| subscription.tables.iter().cloned())
+            .collect()
     }
 
     /// The routes of a table as it is now shaped.
@@ -159,10 +248,11 @@ impl Rules {
             .iter()
             .enumerate()
             .filter(|(_, subscription)| {
-                subscription
-                    .tables
-                    .iter()
-                    .any(|name| name.schema == table.schema && name.name == table.name)
+                subscription.table_oids.contains(&table.relation_id)
+                    || subscription
+                        .tables
+                        .iter()
+                        .any(|selector| selector.selects(&table.schema, &table.name))
             })
             .map(|(index, subscription)| Route {
                 subscription: index,

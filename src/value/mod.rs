@@ -20,12 +20,16 @@ use std::borrow::Cow;
 use crate::catalog::{JsonKind, TypeRegistry};
 
 /// Appends the JSON rendering of one non-null value of type `type_oid`.
-pub fn write_json(out: &mut Vec<u8>, type_oid: u32, text: &[u8], types: &TypeRegistry) {
+/// Returns false when the text was not what the type's output gives and the
+/// value went out as a JSON string of its text instead.
+pub fn write_json(out: &mut Vec<u8>, type_oid: u32, text: &[u8], types: &TypeRegistry) -> bool {
     let start = out.len();
     if render(out, type_oid, text, types, 0).is_err() {
         out.truncate(start);
         write_string(out, text);
+        return false;
     }
+    true
 }
 
 /// The text was not what the type's output function produces.
