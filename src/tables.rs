@@ -77,10 +77,10 @@ impl Resolution {
 
 /// The named tables, and the tables of each schema a `schema.*` entry
 /// selects: its ordinary and partitioned tables but not partitions, which
-/// PostgreSQL publishes through their root. `weak` lists the leaves (a plain
-/// table is its own leaf) whose replica identity cannot log an update or a
-/// delete: DEFAULT without a primary key, USING INDEX without that index,
-/// or NOTHING.
+/// PostgreSQL publishes through their root. `weak` lists the leaves whose
+/// replica identity cannot log an update or a delete: DEFAULT without a
+/// primary key, USING INDEX without that index, or NOTHING. A plain table
+/// is its own leaf (`pg_partition_tree` lists nothing for it).
 const RESOLVE_QUERY: &str = "\
 SELECT c.oid, n.nspname::text, c.relname::text,
        rn.nspname::text, rc.relname::text,
@@ -93,10 +93,11 @@ SELECT c.oid, n.nspname::text, c.relname::text,
   LEFT JOIN LATERAL (
        SELECT array_agg(ln.nspname::text ORDER BY ln.nspname, lc.relname) AS schemas,
               array_agg(lc.relname::text ORDER BY ln.nspname, lc.relname) AS names
-         FROM pg_catalog.pg_partition_tree(c.oid) t
-         JOIN pg_catalog.pg_class lc ON lc.oid = t.relid
+         FROM (SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t WHERE t.isleaf
+               UNION SELECT c.oid WHERE c.relkind = 'r') leaf
+         JOIN pg_catalog.pg_class lc ON lc.oid = leaf.relid
          JOIN pg_catalog.pg_namespace ln ON ln.oid = lc.relnamespace
-        WHERE t.isleaf AND NOT (lc.relreplident = 'f'
+        WHERE NOT (lc.relreplident = 'f'
            OR (lc.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
                   WHERE i.indrelid = lc.oid AND i.indisprimary AND i.indisvalid))
            OR (lc.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i

@@ -131,10 +131,9 @@ impl CatalogWatch {
             let current = now.tables.get(name).map(|table| table.oid);
             match names_by_oid.get(oid) {
                 Some(renamed) if renamed != name => {
-                    if !problems.contains(&(name.clone(), TableProblem::Renamed))
-                        && !seen
-                            .problems
-                            .contains(&(name.clone(), TableProblem::Renamed))
+                    if !seen
+                        .problems
+                        .contains(&(name.clone(), TableProblem::Renamed))
                     {
                         tracing::warn!(table = %name, now = %renamed, subscriptions = %self.subscriptions_of(name), "a table the rules name was renamed or moved to another schema; walhook keeps delivering its changes, under the new name — update `tables` in the config (a restart with the old name fails)");
                     }
@@ -216,8 +215,18 @@ impl CatalogWatch {
         }
         for gone in seen.problems.difference(&problems) {
             tracing::info!(table = %gone.0, problem = gone.1.label(), "a rule table's problem is gone");
+        }
+        // Every problem of every named table is set, present or not: the
+        // reader may have raised one (a rename seen in a Relation message)
+        // that this look finds gone.
+        let named = seen
+            .oids
+            .keys()
+            .flat_map(|table| TableProblem::ALL.map(|problem| (table.clone(), problem)));
+        for (table, problem) in named.chain(seen.problems.iter().cloned()) {
+            let present = problems.contains(&(table.clone(), problem));
             self.metrics
-                .set_table_problem(&gone.0.to_string(), gone.1, false);
+                .set_table_problem(&table.to_string(), problem, present);
         }
         for (table, problem) in &problems {
             self.metrics

@@ -9,34 +9,7 @@ use walhook::config::Config;
 use walhook::pgtemp::TempPostgres;
 
 use crate::support::receiver::Receiver;
-use crate::support::{TestDb, Walhook, wait_until};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The value of one sample line of the Prometheus text, e.g.
-/// `walhook_events_delivered_total{subscription="orders"}`.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
-}
-
-async fn get(url: &str) -> (u16, String) {
-    match reqwest::get(url).await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            (status, response.text().await.unwrap_or_default())
-        }
-        Err(_) => (0, String::new()),
-    }
-}
+use crate::support::{TestDb, Walhook, free_port, get, sample, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_deliveries_exactly_and_readyz_follows_postgres() {

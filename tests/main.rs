@@ -17,6 +17,7 @@ mod least_privilege;
 mod lifecycle;
 mod listen;
 mod payloads;
+mod schema_changes;
 mod slot_progress;
 mod status;
 mod value_fidelity;

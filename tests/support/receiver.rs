@@ -59,6 +59,9 @@ struct Inner {
     fail_first: Mutex<u32>,
     attempts_by_body: Mutex<HashMap<Bytes, u32>>,
     changed: Notify,
+    /// While set, requests wait (arrived, not answered) until released.
+    held: std::sync::atomic::AtomicBool,
+    released: Notify,
 }
 
 /// A running receiver on 127.0.0.1.
@@ -86,6 +89,8 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let router = axum::Router::new()
             .fallback(axum::routing::any(record))
+            // Tests send rows larger than axum's 2 MB default.
+            .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(Arc::clone(&inner));
         tokio::spawn(async move { axum::serve(listener, router).await });
         Receiver {
@@ -119,6 +124,18 @@ impl Receiver {
     /// 503 (then the configured status), so every request is retried.
     pub fn fail_first_attempts(&self, attempts: u32) {
         *self.inner.fail_first.lock().unwrap() = attempts;
+    }
+
+    /// Holds every request that arrives from now on (it counts as arrived,
+    /// is neither answered nor recorded) until [`Receiver::release`].
+    pub fn hold(&self) {
+        self.inner.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets held requests (and later ones) be answered.
+    pub fn release(&self) {
+        self.inner.held.store(false, Ordering::SeqCst);
+        self.inner.released.notify_waiters();
     }
 
     /// Requests that arrived so far, answered or not.
@@ -213,6 +230,15 @@ async fn record(
 ) -> (StatusCode, HeaderMap) {
     inner.arrivals.fetch_add(1, Ordering::SeqCst);
     inner.changed.notify_waiters();
+    loop {
+        let released = inner.released.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        if !inner.held.load(Ordering::SeqCst) {
+            break;
+        }
+        released.await;
+    }
     let mut delay = *inner.delay.lock().unwrap();
     let max_random_delay = *inner.max_random_delay.lock().unwrap();
     if !max_random_delay.is_zero() {

@@ -1,0 +1,692 @@
+//! Nothing skipped silently when the schema moves: partitioned tables,
+//! tables renamed, moved, dropped or created again while walhook runs,
+//! `schema.*` selectors and tables created later, TRUNCATE's place in the
+//! order, tables without a replica identity, types dropped right after a
+//! change, and tables the publication sends but no rule selects.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use walhook::config::Config;
+
+use crate::support::receiver::Receiver;
+use crate::support::{TestDb, Walhook, WalhookBinary, free_port, get, sample, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A config for `db` whose catalog watch looks every 200 ms, with an admin
+/// server on `admin_port` when given.
+fn config_text(db: &TestDb, admin_port: Option<u16>, subscriptions: &str) -> String {
+    let mut text = db.config_text(subscriptions).replace(
+        "status_interval = \"1s\"",
+        "status_interval = \"1s\"\n            catalog_watch_interval = \"200ms\"",
+    );
+    if let Some(port) = admin_port {
+        text = text.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    }
+    text
+}
+
+fn config(db: &TestDb, admin_port: Option<u16>, subscriptions: &str) -> Config {
+    Config::from_toml(
+        Path::new("test.toml"),
+        &config_text(db, admin_port, subscriptions),
+    )
+    .unwrap()
+}
+
+fn subscription(name: &str, tables: &str, events: &str, url: &str) -> String {
+    format!(
+        r#"
+        [[subscriptions]]
+        name = "{name}"
+        tables = [{tables}]
+        events = [{events}]
+        url = "{url}"
+        "#
+    )
+}
+
+/// Waits until the admin server's `series` has `value`.
+async fn wait_for_metric(port: u16, series: &str, value: f64) {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    wait_until(&format!("{series} = {value}"), DEADLINE, || async {
+        sample(&get(&url).await.1, series) == Some(value)
+    })
+    .await;
+}
+
+/// Waits until the slot has confirmed everything written so far: every
+/// change before now is resolved.
+async fn wait_until_confirmed_to_now(db: &TestDb) {
+    let now = db.current_wal().await;
+    wait_until("the slot to confirm up to now", DEADLINE, || async {
+        db.confirmed_flush()
+            .await
+            .is_some_and(|confirmed| confirmed >= now)
+    })
+    .await;
+}
+
+fn row_ids(events: &[Value]) -> Vec<i64> {
+    let mut ids: Vec<i64> = events
+        .iter()
+        .filter_map(|event| event["record"]["id"].as_i64())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_table_is_delivered_under_its_own_name_through_attach_and_detach() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE pt (id int, region text, note text, PRIMARY KEY (id, region)) \
+                 PARTITION BY LIST (region);
+             CREATE TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu');
+             CREATE TABLE pt_us PARTITION OF pt FOR VALUES IN ('us');",
+        )
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let subscriptions = subscription(
+        "parts",
+        r#""public.pt""#,
+        r#""insert", "update", "delete""#,
+        &receiver.url("/pt"),
+    );
+    let walhook = Walhook::start(config(&db, None, &subscriptions));
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute(
+            "INSERT INTO pt VALUES (1, 'eu', 'a'), (2, 'us', 'b');
+             UPDATE pt SET note = 'c' WHERE id = 1;
+             DELETE FROM pt WHERE id = 2;",
+        )
+        .await
+        .unwrap();
+    let events = receiver.wait_for_delivered(4, DEADLINE).await;
+    let mut seen: Vec<(String, String)> = events
+        .iter()
+        .map(|event| {
+            let row = if event["type"] == "DELETE" {
+                &event["old_record"]
+            } else {
+                &event["record"]
+            };
+            (
+                event["table"].as_str().unwrap().to_owned(),
+                format!("{} {}", event["type"].as_str().unwrap(), row["id"]),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("pt", "DELETE 2"),
+            ("pt", "INSERT 1"),
+            ("pt", "INSERT 2"),
+            ("pt", "UPDATE 1")
+        ]
+        .map(|(table, what)| (table.to_owned(), what.to_owned()))
+    );
+
+    // A partition attached while walhook runs: its rows are the table's.
+    db.client
+        .batch_execute(
+            "CREATE TABLE pt_asia (id int, region text, note text, PRIMARY KEY (id, region));
+             ALTER TABLE pt ATTACH PARTITION pt_asia FOR VALUES IN ('asia');
+             INSERT INTO pt_asia VALUES (3, 'asia', 'into the partition');
+             INSERT INTO pt VALUES (4, 'asia', 'through the table');",
+        )
+        .await
+        .unwrap();
+    let events = receiver.wait_for_delivered(6, DEADLINE).await;
+    for event in &events[4..] {
+        assert_eq!(event["table"], "pt", "{event}");
+        assert_eq!(event["record"]["region"], "asia", "{event}");
+    }
+    assert_eq!(row_ids(&events[4..]), vec![3, 4]);
+
+    // A partition detached is a table of its own, which no rule selects.
+    db.client
+        .batch_execute(
+            "ALTER TABLE pt DETACH PARTITION pt_us;
+             INSERT INTO pt_us VALUES (5, 'us', 'no longer pt');
+             INSERT INTO pt VALUES (6, 'eu', 'still pt');",
+        )
+        .await
+        .unwrap();
+    receiver.wait_for_delivered(7, DEADLINE).await;
+    wait_until_confirmed_to_now(&db).await;
+    let events = receiver.delivered();
+    assert_eq!(events.len(), 7, "{events:?}");
+    assert_eq!(events[6]["record"]["id"], 6);
+    walhook.stop().await.unwrap();
+
+    // What `walhook setup` (run by `run`) made, `check` accepts.
+    let binary = WalhookBinary::new(&config_text(&db, None, &subscriptions));
+    let output = binary.command(&["check"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(!stdout.contains("problem:"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_renamed_or_moved_while_walhook_runs_is_still_delivered_and_reported() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE rn (id int PRIMARY KEY, note text);
+             CREATE SCHEMA archive;",
+        )
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let walhook = Walhook::start(config(
+        &db,
+        Some(port),
+        &subscription(
+            "renamed",
+            r#""public.rn""#,
+            r#""insert""#,
+            &receiver.url("/rn"),
+        ),
+    ));
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute("INSERT INTO rn VALUES (1, 'before')")
+        .await
+        .unwrap();
+    receiver.wait_for_delivered(1, DEADLINE).await;
+
+    db.client
+        .batch_execute(
+            "ALTER TABLE rn RENAME TO rn2;
+             INSERT INTO rn2 VALUES (2, 'renamed');",
+        )
+        .await
+        .unwrap();
+    let events = receiver.wait_for_delivered(2, DEADLINE).await;
+    assert_eq!(events[1]["table"], "rn2");
+    assert_eq!(events[1]["record"], json!({"id": 2, "note": "renamed"}));
+    let renamed = r#"walhook_rule_table_problems{table="public.rn",problem="renamed"}"#;
+    wait_for_metric(port, renamed, 1.0).await;
+
+    db.client
+        .batch_execute(
+            "ALTER TABLE rn2 SET SCHEMA archive;
+             INSERT INTO archive.rn2 VALUES (3, 'moved');",
+        )
+        .await
+        .unwrap();
+    let events = receiver.wait_for_delivered(3, DEADLINE).await;
+    assert_eq!(events[2]["schema"], "archive");
+    assert_eq!(events[2]["table"], "rn2");
+    assert_eq!(events[2]["record"]["id"], 3);
+
+    db.client
+        .batch_execute("DROP TABLE archive.rn2")
+        .await
+        .unwrap();
+    let dropped = r#"walhook_rule_table_problems{table="public.rn",problem="dropped"}"#;
+    wait_for_metric(port, dropped, 1.0).await;
+    wait_for_metric(port, renamed, 0.0).await;
+    walhook.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_and_created_again_is_published_again_and_delivered() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute("CREATE TABLE again (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let walhook = Walhook::start(config(
+        &db,
+        None,
+        &subscription(
+            "again",
+            r#""again""#,
+            r#""insert""#,
+            &receiver.url("/again"),
+        ),
+    ));
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute("INSERT INTO again VALUES (1)")
+        .await
+        .unwrap();
+    receiver.wait_for_delivered(1, DEADLINE).await;
+
+    db.client
+        .batch_execute(
+            "DROP TABLE again;
+             CREATE TABLE again (id int PRIMARY KEY, extra text);",
+        )
+        .await
+        .unwrap();
+    wait_until("the new table to be published", DEADLINE, || async {
+        db.client
+            .query_opt(
+                "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND tablename = 'again'",
+                &[&db.name],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    db.client
+        .batch_execute("INSERT INTO again VALUES (2, 'new shape')")
+        .await
+        .unwrap();
+    let events = receiver.wait_for_delivered(2, DEADLINE).await;
+    assert_eq!(events[1]["record"], json!({"id": 2, "extra": "new shape"}));
+    walhook.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_waits_for_earlier_changes_and_later_changes_wait_for_it() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute("CREATE TABLE tr (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    // Answers (and records) each request after a random wait, so requests
+    // on different lanes finish in any order unless something orders them.
+    receiver.delay_responses_randomly(Duration::from_millis(40));
+    let walhook = Walhook::start(config(
+        &db,
+        None,
+        &subscription(
+            "truncates",
+            r#""tr""#,
+            r#""insert", "truncate""#,
+            &receiver.url("/tr"),
+        ),
+    ));
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute(
+            "INSERT INTO tr SELECT generate_series(1, 20);
+             TRUNCATE tr;
+             INSERT INTO tr SELECT generate_series(21, 40);",
+        )
+        .await
+        .unwrap();
+    let events = receiver.wait_for_delivered(41, DEADLINE).await;
+    let truncate_at = events
+        .iter()
+        .position(|event| event["type"] == "TRUNCATE")
+        .expect("the TRUNCATE arrived");
+    assert_eq!(
+        row_ids(&events[..truncate_at]),
+        (1..=20).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        row_ids(&events[truncate_at + 1..]),
+        (21..=40).collect::<Vec<_>>()
+    );
+    walhook.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_selector_delivers_the_first_rows_of_tables_created_while_walhook_runs() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE SCHEMA shop;
+             CREATE TABLE shop.orders (id int PRIMARY KEY);
+             CREATE TABLE public.elsewhere (id int PRIMARY KEY);",
+        )
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let walhook = Walhook::start(config(
+        &db,
+        None,
+        &subscription(
+            "shop",
+            r#""shop.*""#,
+            r#""insert", "update", "delete""#,
+            &receiver.url("/shop"),
+        ),
+    ));
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute(
+            "INSERT INTO shop.orders VALUES (1);
+             INSERT INTO public.elsewhere VALUES (1);
+             CREATE TABLE shop.signups (id int PRIMARY KEY, email text);
+             INSERT INTO shop.signups VALUES (2, 'a@example.com');
+             BEGIN;
+             CREATE TABLE shop.refunds (id int PRIMARY KEY);
+             INSERT INTO shop.refunds VALUES (3);
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    receiver.wait_for_delivered(3, DEADLINE).await;
+    wait_until_confirmed_to_now(&db).await;
+    let mut tables: Vec<(String, i64)> = receiver
+        .delivered()
+        .iter()
+        .map(|event| {
+            assert_eq!(event["schema"], "shop", "{event}");
+            (
+                event["table"].as_str().unwrap().to_owned(),
+                event["record"]["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    tables.sort();
+    assert_eq!(
+        tables,
+        vec![
+            ("orders".to_owned(), 1),
+            ("refunds".to_owned(), 3),
+            ("signups".to_owned(), 2)
+        ]
+    );
+    walhook.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_never_publishes_updates_of_a_table_that_cannot_log_them() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE nokey (a int, b text);
+             INSERT INTO nokey VALUES (1, 'x');
+             CREATE TABLE keyed (id int PRIMARY KEY);",
+        )
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let updates = subscription(
+        "nokey-updates",
+        r#""nokey""#,
+        r#""insert", "update""#,
+        &receiver.url("/n"),
+    );
+    // An insert-only rule on the key-less table beside an update rule on
+    // another: the publication's operations are shared by its tables.
+    let mixed = format!(
+        "{}{}",
+        subscription(
+            "nokey-inserts",
+            r#""nokey""#,
+            r#""insert""#,
+            &receiver.url("/n")
+        ),
+        subscription(
+            "keyed-updates",
+            r#""keyed""#,
+            r#""update""#,
+            &receiver.url("/k")
+        ),
+    );
+    for rules in [&updates, &mixed] {
+        let binary = WalhookBinary::new(&config_text(&db, None, rules));
+        let output = binary.command(&["setup"]).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("public.nokey") && stderr.contains("REPLICA IDENTITY FULL"),
+            "{stderr}"
+        );
+        db.client
+            .batch_execute("UPDATE nokey SET b = 'still works'")
+            .await
+            .expect("the application's UPDATE is not refused");
+        let walhook = Walhook::start(config(&db, None, rules));
+        let error = tokio::time::timeout(DEADLINE, walhook.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .expect_err("run refuses too");
+        assert_eq!(error.exit_code(), 2, "{error}");
+    }
+    let publications: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM pg_publication", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(publications, 0, "nothing was published");
+
+    // Inserts only: published, and the application's updates still work.
+    let inserts = subscription(
+        "nokey-inserts",
+        r#""nokey""#,
+        r#""insert""#,
+        &receiver.url("/n"),
+    );
+    let output = WalhookBinary::new(&config_text(&db, None, &inserts))
+        .command(&["setup"])
+        .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    db.client
+        .batch_execute("UPDATE nokey SET b = 'after setup'; DELETE FROM nokey;")
+        .await
+        .expect("the application's UPDATE and DELETE are not refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_types_dropped_right_after_their_change_are_still_rendered_faithfully() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+             CREATE TYPE pair AS (f1 int, f2 text);
+             CREATE TABLE big (id int PRIMARY KEY, body text);
+             CREATE TABLE typed (id int PRIMARY KEY, p positive, c pair, ps positive[]);",
+        )
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let walhook = Walhook::start(config(
+        &db,
+        None,
+        &subscription(
+            "typed",
+            r#""big", "typed""#,
+            r#""insert""#,
+            &receiver.url("/typed"),
+        ),
+    ));
+    db.wait_slot_active().await;
+    // One event larger than the subscription's memory budget, held by the
+    // receiver: the reader stops at the next event, before it reads the
+    // typed row, until the test releases the receiver. By then the types
+    // are gone from the catalog.
+    receiver.hold();
+    db.client
+        .batch_execute("INSERT INTO big VALUES (1, repeat('x', 5000000))")
+        .await
+        .unwrap();
+    receiver.wait_for_arrivals(1, DEADLINE).await;
+    db.client
+        .batch_execute(
+            "INSERT INTO big VALUES (2, 'small');
+             INSERT INTO typed VALUES (1, 6, ROW(-1, 'a'), ARRAY[7, 8]::positive[]);
+             DROP TABLE typed;
+             DROP DOMAIN positive;
+             DROP TYPE pair;",
+        )
+        .await
+        .unwrap();
+    receiver.release();
+    let events = receiver.wait_for_delivered(3, DEADLINE).await;
+    let typed = events
+        .iter()
+        .find(|event| event["table"] == "typed")
+        .expect("the typed row arrived");
+    assert_eq!(
+        typed["record"],
+        json!({"id": 1, "p": 6, "c": {"f1": -1, "f2": "a"}, "ps": [7, 8]})
+    );
+    walhook.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_of_a_published_table_no_rule_selects_are_counted_and_check_explains_them() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(&format!(
+            "CREATE TABLE orders (id int PRIMARY KEY);
+             CREATE TABLE audit (id int PRIMARY KEY);
+             CREATE PUBLICATION {name} FOR TABLE orders, audit;",
+            name = db.name
+        ))
+        .await
+        .unwrap();
+    db.client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&db.name],
+        )
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    // Set up by hand, as an administrator would for a least-privilege role:
+    // walhook uses the publication as it is.
+    let text = config_text(
+        &db,
+        Some(port),
+        &subscription("orders", r#""orders""#, r#""insert""#, &receiver.url("/o")),
+    )
+    .replace("[source]", "[source]\nauto_setup = false");
+    let walhook = Walhook::start(Config::from_toml(Path::new("test.toml"), &text).unwrap());
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute("INSERT INTO audit VALUES (1); INSERT INTO orders VALUES (1);")
+        .await
+        .unwrap();
+    let events = receiver.wait_for_delivered(1, DEADLINE).await;
+    assert_eq!(events[0]["table"], "orders");
+    wait_for_metric(
+        port,
+        r#"walhook_changes_unrouted_total{table="public.audit"}"#,
+        1.0,
+    )
+    .await;
+    walhook.stop().await.unwrap();
+
+    let output = WalhookBinary::new(&text.replace(&format!("127.0.0.1:{port}"), ""))
+        .command(&["check"])
+        .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("sends the changes of public.audit, which no rule selects"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_generated_columns_are_sent_where_the_server_publishes_them() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE g (id int PRIMARY KEY, a int, b int GENERATED ALWAYS AS (a * 2) STORED)",
+        )
+        .await
+        .unwrap();
+    let version: i32 = db
+        .client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let receiver = Receiver::start().await;
+    let walhook = Walhook::start(config(
+        &db,
+        None,
+        &subscription("generated", r#""g""#, r#""insert""#, &receiver.url("/g")),
+    ));
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute("INSERT INTO g (id, a) VALUES (1, 21)")
+        .await
+        .unwrap();
+    let events = receiver.wait_for_delivered(1, DEADLINE).await;
+    if version >= 180_000 {
+        let row: Value = db
+            .client
+            .query_one("SELECT to_jsonb(g)::text FROM g", &[])
+            .await
+            .map(|row| serde_json::from_str(&row.get::<_, String>(0)).unwrap())
+            .unwrap();
+        assert_eq!(events[0]["record"], row);
+    } else {
+        // PostgreSQL before 18 never sends generated columns (documented).
+        assert_eq!(events[0]["record"], json!({"id": 1, "a": 21}));
+    }
+    walhook.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_whose_type_is_gone_before_walhook_saw_it_goes_out_as_text_and_is_counted() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE SCHEMA w;
+             CREATE TABLE w.big (id int PRIMARY KEY, body text);",
+        )
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let walhook = Walhook::start(config(
+        &db,
+        Some(port),
+        &subscription("w", r#""w.*""#, r#""insert""#, &receiver.url("/w")),
+    ));
+    db.wait_slot_active().await;
+    // As above: the reader waits behind a held, oversized event while a
+    // table is created, written and dropped with its type — walhook never
+    // saw the type in the catalog.
+    receiver.hold();
+    db.client
+        .batch_execute("INSERT INTO w.big VALUES (1, repeat('x', 5000000))")
+        .await
+        .unwrap();
+    receiver.wait_for_arrivals(1, DEADLINE).await;
+    db.client
+        .batch_execute(
+            "INSERT INTO w.big VALUES (2, 'small');
+             CREATE DOMAIN short_lived AS int;
+             CREATE TABLE w.late (id int PRIMARY KEY, v short_lived);
+             INSERT INTO w.late VALUES (1, 5);
+             DROP TABLE w.late;
+             DROP DOMAIN short_lived;",
+        )
+        .await
+        .unwrap();
+    receiver.release();
+    let events = receiver.wait_for_delivered(3, DEADLINE).await;
+    let late = events
+        .iter()
+        .find(|event| event["table"] == "late")
+        .expect("the row of the dropped table arrived");
+    assert_eq!(late["record"], json!({"id": 1, "v": "5"}));
+    wait_for_metric(
+        port,
+        r#"walhook_values_as_text_total{table="w.late",column="v"}"#,
+        1.0,
+    )
+    .await;
+    walhook.stop().await.unwrap();
+}
