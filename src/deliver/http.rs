@@ -34,7 +34,7 @@ pub fn build_client(config: &DeliveryConfig) -> Result<reqwest::Client, Endpoint
     reqwest::Client::builder()
         .user_agent(concat!("walhook/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(config.concurrency.max(1))
+        .pool_max_idle_per_host(config.concurrency.clamp(1, super::MAX_CONCURRENCY))
         .connect_timeout(config.timeout)
         .tcp_nodelay(true)
         .build()
