@@ -384,8 +384,17 @@ impl Config {
             return Err("key `source.catalog_watch_interval` must be at least 100ms".into());
         }
         let delivery = &self.delivery;
-        if delivery.concurrency == 0 {
-            return Err("key `delivery.concurrency` must be at least 1".into());
+        // Bounded above too: it sizes a semaphore (which panics beyond its
+        // maximum) and the HTTP pool; a typo must stop here, `check` too.
+        let concurrency_range = 1..=crate::deliver::MAX_CONCURRENCY;
+        if !concurrency_range.contains(&delivery.concurrency) {
+            return Err(format!(
+                "key `delivery.concurrency` = {} is out of range; allowed: {} to {} \
+                 (requests in flight across all subscriptions)",
+                delivery.concurrency,
+                concurrency_range.start(),
+                concurrency_range.end()
+            ));
         }
         if delivery.max_attempts == 0 {
             return Err("key `delivery.max_attempts` must be at least 1".into());
@@ -473,8 +482,17 @@ impl SubscriptionConfig {
                 "key `{at}.columns` is empty; leave it out to send every column"
             ));
         }
-        if self.batch.max_events == 0 {
-            return Err(format!("key `{at}.batch.max_events` must be at least 1"));
+        // Bounded above so that a typo (1000000000) is refused here, by
+        // `check` too, rather than sizing memory in the lanes.
+        let batch_range = 1..=crate::deliver::MAX_BATCH_EVENTS;
+        if !batch_range.contains(&self.batch.max_events) {
+            return Err(format!(
+                "key `{at}.batch.max_events` = {} is out of range; allowed: {} to {} \
+                 (events per request; 1 sends each event alone)",
+                self.batch.max_events,
+                batch_range.start(),
+                batch_range.end()
+            ));
         }
         if let Some(filter) = &self.filter
             && let Err(error) = crate::rules::filter::Filter::parse(filter)
@@ -921,6 +939,41 @@ mod tests {
             error.message.contains("subscriptions[0] (orders).url"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn sizes_beyond_their_range_are_refused_with_the_range() {
+        // The value of the issue: it passed `check`, then aborted `run` by
+        // asking for 128 GB.
+        let error = load(&format!("{MINIMAL}batch = {{ max_events = 1000000000 }}\n")).unwrap_err();
+        assert!(
+            error
+                .message
+                .contains("`subscriptions[0] (orders).batch.max_events`")
+                && error.message.contains("1000000000")
+                && error.message.contains("allowed: 1 to 10000"),
+            "{error}"
+        );
+        let error = load(&format!("{MINIMAL}batch = {{ max_events = 0 }}\n")).unwrap_err();
+        assert!(error.message.contains("allowed: 1 to 10000"), "{error}");
+        let at_most = load(&format!("{MINIMAL}batch = {{ max_events = 10000 }}\n")).unwrap();
+        assert_eq!(at_most.subscriptions[0].batch.max_events, 10_000);
+
+        let concurrency = |value: &str| {
+            load(&MINIMAL.replace(
+                "[source]",
+                &format!("[delivery]\nconcurrency = {value}\n[source]"),
+            ))
+        };
+        for value in ["10001", "9223372036854775807", "0"] {
+            let error = concurrency(value).unwrap_err();
+            assert!(
+                error.message.contains("`delivery.concurrency`")
+                    && error.message.contains("allowed: 1 to 10000"),
+                "{value}: {error}"
+            );
+        }
+        assert_eq!(concurrency("10000").unwrap().delivery.concurrency, 10_000);
     }
 
     #[test]

@@ -145,6 +145,56 @@ async fn an_unknown_table_exits_2_naming_subscription_and_table_and_leaves_no_sl
     assert!(slot.is_none(), "the slot was not touched");
 }
 
+/// The issue's case: `check` passed `batch.max_events = 1000000000`, then
+/// `run` aborted (exit 134) asking for 128 GB. Both must refuse the file
+/// with the key and the allowed range, before the slot is touched.
+#[tokio::test]
+async fn oversized_batch_and_concurrency_exit_2_from_check_and_run() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
+        .await
+        .unwrap();
+    let batch = db.config_text(
+        r#"
+        [[subscriptions]]
+        name = "huge"
+        tables = ["orders"]
+        url = "http://127.0.0.1:9/"
+        batch = { max_events = 1000000000 }
+        "#,
+    );
+    for command in ["check", "run"] {
+        let (output, stderr) = run_walhook(&[command], Some(&batch)).await;
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("`subscriptions[0] (huge).batch.max_events` = 1000000000")
+                && stderr.contains("allowed: 1 to 10000"),
+            "{command}: {stderr}"
+        );
+    }
+    let concurrency = db.config_text_with(
+        "concurrency = 9223372036854775807",
+        r#"
+        [[subscriptions]]
+        name = "many"
+        tables = ["orders"]
+        url = "http://127.0.0.1:9/"
+        "#,
+    );
+    let (output, stderr) = run_walhook(&["check"], Some(&concurrency)).await;
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`delivery.concurrency`") && stderr.contains("allowed: 1 to 10000"),
+        "{stderr}"
+    );
+    assert_eq!(
+        made(&db, &db.name).await,
+        0,
+        "slot and publication untouched"
+    );
+}
+
 #[tokio::test]
 async fn an_unreachable_database_exits_1_naming_host_and_port() {
     let port = {

@@ -1,13 +1,17 @@
 //! `walhook dead-letters list / replay / purge` against parked events: a
 //! refused event is listed, replays with its original id once the receiver is
-//! fixed, and is gone afterwards; purge removes without sending.
+//! fixed, and is gone afterwards; a batched subscription's letter comes back
+//! as a batch of one carrying the event's own id, as it did live; purge
+//! removes without sending.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::receiver::Receiver;
+use crate::support::receiver::{Received, Receiver};
 use crate::support::{TestDb, Walhook, WalhookBinary, wait_until};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn subscription(name: &str, receiver: &Receiver) -> String {
     format!(
@@ -17,7 +21,7 @@ fn subscription(name: &str, receiver: &Receiver) -> String {
         tables = ["items"]
         events = ["insert"]
         url = "{}"
-        secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        secret = "{SECRET}"
         "#,
         receiver.url(&format!("/{name}"))
     )
@@ -132,19 +136,69 @@ async fn a_refused_event_is_listed_replayed_with_its_id_and_then_gone() {
     assert!(stdout(&listed).contains("0 dead letter(s)"));
 }
 
+/// A batch of one, live or replayed: the body a batch receiver parses,
+/// `{"events": [event]}`, with `webhook-id` = the event's own `id`, signed.
+fn assert_batch_of_one(request: &Received) -> Value {
+    let body = request.json();
+    assert_eq!(body.as_object().map(|body| body.len()), Some(1), "{body}");
+    let events = body["events"].as_array().expect("a batch envelope");
+    assert_eq!(events.len(), 1, "{body}");
+    assert_eq!(
+        request.headers["webhook-id"], events[0]["id"],
+        "a batch of one carries its event's id"
+    );
+    assert!(request.signature_verifies(SECRET), "{request:?}");
+    events[0].clone()
+}
+
 #[tokio::test]
-async fn a_batched_subscription_gets_its_letters_back_as_batches() {
+async fn a_batched_subscriptions_letter_replays_as_a_batch_of_one_with_the_events_id() {
     let (db, receiver) = items_db().await;
     let config = format!(
         "{}batch = {{ max_events = 10, max_wait = \"50ms\" }}\n",
         subscription("batched", &receiver)
     );
-    park(&db, &receiver, &config, 2, 2).await;
-    let parked: Vec<Value> = receiver
-        .requests()
-        .iter()
-        .flat_map(|request| request.events())
-        .collect();
+    receiver.respond_with(422);
+    let walhook = Walhook::start(db.config(&config));
+    db.wait_slot_active().await;
+    // One row alone: live, it goes as a batch of one.
+    db.client
+        .batch_execute("INSERT INTO items VALUES (1, 'alone')")
+        .await
+        .unwrap();
+    wait_until("the row to be parked", Duration::from_secs(30), || async {
+        dead_letter_count(&db).await == 1
+    })
+    .await;
+    let live = receiver.requests();
+    assert_eq!(live.len(), 1, "a 422 is not retried");
+    let alone = assert_batch_of_one(&live[0]);
+    assert_eq!(alone["record"]["id"], 1);
+    // Two rows of one transaction: however they are grouped, a batch of
+    // several has the whb_ id of its events, a batch of one its event's id.
+    db.client
+        .batch_execute("INSERT INTO items VALUES (2, 'pair'), (3, 'pair')")
+        .await
+        .unwrap();
+    wait_until("the rows to be parked", Duration::from_secs(30), || async {
+        dead_letter_count(&db).await == 3
+    })
+    .await;
+    walhook.stop().await.unwrap();
+    let mut parked = vec![alone];
+    for request in &receiver.requests()[1..] {
+        let events = request.events();
+        if events.len() == 1 {
+            assert_batch_of_one(request);
+        } else {
+            let webhook_id = &request.headers["webhook-id"];
+            assert!(webhook_id.starts_with("whb_"), "{webhook_id}");
+            assert!(events.iter().all(|event| event["id"] != *webhook_id));
+            assert!(request.signature_verifies(SECRET), "{request:?}");
+        }
+        parked.extend(events);
+    }
+    assert_eq!(parked.len(), 3);
 
     receiver.respond_with(200);
     let before = receiver.requests().len();
@@ -152,18 +206,29 @@ async fn a_batched_subscription_gets_its_letters_back_as_batches() {
     let replayed = binary.command(&["dead-letters", "replay", "--all"]).await;
     assert!(replayed.status.success(), "{replayed:?}");
     let replays = &receiver.requests()[before..];
-    assert_eq!(replays.len(), 2);
-    for (replay, row) in replays.iter().zip(1..) {
-        // The envelope the receiver parses for this subscription, holding
-        // the parked event unchanged.
-        let body = replay.json();
-        let events = body["events"].as_array().expect("a batch envelope");
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0]["record"]["id"], row);
-        assert!(parked.contains(&events[0]), "{body}");
-        assert!(replay.headers["webhook-id"].starts_with("whb_"));
-        assert!(replay.headers["webhook-signature"].starts_with("v1,"));
+    assert_eq!(replays.len(), 3, "each letter alone");
+    let mut replayed_ids = Vec::new();
+    for replay in replays {
+        // The parked event unchanged, in the envelope, under its own id.
+        // (Lanes park concurrently, so match by id, not by position.)
+        let event = assert_batch_of_one(replay);
+        let original = parked.iter().find(|parked| parked["id"] == event["id"]);
+        assert_eq!(original, Some(&event));
+        replayed_ids.push(event["id"].clone());
     }
+    replayed_ids.sort_by_key(Value::to_string);
+    replayed_ids.dedup();
+    assert_eq!(replayed_ids.len(), 3, "every letter once");
+    // The first row went alone live: a receiver that dedupes on webhook-id
+    // sees the same id again.
+    assert_eq!(
+        replays[0].headers["webhook-id"],
+        live[0].headers["webhook-id"]
+    );
+    // The check can fail: a changed body does not verify.
+    let mut tampered = replays[0].clone();
+    tampered.body = replays[0].body.slice(..replays[0].body.len() - 1);
+    assert!(!tampered.signature_verifies(SECRET));
     assert_eq!(dead_letter_count(&db).await, 0);
 }
 

@@ -1,11 +1,13 @@
 //! Every column of a row with 30-odd types arrives as `to_jsonb(row)` gives it
-//! (TimeZone UTC): the oracle is PostgreSQL itself.
+//! (TimeZone UTC): the oracle is PostgreSQL itself, compared as jsonb and by
+//! the sign of every number (jsonb alone cannot tell `-0` from `0`).
 
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::receiver::Receiver;
+use crate::support::zero_sign::sign_differences;
 use crate::support::{TestDb, Walhook};
 
 const SCHEMA: &str = r#"
@@ -31,7 +33,8 @@ CREATE TABLE everything (
     c_mood mood, c_mood_array mood[],
     c_amount positive_amount, c_int_list int_list,
     c_address address, c_addresses address[],
-    c_range int4range, c_tsrange tsrange
+    c_range int4range, c_tsrange tsrange,
+    c_float4_array float4[], c_float8_array float8[]
 );
 "#;
 
@@ -86,6 +89,16 @@ newline', 'ab',
     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 );
+-- Negative zeros: float4/float8 print `-0`, to_jsonb gives 0 (numeric has
+-- no negative zero), in arrays and composites too.
+INSERT INTO everything (id, c_numeric, c_float4, c_float8, c_address, c_addresses,
+                        c_float4_array, c_float8_array)
+VALUES (
+    5, '-0', '-0', '-0',
+    ROW(NULL, NULL, NULL, ROW('-0', '-0'), NULL)::address,
+    ARRAY[ROW(NULL, NULL, NULL, ROW('-0', 0), NULL)::address],
+    '{-0,0,-1.5}', '{{-0,1},{2,-0}}'
+);
 "#;
 
 #[tokio::test]
@@ -105,7 +118,7 @@ async fn every_record_equals_to_jsonb_of_its_row() {
     db.wait_slot_active().await;
     db.client.batch_execute(ROWS).await.unwrap();
     let inserts = receiver
-        .wait_for_delivered(4, Duration::from_secs(30))
+        .wait_for_delivered(5, Duration::from_secs(30))
         .await;
     assert_records_match(&db, &inserts).await;
 
@@ -115,10 +128,10 @@ async fn every_record_equals_to_jsonb_of_its_row() {
         .await
         .unwrap();
     let events = receiver
-        .wait_for_delivered(5, Duration::from_secs(30))
+        .wait_for_delivered(6, Duration::from_secs(30))
         .await;
-    assert_eq!(events[4]["type"], "UPDATE");
-    assert_records_match(&db, &events[4..]).await;
+    assert_eq!(events[5]["type"], "UPDATE");
+    assert_records_match(&db, &events[5..]).await;
 
     // Digits are kept, not only values: numeric(10,2) 12.50 and -0.01.
     let raw: Vec<String> = receiver
@@ -162,9 +175,13 @@ async fn assert_records_match(db: &TestDb, events: &[Value]) {
             .await
             .unwrap();
         let equal: bool = row.get(0);
-        if !equal {
-            let oracle: String = row.get(1);
-            mismatches.push(column_diff(id, record, &oracle));
+        let oracle: String = row.get(1);
+        let signs = sign_differences(record, &serde_json::from_str(&oracle).unwrap());
+        if !equal || !signs.is_empty() {
+            mismatches.push(format!(
+                "{}\n  signs differ at: {signs:?}",
+                column_diff(id, record, &oracle)
+            ));
         }
     }
     assert!(

@@ -2,7 +2,8 @@
 //! `walhook::value::write_json` applied to the column's text output must give
 //! what PostgreSQL's own `to_jsonb(row)` gives, compared after PostgreSQL
 //! parses both as jsonb (so `12.50` and `12.5` differ, and floats compare by
-//! value).
+//! value), and with the sign of every number compared too (jsonb has no
+//! negative zero, so that comparison alone would let `-0` for `0` pass).
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -11,6 +12,11 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use walhook::catalog::{JsonKind, TypeRegistry, builtin_oids};
 use walhook::pgtemp::TempPostgres;
 use walhook::value::write_json;
+
+// Shared with the integration tests' oracle (`value_fidelity`).
+#[path = "support/zero_sign.rs"]
+mod zero_sign;
+use zero_sign::sign_differences;
 
 /// One cluster for the tests of this binary that run at the same time; the
 /// last test to finish drops it, which stops the server and removes its files
@@ -270,9 +276,14 @@ async fn assert_renders_as_to_jsonb(
                 Ok(row) => (row.try_get::<_, bool>(0)?, row.try_get::<_, String>(1)?),
                 Err(error) => (false, format!("(comparison failed: {error})")),
             };
-            if !equal || !parses {
+            let signs = if equal && parses {
+                signs_of_numbers_differ(&ours, &oracle)?
+            } else {
+                String::new()
+            };
+            if !equal || !parses || !signs.is_empty() {
                 failures.push(format!(
-                    "row {row_id} column {} ({}, oid {}, kind {:?})\n    text:   {:?}\n    ours:   {ours}{}\n    oracle: {oracle}",
+                    "row {row_id} column {} ({}, oid {}, kind {:?})\n    text:   {:?}\n    ours:   {ours}{}\n    oracle: {oracle}{signs}",
                     column.name,
                     column.type_name,
                     column.type_oid,
@@ -290,6 +301,60 @@ async fn assert_renders_as_to_jsonb(
         failures.join("\n")
     );
     Ok(compared)
+}
+
+/// Empty when every number of `ours` has the sign of its counterpart in
+/// `oracle` (JSON texts already equal as jsonb); else a line saying where
+/// they differ, for a failure message.
+fn signs_of_numbers_differ(ours: &str, oracle: &str) -> Result<String> {
+    let differences =
+        sign_differences(&serde_json::from_str(ours)?, &serde_json::from_str(oracle)?);
+    Ok(if differences.is_empty() {
+        String::new()
+    } else {
+        format!("\n    signs differ at: {}", differences.join("; "))
+    })
+}
+
+/// float4 and float8 print a negative zero as `-0`; `to_jsonb` reads every
+/// number back with numeric_in, which has no negative zero, and gives `0` —
+/// as a scalar, in arrays, in composites and through a domain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_zero_renders_as_to_jsonb_does() -> Result<()> {
+    let cluster = cluster()?;
+    let client = fresh_database(&cluster, "values_negative_zero").await?;
+    client
+        .batch_execute(
+            r#"
+            CREATE TYPE fz AS (a float4, b float8, c numeric);
+            CREATE DOMAIN f8_d AS float8;
+            CREATE TABLE z (row_id int PRIMARY KEY, f4 float4, f8 float8, n numeric, f8d f8_d,
+                            f4a float4[], f8a float8[], na numeric[], f8_2d float8[], comp fz,
+                            comps fz[], j json, jb jsonb);
+            INSERT INTO z VALUES
+              (1, '-0', '-0', '-0', '-0', '{-0,0,-1.5}', '{-0}', '{-0,-0.0}', '{{-0,1},{2,-0}}',
+               ROW('-0', '-0', '-0'), ARRAY[ROW('-0', '-0', '-0')::fz, NULL],
+               '[-0, -0.0, {"a": -0}]', '[-0]'),
+              (2, '0', '0', '0.0', '-1e-50', '{-0.5}', '{-1e-310}', '{0}', '{{0}}',
+               ROW('1', '-2', '-0.00'), '{}', '-0', '-0.0');
+            "#,
+        )
+        .await?;
+    // The server's text output keeps the sign: what the walsender sends.
+    let row = client
+        .query_one("SELECT f4::text, f8::text FROM z WHERE row_id = 1", &[])
+        .await?;
+    assert_eq!(
+        (row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?),
+        ("-0".to_owned(), "-0".to_owned())
+    );
+    let columns = columns(&client, "z").await?;
+    let mut types = TypeRegistry::new();
+    let oids: Vec<u32> = columns.iter().map(|c| c.type_oid).collect();
+    types.ensure(&client, &oids).await?;
+    let compared = assert_renders_as_to_jsonb(&client, "z", 1..=2, &columns, &types).await?;
+    assert_eq!(compared, 2 * columns.len());
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,11 +433,16 @@ async fn json_is_normalised_as_to_jsonb_does() -> Result<()> {
             .await
             .with_context(|| format!("comparing {document:?} / ours {ours:?}"))?;
         let equal: bool = row.try_get(0)?;
-        if !equal {
-            let oracle: String = row.try_get(1)?;
+        let oracle: String = row.try_get(1)?;
+        let signs = if equal {
+            signs_of_numbers_differ(&ours, &oracle)?
+        } else {
+            String::new()
+        };
+        if !equal || !signs.is_empty() {
             let ours_as_jsonb: String = row.try_get(2)?;
             failures.push(format!(
-                "json {document:?}\n    ours:   {ours}\n    ours as jsonb: {ours_as_jsonb}\n    oracle: {oracle}"
+                "json {document:?}\n    ours:   {ours}\n    ours as jsonb: {ours_as_jsonb}\n    oracle: {oracle}{signs}"
             ));
         }
     }

@@ -5,13 +5,13 @@
 //! *current* endpoint — URL, headers and signing key from the config as it is
 //! now — with the event's original id as `webhook-id`, so a receiver that
 //! already saw it recognises the duplicate. A batched subscription gets each
-//! letter as `{"events": [payload]}`, the shape its receiver parses, with the
-//! batch id of that one-event batch. Letters go in their original
-//! order (`walhook.dead_letters.id`); a row is deleted only after a 2xx. When
-//! one letter of a subscription fails, the rest of that subscription's
-//! letters wait for the next replay, so a key's changes never overtake each
-//! other. Purge deletes without sending and refuses to run without a
-//! selector.
+//! letter alone in the shape its receiver parses, `{"events": [payload]}`:
+//! a batch of one, whose `webhook-id` is the event's id, live or replayed.
+//! Letters go in their original order (`walhook.dead_letters.id`); a row is
+//! deleted only after a 2xx. When one letter of a subscription fails, the
+//! rest of that subscription's letters wait for the next replay, so a key's
+//! changes never overtake each other. Purge deletes without sending and
+//! refuses to run without a selector.
 //!
 //! It does not read the slot: dead letters are already confirmed there.
 
@@ -295,7 +295,7 @@ pub async fn replay(config_path: &Path, selector: &Selector) -> Result<(), AppEr
             continue;
         };
         // A batched subscription's receiver expects `{"events": [...]}`: the
-        // letter goes as a batch of one, with the id such a batch gets.
+        // letter goes as a batch of one, which carries the event's own id.
         let request = if endpoint.batched() {
             RequestBody::batch(std::iter::once((
                 letter.event_id.as_str(),

@@ -34,7 +34,7 @@ pub fn build_client(config: &DeliveryConfig) -> Result<reqwest::Client, Endpoint
     reqwest::Client::builder()
         .user_agent(concat!("walhook/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(config.concurrency.max(1))
+        .pool_max_idle_per_host(config.concurrency.clamp(1, super::MAX_CONCURRENCY))
         .connect_timeout(config.timeout)
         .tcp_nodelay(true)
         .build()
@@ -183,8 +183,8 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    /// One event's payload, or `{"events": [...]}` with a batch id derived
-    /// from the events' ids.
+    /// One event's payload for a subscription that does not batch, else
+    /// `{"events": [...]}` with the id [`RequestBody::batch`] gives it.
     pub fn for_events(events: &[Outbound], batched: bool) -> RequestBody {
         match events {
             [single] if !batched => RequestBody {
@@ -199,8 +199,12 @@ impl RequestBody {
         }
     }
 
-    /// `{"events": [...]}` of (id, payload) pairs, with the batch id walhook
-    /// derives from their ids: the same events always make the same id.
+    /// `{"events": [...]}` of (id, payload) pairs. A batch of one carries its
+    /// event's own id, so that one event has one `webhook-id` however it
+    /// travels (alone in a live batch, or replayed from the dead letters,
+    /// which are stored per event). A batch of several carries `whb_` and a
+    /// digest of their ids: the same events always make the same id, and no
+    /// event's id is a batch's.
     pub fn batch<'a>(events: impl Iterator<Item = (&'a str, &'a [u8])> + Clone) -> RequestBody {
         let size = events
             .clone()
@@ -209,6 +213,7 @@ impl RequestBody {
         let mut body = Vec::with_capacity(size + 12);
         body.extend_from_slice(b"{\"events\":[");
         let mut hasher = Sha256::new();
+        let mut only = None;
         for (index, (id, payload)) in events.enumerate() {
             if index > 0 {
                 body.push(b',');
@@ -216,12 +221,19 @@ impl RequestBody {
             body.extend_from_slice(payload);
             hasher.update(id.as_bytes());
             hasher.update(b",");
+            only = (index == 0).then_some(id);
         }
         body.extend_from_slice(b"]}");
-        let digest = hasher.finalize();
-        let mut id = String::with_capacity(36);
-        id.push_str("whb_");
-        crate::event::push_hex(&mut id, &digest[..16]);
+        let id = match only {
+            Some(id) => id.to_owned(),
+            None => {
+                let digest = hasher.finalize();
+                let mut id = String::with_capacity(36);
+                id.push_str("whb_");
+                crate::event::push_hex(&mut id, &digest[..16]);
+                id
+            }
+        };
         RequestBody {
             id,
             body: Bytes::from(body),
@@ -265,5 +277,29 @@ impl fmt::Display for Attempt {
             Attempt::Status { status, .. } => write!(f, "HTTP {status}"),
             Attempt::Transport(what) => f.write_str(what),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_of_one_carries_its_events_id_and_a_larger_one_a_batch_id() {
+        let one = RequestBody::batch([("wh_a", &b"{\"n\":1}"[..])].into_iter());
+        assert_eq!(one.id, "wh_a");
+        assert_eq!(&one.body[..], b"{\"events\":[{\"n\":1}]}");
+
+        let pair = [("wh_a", &b"{\"n\":1}"[..]), ("wh_b", &b"{\"n\":2}"[..])];
+        let two = RequestBody::batch(pair.into_iter());
+        assert!(
+            two.id.starts_with("whb_") && two.id.len() == 36,
+            "{}",
+            two.id
+        );
+        assert_eq!(&two.body[..], b"{\"events\":[{\"n\":1},{\"n\":2}]}");
+        // Deterministic over the ids, in order.
+        assert_eq!(RequestBody::batch(pair.into_iter()).id, two.id);
+        assert_ne!(RequestBody::batch(pair.into_iter().rev()).id, two.id);
     }
 }

@@ -56,6 +56,15 @@ pub const SUBSCRIPTION_BUFFER_BYTES: usize = 4 << 20;
 const EVENT_OVERHEAD_BYTES: usize = 256;
 /// Lanes of one `key` or `none` subscription; more keys than lanes share.
 const MAX_LANES: usize = 256;
+/// The largest `batch.max_events` the config accepts. A subscription holds
+/// at most `SUBSCRIPTION_BUFFER_BYTES / EVENT_OVERHEAD_BYTES` (16,384)
+/// events at once, so a batch much larger could never fill; the bound also
+/// keeps a typo from sizing anything in the lanes.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+/// The largest `delivery.concurrency` the config accepts: far more requests
+/// in flight than lanes can send (256 per subscription), and well below what
+/// the in-flight semaphore can count (it panics beyond `MAX_PERMITS`).
+pub const MAX_CONCURRENCY: usize = 10_000;
 
 /// One event on its way to one subscription.
 #[derive(Debug)]
@@ -187,9 +196,13 @@ impl Delivery {
         tasks: &mut JoinSet<()>,
     ) -> Result<Delivery, http::EndpointError> {
         let client = http::build_client(config)?;
+        // `Config::load` keeps it in range; this is for a config built
+        // another way (a test, an embedder), where an absurd value would
+        // make the semaphore panic.
+        let concurrency = config.concurrency.clamp(1, MAX_CONCURRENCY);
         let shared = Arc::new(Shared {
             client,
-            in_flight: Semaphore::new(config.concurrency),
+            in_flight: Semaphore::new(concurrency),
             config: config.clone(),
             dead_letters,
             abandon,
@@ -204,7 +217,7 @@ impl Delivery {
             });
             let lane_count = match subscription.ordering {
                 Ordering::Strict => 1,
-                Ordering::Key | Ordering::None => config.concurrency.clamp(1, MAX_LANES),
+                Ordering::Key | Ordering::None => concurrency.min(MAX_LANES),
             };
             let buffer = Arc::new(Semaphore::new(SUBSCRIPTION_BUFFER_BYTES));
             let mut lanes = Vec::with_capacity(lane_count);
@@ -483,7 +496,10 @@ async fn run_lane(
     shared: Arc<Shared>,
 ) {
     let mut backlog: VecDeque<Queued> = VecDeque::new();
-    let mut events = Vec::with_capacity(batch.max_events);
+    // Grows to the largest batch this lane actually sends and is reused; not
+    // sized from `batch.max_events`, which would reserve the configured
+    // maximum in every lane whether or not batches ever get that large.
+    let mut events = Vec::new();
     loop {
         let Some(first) = backlog.pop_front() else {
             let chunk = tokio::select! {
@@ -543,7 +559,12 @@ async fn fill_batch(
     events: &mut Vec<Outbound>,
     batch: BatchConfig,
 ) -> usize {
-    let deadline = tokio::time::Instant::now() + batch.max_wait;
+    // Not `now + max_wait`: a max_wait of centuries, which the config
+    // accepts, would overflow the clock and panic; a year is as long.
+    let now = tokio::time::Instant::now();
+    let deadline = now
+        .checked_add(batch.max_wait)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
     let mut held = 0;
     while events.len() < batch.max_events {
         if let Some(queued) = backlog.pop_front() {
@@ -848,6 +869,31 @@ mod tests {
         // The next chunk starts empty.
         delivery.flush();
         assert!(receivers[0].try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_batch_wait_of_centuries_does_not_overflow_the_clock() {
+        // The config accepts any duration humantime parses; `now + max_wait`
+        // panicked for the largest.
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        drop(sender);
+        let batch = BatchConfig {
+            max_events: MAX_BATCH_EVENTS,
+            max_wait: Duration::MAX,
+        };
+        let mut events = Vec::new();
+        let held = fill_batch(&mut receiver, &mut VecDeque::new(), &mut events, batch).await;
+        assert_eq!((held, events.len()), (0, 0));
+    }
+
+    #[test]
+    fn the_largest_batch_fits_in_one_subscription_budget() {
+        // Otherwise a lane could never collect a full batch (the budget
+        // runs out first) and every batch would wait out `max_wait`.
+        const {
+            assert!(MAX_BATCH_EVENTS * EVENT_OVERHEAD_BYTES <= SUBSCRIPTION_BUFFER_BYTES);
+            assert!(MAX_CONCURRENCY <= Semaphore::MAX_PERMITS);
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! and the text the walsender sent (a session with `TimeZone=UTC`,
 //! `DateStyle=ISO,YMD`, `IntervalStyle=postgres`, `extra_float_digits=1`,
 //! `bytea_output=hex`). It follows `datum_to_jsonb` in PostgreSQL's jsonb.c
-//! category by category ([`JsonKind`]): numbers keep their digits, timestamps
+//! category by category ([`JsonKind`]): numbers keep their digits (but a
+//! float's `-0` is `0`, as `numeric_in` makes every number), timestamps
 //! take the XSD `T` form, json is normalised as jsonb would store it, arrays
 //! and composites are parsed from their text output and rendered element by
 //! element. It never fails and never panics: text it cannot interpret becomes
@@ -59,10 +60,14 @@ fn render(
             _ => write_string(out, text),
         },
         JsonKind::Number => {
-            if is_json_number(text) {
-                out.extend_from_slice(text);
-            } else {
+            if !is_json_number(text) {
                 write_string(out, text);
+            } else if is_negative_zero(text) {
+                // float4/float8 print -0; to_jsonb reads every number with
+                // numeric_in, which has no negative zero, and gives 0.
+                json::write_numeric(out, text);
+            } else {
+                out.extend_from_slice(text);
             }
         }
         JsonKind::Date | JsonKind::Text => write_string(out, text),
@@ -250,6 +255,18 @@ const fn escape_of(byte: u8) -> Option<Escape> {
 /// `IsValidJsonNumber`.
 fn is_json_number(text: &[u8]) -> bool {
     number_end(text, 0) == Some(text.len())
+}
+
+/// A JSON number whose digits are all zero and that has a minus sign
+/// (`-0`, `-0.0`, `-0e5`).
+fn is_negative_zero(number: &[u8]) -> bool {
+    match number.split_first() {
+        Some((b'-', rest)) => rest
+            .iter()
+            .take_while(|&&byte| byte != b'e' && byte != b'E')
+            .all(|&byte| byte == b'0' || byte == b'.'),
+        _ => false,
+    }
 }
 
 /// Where the JSON number starting at `start` ends, if one starts there.
@@ -911,6 +928,44 @@ mod tests {
         );
         assert_eq!(json(22, "1 2"), "[1,2]");
         assert_eq!(json(30, "1 2"), r#"["1","2"]"#);
+    }
+
+    #[test]
+    fn negative_zero_is_zero_as_to_jsonb_gives_it() {
+        // float4/float8 print -0 as "-0"; to_jsonb passes every number
+        // through numeric_in, which has no negative zero (PostgreSQL 15:
+        // to_jsonb('-0'::float8) is 0, also in arrays and composites).
+        const FLOAT4: u32 = 700;
+        assert_eq!(json(FLOAT4, "-0"), "0");
+        assert_eq!(json(FLOAT8, "-0"), "0");
+        assert_eq!(json(1021, "{-0,0,-1.5}"), "[0,0,-1.5]", "float4[]");
+        assert_eq!(json(1022, "{{-0,1},{2,-0}}"), "[[0,1],[2,0]]", "float8[]");
+        // Only zero loses its sign, and a zero keeps its scale, as
+        // numeric_in gives them.
+        assert_eq!(json(FLOAT8, "-1e-50"), "-1e-50");
+        assert_eq!(json(FLOAT8, "-0.5"), "-0.5");
+        assert_eq!(json(NUMERIC, "-0.0"), "0.0");
+        assert_eq!(json(NUMERIC, "0"), "0");
+
+        use crate::catalog::TypeFacts;
+        let mut types = TypeRegistry::new();
+        types.insert_for_test(TypeFacts {
+            oid: 50_010,
+            namespace: "public".into(),
+            name: "fz".into(),
+            base_oid: 50_010,
+            kind: JsonKind::Composite {
+                fields: vec![
+                    ("a".into(), FLOAT4),
+                    ("b".into(), FLOAT8),
+                    ("c".into(), NUMERIC),
+                ],
+            },
+        });
+        assert_eq!(
+            json_with(&types, 50_010, "(-0,-0,0)"),
+            r#"{"a":0,"b":0,"c":0}"#
+        );
     }
 
     #[test]

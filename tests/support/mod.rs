@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod zero_sign;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
