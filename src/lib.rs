@@ -19,6 +19,11 @@
 //!                                  checkpoint resolved frontier ──▶ confirmed LSN to the walsender
 //! ```
 //!
+//! Beside the stream: `tables` resolves the rules' tables in the catalog
+//! (oids, partitions, replica identity), `publication` says what the
+//! publication must hold, `setup` makes it so, and `watch` follows renamed,
+//! dropped and re-created tables while the daemon runs.
+//!
 //! Guarantees: at-least-once (the confirmed LSN never passes a change some
 //! matching subscription has neither received with a 2xx nor stored as a dead
 //! letter), stable ids for duplicates, per-key order, and a slot that keeps

@@ -5,7 +5,9 @@
 //! Each subscription has lanes: one lane per ordering key bucket (`key`), a
 //! single lane (`strict`) or round-robin lanes (`none`). A lane sends one
 //! request (or one batch) at a time and retries it before moving on, which is
-//! what keeps per-key order. A shared semaphore caps requests in flight across
+//! what keeps per-key order. Under `key`, a barrier event (a TRUNCATE) waits
+//! until every lane of its subscription is idle, and later events wait until
+//! its lane is idle again, so nothing crosses it. A shared semaphore caps requests in flight across
 //! all lanes at `delivery.concurrency`.
 //!
 //! Queues are bounded in bytes, per subscription: every queued or in-flight
