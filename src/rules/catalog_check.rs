@@ -27,7 +27,9 @@ use crate::tables::{self, Resolution};
 pub enum RuleError {
     #[error(
         "subscription {subscription:?}: table {table} does not exist (or this role cannot see it); \
-         fix `tables` or create the table"
+         fix `tables` or create the table. If it was renamed or moved while walhook ran, walhook \
+         went on delivering it under its new name: put that name in `tables` (`walhook check` \
+         lists the tables the publication sends that no rule selects)"
     )]
     UnknownTable { subscription: String, table: String },
     #[error(
