@@ -10,6 +10,7 @@ mod check;
 mod cli;
 mod contract;
 mod dead_letters;
+mod decoding_messages;
 mod delivery;
 mod faults;
 mod filters;
