@@ -241,7 +241,9 @@ impl TempPostgres {
             format!("unix_socket_directories = '{}'", self.root.path().display()),
             "wal_level = logical".to_owned(),
             "max_wal_senders = 40".to_owned(),
-            "max_replication_slots = 40".to_owned(),
+            // A test binary shares one cluster, and its tests leave their
+            // slots behind (one per test database): room for many.
+            "max_replication_slots = 100".to_owned(),
             "max_connections = 200".to_owned(),
             "fsync = off".to_owned(),
             "full_page_writes = off".to_owned(),
