@@ -12,6 +12,7 @@ mod contract;
 mod dead_letters;
 mod decoding_messages;
 mod delivery;
+mod failover_slots;
 mod faults;
 mod filters;
 mod least_privilege;
