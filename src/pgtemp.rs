@@ -7,6 +7,11 @@
 //! and `postgres` refuse to run as root; when walhook runs as root the cluster
 //! is created and run as the `postgres` system user.
 //!
+//! [`TempPostgres::start_standby`] adds a physical standby of a cluster, for
+//! tests of what happens when a standby is promoted. Its base backup is a
+//! copy of the stopped primary's files, because the server packages walhook
+//! is tested with do not all ship `pg_basebackup`.
+//!
 //! It is not a way to run a production database: durability is switched off
 //! (`fsync = off`) for speed, and authentication is `trust` on loopback
 //! except for the lines a caller adds.
@@ -57,6 +62,17 @@ pub struct TempPostgresOptions {
     pub hba_lines: Vec<String>,
 }
 
+/// Settings for a physical standby made by [`TempPostgres::start_standby`].
+#[derive(Debug, Clone, Default)]
+pub struct StandbyOptions {
+    /// The physical replication slot on the primary the standby streams
+    /// through (`primary_slot_name`); it must exist before the standby starts.
+    pub primary_slot: String,
+    /// Extra `postgresql.conf` lines for the standby, e.g.
+    /// `"sync_replication_slots = on"`.
+    pub extra_conf: Vec<String>,
+}
+
 /// A running throw-away cluster; dropping it stops the server and deletes its
 /// files.
 #[derive(Debug)]
@@ -80,54 +96,77 @@ impl TempPostgres {
     pub fn start_with(options: TempPostgresOptions) -> Result<Self, PgTempError> {
         let bindir = find_server_binaries()?;
         let run_as_postgres = nix::unistd::geteuid().is_root();
-        let root = tempfile::Builder::new()
-            .prefix("walhook-pg-")
-            .tempdir()
-            .map_err(io_error("creating a temporary directory for PostgreSQL"))?;
-        if run_as_postgres {
-            let user = nix::unistd::User::from_name(SUPERUSER)
-                .ok()
-                .flatten()
-                .ok_or(PgTempError::NoPostgresUser)?;
-            std::os::unix::fs::chown(
-                root.path(),
-                Some(user.uid.as_raw()),
-                Some(user.gid.as_raw()),
-            )
-            .map_err(io_error(format!(
-                "handing {} to the postgres user",
-                root.path().display()
-            )))?;
-        }
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700))
-            .map_err(io_error("restricting the temporary directory"))?;
-
         let mut cluster = TempPostgres {
-            root,
+            root: server_root(run_as_postgres)?,
             bindir,
             port: 0,
             run_as_postgres,
         };
         cluster.initdb(&options)?;
-        // A free port can be taken by someone else between our probe and the
-        // server's bind; try a few.
-        let mut last_error = None;
-        for _ in 0..5 {
-            cluster.port = free_port()?;
-            cluster.write_port()?;
-            match cluster.pg_ctl(&["start", "-w", "-t", "60", "-l", &cluster.log_path()]) {
-                Ok(_) => {
-                    cluster.spawn_watchdog();
-                    return Ok(cluster);
-                }
-                Err(error) => last_error = Some(error),
-            }
+        cluster.start_on_a_free_port()?;
+        Ok(cluster)
+    }
+
+    /// Makes and starts a physical standby of this cluster, streaming through
+    /// `options.primary_slot`: stops this server, copies its files, starts it
+    /// again, then starts the copy in standby mode on a port of its own.
+    ///
+    /// The copy leaves out this cluster's replication slots — slots belong to
+    /// the server they were made on, and a standby's own copy of a failover
+    /// slot is what `sync_replication_slots` is for.
+    pub fn start_standby(&self, options: StandbyOptions) -> Result<TempPostgres, PgTempError> {
+        let mut standby = TempPostgres {
+            root: server_root(self.run_as_postgres)?,
+            bindir: self.bindir.clone(),
+            port: 0,
+            run_as_postgres: self.run_as_postgres,
+        };
+        self.stop()?;
+        // As the server's user, so that the copy belongs to it too.
+        let copied = self.run_program(
+            Path::new("cp"),
+            &[
+                "-a",
+                &self.data_dir().display().to_string(),
+                &standby.data_dir().display().to_string(),
+            ],
+        );
+        let started = self.start_again();
+        copied?;
+        started?;
+        let slots = standby.data_dir().join("pg_replslot");
+        for entry in
+            std::fs::read_dir(&slots).map_err(io_error(format!("reading {}", slots.display())))?
+        {
+            let path = entry
+                .map_err(io_error(format!("reading {}", slots.display())))?
+                .path();
+            std::fs::remove_dir_all(&path)
+                .map_err(io_error(format!("removing {}", path.display())))?;
         }
-        Err(last_error.unwrap_or_else(|| PgTempError::CommandFailed {
-            command: "pg_ctl start".into(),
-            status: "not run".into(),
-            output: String::new(),
-        }))
+        // Settings of the primary that name its own files go; the rest is
+        // the standby's.
+        let mut conf = vec![
+            format!(
+                "unix_socket_directories = '{}'",
+                standby.root.path().display()
+            ),
+            // dbname: the slot sync worker connects to a database.
+            format!(
+                "primary_conninfo = 'host=127.0.0.1 port={} user={SUPERUSER} dbname=postgres'",
+                self.port
+            ),
+            format!("primary_slot_name = '{}'", options.primary_slot),
+            "hot_standby_feedback = on".to_owned(),
+        ];
+        conf.extend(options.extra_conf);
+        standby.append(
+            "postgresql.conf",
+            &format!("\n# walhook throw-away standby\n{}\n", conf.join("\n")),
+        )?;
+        standby.write("standby.signal", "")?;
+        standby.start_on_a_free_port()?;
+        Ok(standby)
     }
 
     /// The TCP port the server listens on (127.0.0.1).
@@ -172,6 +211,17 @@ impl TempPostgres {
             .map(drop)
     }
 
+    /// Stops the server without a shutdown checkpoint, as if its host had
+    /// died (`pg_ctl stop -m immediate`); the files stay.
+    pub fn crash(&self) -> Result<(), PgTempError> {
+        self.pg_ctl(&["stop", "-w", "-m", "immediate"]).map(drop)
+    }
+
+    /// Promotes a standby to a primary and waits until it accepts writes.
+    pub fn promote(&self) -> Result<(), PgTempError> {
+        self.pg_ctl(&["promote", "-w", "-t", "60"]).map(drop)
+    }
+
     /// Restarts the server (fast shutdown), as an operator's `pg_ctl restart`.
     pub fn restart(&self) -> Result<(), PgTempError> {
         self.pg_ctl(&[
@@ -213,6 +263,29 @@ impl TempPostgres {
             .spawn();
     }
 
+    /// Starts the server on a free port of 127.0.0.1 and arms the watchdog.
+    fn start_on_a_free_port(&mut self) -> Result<(), PgTempError> {
+        // A free port can be taken by someone else between our probe and the
+        // server's bind; try a few.
+        let mut last_error = None;
+        for _ in 0..5 {
+            self.port = free_port()?;
+            self.write_port()?;
+            match self.pg_ctl(&["start", "-w", "-t", "60", "-l", &self.log_path()]) {
+                Ok(_) => {
+                    self.spawn_watchdog();
+                    return Ok(());
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| PgTempError::CommandFailed {
+            command: "pg_ctl start".into(),
+            status: "not run".into(),
+            output: String::new(),
+        }))
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.root.path().join("data")
     }
@@ -240,6 +313,9 @@ impl TempPostgres {
             "listen_addresses = '127.0.0.1'".to_owned(),
             format!("unix_socket_directories = '{}'", self.root.path().display()),
             "wal_level = logical".to_owned(),
+            // A test binary shares one cluster, and its tests leave their
+            // slots (and walsenders' connections) behind, one per test
+            // database: room for many.
             "max_wal_senders = 100".to_owned(),
             "max_replication_slots = 100".to_owned(),
             "max_connections = 300".to_owned(),
@@ -288,13 +364,21 @@ impl TempPostgres {
 
     /// Runs a server binary, as the postgres user when we are root.
     fn run(&self, program: &str, args: &[&str]) -> Result<Output, PgTempError> {
-        let binary = self.bindir.join(program);
+        self.run_program(&self.bindir.join(program), args)
+    }
+
+    /// Runs `binary`, as the postgres user when we are root.
+    fn run_program(&self, binary: &Path, args: &[&str]) -> Result<Output, PgTempError> {
+        let program = binary
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut command = if self.run_as_postgres {
             let mut command = Command::new("runuser");
-            command.args(["-u", SUPERUSER, "--"]).arg(&binary);
+            command.args(["-u", SUPERUSER, "--"]).arg(binary);
             command
         } else {
-            Command::new(&binary)
+            Command::new(binary)
         };
         command.args(args).current_dir(self.root.path());
         // The server must not inherit settings meant for a client.
@@ -328,6 +412,33 @@ impl Drop for TempPostgres {
             let _ = self.pg_ctl(&["stop", "-w", "-m", "immediate"]);
         }
     }
+}
+
+/// A fresh private directory for a server's files, owned by the postgres
+/// user when the server runs as it.
+fn server_root(run_as_postgres: bool) -> Result<tempfile::TempDir, PgTempError> {
+    let root = tempfile::Builder::new()
+        .prefix("walhook-pg-")
+        .tempdir()
+        .map_err(io_error("creating a temporary directory for PostgreSQL"))?;
+    if run_as_postgres {
+        let user = nix::unistd::User::from_name(SUPERUSER)
+            .ok()
+            .flatten()
+            .ok_or(PgTempError::NoPostgresUser)?;
+        std::os::unix::fs::chown(
+            root.path(),
+            Some(user.uid.as_raw()),
+            Some(user.gid.as_raw()),
+        )
+        .map_err(io_error(format!(
+            "handing {} to the postgres user",
+            root.path().display()
+        )))?;
+    }
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700))
+        .map_err(io_error("restricting the temporary directory"))?;
+    Ok(root)
 }
 
 /// Finds a directory holding `initdb` and `pg_ctl`: `WALHOOK_PG_BINDIR`, then

@@ -233,7 +233,21 @@ async fn ensure_slot(
         report.slot_confirmed = confirmed.and_then(|text| text.parse().ok());
         return Ok(());
     }
-    let create = "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')";
+    // From PostgreSQL 17 on the slot is a failover slot: a standby with
+    // sync_replication_slots keeps a copy of it and its position, so walhook
+    // resumes on a promoted standby instead of finding no slot there
+    // (docs/operations.md, "Failover").
+    let version = "SELECT current_setting('server_version_num')::int";
+    let version_num: i32 = client
+        .query_one(version, &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|error| SetupError::new(version, error))?;
+    let create = if version_num >= 170_000 {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', failover => true)"
+    } else {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')"
+    };
     let row = client
         .query_one(create, &[&slot])
         .await

@@ -693,3 +693,82 @@ async fn tls_verify_full_checks_the_root_and_the_host_name() {
     .unwrap_err();
     assert!(matches!(error, SourceError::Tls { .. }), "{error:?}");
 }
+
+/// Reads XLogData until `commits` pgoutput Commits have gone by; returns
+/// every message's bytes in order.
+async fn read_through_commits(stream: &mut ReplicationStream, commits: usize) -> Vec<Bytes> {
+    within("the Commits", async {
+        let mut messages = Vec::new();
+        let mut seen = 0;
+        while seen < commits {
+            if let ReplicationMessage::XLogData { data, .. } = stream.next().await.unwrap() {
+                seen += usize::from(data.first() == Some(&b'C'));
+                messages.push(data);
+            }
+        }
+        messages
+    })
+    .await
+}
+
+#[tokio::test]
+async fn logical_decoding_messages_arrive_from_postgresql_14_on() {
+    init();
+    let cluster = cluster();
+    let client = fresh_database(&cluster, "messages_db").await;
+    publication_and_slot(&client, "messages_slot").await;
+    let version_num: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let major = u32::try_from(version_num / 10_000).unwrap();
+
+    let mut stream = start(&cluster.pg.url("messages_db"), "messages_slot")
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.server_major(),
+        Some(major),
+        "server_version_num {version_num}"
+    );
+    // A transactional message between two inserts, then a non-transactional
+    // one outside any transaction, then one more insert.
+    client
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO t VALUES (1, 'one');
+             SELECT pg_logical_emit_message(true, 'walhook-test', 'inside');
+             INSERT INTO t VALUES (2, 'two');
+             COMMIT;
+             SELECT pg_logical_emit_message(false, 'walhook-test', 'outside');
+             INSERT INTO t VALUES (3, 'three');",
+        )
+        .await
+        .unwrap();
+    let messages = read_through_commits(&mut stream, 2).await;
+    let tags: String = messages
+        .iter()
+        .filter_map(|data| data.first().map(|&tag| char::from(tag)))
+        .filter(|&tag| tag != 'R')
+        .collect();
+    let logical: Vec<&Bytes> = messages
+        .iter()
+        .filter(|data| data.first() == Some(&b'M'))
+        .collect();
+    if major >= 14 {
+        assert_eq!(tags, "BIMICMBIC", "PostgreSQL {major}");
+        // 'M', flags (1 = transactional), LSN, prefix\0, length, content.
+        for (message, transactional, content) in
+            [(logical[0], 1, "inside"), (logical[1], 0, "outside")]
+        {
+            assert_eq!(message[1], transactional, "{message:?}");
+            assert!(contains(message, "walhook-test\0"), "{message:?}");
+            assert!(message.ends_with(content.as_bytes()), "{message:?}");
+        }
+    } else {
+        // Older servers do not know the option; asking would be refused.
+        assert_eq!(tags, "BIICBIC", "PostgreSQL {major}");
+    }
+    stream.close().await.unwrap();
+}

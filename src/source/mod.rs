@@ -10,6 +10,10 @@
 //! has no replication mode, so this speaks the protocol itself with
 //! postgres-protocol's message codecs.
 //!
+//! On PostgreSQL 14 and newer it asks pgoutput for logical decoding messages
+//! (`messages 'true'`): what `pg_logical_emit_message` writes arrives as
+//! pgoutput 'M' messages, markers in the stream that need no table.
+//!
 //! It does not decode pgoutput (see the decoder), does not decide what LSN is
 //! safe to confirm (the checkpoint does), does not send status updates on
 //! its own — the caller must answer `reply_requested` keepalives and send one
@@ -65,6 +69,8 @@ pub struct ReplicationStream {
     wire: Wire,
     identity: SystemIdentity,
     tls: bool,
+    /// The server's major version from its startup report, if it gave one.
+    server_major: Option<u32>,
     /// The highest flush position reported; reports never go back.
     sent_flush: Lsn,
 }
@@ -76,6 +82,7 @@ impl fmt::Debug for ReplicationStream {
             .field("slot", &self.wire.at.slot())
             .field("tls", &self.tls)
             .field("identity", &self.identity)
+            .field("server_major", &self.server_major)
             .field("sent_flush", &self.sent_flush)
             .finish_non_exhaustive()
     }
@@ -84,7 +91,8 @@ impl fmt::Debug for ReplicationStream {
 impl ReplicationStream {
     /// Connects, authenticates, identifies the system and starts pgoutput on
     /// `slot` for `publication` from `start` (`Lsn::ZERO` = from the slot's
-    /// confirmed position) with pgoutput `proto_version`.
+    /// confirmed position) with pgoutput `proto_version`, and with
+    /// logical decoding messages when the server is PostgreSQL 14 or newer.
     ///
     /// All of it must finish within `params.connect_timeout`. Fails with
     /// [`SourceError::is_slot_in_use`] when another process streams from the
@@ -98,17 +106,22 @@ impl ReplicationStream {
     ) -> Result<Self, SourceError> {
         let at = At::new(params.address(), slot.to_owned());
         let opening = startup::open(params, at.clone(), publication, start, proto_version);
-        let (wire, identity, tls) =
-            match tokio::time::timeout(params.connect_timeout, opening).await {
-                Ok(result) => result?,
-                Err(_elapsed) => return Err(at.timeout(params.connect_timeout)),
-            };
+        let startup::Opened {
+            wire,
+            identity,
+            tls,
+            server_major,
+        } = match tokio::time::timeout(params.connect_timeout, opening).await {
+            Ok(result) => result?,
+            Err(_elapsed) => return Err(at.timeout(params.connect_timeout)),
+        };
         tracing::info!(
             addr = %wire.at.addr(),
             slot = %wire.at.slot(),
             %publication,
             %start,
             tls,
+            server_major,
             timeline = identity.timeline,
             xlogpos = %identity.xlogpos,
             "replication started"
@@ -117,6 +130,7 @@ impl ReplicationStream {
             wire,
             identity,
             tls,
+            server_major,
             sent_flush: Lsn::ZERO,
         })
     }
@@ -254,6 +268,12 @@ impl ReplicationStream {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+
+    /// The server's major version (`server_version` at startup), or `None`
+    /// when it did not report one walhook could read.
+    pub fn server_major(&self) -> Option<u32> {
+        self.server_major
     }
 }
 
@@ -396,6 +416,7 @@ mod tests {
                 dbname: Some("db".into()),
             },
             tls: false,
+            server_major: Some(18),
             sent_flush: Lsn::ZERO,
         };
         (stream, server)

@@ -5,6 +5,10 @@
 //! (<https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-START-UP>,
 //! <https://www.postgresql.org/docs/current/protocol-replication.html>).
 //!
+//! pgoutput's options depend on the server's major version, which the server
+//! reports at startup (`ParameterStatus server_version`): an option an older
+//! server does not know makes it refuse `START_REPLICATION`.
+//!
 //! It does not stream: once the server is in COPY BOTH mode the connection is
 //! handed to [`super::ReplicationStream`]. It does not do GSSAPI, SSPI,
 //! client certificates or SCRAM channel binding, and does not bound its own
@@ -27,6 +31,20 @@ use super::error::{At, SourceError};
 use super::frame::Incoming;
 use super::{SESSION_OPTIONS, Socket, SystemIdentity, Wire, describe};
 
+/// The first major version whose pgoutput knows the `messages` option
+/// (logical decoding messages from `pg_logical_emit_message`, type 'M').
+const MESSAGES_SINCE_MAJOR: u32 = 14;
+
+/// A replication connection in COPY BOTH mode and what the server said on
+/// the way there.
+pub(super) struct Opened {
+    pub(super) wire: Wire,
+    pub(super) identity: SystemIdentity,
+    pub(super) tls: bool,
+    /// The server's major version, when it reported one it could parse.
+    pub(super) server_major: Option<u32>,
+}
+
 /// Everything up to and including the CopyBothResponse.
 pub(super) async fn open(
     params: &ConnectParams,
@@ -34,19 +52,30 @@ pub(super) async fn open(
     publication: &str,
     start: Lsn,
     proto_version: u32,
-) -> Result<(Wire, SystemIdentity, bool), SourceError> {
+) -> Result<Opened, SourceError> {
     let (socket, tls) = connect(params, &at).await?;
     let mut wire = Wire::new(socket, at);
     authenticate(&mut wire, params).await?;
-    wait_until_ready(&mut wire).await?;
+    let server_major = wait_until_ready(&mut wire).await?;
     let identity = identify_system(&mut wire).await?;
-    let command = start_replication_command(wire.at.slot(), publication, start, proto_version);
-    tracing::debug!(addr = %wire.at.addr(), %command, "starting replication");
+    // A server that did not say which version it is (a proxy in between may
+    // not pass it on) gets only the options every version knows.
+    let messages = server_major.is_some_and(|major| major >= MESSAGES_SINCE_MAJOR);
+    let command =
+        start_replication_command(wire.at.slot(), publication, start, proto_version, messages);
+    tracing::debug!(addr = %wire.at.addr(), ?server_major, %command, "starting replication");
     wire.queue(|buf| frontend::query(&command, buf))?;
     wire.flush().await?;
     loop {
         match wire.read().await? {
-            Incoming::CopyBothResponse => return Ok((wire, identity, tls)),
+            Incoming::CopyBothResponse => {
+                return Ok(Opened {
+                    wire,
+                    identity,
+                    tls,
+                    server_major,
+                });
+            }
             Incoming::Message(Message::ErrorResponse(body)) => return Err(wire.server_error(&body)),
             Incoming::Message(Message::NoticeResponse(body)) => wire.log_notice(&body),
             Incoming::Message(Message::ParameterStatus(_)) => {}
@@ -220,12 +249,18 @@ async fn scram(wire: &mut Wire, user: &str, password: &str) -> Result<(), Source
 }
 
 /// After AuthenticationOk: parameter statuses and the backend key, until
-/// ReadyForQuery.
-async fn wait_until_ready(wire: &mut Wire) -> Result<(), SourceError> {
+/// ReadyForQuery. Returns the major version from `server_version`.
+async fn wait_until_ready(wire: &mut Wire) -> Result<Option<u32>, SourceError> {
+    let mut server_major = None;
     loop {
         match wire.read().await? {
-            Incoming::Message(Message::ReadyForQuery(_)) => return Ok(()),
-            Incoming::Message(Message::ParameterStatus(_) | Message::BackendKeyData(_)) => {}
+            Incoming::Message(Message::ReadyForQuery(_)) => return Ok(server_major),
+            Incoming::Message(Message::ParameterStatus(body)) => {
+                if body.name().is_ok_and(|name| name == "server_version") {
+                    server_major = body.value().ok().and_then(parse_server_major);
+                }
+            }
+            Incoming::Message(Message::BackendKeyData(_)) => {}
             Incoming::Message(Message::NoticeResponse(body)) => wire.log_notice(&body),
             Incoming::Message(Message::ErrorResponse(body)) => return Err(wire.server_error(&body)),
             other => {
@@ -291,18 +326,32 @@ async fn identify_system(wire: &mut Wire) -> Result<SystemIdentity, SourceError>
     })
 }
 
+/// The major version in a `server_version` report: "15.14 (Debian
+/// 15.14-0+deb12u1)" is 15, "18beta1" is 18, "9.6.24" is 9 (no pgoutput).
+fn parse_server_major(server_version: &str) -> Option<u32> {
+    let digits = server_version
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?;
+    digits.parse().ok()
+}
+
 /// `START_REPLICATION SLOT "slot" LOGICAL X/Y (proto_version 'n',
-/// publication_names '"publication"')`, with the slot quoted as an identifier
-/// and the publication quoted as an identifier inside a string literal, as
-/// the walsender's grammar and pgoutput's option parser read them.
+/// publication_names '"publication"'[, messages 'true'])`, with the slot
+/// quoted as an identifier and the publication quoted as an identifier inside
+/// a string literal, as the walsender's grammar and pgoutput's option parser
+/// read them. `messages` asks for logical decoding messages, which only
+/// PostgreSQL 14 and newer know.
 pub(super) fn start_replication_command(
     slot: &str,
     publication: &str,
     start: Lsn,
     proto_version: u32,
+    messages: bool,
 ) -> String {
+    let messages = if messages { ", messages 'true'" } else { "" };
     format!(
-        "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '{proto_version}', publication_names {})",
+        "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '{proto_version}', publication_names {}{messages})",
         quote_identifier(slot),
         quote_literal(&quote_identifier(publication)),
     )
@@ -324,14 +373,37 @@ mod tests {
     #[test]
     fn start_replication_quotes_slot_and_publication() {
         assert_eq!(
-            start_replication_command("walhook", "walhook", Lsn(0x1_0000_00A0), 1),
+            start_replication_command("walhook", "walhook", Lsn(0x1_0000_00A0), 1, false),
             "START_REPLICATION SLOT \"walhook\" LOGICAL 1/A0 \
              (proto_version '1', publication_names '\"walhook\"')"
         );
         assert_eq!(
-            start_replication_command("s\"x", "it's \"p\"", Lsn::ZERO, 3),
+            start_replication_command("s\"x", "it's \"p\"", Lsn::ZERO, 3, false),
             "START_REPLICATION SLOT \"s\"\"x\" LOGICAL 0/0 \
              (proto_version '3', publication_names '\"it''s \"\"p\"\"\"')"
         );
+    }
+
+    #[test]
+    fn messages_are_asked_for_only_when_wanted() {
+        assert_eq!(
+            start_replication_command("walhook", "walhook", Lsn::ZERO, 1, true),
+            "START_REPLICATION SLOT \"walhook\" LOGICAL 0/0 \
+             (proto_version '1', publication_names '\"walhook\"', messages 'true')"
+        );
+    }
+
+    #[test]
+    fn server_major_from_server_version() {
+        assert_eq!(
+            parse_server_major("15.14 (Debian 15.14-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(parse_server_major("18.4"), Some(18));
+        assert_eq!(parse_server_major("18beta1"), Some(18));
+        assert_eq!(parse_server_major("17devel"), Some(17));
+        assert_eq!(parse_server_major("9.6.24"), Some(9));
+        assert_eq!(parse_server_major(""), None);
+        assert_eq!(parse_server_major("unknown"), None);
     }
 }
