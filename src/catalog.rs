@@ -10,13 +10,13 @@
 //! The common built-in types are known without a query; a type that is not
 //! known renders as text.
 //!
-//! It does not render values (see `value`) or follow schema changes by itself
-//! (the decoder calls [`TypeRegistry::invalidate`] on a pgoutput Type message
-//! and then `ensure` again; a type the catalog no longer has by then keeps
-//! what was known of it, so preloading the rule tables' types at start-up
-//! protects values of a type dropped soon after its change). Of the non-built-in types whose cast to `json`
-//! `to_jsonb` would call, it knows `hstore`'s (an object of strings); any
-//! other such type is text here.
+//! It does not render values (see `value`) or follow schema changes by
+//! itself: the decoder calls [`TypeRegistry::invalidate`] on a pgoutput Type
+//! message and then `ensure` again, and a type the catalog no longer has by
+//! then keeps what was known of it, so preloading the rule tables' types at
+//! start-up protects values of a type dropped soon after its change. Of the
+//! non-built-in types whose cast to `json` `to_jsonb` would call, it knows
+//! `hstore`'s (an object of strings); any other such type is text here.
 
 use std::collections::{HashMap, HashSet};
 

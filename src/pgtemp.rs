@@ -445,15 +445,46 @@ fn server_root(run_as_postgres: bool) -> Result<tempfile::TempDir, PgTempError> 
 /// `PATH`, then `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
 pub fn find_server_binaries() -> Result<PathBuf, PgTempError> {
     let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    let candidates = candidate_dirs("initdb");
+    candidates
+        .iter()
+        .find(|dir| has_both(dir))
+        .cloned()
+        .ok_or_else(|| PgTempError::NoBinaries {
+            searched: if candidates.is_empty() {
+                "WALHOOK_PG_BINDIR, PATH, pg_config --bindir, /usr/lib/postgresql/*/bin".into()
+            } else {
+                candidates
+                    .iter()
+                    .map(|dir| dir.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        })
+}
+
+/// Finds a PostgreSQL client program (e.g. `pg_recvlogical`) in the same
+/// places, in the same order: server binary packages that lack the client
+/// programs (the npm ones) then fall back to the distribution's.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    candidate_dirs(name)
+        .into_iter()
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
+
+/// Where PostgreSQL's programs may be, most preferred first; `PATH` entries
+/// are those that hold `program`, followed to their real directory.
+fn candidate_dirs(program: &str) -> Vec<PathBuf> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(dir) = std::env::var_os("WALHOOK_PG_BINDIR") {
         candidates.push(PathBuf::from(dir));
     }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
-            // A symlinked initdb (as in /usr/local/bin) should lead to the real
-            // directory, where `postgres` lives beside it.
-            if let Ok(real) = std::fs::canonicalize(dir.join("initdb"))
+            // A symlinked program (as in /usr/local/bin) should lead to the
+            // real directory, where `postgres` lives beside it.
+            if let Ok(real) = std::fs::canonicalize(dir.join(program))
                 && let Some(parent) = real.parent()
             {
                 candidates.push(parent.to_path_buf());
@@ -477,22 +508,7 @@ pub fn find_server_binaries() -> Result<PathBuf, PgTempError> {
         .collect();
     versioned.sort();
     candidates.extend(versioned.into_iter().rev().map(|(_, dir)| dir));
-
     candidates
-        .iter()
-        .find(|dir| has_both(dir))
-        .cloned()
-        .ok_or_else(|| PgTempError::NoBinaries {
-            searched: if candidates.is_empty() {
-                "WALHOOK_PG_BINDIR, PATH, pg_config --bindir, /usr/lib/postgresql/*/bin".into()
-            } else {
-                candidates
-                    .iter()
-                    .map(|dir| dir.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            },
-        })
 }
 
 fn free_port() -> Result<u16, PgTempError> {

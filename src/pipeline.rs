@@ -23,7 +23,7 @@ use crate::catalog::TypeRegistry;
 use crate::checkpoint::Checkpoint;
 use crate::config::EventKind;
 use crate::decode::{DecodeFailure, Decoder};
-use crate::deliver::{Delivery, DeliveryClosed, Outbound};
+use crate::deliver::{BudgetWait, Delivery, DeliveryClosed, HeldWait, Outbound, Submitted};
 use crate::event::{Change, Projection, TableInfo, write_payload};
 use crate::lsn::Lsn;
 use crate::oid::OidMap;
@@ -153,12 +153,16 @@ impl Pipeline {
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         loop {
+            let held = delivery.held_waiter();
             tokio::select! {
                 biased;
                 _ = &mut cancelled => {
                     delivery.flush();
                     return Ok(());
                 }
+                // Events held behind a barrier (a TRUNCATE, a key change)
+                // go to their lanes as soon as what they wait for resolved.
+                _ = until_held_ready(held) => delivery.flush(),
                 _ = self.reporter.ticks.tick() => {
                     // A backstop: events normally go out as soon as nothing
                     // more is buffered (below).
@@ -463,8 +467,9 @@ impl Pipeline {
         Ok(true)
     }
 
-    /// Queues the event, waiting for room in the lane (while still answering
-    /// the walsender) only when there is none.
+    /// Hands the event to delivery, waiting for room in its subscription's
+    /// byte budget (while still answering the walsender) only when there is
+    /// none.
     async fn submit(
         &mut self,
         subscription: usize,
@@ -472,42 +477,61 @@ impl Pipeline {
         delivery: &mut Delivery,
         shutdown: &CancellationToken,
     ) -> Result<bool, PipelineError> {
-        let Some(event) = delivery.try_submit(subscription, event, &self.scratch)? else {
-            return Ok(true);
+        let wait = match delivery.try_submit(subscription, event, &self.scratch)? {
+            Submitted::Accepted => return Ok(true),
+            Submitted::NeedsBudget(wait) => wait,
         };
         // The payload leaves `self` while waiting, which answers the
         // walsender through `self`; it comes back whatever the outcome.
         let payload = std::mem::take(&mut self.scratch);
         let outcome = self
-            .wait_to_submit(subscription, event, &payload, delivery, shutdown)
+            .wait_for_budget(subscription, wait, &payload, delivery, shutdown)
             .await;
         self.scratch = payload;
         outcome
     }
 
-    async fn wait_to_submit(
+    async fn wait_for_budget(
         &mut self,
         subscription: usize,
-        event: Outbound,
+        wait: BudgetWait,
         payload: &[u8],
         delivery: &mut Delivery,
         shutdown: &CancellationToken,
     ) -> Result<bool, PipelineError> {
-        let submit = delivery.submit(subscription, event, payload);
-        tokio::pin!(submit);
+        // Owned, so waiting keeps its place in the queue across loops and
+        // borrows nothing from delivery.
+        let share = Arc::clone(&wait.budget).acquire_many_owned(wait.cost);
+        tokio::pin!(share);
         loop {
+            let held = delivery.held_waiter();
             tokio::select! {
                 biased;
-                // The event is dropped unresolved: its change stays unconfirmed.
+                // PRIORITY 1: the event is dropped unresolved, so its change
+                // stays unconfirmed.
                 _ = shutdown.cancelled() => return Ok(false),
-                submitted = &mut submit => {
-                    submitted?;
+                // PRIORITY 2: room in the budget.
+                acquired = &mut share => {
+                    acquired.map_err(|_| DeliveryClosed)?.forget();
+                    delivery.submit_paid(subscription, wait, payload)?;
                     return Ok(true);
                 }
+                // PRIORITY 3: events held behind a barrier of another
+                // subscription may go on meanwhile.
+                _ = until_held_ready(held) => delivery.flush(),
+                // PRIORITY 4: keep the walsender answered.
                 _ = self.reporter.ticks.tick() => {
                     self.report(false).await?;
                 }
             }
         }
+    }
+}
+
+/// Resolves when the first held event may go (never, when none is held).
+async fn until_held_ready(held: Option<HeldWait>) {
+    match held {
+        Some(held) => held.until_ready().await,
+        None => std::future::pending().await,
     }
 }

@@ -16,6 +16,7 @@
 //! rules select (`tables`).
 
 use crate::config::{EventKind, TableName, quote_identifier};
+use crate::tables::Resolution;
 
 /// The first server version with `FOR TABLES IN SCHEMA`.
 pub const SCHEMA_PUBLICATIONS_SINCE: i32 = 150_000;
@@ -48,6 +49,11 @@ pub struct WantedPublication {
     pub generated_columns: bool,
     /// The server's `server_version_num`.
     pub server_version: i32,
+    /// A selected table is partitioned: partitions must be published
+    /// through their root.
+    pub partitioned: bool,
+    /// A selected table has stored generated columns.
+    pub has_generated: bool,
 }
 
 impl WantedPublication {
@@ -80,7 +86,17 @@ impl WantedPublication {
             operations,
             generated_columns: server_version >= GENERATED_COLUMNS_SINCE,
             server_version,
+            partitioned: false,
+            has_generated: false,
         }
+    }
+
+    /// What the selected tables themselves need of an existing publication
+    /// (a publication walhook creates gets every option anyway).
+    pub fn for_tables(mut self, resolution: &Resolution) -> WantedPublication {
+        self.partitioned = resolution.has_partitioned();
+        self.has_generated = resolution.has_generated_columns();
+        self
     }
 
     /// The `publish` option's value, e.g. `insert, update`.
@@ -125,15 +141,27 @@ impl WantedPublication {
     }
 
     /// The statements that turn `current` into what is wanted; empty when it
-    /// already is.
+    /// already is. Of an existing publication's options, only those the
+    /// selected tables need are changed (another reader of the publication
+    /// may rely on the rest).
     pub fn alterations(&self, publication: &str, current: &PublicationState) -> Vec<String> {
         let name = quote_identifier(publication);
         let mut statements = Vec::new();
-        let options_differ = current.operations != self.operations
-            || !current.via_root
-            || (self.generated_columns && !current.generated_columns);
-        if options_differ {
-            statements.push(format!("ALTER PUBLICATION {name} SET ({})", self.options()));
+        let mut options = Vec::new();
+        if current.operations != self.operations {
+            options.push(format!("publish = '{}'", self.publish_option()));
+        }
+        if self.partitioned && !current.via_root {
+            options.push("publish_via_partition_root = true".to_owned());
+        }
+        if self.generated_columns && self.has_generated && !current.generated_columns {
+            options.push("publish_generated_columns = stored".to_owned());
+        }
+        if !options.is_empty() {
+            statements.push(format!(
+                "ALTER PUBLICATION {name} SET ({})",
+                options.join(", ")
+            ));
         }
         if !current.all_tables && (current.tables != self.tables || current.schemas != self.schemas)
         {
@@ -145,7 +173,7 @@ impl WantedPublication {
     /// Whether `current` already delivers every change the rules need, so
     /// that a role that may not alter it can use it as it is. Partitioned
     /// tables need `publish_via_partition_root`.
-    pub fn is_covered_by(&self, current: &PublicationState, partitioned: bool) -> bool {
+    pub fn is_covered_by(&self, current: &PublicationState) -> bool {
         let tables = current.all_tables
             || self.tables.iter().all(|table| {
                 current.tables.contains(table) || current.schemas.contains(&table.schema)
@@ -159,7 +187,7 @@ impl WantedPublication {
             .operations
             .iter()
             .all(|kind| current.operations.contains(kind));
-        tables && schemas && operations && (current.via_root || !partitioned)
+        tables && schemas && operations && (current.via_root || !self.partitioned)
     }
 }
 
@@ -339,22 +367,25 @@ mod tests {
         let same = state(vec![table("public", "pt")], vec![], true);
         assert!(wanted.alterations("p", &same).is_empty());
         let leaves = state(vec![table("public", "pt")], vec![], false);
+        assert!(
+            wanted.alterations("p", &leaves).is_empty(),
+            "no partitioned table: the option is left as it is"
+        );
+        assert!(wanted.is_covered_by(&leaves));
+        let mut wanted = wanted;
+        wanted.partitioned = true;
         assert_eq!(
             wanted.alterations("p", &leaves),
-            vec![
-                "ALTER PUBLICATION \"p\" SET (publish = 'insert, update', \
-                 publish_via_partition_root = true)"
-            ]
+            vec!["ALTER PUBLICATION \"p\" SET (publish_via_partition_root = true)"]
         );
-        assert!(wanted.is_covered_by(&leaves, false));
-        assert!(!wanted.is_covered_by(&leaves, true));
+        assert!(!wanted.is_covered_by(&leaves));
         let other = state(vec![table("public", "x")], vec!["shop"], true);
         assert_eq!(
             wanted.alterations("p", &other),
             vec!["ALTER PUBLICATION \"p\" SET TABLE \"public\".\"pt\""]
         );
-        assert!(!wanted.is_covered_by(&other, false));
+        assert!(!wanted.is_covered_by(&other));
         let wider = state(vec![], vec!["public"], true);
-        assert!(wanted.is_covered_by(&wider, true));
+        assert!(wanted.is_covered_by(&wider));
     }
 }

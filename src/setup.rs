@@ -1,8 +1,9 @@
 //! Setup: makes a database ready for walhook — the `walhook` schema (from the
-//! SQL files under `sql/`), the publication for exactly the tables the rules
-//! name, and the logical replication slot — idempotently, and one instance
-//! at a time (an advisory lock), so instances that start together do not
-//! race each other's checks.
+//! SQL files under `sql/`), the publication for exactly the tables and
+//! schemas the rules select (what it must hold: `publication`), and the
+//! logical replication slot (a failover slot on PostgreSQL 17+) —
+//! idempotently, and one instance at a time (an advisory lock), so instances
+//! that start together do not race each other's checks.
 //!
 //! The publication is created before the slot: pgoutput looks publications
 //! up as of the WAL it decodes, so a slot older than its publication fails.
@@ -133,7 +134,8 @@ async fn run_steps(
             ),
         ));
     }
-    let wanted = WantedPublication::new(&rules.tables(), &schemas, &rules.events(), server_version);
+    let wanted = WantedPublication::new(&rules.tables(), &schemas, &rules.events(), server_version)
+        .for_tables(resolution);
     for (name, sql) in SQL_FILES {
         if let Err(error) = client.batch_execute(sql).await {
             // A least-privilege role cannot run the DDL, but an administrator
@@ -148,14 +150,7 @@ async fn run_steps(
             return Err(SetupError::new(name, error));
         }
     }
-    ensure_publication(
-        client,
-        &source.publication,
-        &wanted,
-        resolution.has_partitioned(),
-        &mut report,
-    )
-    .await?;
+    ensure_publication(client, &source.publication, &wanted, &mut report).await?;
     ensure_slot(client, &source.slot, &mut report).await?;
     Ok(report)
 }
@@ -175,7 +170,6 @@ async fn ensure_publication(
     client: &tokio_postgres::Client,
     publication: &str,
     wanted: &WantedPublication,
-    partitioned: bool,
     report: &mut SetupReport,
 ) -> Result<(), SetupError> {
     let lookup = "the publication's definition (pg_publication)";
@@ -194,7 +188,7 @@ async fn ensure_publication(
     // A publication that already delivers every change the rules need works
     // as it is; narrowing it only saves decoding, and a least-privilege role
     // (not its owner) may not alter it.
-    let covers = wanted.is_covered_by(&current, partitioned);
+    let covers = wanted.is_covered_by(&current);
     for statement in wanted.alterations(publication, &current) {
         match client.batch_execute(&statement).await {
             Ok(()) => report.publication_changed = true,

@@ -3,8 +3,8 @@
 //! [`resolve`] turns the `tables` entries of the rules (single tables and
 //! whole schemas, `schema.*`) into the tables that exist: each one's relation
 //! oid (walhook routes a table by its oid as well as its name, so a rename
-//! while it runs loses nothing), the root of the partition tree it belongs
-//! to, and which of its leaves cannot log updates and deletes. That last
+//! while it runs loses nothing), the partitioned tables above it, and which
+//! of its leaves cannot log updates and deletes. That last
 //! fact matters beyond walhook: PostgreSQL refuses the *application's*
 //! `UPDATE` and `DELETE` on a table without a replica identity (no primary
 //! key, no identity index, not FULL) as soon as a publication publishes
@@ -25,8 +25,10 @@ pub struct CatalogTable {
     pub name: TableName,
     /// A partitioned table (its rows live in its partitions).
     pub partitioned: bool,
-    /// The topmost table of its partition tree, when it is a partition.
-    pub partition_root: Option<TableName>,
+    /// It has stored generated columns.
+    pub generated_columns: bool,
+    /// When it is a partition: the tables above it, nearest first.
+    pub partition_ancestors: Vec<TableName>,
     /// It, or (for a partitioned table) each of its leaf partitions, when it
     /// has no replica identity able to log an update or a delete.
     pub without_identity: Vec<TableName>,
@@ -61,6 +63,11 @@ impl Resolution {
         self.tables.values().any(|table| table.partitioned)
     }
 
+    /// Whether a selected table has stored generated columns.
+    pub fn has_generated_columns(&self) -> bool {
+        self.tables.values().any(|table| table.generated_columns)
+    }
+
     /// Every table some selected table's publication would hold that cannot
     /// log updates and deletes, deduplicated.
     pub fn without_identity(&self) -> Vec<TableName> {
@@ -83,13 +90,20 @@ impl Resolution {
 /// is its own leaf (`pg_partition_tree` lists nothing for it).
 const RESOLVE_QUERY: &str = "\
 SELECT c.oid, n.nspname::text, c.relname::text,
-       rn.nspname::text, rc.relname::text,
-       coalesce(weak.schemas, '{}'), coalesce(weak.names, '{}'), c.relkind = 'p'
+       coalesce(up.schemas, '{}'), coalesce(up.names, '{}'),
+       coalesce(weak.schemas, '{}'), coalesce(weak.names, '{}'), c.relkind = 'p',
+       EXISTS (SELECT 1 FROM pg_catalog.pg_attribute g WHERE g.attrelid = c.oid
+                  AND g.attgenerated = 's' AND NOT g.attisdropped)
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  LEFT JOIN pg_catalog.pg_class rc
-         ON c.relispartition AND rc.oid = pg_catalog.pg_partition_root(c.oid)
-  LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+  LEFT JOIN LATERAL (
+       SELECT array_agg(an.nspname::text ORDER BY a.depth) AS schemas,
+              array_agg(ac.relname::text ORDER BY a.depth) AS names
+         FROM pg_catalog.pg_partition_ancestors(c.oid) WITH ORDINALITY AS a(relid, depth)
+         JOIN pg_catalog.pg_class ac ON ac.oid = a.relid
+         JOIN pg_catalog.pg_namespace an ON an.oid = ac.relnamespace
+        WHERE c.relispartition AND a.relid <> c.oid
+       ) up ON true
   LEFT JOIN LATERAL (
        SELECT array_agg(ln.nspname::text ORDER BY ln.nspname, lc.relname) AS schemas,
               array_agg(lc.relname::text ORDER BY ln.nspname, lc.relname) AS names
@@ -133,17 +147,20 @@ pub async fn resolve(
             schema: row.try_get(1)?,
             name: row.try_get(2)?,
         };
-        let root_schema: Option<String> = row.try_get(3)?;
-        let root_name: Option<String> = row.try_get(4)?;
+        let ancestor_schemas: Vec<String> = row.try_get(3)?;
+        let ancestor_names: Vec<String> = row.try_get(4)?;
         let leaf_schemas: Vec<String> = row.try_get(5)?;
         let leaf_names: Vec<String> = row.try_get(6)?;
         let table = CatalogTable {
             oid: row.try_get(0)?,
             name: name.clone(),
             partitioned: row.try_get(7)?,
-            partition_root: root_schema
-                .zip(root_name)
-                .map(|(schema, name)| TableName { schema, name }),
+            generated_columns: row.try_get(8)?,
+            partition_ancestors: ancestor_schemas
+                .into_iter()
+                .zip(ancestor_names)
+                .map(|(schema, name)| TableName { schema, name })
+                .collect(),
             without_identity: leaf_schemas
                 .into_iter()
                 .zip(leaf_names)

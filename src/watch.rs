@@ -71,6 +71,9 @@ impl CatalogWatch {
             problems: BTreeSet::new(),
         };
         let mut client: Option<tokio_postgres::Client> = None;
+        // Failures are logged when they start and when they stop, not at
+        // every look (the replication connection reports an outage too).
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -83,14 +86,27 @@ impl CatalogWatch {
                 client = match connect_sql(&self.params).await {
                     Ok(client) => Some(client),
                     Err(error) => {
-                        tracing::debug!(%error, "catalog watch: cannot connect; trying at the next look");
+                        if !failing {
+                            tracing::warn!(%error, "catalog watch: cannot connect; renamed, dropped and re-created tables go unseen until it can");
+                        }
+                        failing = true;
                         None
                     }
                 };
             }
             let Some(connection) = &client else { continue };
-            if let Err(error) = self.look(connection, &mut seen).await {
-                tracing::debug!(%error, "catalog watch: a catalog query failed; trying at the next look");
+            match self.look(connection, &mut seen).await {
+                Ok(()) if failing => {
+                    tracing::info!("catalog watch: looking at the catalog again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, "catalog watch: a catalog query failed; trying at each look");
+                    }
+                    failing = true;
+                }
             }
         }
     }

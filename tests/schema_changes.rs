@@ -94,7 +94,7 @@ async fn a_partitioned_table_is_delivered_under_its_own_name_through_attach_and_
     let subscriptions = subscription(
         "parts",
         r#""public.pt""#,
-        r#""insert", "update", "delete""#,
+        r#""insert", "update", "delete", "truncate""#,
         &receiver.url("/pt"),
     );
     let walhook = Walhook::start(config(&db, None, &subscriptions));
@@ -173,6 +173,10 @@ async fn a_partitioned_table_is_delivered_under_its_own_name_through_attach_and_
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert!(!stdout.contains("problem:"), "{stdout}");
+    assert!(
+        stdout.contains("a TRUNCATE of one of its partitions alone is not published"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -517,16 +521,17 @@ async fn values_of_types_dropped_right_after_their_change_are_still_rendered_fai
         .await
         .unwrap();
     receiver.wait_for_arrivals(1, DEADLINE).await;
-    db.client
-        .batch_execute(
-            "INSERT INTO big VALUES (2, 'small');
-             INSERT INTO typed VALUES (1, 6, ROW(-1, 'a'), ARRAY[7, 8]::positive[]);
-             DROP TABLE typed;
-             DROP DOMAIN positive;
-             DROP TYPE pair;",
-        )
-        .await
-        .unwrap();
+    // Each statement its own transaction: without the held receiver,
+    // walhook could read the typed row before the types are dropped.
+    for statement in [
+        "INSERT INTO big VALUES (2, 'small')",
+        "INSERT INTO typed VALUES (1, 6, ROW(-1, 'a'), ARRAY[7, 8]::positive[])",
+        "DROP TABLE typed",
+        "DROP DOMAIN positive",
+        "DROP TYPE pair",
+    ] {
+        db.client.batch_execute(statement).await.unwrap();
+    }
     receiver.release();
     let events = receiver.wait_for_delivered(3, DEADLINE).await;
     let typed = events
@@ -611,6 +616,20 @@ async fn stored_generated_columns_are_sent_where_the_server_publishes_them() {
         .unwrap()
         .get(0);
     let receiver = Receiver::start().await;
+    if version < 180_000 {
+        // A filter on a column the server never sends would never be true.
+        let filtered = format!(
+            "{}filter = \"b > 10\"\n",
+            subscription("generated", r#""g""#, r#""insert""#, &receiver.url("/g"))
+        );
+        let error = Walhook::start(config(&db, None, &filtered))
+            .task
+            .await
+            .unwrap()
+            .expect_err("a filter on a generated column is refused before 18");
+        assert_eq!(error.exit_code(), 2, "{error}");
+        assert!(error.to_string().contains("generated column"), "{error}");
+    }
     let walhook = Walhook::start(config(
         &db,
         None,
@@ -664,17 +683,16 @@ async fn a_value_whose_type_is_gone_before_walhook_saw_it_goes_out_as_text_and_i
         .await
         .unwrap();
     receiver.wait_for_arrivals(1, DEADLINE).await;
-    db.client
-        .batch_execute(
-            "INSERT INTO w.big VALUES (2, 'small');
-             CREATE DOMAIN short_lived AS int;
-             CREATE TABLE w.late (id int PRIMARY KEY, v short_lived);
-             INSERT INTO w.late VALUES (1, 5);
-             DROP TABLE w.late;
-             DROP DOMAIN short_lived;",
-        )
-        .await
-        .unwrap();
+    for statement in [
+        "INSERT INTO w.big VALUES (2, 'small')",
+        "CREATE DOMAIN short_lived AS int",
+        "CREATE TABLE w.late (id int PRIMARY KEY, v short_lived)",
+        "INSERT INTO w.late VALUES (1, 5)",
+        "DROP TABLE w.late",
+        "DROP DOMAIN short_lived",
+    ] {
+        db.client.batch_execute(statement).await.unwrap();
+    }
     receiver.release();
     let events = receiver.wait_for_delivered(3, DEADLINE).await;
     let late = events
@@ -689,4 +707,77 @@ async fn a_value_whose_type_is_gone_before_walhook_saw_it_goes_out_as_text_and_i
     )
     .await;
     walhook.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_waiting_for_a_failing_receiver_holds_back_no_other_subscription() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             CREATE TABLE u (id int PRIMARY KEY);",
+        )
+        .await
+        .unwrap();
+    let down = Receiver::start().await;
+    down.respond_with(503);
+    let up = Receiver::start().await;
+    let subscriptions = format!(
+        "{}{}",
+        subscription("down", r#""t""#, r#""insert", "truncate""#, &down.url("/t")),
+        subscription("up", r#""u""#, r#""insert""#, &up.url("/u")),
+    );
+    // The failing receiver's events are retried (not parked) for minutes.
+    let config = db.config_with("max_attempts = 1000", &subscriptions);
+    let walhook = Walhook::start(config);
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute("INSERT INTO t VALUES (1); TRUNCATE t;")
+        .await
+        .unwrap();
+    down.wait_for_arrivals(1, DEADLINE).await;
+    db.client
+        .batch_execute("INSERT INTO u VALUES (1)")
+        .await
+        .unwrap();
+    let events = up.wait_for_delivered(1, DEADLINE).await;
+    assert_eq!(events[0]["record"]["id"], 1);
+
+    // Once the receiver answers, the TRUNCATE follows the insert.
+    down.respond_with(200);
+    let events = down.wait_for_delivered(2, DEADLINE).await;
+    assert_eq!(events[0]["type"], "INSERT");
+    assert_eq!(events[1]["type"], "TRUNCATE");
+    walhook.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_on_a_partition_below_a_selected_partitioned_table_is_refused() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE top (id int, region text, city text) PARTITION BY LIST (region);
+             CREATE TABLE mid PARTITION OF top FOR VALUES IN ('eu') PARTITION BY LIST (city);
+             CREATE TABLE leaf PARTITION OF mid FOR VALUES IN ('paris');",
+        )
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let subscriptions = format!(
+        "{}{}",
+        subscription("mid", r#""mid""#, r#""insert""#, &receiver.url("/mid")),
+        subscription("leaf", r#""leaf""#, r#""insert""#, &receiver.url("/leaf")),
+    );
+    let walhook = Walhook::start(config(&db, None, &subscriptions));
+    let error = tokio::time::timeout(DEADLINE, walhook.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect_err("the rule on leaf would receive nothing");
+    assert_eq!(error.exit_code(), 2, "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains("table public.leaf is a partition of public.mid"),
+        "{message}"
+    );
 }

@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::app::AppError;
-use crate::pgtemp::{TempPostgres, TempPostgresOptions, find_server_binaries};
+use crate::pgtemp::{TempPostgres, TempPostgresOptions, find_program};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -385,10 +385,16 @@ async fn measure_ceiling(
         .await
         .map_err(|error| bench_error("reading the WAL position", error))?
         .get(0);
-    let bindir = find_server_binaries().map_err(|error| bench_error("pg_recvlogical", error))?;
+    let program = find_program("pg_recvlogical").ok_or_else(|| {
+        bench_error(
+            "pg_recvlogical",
+            "not found beside the server binaries, on PATH or in /usr/lib/postgresql/*/bin; \
+             install the PostgreSQL client programs (e.g. apt-get install -y postgresql-client)",
+        )
+    })?;
     let before = children_usage();
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(bindir.join("pg_recvlogical"))
+    let mut child = tokio::process::Command::new(program)
         .args([
             "-h",
             "127.0.0.1",

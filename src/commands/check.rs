@@ -414,6 +414,31 @@ async fn check_tables(
             }
         }
     }
+    // PostgreSQL publishes a partition's changes through its root, and a
+    // TRUNCATE of one partition names only the partition: it is not sent.
+    for subscription in subscriptions
+        .iter()
+        .filter(|subscription| subscription.events.contains(&EventKind::Truncate))
+    {
+        for (table, state) in &tables {
+            if state.subscriptions.contains(&subscription.name)
+                && state.found.as_ref().is_some_and(|found| found.partitioned)
+            {
+                report.warning(
+                    format!(
+                        "subscription {:?} receives TRUNCATE of partitioned {table}, but a TRUNCATE \
+                         of one of its partitions alone is not published (PostgreSQL publishes \
+                         partitions through their root) and is not delivered",
+                        subscription.name
+                    ),
+                    format!(
+                        "truncate {} itself, or delete the partition's rows, when receivers must hear of it",
+                        table.quoted()
+                    ),
+                );
+            }
+        }
+    }
     tables
 }
 

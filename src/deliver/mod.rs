@@ -5,16 +5,23 @@
 //! Each subscription has lanes: one lane per ordering key bucket (`key`), a
 //! single lane (`strict`) or round-robin lanes (`none`). A lane sends one
 //! request (or one batch) at a time and retries it before moving on, which is
-//! what keeps per-key order. Under `key`, a barrier event (a TRUNCATE) waits
-//! until every lane of its subscription is idle, and later events wait until
-//! its lane is idle again, so nothing crosses it. A shared semaphore caps requests in flight across
-//! all lanes at `delivery.concurrency`.
+//! what keeps per-key order. A shared semaphore caps requests in flight
+//! across all lanes at `delivery.concurrency`.
+//!
+//! Some events must wait for others of their subscription: under `key`, a
+//! key-changing update for its old key's lane, a barrier event (a TRUNCATE)
+//! until every lane is idle, and everything after a barrier until the
+//! barrier resolved. Such an event is held in its subscription's own queue
+//! (with everything after it, in commit order) and released by
+//! [`Delivery::flush`] once what it waits for is idle: the reader never
+//! stops for it, so other subscriptions go on.
 //!
 //! Queues are bounded in bytes, per subscription: every queued or in-flight
 //! event holds its payload size (plus a fixed overhead) from its
 //! subscription's budget of [`SUBSCRIPTION_BUFFER_BYTES`] until it is
-//! resolved. When a subscription's budget is spent, [`Delivery::submit`]
-//! waits, which stops the reader, which stops reading the slot. So an
+//! resolved (held events too). When a subscription's budget is spent,
+//! [`Delivery::try_submit`] hands the event back and the reader waits for
+//! room, which stops reading the slot. So an
 //! endpoint that is down or slow does not stall the other subscriptions at
 //! once: they keep receiving while it absorbs up to its budget (tens of
 //! thousands of typical events); only then does backpressure reach the slot
@@ -97,6 +104,47 @@ pub struct Delivery {
     subscriptions: Vec<SubscriptionLanes>,
     /// (subscription, lane) pairs with pending events.
     dirty: Vec<(usize, usize)>,
+    /// Events held in all subscriptions' `held` queues.
+    held_events: usize,
+}
+
+/// What [`Delivery::try_submit`] did with an event.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Queued for its lane, or held behind earlier events of its
+    /// subscription; either way delivery has it.
+    Accepted,
+    /// Its subscription's budget is spent: acquire `cost` permits from
+    /// `budget`, forget them, then call [`Delivery::submit_paid`].
+    NeedsBudget(BudgetWait),
+}
+
+/// An event waiting for room in its subscription's byte budget.
+#[derive(Debug)]
+pub struct BudgetWait {
+    event: Outbound,
+    pub budget: Arc<Semaphore>,
+    pub cost: u32,
+}
+
+/// The lanes the first held event waits for; see [`Delivery::held_waiter`].
+pub struct HeldWait(Vec<Arc<LaneLoad>>);
+
+impl HeldWait {
+    /// Resolves once every lane the event waits for is idle.
+    pub async fn until_ready(self) {
+        for load in self.0 {
+            load.wait_idle().await;
+        }
+    }
+}
+
+/// An event held in its subscription's queue, with its payload and the
+/// budget share it already holds.
+struct Held {
+    event: Outbound,
+    payload: Vec<u8>,
+    cost: u32,
 }
 
 struct SubscriptionLanes {
@@ -108,6 +156,80 @@ struct SubscriptionLanes {
     /// The lane holding a barrier event (a TRUNCATE) that may not have
     /// resolved yet: later events wait until that lane is idle.
     barrier_lane: Option<usize>,
+    /// Events that must wait for earlier ones of this subscription (a key
+    /// change for its old key's lane, anything for a barrier), in commit
+    /// order. They hold their budget shares, so the budget bounds them.
+    held: VecDeque<Held>,
+}
+
+impl SubscriptionLanes {
+    /// The lane an event goes to.
+    fn lane_for(&self, event: &Outbound) -> usize {
+        let lane_count = self.lanes.len().max(1);
+        match self.ordering {
+            Ordering::Strict => 0,
+            Ordering::Key => (event.ordering_key % lane_count as u64) as usize,
+            Ordering::None => (self.next_round_robin + 1) % lane_count,
+        }
+    }
+
+    /// The lanes whose events must resolve before `event` may be queued:
+    /// under `key`, the old key's lane of a key-changing update (so the
+    /// receiver never sees the old key after the change), the lane of an
+    /// unresolved barrier, and for a barrier itself every lane. Idle lanes
+    /// are left out; none left means it may go.
+    fn blocking_loads(&self, event: &Outbound) -> Vec<Arc<LaneLoad>> {
+        if self.ordering != Ordering::Key {
+            return Vec::new();
+        }
+        let lane_count = self.lanes.len().max(1) as u64;
+        let mut waits: Vec<usize> = Vec::new();
+        if let Some(previous) = event.previous_ordering_key {
+            let previous_lane = (previous % lane_count) as usize;
+            if previous_lane != self.lane_for(event) {
+                waits.push(previous_lane);
+            }
+        }
+        waits.extend(self.barrier_lane);
+        if event.barrier {
+            waits.extend(0..self.lanes.len());
+        }
+        waits.sort_unstable();
+        waits.dedup();
+        waits
+            .into_iter()
+            .filter_map(|lane| self.lanes.get(lane))
+            .filter(|lane| lane.load.outstanding.load(AtomicOrdering::Acquire) != 0)
+            .map(|lane| Arc::clone(&lane.load))
+            .collect()
+    }
+
+    /// Whether `event` may be queued now (nothing it waits for is busy):
+    /// [`SubscriptionLanes::blocking_loads`] without allocating, for the
+    /// common case.
+    fn may_go(&self, event: &Outbound) -> bool {
+        if self.ordering != Ordering::Key
+            || (event.previous_ordering_key.is_none()
+                && self.barrier_lane.is_none()
+                && !event.barrier)
+        {
+            return true;
+        }
+        self.blocking_loads(event).is_empty()
+    }
+
+    /// Forgets the barrier once its lane is idle (it resolved), so that
+    /// later traffic on that lane holds nothing back.
+    fn clear_finished_barrier(&mut self) {
+        if let Some(lane) = self.barrier_lane
+            && self
+                .lanes
+                .get(lane)
+                .is_none_or(|lane| lane.load.outstanding.load(AtomicOrdering::Acquire) == 0)
+        {
+            self.barrier_lane = None;
+        }
+    }
 }
 
 /// The sending side of one lane. The queue itself is unbounded: the
@@ -248,158 +370,139 @@ impl Delivery {
                 next_round_robin: 0,
                 buffer,
                 barrier_lane: None,
+                held: VecDeque::new(),
             });
         }
         Ok(Delivery {
             subscriptions: all,
             dirty: Vec::new(),
+            held_events: 0,
         })
     }
 
-    /// Queues an event at once when it need not wait: its subscription's
-    /// budget has room and no key change makes it wait for another lane.
-    /// Otherwise hands it back for [`Delivery::submit`]. The reader's
-    /// common case, with no future and no wake-up registered.
+    /// Takes an event for subscription number `subscription`: when its
+    /// budget has room, the event is queued for its lane (reaching it at the
+    /// next [`Delivery::flush`]) or, when it must wait for earlier events of
+    /// its subscription (a key change, a TRUNCATE), held in the
+    /// subscription's own queue — never by stopping the reader, so other
+    /// subscriptions go on. When the budget is spent, the event comes back
+    /// with what to wait for ([`BudgetWait`]). The reader's common case
+    /// registers no future and no wake-up.
     pub fn try_submit(
         &mut self,
         subscription: usize,
         event: Outbound,
         payload: &[u8],
-    ) -> Result<Option<Outbound>, DeliveryClosed> {
-        let (lane, previous_lane) = self.lanes_for(subscription, &event)?;
-        if let Some(previous_lane) = previous_lane
-            && self
-                .lane(subscription, previous_lane)?
-                .load
-                .outstanding
-                .load(AtomicOrdering::Acquire)
-                != 0
-        {
-            return Ok(Some(event));
-        }
-        if !self.barrier_allows(subscription, &event)? {
-            return Ok(Some(event));
-        }
+    ) -> Result<Submitted, DeliveryClosed> {
         let cost = budget_cost(payload);
         if !self.try_take_budget(subscription, cost)? {
-            return Ok(Some(event));
-        }
-        self.enqueue(subscription, lane, event, payload, cost)?;
-        Ok(None)
-    }
-
-    /// Whether a barrier lets `event` be queued now: no earlier barrier of
-    /// its subscription is unresolved and, for a barrier event itself, no
-    /// earlier event at all. Only `key` ordering needs barriers: `strict`
-    /// has one lane and `none` promises no order.
-    fn barrier_allows(
-        &mut self,
-        subscription: usize,
-        event: &Outbound,
-    ) -> Result<bool, DeliveryClosed> {
-        let target = self
-            .subscriptions
-            .get_mut(subscription)
-            .ok_or(DeliveryClosed)?;
-        if target.ordering != Ordering::Key {
-            return Ok(true);
-        }
-        let idle = |lane: &Lane| lane.load.outstanding.load(AtomicOrdering::Acquire) == 0;
-        if let Some(barrier) = target.barrier_lane {
-            match target.lanes.get(barrier) {
-                Some(lane) if !idle(lane) => return Ok(false),
-                _ => target.barrier_lane = None,
-            }
-        }
-        Ok(!event.barrier || target.lanes.iter().all(idle))
-    }
-
-    /// Waits until a barrier lets `event` be queued (see
-    /// [`Delivery::barrier_allows`]).
-    async fn wait_for_barrier(
-        &mut self,
-        subscription: usize,
-        event: &Outbound,
-    ) -> Result<(), DeliveryClosed> {
-        while !self.barrier_allows(subscription, event)? {
-            // What waits here must reach its lane to resolve.
+            // Events not yet handed over count against the budget: hand
+            // them over so the lanes can give some of it back.
             self.flush();
             let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
-            let loads: Vec<Arc<LaneLoad>> = match target.barrier_lane {
-                Some(barrier) => target
-                    .lanes
-                    .get(barrier)
-                    .map(|lane| Arc::clone(&lane.load))
-                    .into_iter()
-                    .collect(),
-                None => target
-                    .lanes
-                    .iter()
-                    .map(|lane| Arc::clone(&lane.load))
-                    .collect(),
-            };
-            for load in loads {
-                load.wait_idle().await;
+            return Ok(Submitted::NeedsBudget(BudgetWait {
+                event,
+                budget: Arc::clone(&target.buffer),
+                cost,
+            }));
+        }
+        self.place(subscription, event, payload, cost)?;
+        Ok(Submitted::Accepted)
+    }
+
+    /// Takes an event whose budget share the caller acquired from
+    /// [`BudgetWait::budget`] (and forgot): queued or held as in
+    /// [`Delivery::try_submit`].
+    pub fn submit_paid(
+        &mut self,
+        subscription: usize,
+        wait: BudgetWait,
+        payload: &[u8],
+    ) -> Result<(), DeliveryClosed> {
+        self.place(subscription, wait.event, payload, wait.cost)
+    }
+
+    /// Queues a paid-for event for its lane, or holds it behind the events
+    /// of its subscription it must wait for (and behind those already held,
+    /// which keeps commit order).
+    fn place(
+        &mut self,
+        subscription: usize,
+        event: Outbound,
+        payload: &[u8],
+        cost: u32,
+    ) -> Result<(), DeliveryClosed> {
+        let must_hold = {
+            let target = self
+                .subscriptions
+                .get_mut(subscription)
+                .ok_or(DeliveryClosed)?;
+            target.clear_finished_barrier();
+            !target.held.is_empty() || !target.may_go(&event)
+        };
+        if must_hold {
+            let target = self
+                .subscriptions
+                .get_mut(subscription)
+                .ok_or(DeliveryClosed)?;
+            target.held.push_back(Held {
+                event,
+                payload: payload.to_vec(),
+                cost,
+            });
+            self.held_events += 1;
+            return Ok(());
+        }
+        let lane = self.lane_for(subscription, &event)?;
+        self.enqueue(subscription, lane, event, payload, cost)
+    }
+
+    /// Moves held events whose wait is over to their lanes, in order, each
+    /// subscription up to its first event that must still wait.
+    fn release_held(&mut self) -> Result<(), DeliveryClosed> {
+        for subscription in 0..self.subscriptions.len() {
+            loop {
+                let target = self
+                    .subscriptions
+                    .get_mut(subscription)
+                    .ok_or(DeliveryClosed)?;
+                target.clear_finished_barrier();
+                let Some(front) = target.held.front() else {
+                    break;
+                };
+                if !target.may_go(&front.event) {
+                    break;
+                }
+                let Some(held) = target.held.pop_front() else {
+                    break;
+                };
+                self.held_events -= 1;
+                let lane = self.lane_for(subscription, &held.event)?;
+                self.enqueue(subscription, lane, held.event, &held.payload, held.cost)?;
             }
         }
         Ok(())
     }
 
-    /// Queues an event for subscription number `subscription`, waiting while
-    /// the subscription's byte budget is spent. The event reaches its lane at
-    /// the next [`Delivery::flush`] (or sooner, when waiting requires it).
-    pub async fn submit(
-        &mut self,
-        subscription: usize,
-        event: Outbound,
-        payload: &[u8],
-    ) -> Result<(), DeliveryClosed> {
-        let (lane, previous_lane) = self.lanes_for(subscription, &event)?;
-        if let Some(previous_lane) = previous_lane {
-            // A key change: the old key's earlier changes go first, so a
-            // receiver never sees the old key again after the rename.
-            self.flush();
-            let load = Arc::clone(&self.lane(subscription, previous_lane)?.load);
-            load.wait_idle().await;
+    /// While events are held: what the first one waits for, to be awaited
+    /// (without borrowing delivery) before the next [`Delivery::flush`]
+    /// releases it.
+    pub fn held_waiter(&self) -> Option<HeldWait> {
+        if self.held_events == 0 {
+            return None;
         }
-        self.wait_for_barrier(subscription, &event).await?;
-        let cost = budget_cost(payload);
-        if !self.try_take_budget(subscription, cost)? {
-            // Events held here count against the budget: hand them over
-            // before waiting for the lanes to return some of it.
-            self.flush();
-            let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
-            let buffer = Arc::clone(&target.buffer);
-            buffer
-                .acquire_many(cost)
-                .await
-                .map_err(|_| DeliveryClosed)?
-                .forget();
-        }
-        self.enqueue(subscription, lane, event, payload, cost)
+        let target = self
+            .subscriptions
+            .iter()
+            .find(|target| !target.held.is_empty())?;
+        let front = target.held.front()?;
+        Some(HeldWait(target.blocking_loads(&front.event)))
     }
 
-    /// The lane an event goes to and, for a key change under `key` ordering
-    /// that moves it to another lane, the old key's lane.
-    fn lanes_for(
-        &self,
-        subscription: usize,
-        event: &Outbound,
-    ) -> Result<(usize, Option<usize>), DeliveryClosed> {
+    /// The lane an event goes to.
+    fn lane_for(&self, subscription: usize, event: &Outbound) -> Result<usize, DeliveryClosed> {
         let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
-        let lane_count = target.lanes.len();
-        let lane = match target.ordering {
-            Ordering::Strict => 0,
-            Ordering::Key => (event.ordering_key % lane_count as u64) as usize,
-            Ordering::None => (target.next_round_robin + 1) % lane_count,
-        };
-        let previous_lane = match (target.ordering, event.previous_ordering_key) {
-            (Ordering::Key, Some(previous)) => {
-                Some((previous % lane_count as u64) as usize).filter(|&previous| previous != lane)
-            }
-            _ => None,
-        };
-        Ok((lane, previous_lane))
+        Ok(target.lane_for(event))
     }
 
     /// Takes `cost` from the subscription's budget if it has that much now.
@@ -412,13 +515,6 @@ impl Delivery {
             .try_acquire_many(cost)
             .map(|share| share.forget())
             .is_ok())
-    }
-
-    fn lane(&self, subscription: usize, lane: usize) -> Result<&Lane, DeliveryClosed> {
-        self.subscriptions
-            .get(subscription)
-            .and_then(|target| target.lanes.get(lane))
-            .ok_or(DeliveryClosed)
     }
 
     /// Adds an event whose budget share is taken to its lane's pending chunk.
@@ -459,6 +555,10 @@ impl Delivery {
     /// has no more data at hand, so a burst of changes costs one wake-up per
     /// lane, not one per event.
     pub fn flush(&mut self) {
+        if self.held_events > 0 {
+            // Only fails for a subscription that does not exist.
+            let _ = self.release_held();
+        }
         for (subscription, lane) in self.dirty.drain(..) {
             if let Some(lane) = self
                 .subscriptions
@@ -831,8 +931,10 @@ mod tests {
                 next_round_robin: 0,
                 buffer: Arc::new(Semaphore::new(SUBSCRIPTION_BUFFER_BYTES)),
                 barrier_lane: None,
+                held: VecDeque::new(),
             }],
             dirty: Vec::new(),
+            held_events: 0,
         };
         (delivery, receivers)
     }
@@ -847,8 +949,11 @@ mod tests {
             let payload = format!("{{\"n\":{ordinal}}}").repeat(ordinal as usize + 1);
             let event = event(&mut checkpoint, ordinal, u64::from(ordinal % 2));
             sent.push((event.id, ordinal % 2, payload.clone()));
-            let handed_back = delivery.try_submit(0, event, payload.as_bytes()).unwrap();
-            assert!(handed_back.is_none(), "the budget has room");
+            let submitted = delivery.try_submit(0, event, payload.as_bytes()).unwrap();
+            assert!(
+                matches!(submitted, Submitted::Accepted),
+                "the budget has room"
+            );
         }
         assert!(
             receivers[0].try_recv().is_err(),
@@ -896,6 +1001,48 @@ mod tests {
             assert!(MAX_BATCH_EVENTS * EVENT_OVERHEAD_BYTES <= SUBSCRIPTION_BUFFER_BYTES);
             assert!(MAX_CONCURRENCY <= Semaphore::MAX_PERMITS);
         }
+    }
+
+    /// The ids in the next chunk a lane received, if any.
+    fn received(receiver: &mut mpsc::UnboundedReceiver<Vec<Queued>>) -> Vec<EventId> {
+        receiver
+            .try_recv()
+            .map(|chunk| chunk.iter().map(|queued| queued.event.id).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_truncate_waits_for_earlier_events_and_holds_later_ones_without_blocking() {
+        let mut checkpoint = Checkpoint::new(Lsn(0));
+        checkpoint.begin(0);
+        let (mut delivery, mut receivers) = delivery_with_lanes(2);
+        let before = event(&mut checkpoint, 0, 0);
+        let mut truncate = event(&mut checkpoint, 1, 1);
+        truncate.barrier = true;
+        let after = event(&mut checkpoint, 2, 1);
+        let ids = [before.id, truncate.id, after.id];
+        for event in [before, truncate, after] {
+            let submitted = delivery.try_submit(0, event, b"{}").unwrap();
+            assert!(matches!(submitted, Submitted::Accepted), "never blocks");
+        }
+        assert!(delivery.held_waiter().is_some(), "two are held");
+        delivery.flush();
+        assert_eq!(received(&mut receivers[0]), vec![ids[0]]);
+        assert!(received(&mut receivers[1]).is_empty(), "the TRUNCATE waits");
+
+        // The earlier event resolves: the TRUNCATE goes, the later one waits.
+        delivery.subscriptions[0].lanes[0].load.finished(1);
+        delivery.flush();
+        assert_eq!(received(&mut receivers[1]), vec![ids[1]]);
+        assert!(delivery.held_waiter().is_some(), "one is still held");
+        delivery.flush();
+        assert!(received(&mut receivers[1]).is_empty());
+
+        // The TRUNCATE resolves: the later event follows.
+        delivery.subscriptions[0].lanes[1].load.finished(1);
+        delivery.flush();
+        assert_eq!(received(&mut receivers[1]), vec![ids[2]]);
+        assert!(delivery.held_waiter().is_none());
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 
 use crate::catalog::{CatalogError, JsonKind, TypeRegistry};
 use crate::config::{EventKind, SubscriptionConfig, TableName, TableSelector};
+use crate::publication;
 use crate::rules::filter::{ColumnUse, Filter, Location, ParseError, Side, ValueClass};
 use crate::tables::{self, Resolution};
 
@@ -55,13 +56,25 @@ pub enum RuleError {
         "the rules ask for updates or deletes, but {tables} cannot log them (no primary key, no \
          replica identity index, not REPLICA IDENTITY FULL): while the publication publishes \
          {operations}, PostgreSQL would refuse the application's own {operations} on them. walhook \
-         publishes nothing until this is fixed: {fixes} (or add a primary key), or leave update and \
-         delete out of the `events` of every subscription"
+         publishes nothing until this is fixed: {fixes} (or add a primary key; for a table that \
+         only ever gets inserts, FULL costs nothing), or leave update and delete out of the \
+         `events` of every subscription"
     )]
     NoReplicaIdentity {
         operations: String,
         tables: String,
         fixes: String,
+    },
+    #[error(
+        "subscription {subscription:?}: `{key}` names column {column:?} of table {table}, a \
+         generated column, which PostgreSQL before 18 never publishes: walhook would never see \
+         its value. Use the columns it is computed from, or upgrade to PostgreSQL 18"
+    )]
+    GeneratedColumn {
+        subscription: String,
+        key: &'static str,
+        table: String,
+        column: String,
     },
     #[error(
         "subscription {subscription:?}: column {column:?} is not in table {table} (it has: {known}); fix `columns`"
@@ -166,6 +179,8 @@ struct ColumnFacts {
     type_oid: u32,
     /// `format_type`, for messages.
     type_name: String,
+    /// A generated column (`attgenerated` set).
+    generated: bool,
 }
 
 /// Checks every subscription against the catalog; returns the tables the
@@ -197,6 +212,9 @@ async fn check_indexed(
         .flat_map(|(_, subscription)| subscription.table_selectors())
         .collect();
     let resolution = tables::resolve(client, &selectors).await?;
+    // Before PostgreSQL 18, pgoutput never sends generated columns.
+    let generated_published =
+        publication::server_version(client).await? >= publication::GENERATED_COLUMNS_SINCE;
     let mut facts_by_table: HashMap<TableName, TableFacts> = HashMap::new();
     let mut types = TypeRegistry::new();
     for (&(index, subscription), filter) in subscriptions.iter().zip(&filters) {
@@ -220,8 +238,10 @@ async fn check_indexed(
         }
         for selected in resolution.selected_by(&own) {
             let table = &selected.name;
-            if let Some(root) = &selected.partition_root
-                && resolution.tables.contains_key(root)
+            if let Some(root) = selected
+                .partition_ancestors
+                .iter()
+                .find(|ancestor| resolution.tables.contains_key(*ancestor))
             {
                 return Err(RuleError::PartitionOfSelectedRoot {
                     subscription: subscription.name.clone(),
@@ -245,16 +265,39 @@ async fn check_indexed(
                 continue;
             };
             for column in subscription.columns.iter().flatten() {
-                if !facts.columns.iter().any(|known| known.name == *column) {
+                let Some(known) = facts.columns.iter().find(|known| known.name == *column) else {
                     return Err(RuleError::UnknownColumn {
                         subscription: subscription.name.clone(),
                         table: table.to_string(),
                         column: column.clone(),
                         known: known_columns(facts),
                     });
+                };
+                if known.generated && !generated_published {
+                    return Err(RuleError::GeneratedColumn {
+                        subscription: subscription.name.clone(),
+                        key: "columns",
+                        table: table.to_string(),
+                        column: column.clone(),
+                    });
                 }
             }
             if let Some(filter) = filter {
+                if !generated_published
+                    && let Some((column, _)) = filter.columns().iter().find(|(column, _)| {
+                        facts
+                            .columns
+                            .iter()
+                            .any(|known| known.generated && known.name == column.name)
+                    })
+                {
+                    return Err(RuleError::GeneratedColumn {
+                        subscription: subscription.name.clone(),
+                        key: "filter",
+                        table: table.to_string(),
+                        column: column.name.clone(),
+                    });
+                }
                 check_filter(index, subscription, filter, table, facts, &types)?;
             }
         }
@@ -510,7 +553,8 @@ async fn table_facts(
     let identity = row.get::<_, i8>(1) as u8;
     let columns = client
         .query(
-            "SELECT attname::text, atttypid, format_type(atttypid, atttypmod) FROM pg_attribute \
+            "SELECT attname::text, atttypid, format_type(atttypid, atttypmod), attgenerated <> '' \
+             FROM pg_attribute \
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             &[&oid],
         )
@@ -520,6 +564,7 @@ async fn table_facts(
             name: row.get(0),
             type_oid: row.get(1),
             type_name: row.get(2),
+            generated: row.get(3),
         })
         .collect();
     // DEFAULT: the primary key; USING INDEX: that index; NOTHING: none.

@@ -150,9 +150,13 @@ impl Rules {
                 .map(|table| table.oid)
                 .collect();
         }
+        // Only tables named one by one have a name the config must keep
+        // up with; a `schema.*` follows its schema.
+        let named = self.tables();
         self.bound_names = resolution
             .tables
             .values()
+            .filter(|table| named.contains(&table.name))
             .map(|table| (table.oid, table.name.clone()))
             .collect();
     }
