@@ -69,6 +69,14 @@ async fn wait_until_confirmed_to_now(db: &TestDb) {
     .await;
 }
 
+async fn server_version(db: &TestDb) -> i32 {
+    db.client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 fn row_ids(events: &[Value]) -> Vec<i64> {
     let mut ids: Vec<i64> = events
         .iter()
@@ -152,19 +160,26 @@ async fn a_partitioned_table_is_delivered_under_its_own_name_through_attach_and_
     assert_eq!(row_ids(&events[4..]), vec![3, 4]);
 
     // A partition detached is a table of its own, which no rule selects.
-    db.client
-        .batch_execute(
-            "ALTER TABLE pt DETACH PARTITION pt_us;
-             INSERT INTO pt_us VALUES (5, 'us', 'no longer pt');
-             INSERT INTO pt VALUES (6, 'eu', 'still pt');",
-        )
-        .await
-        .unwrap();
+    // (Each its own transaction: PostgreSQL 14 still publishes a row
+    // written in the detaching transaction through the old root.)
+    for statement in [
+        "ALTER TABLE pt DETACH PARTITION pt_us",
+        "INSERT INTO pt_us VALUES (5, 'us', 'no longer pt')",
+        "INSERT INTO pt VALUES (6, 'eu', 'still pt')",
+    ] {
+        db.client.batch_execute(statement).await.unwrap();
+    }
     receiver.wait_for_delivered(7, DEADLINE).await;
     wait_until_confirmed_to_now(&db).await;
     let events = receiver.delivered();
-    assert_eq!(events.len(), 7, "{events:?}");
-    assert_eq!(events[6]["record"]["id"], 6);
+    let after_detach = row_ids(&events[6..]);
+    if server_version(&db).await < 150_000 {
+        // PostgreSQL 14's walsender keeps publishing a detached partition
+        // through its old root until it restarts (documented).
+        assert_eq!(after_detach, vec![5, 6], "{events:?}");
+    } else {
+        assert_eq!(after_detach, vec![6], "{events:?}");
+    }
     walhook.stop().await.unwrap();
 
     // What `walhook setup` (run by `run`) made, `check` accepts.
@@ -363,6 +378,19 @@ async fn a_schema_selector_delivers_the_first_rows_of_tables_created_while_walho
             &receiver.url("/shop"),
         ),
     ));
+    if server_version(&db).await < 150_000 {
+        // FOR TABLES IN SCHEMA came with PostgreSQL 15: refused, clearly.
+        let error = tokio::time::timeout(DEADLINE, walhook.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .expect_err("schema.* needs PostgreSQL 15");
+        assert!(
+            error.to_string().contains("needs PostgreSQL 15 or newer"),
+            "{error}"
+        );
+        return;
+    }
     db.wait_slot_active().await;
     db.client
         .batch_execute(
@@ -609,12 +637,7 @@ async fn stored_generated_columns_are_sent_where_the_server_publishes_them() {
         )
         .await
         .unwrap();
-    let version: i32 = db
-        .client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let version = server_version(&db).await;
     let receiver = Receiver::start().await;
     if version < 180_000 {
         // A filter on a column the server never sends would never be true.
@@ -661,8 +684,8 @@ async fn a_value_whose_type_is_gone_before_walhook_saw_it_goes_out_as_text_and_i
     let db = TestDb::new().await;
     db.client
         .batch_execute(
-            "CREATE SCHEMA w;
-             CREATE TABLE w.big (id int PRIMARY KEY, body text);",
+            "CREATE TABLE big (id int PRIMARY KEY, body text);
+             CREATE TABLE late (id int PRIMARY KEY, v int);",
         )
         .await
         .unwrap();
@@ -671,24 +694,24 @@ async fn a_value_whose_type_is_gone_before_walhook_saw_it_goes_out_as_text_and_i
     let walhook = Walhook::start(config(
         &db,
         Some(port),
-        &subscription("w", r#""w.*""#, r#""insert""#, &receiver.url("/w")),
+        &subscription("w", r#""big", "late""#, r#""insert""#, &receiver.url("/w")),
     ));
     db.wait_slot_active().await;
     // As above: the reader waits behind a held, oversized event while a
-    // table is created, written and dropped with its type — walhook never
-    // saw the type in the catalog.
+    // column gets a new type, a row is written, and the type is dropped —
+    // walhook never saw that type in the catalog.
     receiver.hold();
     db.client
-        .batch_execute("INSERT INTO w.big VALUES (1, repeat('x', 5000000))")
+        .batch_execute("INSERT INTO big VALUES (1, repeat('x', 5000000))")
         .await
         .unwrap();
     receiver.wait_for_arrivals(1, DEADLINE).await;
     for statement in [
-        "INSERT INTO w.big VALUES (2, 'small')",
+        "INSERT INTO big VALUES (2, 'small')",
         "CREATE DOMAIN short_lived AS int",
-        "CREATE TABLE w.late (id int PRIMARY KEY, v short_lived)",
-        "INSERT INTO w.late VALUES (1, 5)",
-        "DROP TABLE w.late",
+        "ALTER TABLE late ALTER COLUMN v TYPE short_lived",
+        "INSERT INTO late VALUES (1, 5)",
+        "DROP TABLE late",
         "DROP DOMAIN short_lived",
     ] {
         db.client.batch_execute(statement).await.unwrap();
@@ -702,7 +725,7 @@ async fn a_value_whose_type_is_gone_before_walhook_saw_it_goes_out_as_text_and_i
     assert_eq!(late["record"], json!({"id": 1, "v": "5"}));
     wait_for_metric(
         port,
-        r#"walhook_values_as_text_total{table="w.late",column="v"}"#,
+        r#"walhook_values_as_text_total{table="public.late",column="v"}"#,
         1.0,
     )
     .await;
