@@ -17,17 +17,34 @@ use figment::value::{Dict, Map, Tag, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::event::EventKind;
+use crate::filter::Filter;
+use crate::webhook::SigningKey;
+
+/// The whole configuration, every value checked and parsed once: filters
+/// into [`Filter`]s, secrets into [`SigningKey`]s, headers into a
+/// [`HeaderMap`], table entries into [`TableSelector`]s.
+#[derive(Debug, Clone)]
 pub struct Config {
     pub source: SourceConfig,
-    #[serde(default)]
     pub delivery: DeliveryConfig,
-    #[serde(default)]
     pub admin: AdminConfig,
-    #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+/// The file as written, before its values are parsed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    source: SourceConfig,
+    #[serde(default)]
+    delivery: DeliveryConfig,
+    #[serde(default)]
+    admin: AdminConfig,
+    #[serde(default)]
+    subscriptions: Vec<SubscriptionFile>,
 }
 
 /// `[source]`: where the changes come from.
@@ -98,74 +115,61 @@ pub struct AdminConfig {
 }
 
 /// One `[[subscriptions]]` entry: which changes go to which URL.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct SubscriptionConfig {
     pub name: String,
-    /// `schema.table` or `table` (schema `public`).
-    pub tables: Vec<String>,
-    #[serde(default = "default_events")]
+    /// Tables, and schemas taken whole.
+    pub tables: Vec<TableSelector>,
     pub events: Vec<EventKind>,
-    #[serde(default)]
-    pub filter: Option<String>,
-    #[serde(default)]
+    pub filter: Option<Filter>,
     pub columns: Option<Vec<String>>,
+    /// An http(s) URL; secret, since it may carry a token.
     pub url: Secret,
-    /// `whsec_<base64>`; signs with Standard Webhooks headers.
-    #[serde(default)]
-    pub secret: Option<Secret>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, Secret>,
-    #[serde(default)]
-    pub ordering: Ordering,
-    #[serde(default)]
+    /// From `secret = "whsec_<base64>"`: signs with Standard Webhooks headers.
+    pub signing_key: Option<SigningKey>,
+    /// The configured headers, their values marked sensitive (never logged).
+    pub headers: HeaderMap,
+    pub ordering: DeliveryOrder,
     pub batch: BatchConfig,
 }
 
-/// The kinds of change a subscription can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    Insert,
-    Update,
-    Delete,
-    Truncate,
+/// A `[[subscriptions]]` entry as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionFile {
+    name: String,
+    tables: Vec<String>,
+    #[serde(default = "default_events")]
+    events: Vec<EventKind>,
+    #[serde(default)]
+    filter: Option<String>,
+    #[serde(default)]
+    columns: Option<Vec<String>>,
+    url: Secret,
+    #[serde(default)]
+    secret: Option<Secret>,
+    #[serde(default)]
+    headers: BTreeMap<String, Secret>,
+    #[serde(default)]
+    ordering: DeliveryOrder,
+    #[serde(default)]
+    batch: BatchConfig,
 }
 
-impl EventKind {
-    /// Every kind, in the order PostgreSQL lists publication operations.
-    pub const ALL: [EventKind; 4] = [
-        EventKind::Insert,
-        EventKind::Update,
-        EventKind::Delete,
-        EventKind::Truncate,
-    ];
-
-    /// The operation's name in a publication's `publish` option.
-    pub fn sql_operation(self) -> &'static str {
-        match self {
-            EventKind::Insert => "insert",
-            EventKind::Update => "update",
-            EventKind::Delete => "delete",
-            EventKind::Truncate => "truncate",
-        }
-    }
-
-    /// The payload's `type` value.
-    pub fn payload_type(self) -> &'static str {
-        match self {
-            EventKind::Insert => "INSERT",
-            EventKind::Update => "UPDATE",
-            EventKind::Delete => "DELETE",
-            EventKind::Truncate => "TRUNCATE",
-        }
-    }
-}
+/// The largest `batch.max_events` accepted. A subscription holds at most
+/// 16,384 events at once (its 4 MiB budget at 256 bytes of overhead each),
+/// so a batch much larger could never fill; the bound also keeps a typo from
+/// sizing anything in the lanes.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+/// The largest `delivery.concurrency` accepted: far more requests in flight
+/// than lanes can send (256 per subscription), and well below what the
+/// in-flight semaphore can count (it panics beyond `MAX_PERMITS`).
+pub const MAX_CONCURRENCY: usize = 10_000;
 
 /// Which deliveries of one subscription must keep commit order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Ordering {
+pub enum DeliveryOrder {
     /// Changes to the same primary key arrive in commit order.
     #[default]
     Key,
@@ -353,13 +357,30 @@ impl Config {
     }
 
     fn from_figment(path: &Path, figment: Figment) -> Result<Config, ConfigError> {
-        let config: Config = figment
+        let file: ConfigFile = figment
             .extract()
             .map_err(|error| ConfigError::at(path, describe_figment_error(error)))?;
-        config
-            .validate()
-            .map_err(|message| ConfigError::at(path, message))?;
-        Ok(config)
+        file.parse()
+            .map_err(|message| ConfigError::at(path, message))
+    }
+}
+
+impl ConfigFile {
+    /// Checks every value and parses each once.
+    fn parse(self) -> Result<Config, String> {
+        self.validate()?;
+        let subscriptions = self
+            .subscriptions
+            .into_iter()
+            .enumerate()
+            .map(|(index, subscription)| subscription.parse(index))
+            .collect::<Result<_, _>>()?;
+        Ok(Config {
+            source: self.source,
+            delivery: self.delivery,
+            admin: self.admin,
+            subscriptions,
+        })
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -386,7 +407,7 @@ impl Config {
         let delivery = &self.delivery;
         // Bounded above too: it sizes a semaphore (which panics beyond its
         // maximum) and the HTTP pool; a typo must stop here, `check` too.
-        let concurrency_range = 1..=crate::deliver::MAX_CONCURRENCY;
+        let concurrency_range = 1..=MAX_CONCURRENCY;
         if !concurrency_range.contains(&delivery.concurrency) {
             return Err(format!(
                 "key `delivery.concurrency` = {} is out of range; allowed: {} to {} \
@@ -432,23 +453,28 @@ impl Config {
                     subscription.name
                 ));
             }
-            subscription.validate(index, &at)?;
         }
         Ok(())
     }
 }
 
-impl SubscriptionConfig {
-    fn validate(&self, index: usize, at: &str) -> Result<(), String> {
+impl SubscriptionFile {
+    /// Checks the entry and parses its values: the one place they are read.
+    fn parse(self, index: usize) -> Result<SubscriptionConfig, String> {
+        let at = subscription_key(index, &self.name);
         if self.tables.is_empty() {
             return Err(format!(
                 "key `{at}.tables` is empty; list tables such as [\"public.orders\"]"
             ));
         }
-        for table in &self.tables {
-            TableSelector::parse(table)
-                .map_err(|why| format!("key `{at}.tables`: {table:?} {why}"))?;
-        }
+        let tables = self
+            .tables
+            .iter()
+            .map(|table| {
+                TableSelector::parse(table)
+                    .map_err(|why| format!("key `{at}.tables`: {table:?} {why}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if self.events.is_empty() {
             return Err(format!(
                 "key `{at}.events` is empty; use any of insert, update, delete, truncate"
@@ -462,18 +488,22 @@ impl SubscriptionConfig {
                 ));
             }
         }
-        if let Some(secret) = &self.secret {
-            crate::deliver::signing::SigningKey::from_secret(secret.expose())
-                .map_err(|why| format!("key `{at}.secret`: {why}"))?;
-        }
+        let signing_key = match &self.secret {
+            Some(secret) => Some(
+                SigningKey::from_secret(secret.expose())
+                    .map_err(|why| format!("key `{at}.secret`: {why}"))?,
+            ),
+            None => None,
+        };
+        let mut headers = HeaderMap::new();
         for (name, value) in &self.headers {
-            let name_ok = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok();
-            let value_ok = reqwest::header::HeaderValue::from_str(value.expose()).is_ok();
-            if !name_ok || !value_ok {
-                return Err(format!(
-                    "key `{at}.headers.{name}` is not a valid HTTP header name and value"
-                ));
-            }
+            let invalid =
+                || format!("key `{at}.headers.{name}` is not a valid HTTP header name and value");
+            let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
+            let mut value = HeaderValue::from_str(value.expose()).map_err(|_| invalid())?;
+            // Never printed, not even by Debug.
+            value.set_sensitive(true);
+            headers.insert(header, value);
         }
         if let Some(columns) = &self.columns
             && columns.is_empty()
@@ -484,7 +514,7 @@ impl SubscriptionConfig {
         }
         // Bounded above so that a typo (1000000000) is refused here, by
         // `check` too, rather than sizing memory in the lanes.
-        let batch_range = 1..=crate::deliver::MAX_BATCH_EVENTS;
+        let batch_range = 1..=MAX_BATCH_EVENTS;
         if !batch_range.contains(&self.batch.max_events) {
             return Err(format!(
                 "key `{at}.batch.max_events` = {} is out of range; allowed: {} to {} \
@@ -494,25 +524,37 @@ impl SubscriptionConfig {
                 batch_range.end()
             ));
         }
-        if let Some(filter) = &self.filter
-            && let Err(error) = crate::rules::filter::Filter::parse(filter)
-        {
-            // The same words as the catalog check's filter errors.
-            return Err(format!(
-                "subscription {:?}: key `subscriptions[{index}].filter` {error}\n  {filter}",
-                self.name
-            ));
-        }
-        Ok(())
+        let filter = match &self.filter {
+            Some(text) => Some(Filter::parse(text).map_err(|error| {
+                // The catalog check's filter errors read the same way.
+                format!(
+                    "subscription {:?}: key `subscriptions[{index}].filter` does not parse: \
+                     {error}{}",
+                    self.name,
+                    crate::filter::pointer(text, error.position)
+                )
+            })?),
+            None => None,
+        };
+        Ok(SubscriptionConfig {
+            name: self.name,
+            tables,
+            events: self.events,
+            filter,
+            columns: self.columns,
+            url: self.url,
+            signing_key,
+            headers,
+            ordering: self.ordering,
+            batch: self.batch,
+        })
     }
+}
 
+impl SubscriptionConfig {
     /// Every entry of `tables`: tables and whole schemas.
     pub fn table_selectors(&self) -> Vec<TableSelector> {
-        // Validated at load time; an entry that fails here is skipped.
-        self.tables
-            .iter()
-            .filter_map(|table| TableSelector::parse(table).ok())
-            .collect()
+        self.tables.clone()
     }
 
     /// The tables `tables` names one by one (not those of a `schema.*`).
@@ -894,7 +936,7 @@ mod tests {
             subscription.events,
             vec![EventKind::Insert, EventKind::Update, EventKind::Delete]
         );
-        assert_eq!(subscription.ordering, Ordering::Key);
+        assert_eq!(subscription.ordering, DeliveryOrder::Key);
         assert_eq!(subscription.batch.max_events, 1);
         assert_eq!(subscription.batch.max_wait, Duration::from_millis(50));
         assert_eq!(
@@ -988,6 +1030,36 @@ mod tests {
                 && error.message.contains("source.url"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_filter_that_does_not_parse_names_subscription_key_and_place() {
+        let text = MINIMAL.replace(
+            "url = \"http://127.0.0.1:8080/hook\"",
+            "url = \"http://127.0.0.1:8080/hook\"\nfilter = \"new.status = 'paid' and (old.status is null or\"",
+        );
+        let error = load(&text).unwrap_err();
+        assert!(
+            error.message.starts_with(
+                "subscription \"orders\": key `subscriptions[0].filter` does not parse: \
+                 at column 47 expected a condition"
+            ),
+            "{error}"
+        );
+        assert!(
+            error
+                .message
+                .ends_with(&format!("\n    {}^", " ".repeat(46))),
+            "{error}"
+        );
+        // Parsed once, here: what the rules and the catalog check take.
+        let config = load(&MINIMAL.replace(
+            "url = \"http://127.0.0.1:8080/hook\"",
+            "url = \"http://127.0.0.1:8080/hook\"\nfilter = \"status = 'paid'\"",
+        ))
+        .unwrap();
+        let filter = config.subscriptions[0].filter.as_ref().unwrap();
+        assert_eq!(filter.source(), "status = 'paid'");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::catalog::{CatalogError, TypeRegistry};
-use crate::config::EventKind;
+use crate::event::EventKind;
 use crate::event::{Cell, Change, ColumnInfo, Row, TableInfo, TransactionInfo};
 use crate::lsn::Lsn;
 use crate::oid::OidMap;
@@ -299,8 +299,8 @@ impl Decoder {
                     // walhook asks for text; binary is kept as hex like bytea.
                     let mut hex = String::with_capacity(bytes.len() * 2 + 2);
                     hex.push_str("\\x");
-                    crate::event::push_hex(&mut hex, bytes);
-                    crate::event::write_string(out, &hex);
+                    crate::value::escape::push_hex(&mut hex, bytes);
+                    crate::value::escape::write_str(out, &hex);
                 }),
             }
         }

@@ -15,8 +15,50 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::EventKind;
 use crate::lsn::Lsn;
+use crate::value::compare;
+use crate::value::escape::{hex_pair, write_str};
+
+/// The kinds of change: what a subscription asks for (`events`), what a
+/// publication publishes, and a payload's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl EventKind {
+    /// Every kind, in the order PostgreSQL lists publication operations.
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Insert,
+        EventKind::Update,
+        EventKind::Delete,
+        EventKind::Truncate,
+    ];
+
+    /// The operation's name in a publication's `publish` option.
+    pub fn sql_operation(self) -> &'static str {
+        match self {
+            EventKind::Insert => "insert",
+            EventKind::Update => "update",
+            EventKind::Delete => "delete",
+            EventKind::Truncate => "truncate",
+        }
+    }
+
+    /// The payload's `type` value.
+    pub fn payload_type(self) -> &'static str {
+        match self {
+            EventKind::Insert => "INSERT",
+            EventKind::Update => "UPDATE",
+            EventKind::Delete => "DELETE",
+            EventKind::Truncate => "TRUNCATE",
+        }
+    }
+}
 
 /// A table as the latest Relation message described it.
 #[derive(Debug, Clone)]
@@ -85,7 +127,7 @@ impl ColumnInfo {
 
 fn json_string(text: &str) -> Box<[u8]> {
     let mut out = Vec::with_capacity(text.len() + 2);
-    write_string(&mut out, text);
+    write_str(&mut out, text);
     out.into_boxed_slice()
 }
 
@@ -168,7 +210,7 @@ impl Change {
         let (new, old) = (self.new.as_ref()?, self.old.as_ref()?);
         Some(
             (0..self.table.columns.len())
-                .filter(|&index| is_distinct(new.value(index), old.value(index)))
+                .filter(|&index| compare::is_distinct(new.value(index), old.value(index)))
                 .collect(),
         )
     }
@@ -195,17 +237,6 @@ impl Change {
             .iter()
             .any(|&index| old.value(index).is_some() && old.value(index) != new.value(index));
         key_changed.then(|| key_hash(&self.table, Some(old)))
-    }
-}
-
-/// SQL's IS DISTINCT FROM over rendered values: equal text is equal, and
-/// numbers compare by value (`1.0` and `1.00` are not distinct).
-fn is_distinct(new: Option<&[u8]>, old: Option<&[u8]>) -> bool {
-    match (new, old) {
-        (Some(new), Some(old)) if new != old => {
-            crate::rules::filter::decimal::compare(new, old) != Some(std::cmp::Ordering::Equal)
-        }
-        (new, old) => new != old,
     }
 }
 
@@ -293,21 +324,6 @@ fn push_hex_u32(out: &mut Vec<u8>, value: u32) {
     }
 }
 
-/// Appends `bytes` as lowercase hex.
-pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    for &byte in bytes {
-        let [high, low] = hex_pair(byte);
-        out.push(char::from(high));
-        out.push(char::from(low));
-    }
-}
-
-/// One byte as two lowercase hex digits (ids, bytea, `\u00XX` escapes).
-pub const fn hex_pair(byte: u8) -> [u8; 2] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    [DIGITS[(byte >> 4) as usize], DIGITS[(byte & 0x0f) as usize]]
-}
-
 /// Which columns a subscription sends: all, or a projection (by index).
 #[derive(Debug, Clone, Copy)]
 pub enum Projection<'a> {
@@ -371,7 +387,7 @@ pub fn write_payload(
         }
     }
     out.extend_from_slice(b",\"subscription\":");
-    write_string(out, subscription);
+    write_str(out, subscription);
     let transaction = &change.transaction;
     // Written by hand: `write!` costs more than the rest of the payload.
     out.extend_from_slice(b",\"source\":{\"lsn\":\"");
@@ -422,11 +438,6 @@ fn write_names(out: &mut Vec<u8>, table: &TableInfo, indexes: impl Iterator<Item
         }
     }
     out.push(b']');
-}
-
-/// Appends `text` as a JSON string.
-pub fn write_string(out: &mut Vec<u8>, text: &str) {
-    crate::value::write_str(out, text);
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@
 //! `check` reports the differences. It does not decide which tables the
 //! rules select (`tables`).
 
-use crate::config::{EventKind, TableName, quote_identifier};
+use crate::config::{TableName, quote_identifier};
+use crate::event::EventKind;
 use crate::tables::Resolution;
 
 /// The first server version with `FOR TABLES IN SCHEMA`.

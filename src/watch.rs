@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{EventKind, TableName, quote_identifier};
+use crate::config::{TableName, quote_identifier};
+use crate::event::EventKind;
 use crate::pgconn::{ConnectParams, connect_sql};
 use crate::publication;
 use crate::rules::Rules;

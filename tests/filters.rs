@@ -20,7 +20,7 @@ use std::time::Duration;
 use fastrand::Rng;
 use serde_json::Value;
 use walhook::catalog::TypeRegistry;
-use walhook::config::EventKind;
+use walhook::event::EventKind;
 use walhook::event::{Change, ColumnInfo, Row, TableInfo, TransactionInfo};
 use walhook::lsn::Lsn;
 use walhook::rules::Rules;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use walhook::deliver::signing::SigningKey;
+use walhook::webhook::SigningKey;
 
 use crate::support::receiver::Receiver;
 use crate::support::{TestDb, Walhook, walhook_binary};

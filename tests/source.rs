@@ -342,9 +342,11 @@ async fn password_auth(database: &str, role: &str, encryption: &str) {
 
 #[tokio::test]
 async fn md5_auth() {
+    // Held throughout: the cluster stops when no test holds it, and a new
+    // one would not have the role.
+    let cluster = cluster();
     password_auth("md5_db", "md5_user", "md5").await;
     // The role's password really is an MD5 hash, so MD5 was negotiated.
-    let cluster = cluster();
     let client = connect_sql(&params(&cluster.pg.url("postgres")))
         .await
         .unwrap();

@@ -16,9 +16,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::app::{self, AppError};
-use crate::config::{
-    Config, EventKind, SubscriptionConfig, TableName, TableSelector, quote_identifier,
-};
+use crate::config::{Config, SubscriptionConfig, TableName, TableSelector, quote_identifier};
+use crate::event::EventKind;
 use crate::pgconn::connect_sql;
 use crate::publication::{self, WantedPublication};
 use crate::rules::catalog_check::{self, RuleError};

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppError};
 use crate::config::Config;
-use crate::deliver::signing::SigningKey;
 use crate::pgtemp::TempPostgres;
+use crate::webhook::SigningKey;
 
 const DEMO_SECRET: &str = "whsec_ZGVtby1zZWNyZXQtZm9yLXdhbGhvb2stZGVtbw==";
 

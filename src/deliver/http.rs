@@ -8,13 +8,13 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
 use sha2::{Digest, Sha256};
 
 use super::Outbound;
 use super::policy::{self, Verdict};
-use super::signing::SigningKey;
 use crate::config::{DeliveryConfig, SubscriptionConfig};
+use crate::webhook::{self, SigningKey};
 
 /// The endpoint could not be set up from its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,7 @@ pub fn build_client(config: &DeliveryConfig) -> Result<reqwest::Client, Endpoint
     reqwest::Client::builder()
         .user_agent(concat!("walhook/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(config.concurrency.clamp(1, super::MAX_CONCURRENCY))
+        .pool_max_idle_per_host(config.concurrency.clamp(1, crate::config::MAX_CONCURRENCY))
         .connect_timeout(config.timeout)
         .tcp_nodelay(true)
         .build()
@@ -65,21 +65,11 @@ impl Endpoint {
             USER_AGENT,
             HeaderValue::from_static(concat!("walhook/", env!("CARGO_PKG_VERSION"))),
         );
+        // Parsed (and marked sensitive) when the config was loaded.
         for (name, value) in &subscription.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| invalid(format!("header name {name:?} is not valid")))?;
-            let mut value = HeaderValue::from_str(value.expose())
-                .map_err(|_| invalid(format!("header {name} has a value that is not valid")))?;
-            value.set_sensitive(true);
-            headers.insert(name, value);
+            headers.insert(name.clone(), value.clone());
         }
-        let key = match &subscription.secret {
-            Some(secret) => Some(
-                SigningKey::from_secret(secret.expose())
-                    .map_err(|why| invalid(format!("secret {why}")))?,
-            ),
-            None => None,
-        };
+        let key = subscription.signing_key.clone();
         Ok(Endpoint {
             name: subscription.name.clone(),
             url,
@@ -112,14 +102,14 @@ impl Endpoint {
                 .map(|elapsed| elapsed.as_secs() as i64)
                 .unwrap_or(0);
             builder = builder
-                .header("webhook-id", &request.id)
-                .header("webhook-timestamp", timestamp.to_string())
+                .header(webhook::ID_HEADER, &request.id)
+                .header(webhook::TIMESTAMP_HEADER, timestamp.to_string())
                 .header(
-                    "webhook-signature",
+                    webhook::SIGNATURE_HEADER,
                     key.sign(&request.id, timestamp, &request.body),
                 );
         } else {
-            builder = builder.header("webhook-id", &request.id);
+            builder = builder.header(webhook::ID_HEADER, &request.id);
         }
         match builder.send().await {
             Ok(response) => {
@@ -230,7 +220,7 @@ impl RequestBody {
                 let digest = hasher.finalize();
                 let mut id = String::with_capacity(36);
                 id.push_str("whb_");
-                crate::event::push_hex(&mut id, &digest[..16]);
+                crate::value::escape::push_hex(&mut id, &digest[..16]);
                 id
             }
         };

@@ -36,7 +36,6 @@
 pub mod dead_letters;
 pub mod http;
 pub mod policy;
-pub mod signing;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -49,7 +48,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Ack;
-use crate::config::{BatchConfig, DeliveryConfig, Ordering, SubscriptionConfig};
+use crate::config::{
+    BatchConfig, DeliveryConfig, DeliveryOrder, MAX_CONCURRENCY, SubscriptionConfig,
+};
 use crate::event::EventId;
 use crate::telemetry::{Metrics, ResponseClass, SubscriptionMetrics};
 use dead_letters::{DeadLetter, DeadLetters};
@@ -65,15 +66,6 @@ pub const SUBSCRIPTION_BUFFER_BYTES: usize = 4 << 20;
 const EVENT_OVERHEAD_BYTES: usize = 256;
 /// Lanes of one `key` or `none` subscription; more keys than lanes share.
 const MAX_LANES: usize = 256;
-/// The largest `batch.max_events` the config accepts. A subscription holds
-/// at most `SUBSCRIPTION_BUFFER_BYTES / EVENT_OVERHEAD_BYTES` (16,384)
-/// events at once, so a batch much larger could never fill; the bound also
-/// keeps a typo from sizing anything in the lanes.
-pub const MAX_BATCH_EVENTS: usize = 10_000;
-/// The largest `delivery.concurrency` the config accepts: far more requests
-/// in flight than lanes can send (256 per subscription), and well below what
-/// the in-flight semaphore can count (it panics beyond `MAX_PERMITS`).
-pub const MAX_CONCURRENCY: usize = 10_000;
 
 /// One event on its way to one subscription.
 #[derive(Debug)]
@@ -148,7 +140,7 @@ struct Held {
 }
 
 struct SubscriptionLanes {
-    ordering: Ordering,
+    ordering: DeliveryOrder,
     lanes: Vec<Lane>,
     next_round_robin: usize,
     /// The subscription's byte budget; see [`SUBSCRIPTION_BUFFER_BYTES`].
@@ -167,9 +159,9 @@ impl SubscriptionLanes {
     fn lane_for(&self, event: &Outbound) -> usize {
         let lane_count = self.lanes.len().max(1);
         match self.ordering {
-            Ordering::Strict => 0,
-            Ordering::Key => (event.ordering_key % lane_count as u64) as usize,
-            Ordering::None => (self.next_round_robin + 1) % lane_count,
+            DeliveryOrder::Strict => 0,
+            DeliveryOrder::Key => (event.ordering_key % lane_count as u64) as usize,
+            DeliveryOrder::None => (self.next_round_robin + 1) % lane_count,
         }
     }
 
@@ -179,7 +171,7 @@ impl SubscriptionLanes {
     /// unresolved barrier, and for a barrier itself every lane. Idle lanes
     /// are left out; none left means it may go.
     fn blocking_loads(&self, event: &Outbound) -> Vec<Arc<LaneLoad>> {
-        if self.ordering != Ordering::Key {
+        if self.ordering != DeliveryOrder::Key {
             return Vec::new();
         }
         let lane_count = self.lanes.len().max(1) as u64;
@@ -208,7 +200,7 @@ impl SubscriptionLanes {
     /// [`SubscriptionLanes::blocking_loads`] without allocating, for the
     /// common case.
     fn may_go(&self, event: &Outbound) -> bool {
-        if self.ordering != Ordering::Key
+        if self.ordering != DeliveryOrder::Key
             || (event.previous_ordering_key.is_none()
                 && self.barrier_lane.is_none()
                 && !event.barrier)
@@ -340,8 +332,8 @@ impl Delivery {
                 failures: FailureLog::default(),
             });
             let lane_count = match subscription.ordering {
-                Ordering::Strict => 1,
-                Ordering::Key | Ordering::None => concurrency.min(MAX_LANES),
+                DeliveryOrder::Strict => 1,
+                DeliveryOrder::Key | DeliveryOrder::None => concurrency.min(MAX_LANES),
             };
             let buffer = Arc::new(Semaphore::new(SUBSCRIPTION_BUFFER_BYTES));
             let mut lanes = Vec::with_capacity(lane_count);
@@ -530,10 +522,10 @@ impl Delivery {
             .subscriptions
             .get_mut(subscription)
             .ok_or(DeliveryClosed)?;
-        if target.ordering == Ordering::None {
+        if target.ordering == DeliveryOrder::None {
             target.next_round_robin = lane;
         }
-        if event.barrier && target.ordering == Ordering::Key {
+        if event.barrier && target.ordering == DeliveryOrder::Key {
             target.barrier_lane = Some(lane);
         }
         let queue = target.lanes.get_mut(lane).ok_or(DeliveryClosed)?;
@@ -893,6 +885,7 @@ async fn park_as_dead_letters(
 mod tests {
     use super::*;
     use crate::checkpoint::Checkpoint;
+    use crate::config::MAX_BATCH_EVENTS;
     use crate::lsn::Lsn;
 
     fn event(checkpoint: &mut Checkpoint, ordinal: u32, ordering_key: u64) -> Outbound {
@@ -926,7 +919,7 @@ mod tests {
             .collect();
         let delivery = Delivery {
             subscriptions: vec![SubscriptionLanes {
-                ordering: Ordering::Key,
+                ordering: DeliveryOrder::Key,
                 lanes,
                 next_round_robin: 0,
                 buffer: Arc::new(Semaphore::new(SUBSCRIPTION_BUFFER_BYTES)),

@@ -18,9 +18,10 @@
 use std::collections::HashMap;
 
 use crate::catalog::{CatalogError, JsonKind, TypeRegistry};
-use crate::config::{EventKind, SubscriptionConfig, TableName, TableSelector};
+use crate::config::{SubscriptionConfig, TableName, TableSelector};
+use crate::event::EventKind;
+use crate::filter::{ColumnUse, Filter, Location, Side, ValueClass, pointer};
 use crate::publication;
-use crate::rules::filter::{ColumnUse, Filter, Location, ParseError, Side, ValueClass};
 use crate::tables::{self, Resolution};
 
 /// A rule does not fit the database.
@@ -107,8 +108,6 @@ pub struct FilterError {
 /// What is wrong with a filter.
 #[derive(Debug, thiserror::Error)]
 pub enum FilterProblem {
-    #[error("does not parse: {0}")]
-    Syntax(ParseError),
     #[error(
         "at {location}: column {column:?} is not in table {table} (it has: {known}); fix the filter"
     )]
@@ -206,7 +205,6 @@ async fn check_indexed(
     client: &tokio_postgres::Client,
     subscriptions: Vec<(usize, &SubscriptionConfig)>,
 ) -> Result<Resolution, RuleError> {
-    let filters = parse_filters(&subscriptions)?;
     let selectors: Vec<TableSelector> = subscriptions
         .iter()
         .flat_map(|(_, subscription)| subscription.table_selectors())
@@ -217,7 +215,8 @@ async fn check_indexed(
         publication::server_version(client).await? >= publication::GENERATED_COLUMNS_SINCE;
     let mut facts_by_table: HashMap<TableName, TableFacts> = HashMap::new();
     let mut types = TypeRegistry::new();
-    for (&(index, subscription), filter) in subscriptions.iter().zip(&filters) {
+    for &(index, subscription) in &subscriptions {
+        let filter = &subscription.filter;
         let own = subscription.table_selectors();
         for selector in &own {
             match selector {
@@ -347,42 +346,6 @@ fn filter_key(index: usize) -> String {
     format!("subscriptions[{index}].filter")
 }
 
-/// Parses every filter; the first that does not parse is the error.
-fn parse_filters(
-    subscriptions: &[(usize, &SubscriptionConfig)],
-) -> Result<Vec<Option<Filter>>, RuleError> {
-    subscriptions
-        .iter()
-        .map(|&(index, subscription)| {
-            let Some(text) = &subscription.filter else {
-                return Ok(None);
-            };
-            Filter::parse(text).map(Some).map_err(|error| {
-                let position = error.position;
-                FilterError::rule_error(
-                    index,
-                    subscription,
-                    text,
-                    position,
-                    FilterProblem::Syntax(error),
-                )
-            })
-        })
-        .collect()
-}
-
-/// The line of `text` holding character `position`, with a caret under it.
-fn pointer(text: &str, position: usize) -> String {
-    let location = Location::of(position, text);
-    let line = text.lines().nth(location.line - 1).unwrap_or("");
-    let indent: String = line
-        .chars()
-        .take(location.column - 1)
-        .map(|c| if c == '\t' { '\t' } else { ' ' })
-        .collect();
-    format!("\n    {line}\n    {indent}^")
-}
-
 fn known_columns(facts: &TableFacts) -> String {
     facts
         .columns
@@ -458,7 +421,7 @@ fn check_filter(
         b'n' => "NOTHING",
         _ => "not FULL",
     };
-    let unavailable = |column: &crate::rules::filter::ColumnRef,
+    let unavailable = |column: &crate::filter::ColumnRef,
                        reads: String,
                        event: &'static str,
                        what: &'static str| {
@@ -601,13 +564,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pointer_puts_a_caret_under_the_failure() {
-        assert_eq!(pointer("a = )", 4), "\n    a = )\n        ^");
-        assert_eq!(pointer("a = 1\nand )", 10), "\n    and )\n        ^");
-        assert_eq!(pointer("", 0), "\n    \n    ^");
-    }
-
-    #[test]
     fn table_names_are_quoted_only_when_needed() {
         let name = |schema: &str, table: &str| TableName {
             schema: schema.into(),
@@ -617,44 +573,6 @@ mod tests {
         assert_eq!(
             sql_table_name(&name("Shop", "order items")),
             "\"Shop\".\"order items\""
-        );
-    }
-
-    #[test]
-    fn syntax_errors_name_subscription_key_and_column() {
-        let config = crate::config::Config::from_toml(
-            std::path::Path::new("t.toml"),
-            r#"
-            [source]
-            url = "postgres://x@localhost/db"
-            [[subscriptions]]
-            name = "fine"
-            tables = ["orders"]
-            filter = "a = 1"
-            url = "http://127.0.0.1:1/"
-            [[subscriptions]]
-            name = "paid-orders"
-            tables = ["orders"]
-            url = "http://127.0.0.1:1/"
-            "#,
-        )
-        .unwrap();
-        // The config loader rejects this too; here the check itself is tested.
-        let mut config = config;
-        config.subscriptions[1].filter =
-            Some("new.status = 'paid' and (old.status is null or".to_owned());
-        let indexed: Vec<_> = config.subscriptions.iter().enumerate().collect();
-        let error = parse_filters(&indexed).unwrap_err().to_string();
-        assert!(
-            error.starts_with(
-                "subscription \"paid-orders\": key `subscriptions[1].filter` does not parse: \
-                 at column 47 expected a condition"
-            ),
-            "{error}"
-        );
-        assert!(
-            error.ends_with(&format!("\n    {}^", " ".repeat(46))),
-            "{error}"
         );
     }
 }

@@ -14,15 +14,15 @@
 //! payloads or send anything.
 
 pub mod catalog_check;
-pub mod filter;
 
 use std::sync::Arc;
 
-use crate::config::{EventKind, SubscriptionConfig, TableName, TableSelector};
+use crate::config::{SubscriptionConfig, TableName, TableSelector};
+use crate::event::EventKind;
 use crate::event::{Change, TableInfo};
+use crate::filter::{BoundFilter, ColumnUse, Filter, Side};
 use crate::oid::OidMap;
 use crate::tables::Resolution;
-use filter::{BoundFilter, ColumnUse, Filter, Side};
 
 /// Every subscription, in configuration order.
 #[derive(Debug)]
@@ -42,16 +42,7 @@ struct Subscription {
     table_oids: Vec<u32>,
     events: Vec<EventKind>,
     columns: Option<Vec<String>>,
-    filter: SubscriptionFilter,
-}
-
-#[derive(Debug)]
-enum SubscriptionFilter {
-    None,
-    Parsed(Filter),
-    /// Did not parse (`catalog_check` stops start-up before this can be
-    /// used; kept so that `Rules::new` cannot fail).
-    Invalid,
+    filter: Option<Filter>,
 }
 
 /// One subscription's interest in one table.
@@ -124,14 +115,7 @@ impl Rules {
                     table_oids: Vec::new(),
                     events: subscription.events.clone(),
                     columns: subscription.columns.clone(),
-                    filter: match subscription.filter.as_deref().map(Filter::parse) {
-                        None => SubscriptionFilter::None,
-                        Some(Ok(filter)) => SubscriptionFilter::Parsed(filter),
-                        Some(Err(error)) => {
-                            tracing::error!(subscription = %subscription.name, %error, "filter does not parse; the subscription receives nothing but TRUNCATE");
-                            SubscriptionFilter::Invalid
-                        }
-                    },
+                    filter: subscription.filter.clone(),
                 })
                 .collect(),
             bound_names: OidMap::default(),
@@ -276,12 +260,8 @@ impl Rules {
 
 /// Binds a subscription's filter to a table's current shape.
 fn route_filter(subscription: &Subscription, table: &TableInfo) -> RouteFilter {
-    let filter = match &subscription.filter {
-        SubscriptionFilter::None => return RouteFilter::All,
-        SubscriptionFilter::Invalid => {
-            return RouteFilter::Unusable("the subscription's filter does not parse".into());
-        }
-        SubscriptionFilter::Parsed(filter) => filter,
+    let Some(filter) = &subscription.filter else {
+        return RouteFilter::All;
     };
     match filter.bind(table) {
         Ok(bound) => {

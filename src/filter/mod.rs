@@ -27,7 +27,6 @@
 //! [`Filter::check_types`]) nor decide which events a subscription takes
 //! (`rules`): TRUNCATE bypasses filters there.
 
-pub(crate) mod decimal;
 mod eval;
 mod syntax;
 
@@ -418,12 +417,24 @@ fn operand_text(operand: &Operand<ColumnRef>) -> String {
     }
 }
 
+/// The line of `text` holding character `position`, with a caret under it.
+pub fn pointer(text: &str, position: usize) -> String {
+    let location = Location::of(position, text);
+    let line = text.lines().nth(location.line - 1).unwrap_or("");
+    let indent: String = line
+        .chars()
+        .take(location.column - 1)
+        .map(|c| if c == '\t' { '\t' } else { ' ' })
+        .collect();
+    format!("\n    {line}\n    {indent}^")
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::config::EventKind;
+    use crate::event::EventKind;
     use crate::event::{Cell, ColumnInfo, Row, TransactionInfo};
     use crate::lsn::Lsn;
 
@@ -909,5 +920,11 @@ mod tests {
             );
             assert_eq!(error.position, position, "{filter}: {}", error.message);
         }
+    }
+    #[test]
+    fn pointer_puts_a_caret_under_the_failure() {
+        assert_eq!(pointer("a = )", 4), "\n    a = )\n        ^");
+        assert_eq!(pointer("a = 1\nand )", 10), "\n    and )\n        ^");
+        assert_eq!(pointer("", 0), "\n    \n    ^");
     }
 }

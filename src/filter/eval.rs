@@ -1,10 +1,8 @@
 //! Evaluates a bound filter over one change, in SQL's three-valued logic,
 //! reading the values straight from the change's rendered JSON.
 //!
-//! A cell's JSON decides how it compares: numbers by exact decimal value
-//! (`decimal`), strings by code point after undoing JSON escapes (lazily,
-//! character by character: nothing is allocated), `true`/`false` as
-//! booleans (false < true), JSON objects and arrays as their JSON text.
+//! A cell's JSON decides how it compares (`value::compare`: numbers by exact
+//! decimal value, strings by code point, booleans, JSON as its text).
 //! `null` is SQL NULL. A value that was not sent (a column outside a key-only
 //! old row, an unchanged TOAST value, the old row of an UPDATE that sent
 //! none) is unknown to every predicate, `is null` included. The old row of an
@@ -20,10 +18,10 @@
 
 use std::cmp::Ordering;
 
-use super::decimal;
 use super::syntax::{CompareOp, Expr, LikePattern, Literal, Operand, PatternItem, Side};
-use crate::config::EventKind;
 use crate::event::Change;
+use crate::event::EventKind;
+use crate::value::compare::{Text, TextChars, Value, as_text, chars, classify, compare, distinct};
 
 /// A column bound to its index in the table's current shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,28 +139,6 @@ pub fn eval(expr: &Expr<BoundColumn>, change: &Change) -> Truth {
     }
 }
 
-/// A value as a filter sees it, borrowed from the change or the filter.
-#[derive(Debug, Clone, Copy)]
-enum Value<'a> {
-    /// Not sent: unknown to every predicate.
-    Missing,
-    Null,
-    Bool(bool),
-    /// A JSON number or a number literal (validated text).
-    Number(&'a [u8]),
-    Text(Text<'a>),
-    /// A JSON object or array: compared as its JSON text.
-    Json(&'a [u8]),
-}
-
-/// Text, either as it is or still JSON-escaped.
-#[derive(Debug, Clone, Copy)]
-enum Text<'a> {
-    Plain(&'a [u8]),
-    /// The inside of a JSON string that holds at least one backslash.
-    Escaped(&'a [u8]),
-}
-
 fn operand<'a>(operand: &'a Operand<BoundColumn>, change: &'a Change) -> Value<'a> {
     match operand {
         Operand::Literal(value) => literal(value),
@@ -194,139 +170,6 @@ fn column_value(change: &Change, column: BoundColumn) -> Value<'_> {
         None => Value::Missing,
         Some(row) => row.value(column.index).map_or(Value::Missing, classify),
     }
-}
-
-/// What a cell's JSON text is.
-fn classify(json: &[u8]) -> Value<'_> {
-    match json.first() {
-        None => Value::Missing,
-        Some(b'n') => Value::Null,
-        Some(b't') => Value::Bool(true),
-        Some(b'f') => Value::Bool(false),
-        Some(b'"') => {
-            let inner = json
-                .get(1..json.len().saturating_sub(1))
-                .unwrap_or_default();
-            if inner.contains(&b'\\') {
-                Value::Text(Text::Escaped(inner))
-            } else {
-                Value::Text(Text::Plain(inner))
-            }
-        }
-        Some(b'{' | b'[') => Value::Json(json),
-        Some(_) => Value::Number(json),
-    }
-}
-
-/// How two values order; `None` when the answer is unknown.
-fn compare(left: &Value<'_>, right: &Value<'_>) -> Option<Ordering> {
-    match (left, right) {
-        (Value::Bool(left), Value::Bool(right)) => Some(left.cmp(right)),
-        (Value::Number(left), Value::Number(right)) => decimal::compare(left, right),
-        (Value::Number(_), Value::Text(text)) => Some(0.cmp(&special_rank(text)?)),
-        (Value::Text(text), Value::Number(_)) => Some(special_rank(text)?.cmp(&0)),
-        (Value::Text(_) | Value::Json(_), Value::Text(_) | Value::Json(_)) => {
-            compare_text(&as_text(left)?, &as_text(right)?)
-        }
-        _ => None,
-    }
-}
-
-/// Where NaN and the infinities (JSON strings) rank against finite numbers
-/// (rank 0), as PostgreSQL orders float8 and numeric.
-fn special_rank(text: &Text<'_>) -> Option<i8> {
-    match text {
-        Text::Plain(b"-Infinity") => Some(-1),
-        Text::Plain(b"Infinity") => Some(1),
-        Text::Plain(b"NaN") => Some(2),
-        _ => None,
-    }
-}
-
-fn as_text<'a>(value: &Value<'a>) -> Option<Text<'a>> {
-    match value {
-        Value::Text(text) => Some(*text),
-        Value::Json(json) | Value::Number(json) => Some(Text::Plain(json)),
-        Value::Bool(true) => Some(Text::Plain(b"true")),
-        Value::Bool(false) => Some(Text::Plain(b"false")),
-        Value::Null | Value::Missing => None,
-    }
-}
-
-/// Code point order (UTF-8 byte order is code point order).
-fn compare_text(left: &Text<'_>, right: &Text<'_>) -> Option<Ordering> {
-    match (left, right) {
-        (Text::Plain(left), Text::Plain(right)) => Some(left.cmp(right)),
-        _ => Some(chars(left)?.cmp(chars(right)?)),
-    }
-}
-
-fn chars<'a>(text: &Text<'a>) -> Option<TextChars<'a>> {
-    Some(match text {
-        Text::Plain(bytes) => TextChars::Plain(std::str::from_utf8(bytes).ok()?.chars()),
-        Text::Escaped(bytes) => TextChars::Escaped(std::str::from_utf8(bytes).ok()?.chars()),
-    })
-}
-
-/// The characters of a text, JSON escapes undone on the fly.
-#[derive(Debug, Clone)]
-enum TextChars<'a> {
-    Plain(std::str::Chars<'a>),
-    Escaped(std::str::Chars<'a>),
-}
-
-impl Iterator for TextChars<'_> {
-    type Item = char;
-
-    fn next(&mut self) -> Option<char> {
-        match self {
-            TextChars::Plain(chars) => chars.next(),
-            TextChars::Escaped(chars) => {
-                let c = chars.next()?;
-                if c != '\\' {
-                    return Some(c);
-                }
-                Some(match chars.next()? {
-                    'b' => '\u{8}',
-                    'f' => '\u{c}',
-                    'n' => '\n',
-                    'r' => '\r',
-                    't' => '\t',
-                    'u' => unicode_escape(chars),
-                    other => other,
-                })
-            }
-        }
-    }
-}
-
-/// The character of a `\uXXXX` escape (the `\u` already read), joining a
-/// surrogate pair; U+FFFD for anything malformed.
-fn unicode_escape(chars: &mut std::str::Chars<'_>) -> char {
-    let Some(high) = hex4(chars) else {
-        return char::REPLACEMENT_CHARACTER;
-    };
-    if (0xD800..0xDC00).contains(&high) {
-        let mut ahead = chars.clone();
-        if ahead.next() == Some('\\')
-            && ahead.next() == Some('u')
-            && let Some(low) = hex4(&mut ahead)
-            && (0xDC00..0xE000).contains(&low)
-        {
-            *chars = ahead;
-            let code = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
-            return char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER);
-        }
-    }
-    char::from_u32(high).unwrap_or(char::REPLACEMENT_CHARACTER)
-}
-
-fn hex4(chars: &mut std::str::Chars<'_>) -> Option<u32> {
-    let mut code = 0;
-    for _ in 0..4 {
-        code = code * 16 + chars.next()?.to_digit(16)?;
-    }
-    Some(code)
 }
 
 /// `like`: `None` when the value is NULL or not sent. Numbers, booleans and
@@ -389,20 +232,6 @@ fn changed(change: &Change, index: usize) -> Truth {
                 _ => Truth::Unknown,
             }
         }
-    }
-}
-
-/// `IS DISTINCT FROM` over two cells' JSON.
-fn distinct(old: &[u8], new: &[u8]) -> bool {
-    if old == new {
-        return false;
-    }
-    match (classify(old), classify(new)) {
-        (Value::Number(old), Value::Number(new)) => {
-            decimal::compare(old, new) != Some(Ordering::Equal)
-        }
-        (Value::Text(old), Value::Text(new)) => compare_text(&old, &new) != Some(Ordering::Equal),
-        _ => true,
     }
 }
 
@@ -522,17 +351,5 @@ mod tests {
             ),
             Some(true)
         );
-    }
-
-    #[test]
-    fn distinct_is_by_value() {
-        assert!(!distinct(b"1.0", b"1.00"));
-        assert!(distinct(b"1", b"2"));
-        assert!(!distinct(b"null", b"null"));
-        assert!(distinct(b"null", b"1"));
-        assert!(distinct(b"\"a\"", b"null"));
-        assert!(!distinct(br#""\u00e9""#, "\"é\"".as_bytes()));
-        assert!(distinct(b"true", b"false"));
-        assert!(!distinct(br#""NaN""#, br#""NaN""#));
     }
 }
