@@ -23,13 +23,14 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, Health};
+use crate::admin;
 use crate::catalog::TypeRegistry;
-use crate::config::{BackoffConfig, Config, ConfigError};
+use crate::config::{BackoffConfig, Config};
 use crate::deliver::Delivery;
 use crate::deliver::dead_letters::DeadLetters;
+use crate::health::Health;
 use crate::lsn::Lsn;
-use crate::pgconn::{ConnectParams, PgConnError, connect_sql};
+use crate::pgconn::{ConnectParams, ConnectParamsError, PgConnError, connect_sql};
 use crate::pipeline::{Observers, Pipeline, PipelineError};
 use crate::rules::Rules;
 use crate::rules::catalog_check::{self, RuleError};
@@ -54,11 +55,9 @@ const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
+pub enum DaemonError {
     #[error("source.url: {0}")]
-    SourceUrl(String),
+    SourceUrl(#[from] ConnectParamsError),
     #[error(transparent)]
     Connect(#[from] PgConnError),
     #[error(transparent)]
@@ -80,9 +79,6 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    /// A command other than `run` failed at run time (demo, bench, status).
-    #[error("{0}")]
-    Command(String),
     #[error(
         "replication slot \"{slot}\" has vanished (it was dropped){since}; changes after its last confirmed position cannot be \
          replayed. walhook will not silently start a new slot at the current position. Run \
@@ -98,38 +94,24 @@ pub enum AppError {
          (changes in between are not delivered), and consider a larger max_slot_wal_keep_size"
     )]
     SlotInvalidated { slot: String, confirmed: String },
-    #[error(transparent)]
-    DeadLetters(#[from] crate::commands::dead_letters::DeadLetterError),
 }
 
-impl AppError {
+impl DaemonError {
     /// 2 for problems in the configuration or the rules (fix the file), 1 for
     /// everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            AppError::Config(_) | AppError::SourceUrl(_) | AppError::Delivery(_) => 2,
-            AppError::Rules(RuleError::Catalog(_)) => 1,
-            AppError::Rules(_) => 2,
-            AppError::DeadLetters(error) => error.exit_code(),
+            DaemonError::SourceUrl(_) | DaemonError::Delivery(_) => 2,
+            DaemonError::Rules(RuleError::Catalog(_)) => 1,
+            DaemonError::Rules(_) => 2,
             _ => 1,
         }
     }
 }
 
-/// The connection parameters of `[source]`.
-pub fn source_params(config: &Config) -> Result<ConnectParams, AppError> {
-    let url = config.source.url.expose();
-    let mut params =
-        ConnectParams::from_url(url).map_err(|error| AppError::SourceUrl(error.to_string()))?;
-    if !url.contains("connect_timeout=") {
-        params.connect_timeout = config.source.connect_timeout;
-    }
-    Ok(params)
-}
-
 /// Runs the daemon until `shutdown` is cancelled or a fatal error.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
-    let params = source_params(&config)?;
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let params = ConnectParams::from_source(&config.source)?;
     let names: Vec<String> = config
         .subscriptions
         .iter()
@@ -154,7 +136,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             shutdown.clone(),
         )
         .await
-        .map_err(|source| AppError::AdminListen {
+        .map_err(|source| DaemonError::AdminListen {
             listen: config.admin.listen.clone(),
             source,
         })?;
@@ -186,7 +168,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
 async fn prepare(
     config: &Config,
     params: &ConnectParams,
-) -> Result<(Arc<Rules>, Resolution), AppError> {
+) -> Result<(Arc<Rules>, Resolution), DaemonError> {
     let client = connect_sql(params).await?;
     let resolution = catalog_check::check(&client, &config.subscriptions).await?;
     let mut rules = Rules::new(&config.subscriptions);
@@ -195,7 +177,7 @@ async fn prepare(
     if config.source.auto_setup {
         catalog_check::refuse_unloggable(&resolution, &rules.events())?;
         if let Some(streamed_since) = vanished_slot(&client, &config.source.slot).await {
-            return Err(AppError::SlotVanished {
+            return Err(DaemonError::SlotVanished {
                 slot: config.source.slot.clone(),
                 since: format!(" (walhook streamed from it since {streamed_since})"),
             });
@@ -219,7 +201,7 @@ async fn stream_until_stopped(
     rules: &Arc<Rules>,
     observers: &Observers,
     shutdown: &CancellationToken,
-) -> Result<(), AppError> {
+) -> Result<(), DaemonError> {
     let mut failures = 0u32;
     // Whether this process has streamed from the slot (so a missing slot
     // means it vanished).
@@ -255,7 +237,7 @@ async fn stream_until_stopped(
             }
             Err(error) if error.is_slot_missing() && streamed => {
                 tracing::error!(slot = %config.source.slot, %error, "the replication slot vanished while walhook was running");
-                return Err(AppError::SlotVanished {
+                return Err(DaemonError::SlotVanished {
                     slot: config.source.slot.clone(),
                     since: " while walhook was running".to_owned(),
                 });
@@ -316,7 +298,7 @@ async fn stream_until_stopped(
             Arc::clone(&observers.metrics),
             &mut lanes,
         )
-        .map_err(|error| AppError::Delivery(error.to_string()))?;
+        .map_err(|error| DaemonError::Delivery(error.to_string()))?;
         // The rule tables as they are now (a `schema.*` may have gained
         // tables): their column types are loaded before their first change.
         let relations: Vec<u32> = match tables::resolve(&catalog, &rules.selectors()).await {
@@ -400,7 +382,10 @@ async fn pause(wait: Duration, shutdown: &CancellationToken) -> bool {
 
 /// A slot PostgreSQL invalidated (`wal_status = 'lost'`) cannot stream:
 /// say so with the fix rather than relay the server's terse error.
-async fn check_slot_not_lost(client: &tokio_postgres::Client, slot: &str) -> Result<(), AppError> {
+async fn check_slot_not_lost(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<(), DaemonError> {
     let lost = client
         .query_opt(
             "SELECT coalesce(confirmed_flush_lsn::text, '?') FROM pg_replication_slots \
@@ -411,7 +396,7 @@ async fn check_slot_not_lost(client: &tokio_postgres::Client, slot: &str) -> Res
         .ok()
         .flatten();
     match lost {
-        Some(row) => Err(AppError::SlotInvalidated {
+        Some(row) => Err(DaemonError::SlotInvalidated {
             slot: slot.to_owned(),
             confirmed: row.get(0),
         }),

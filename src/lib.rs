@@ -39,6 +39,7 @@ pub mod decode;
 pub mod deliver;
 pub mod event;
 pub mod filter;
+pub mod health;
 pub mod lsn;
 pub mod oid;
 pub mod pgconn;

@@ -248,7 +248,7 @@ fn main() -> ExitCode {
     })
 }
 
-async fn dead_letters(command: DeadLettersCommand) -> Result<(), walhook::app::AppError> {
+async fn dead_letters(command: DeadLettersCommand) -> Result<(), walhook::commands::CommandError> {
     use commands::dead_letters::{Selector, list, purge, replay};
     match command {
         DeadLettersCommand::List {
@@ -272,7 +272,7 @@ async fn dead_letters(command: DeadLettersCommand) -> Result<(), walhook::app::A
 }
 
 /// The exit code of a command's outcome, printing its error.
-fn finish(outcome: Result<(), walhook::app::AppError>) -> ExitCode {
+fn finish(outcome: Result<(), walhook::commands::CommandError>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

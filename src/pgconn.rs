@@ -22,6 +22,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::SourceConfig;
+
 pub(crate) use tls::server_name;
 pub use tls::{TlsSetupError, tls_client_config};
 
@@ -120,6 +122,17 @@ pub enum ConnectParamsError {
 }
 
 impl ConnectParams {
+    /// The parameters of `[source]`: its URL, with `source.connect_timeout`
+    /// unless the URL sets `connect_timeout` itself.
+    pub fn from_source(source: &SourceConfig) -> Result<ConnectParams, ConnectParamsError> {
+        let url = source.url.expose();
+        let mut params = ConnectParams::from_url(url)?;
+        if !url.contains("connect_timeout=") {
+            params.connect_timeout = source.connect_timeout;
+        }
+        Ok(params)
+    }
+
     /// Parses `postgres://[user[:password]@][host][:port][/dbname][?key=value&...]`.
     ///
     /// User, password, host, database and query values are percent-decoded.

@@ -18,13 +18,13 @@ use bytes::Bytes;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::Health;
 use crate::catalog::TypeRegistry;
 use crate::checkpoint::Checkpoint;
 use crate::decode::{DecodeFailure, Decoder};
 use crate::deliver::{BudgetWait, Delivery, DeliveryClosed, HeldWait, Outbound, Submitted};
 use crate::event::EventKind;
 use crate::event::{Change, Projection, TableInfo, write_payload};
+use crate::health::Health;
 use crate::lsn::Lsn;
 use crate::oid::OidMap;
 use crate::pgoutput::{self, PgOutputMessage};

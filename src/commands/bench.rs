@@ -25,7 +25,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::app::AppError;
+use crate::commands::CommandError;
 use crate::pgtemp::{TempPostgres, TempPostgresOptions, find_program};
 
 /// What to measure.
@@ -127,8 +127,8 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-fn bench_error(what: &str, error: impl BenchFailure) -> AppError {
-    AppError::Command(format!("bench: {what}: {}", error.describe()))
+fn bench_error(what: &str, error: impl BenchFailure) -> CommandError {
+    CommandError::Failed(format!("bench: {what}: {}", error.describe()))
 }
 
 /// Error text with the server's own message when there is one.
@@ -150,7 +150,7 @@ impl<T: std::fmt::Display + 'static> BenchFailure for T {
 }
 
 /// Runs every scenario and prints the table.
-pub async fn run(options: BenchOptions) -> Result<(), AppError> {
+pub async fn run(options: BenchOptions) -> Result<(), CommandError> {
     let postgres = tokio::task::spawn_blocking(|| {
         TempPostgres::start_with(TempPostgresOptions {
             extra_conf: vec![
@@ -176,7 +176,7 @@ pub async fn run(options: BenchOptions) -> Result<(), AppError> {
     Ok(())
 }
 
-async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Report, AppError> {
+async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Report, CommandError> {
     let runs = options.repeat.max(1);
     let mut every = EveryRun::default();
     let selected: Vec<bool> = SCENARIOS
@@ -313,7 +313,7 @@ fn median_live(runs: &[LiveResult]) -> Option<LiveResult> {
 async fn prepare_database(
     postgres: &TempPostgres,
     database: &str,
-) -> Result<tokio_postgres::Client, AppError> {
+) -> Result<tokio_postgres::Client, CommandError> {
     let admin = connect(&postgres.url("postgres")).await?;
     admin
         .batch_execute(&format!("CREATE DATABASE {database}"))
@@ -337,7 +337,7 @@ async fn prepare_database(
     Ok(client)
 }
 
-async fn connect(url: &str) -> Result<tokio_postgres::Client, AppError> {
+async fn connect(url: &str) -> Result<tokio_postgres::Client, CommandError> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .map_err(|error| bench_error("connecting", error))?;
@@ -350,7 +350,7 @@ async fn load_backlog(
     client: &tokio_postgres::Client,
     rows: u64,
     per_transaction: u64,
-) -> Result<(), AppError> {
+) -> Result<(), CommandError> {
     let mut start = 1;
     while start <= rows {
         let end = (start + per_transaction - 1).min(rows);
@@ -379,7 +379,7 @@ async fn measure_ceiling(
     database: &str,
     slot: &str,
     rows: u64,
-) -> Result<BacklogResult, AppError> {
+) -> Result<BacklogResult, CommandError> {
     let end: String = client
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
@@ -483,7 +483,7 @@ fn record_id(body: &[u8]) -> Option<u64> {
 async fn start_sink(
     failure_percent: u32,
     live_rows: Option<usize>,
-) -> Result<(Arc<Sink>, String), AppError> {
+) -> Result<(Arc<Sink>, String), CommandError> {
     let sink = Arc::new(Sink {
         events: AtomicUsize::new(0),
         requests: AtomicU64::new(0),
@@ -540,7 +540,7 @@ struct Daemon {
     _dir: tempfile::TempDir,
 }
 
-fn spawn_walhook(config: &str) -> Result<Daemon, AppError> {
+fn spawn_walhook(config: &str) -> Result<Daemon, CommandError> {
     let dir = tempfile::tempdir().map_err(|error| bench_error("temp dir", error))?;
     let path = dir.path().join("walhook.toml");
     std::fs::write(&path, config).map_err(|error| bench_error("writing the config", error))?;
@@ -574,7 +574,7 @@ fn spawn_walhook(config: &str) -> Result<Daemon, AppError> {
 }
 
 /// SIGTERM, wait; returns walhook's CPU seconds over its life.
-async fn stop_walhook(mut daemon: Daemon, before: Usage) -> Result<f64, AppError> {
+async fn stop_walhook(mut daemon: Daemon, before: Usage) -> Result<f64, CommandError> {
     if let Some(pid) = daemon.child.id() {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
@@ -586,7 +586,11 @@ async fn stop_walhook(mut daemon: Daemon, before: Usage) -> Result<f64, AppError
     Ok(children_usage().cpu_seconds - before.cpu_seconds)
 }
 
-async fn wait_for_events(sink: &Sink, count: usize, deadline: Duration) -> Result<(), AppError> {
+async fn wait_for_events(
+    sink: &Sink,
+    count: usize,
+    deadline: Duration,
+) -> Result<(), CommandError> {
     let until = tokio::time::Instant::now() + deadline;
     loop {
         let arrived = sink.arrived.notified();
@@ -610,7 +614,7 @@ async fn measure_walhook(
     database: &str,
     scenario: &Scenario,
     rows: u64,
-) -> Result<BacklogResult, AppError> {
+) -> Result<BacklogResult, CommandError> {
     let (sink, url) = start_sink(scenario.failure_percent, None).await?;
     let before = children_usage();
     let receiver_before = own_cpu_seconds();
@@ -646,7 +650,7 @@ async fn measure_live(
     database: &str,
     rate: u64,
     seconds: u64,
-) -> Result<LiveResult, AppError> {
+) -> Result<LiveResult, CommandError> {
     // The first second warms up (the first Relation message's catalog
     // lookups, the keep-alive connections opening) and is not counted: the
     // figures describe a daemon that has been running.
@@ -744,7 +748,7 @@ async fn measure_live(
     })
 }
 
-async fn wait_until_streaming(client: &tokio_postgres::Client) -> Result<(), AppError> {
+async fn wait_until_streaming(client: &tokio_postgres::Client) -> Result<(), CommandError> {
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
         let streaming = client

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::app::{self, AppError};
+use crate::commands::CommandError;
 use crate::config::{Config, SubscriptionConfig, TableName, TableSelector, quote_identifier};
 use crate::event::EventKind;
 use crate::pgconn::connect_sql;
@@ -121,9 +121,9 @@ impl CheckReport {
 /// `walhook check`: loads the config (a bad file is an error, exit 2),
 /// connects (an unreachable server is an error, exit 1), prints the report
 /// and returns it; its [`CheckReport::exit_code`] is the command's.
-pub async fn run(config_path: &Path) -> Result<CheckReport, AppError> {
+pub async fn run(config_path: &Path) -> Result<CheckReport, CommandError> {
     let config = Config::load(config_path)?;
-    let params = app::source_params(&config)?;
+    let params = crate::pgconn::ConnectParams::from_source(&config.source)?;
     let client = connect_sql(&params).await?;
     println!(
         "walhook check: {} (slot {}, publication {}, {} subscription{})",

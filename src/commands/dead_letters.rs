@@ -20,7 +20,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use crate::app::{self, AppError};
+use crate::commands::CommandError;
 use crate::config::Config;
 use crate::deliver::http::{Attempt, Endpoint, EndpointError, RequestBody, build_client};
 use crate::deliver::policy::Verdict;
@@ -134,8 +134,8 @@ const SELECT: &str = "SELECT id, subscription, event_id, last_status, attempts, 
      to_char(last_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
      payload::text FROM walhook.dead_letters";
 
-async fn connect(config: &Config) -> Result<tokio_postgres::Client, AppError> {
-    let params = app::source_params(config)?;
+async fn connect(config: &Config) -> Result<tokio_postgres::Client, CommandError> {
+    let params = crate::pgconn::ConnectParams::from_source(&config.source)?;
     Ok(connect_sql(&params).await?)
 }
 
@@ -167,7 +167,7 @@ async fn select(
 
 /// `list`: a table (or JSON lines with `json`) of the selected letters; no
 /// selector lists all.
-pub async fn list(config_path: &Path, selector: &Selector, json: bool) -> Result<(), AppError> {
+pub async fn list(config_path: &Path, selector: &Selector, json: bool) -> Result<(), CommandError> {
     let config = Config::load(config_path)?;
     let client = connect(&config).await?;
     let letters = select(&client, selector).await?;
@@ -260,7 +260,7 @@ fn shorten(text: &str, max: usize) -> String {
 
 /// `replay`: redelivers the selected letters in their original order,
 /// deleting each after a 2xx.
-pub async fn replay(config_path: &Path, selector: &Selector) -> Result<(), AppError> {
+pub async fn replay(config_path: &Path, selector: &Selector) -> Result<(), CommandError> {
     if selector.is_empty() {
         return Err(DeadLetterError::NoSelector { command: "replay" }.into());
     }
@@ -364,7 +364,7 @@ async fn record_failure(
 }
 
 /// `purge`: deletes the selected letters without sending them.
-pub async fn purge(config_path: &Path, selector: &Selector) -> Result<(), AppError> {
+pub async fn purge(config_path: &Path, selector: &Selector) -> Result<(), CommandError> {
     if selector.is_empty() {
         return Err(DeadLetterError::NoSelector { command: "purge" }.into());
     }

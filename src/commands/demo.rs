@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{self, AppError};
+use crate::app;
+use crate::commands::CommandError;
 use crate::config::Config;
 use crate::pgtemp::TempPostgres;
 use crate::webhook::SigningKey;
@@ -37,12 +38,12 @@ const SCRIPT: &[(&str, usize)] = &[
 ];
 
 /// The error of a demo step that is not walhook's own.
-fn demo_error(what: &str, error: impl std::fmt::Display) -> AppError {
-    AppError::Command(format!("demo: {what}: {error}"))
+fn demo_error(what: &str, error: impl std::fmt::Display) -> CommandError {
+    CommandError::Failed(format!("demo: {what}: {error}"))
 }
 
 /// Runs the demo.
-pub async fn run() -> Result<(), AppError> {
+pub async fn run() -> Result<(), CommandError> {
     println!("walhook demo: starting a throw-away PostgreSQL (initdb, wal_level = logical)…");
     let postgres = tokio::task::spawn_blocking(TempPostgres::start)
         .await
@@ -57,7 +58,7 @@ pub async fn run() -> Result<(), AppError> {
     outcome
 }
 
-async fn run_with(url: &str) -> Result<(), AppError> {
+async fn run_with(url: &str) -> Result<(), CommandError> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .map_err(|error| demo_error("connecting", error))?;
@@ -174,5 +175,5 @@ async fn run_with(url: &str) -> Result<(), AppError> {
         .map_err(|error| demo_error("stopping walhook", error))?;
     stop_receiver.cancel();
     let _ = receiver_task.await;
-    result
+    Ok(result?)
 }

@@ -25,7 +25,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use serde_json::Value;
 
-use crate::app::AppError;
+use crate::commands::CommandError;
 use crate::config::{Config, ConfigError};
 use crate::webhook::{self, SigningKey, WebhookHeaders};
 
@@ -52,7 +52,7 @@ pub struct ListenOptions {
 /// `walhook listen [--port P] [--secret S] [--config F [--subscription N]]`:
 /// serves until Ctrl-C or SIGTERM. A bad secret, a port that cannot be bound
 /// or a subscription it cannot stand in for is an argument problem (exit 2).
-pub async fn run(options: ListenOptions) -> Result<(), AppError> {
+pub async fn run(options: ListenOptions) -> Result<(), CommandError> {
     let stand_in = match &options.config {
         Some(path) => Some(stand_in_for(path, options.subscription.as_deref())?),
         None => None,
@@ -105,7 +105,7 @@ pub async fn run(options: ListenOptions) -> Result<(), AppError> {
     ));
     let received = serve(listener, key, None, super::stop_requested())
         .await
-        .map_err(|error| AppError::Command(format!("listen: the server stopped: {error}")))?;
+        .map_err(|error| CommandError::Failed(format!("listen: the server stopped: {error}")))?;
     emit(&format!("stopped after {received} webhook request(s)\n"));
     Ok(())
 }

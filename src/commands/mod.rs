@@ -1,5 +1,5 @@
 //! The commands behind the CLI: each loads what it needs, does one thing and
-//! returns an [`AppError`] whose exit code `main` uses.
+//! returns a [`CommandError`], whose exit code `main` uses.
 
 pub mod bench;
 pub mod check;
@@ -12,24 +12,63 @@ use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{self, AppError};
-use crate::config::Config;
-use crate::pgconn::connect_sql;
+use crate::app::{self, DaemonError};
+use crate::config::{Config, ConfigError};
+use crate::pgconn::{ConnectParams, ConnectParamsError, PgConnError, connect_sql};
 use crate::rules::Rules;
 use crate::rules::catalog_check;
+use crate::rules::catalog_check::RuleError;
+use crate::setup::SetupError;
+
+/// Why a command failed, and so its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("source.url: {0}")]
+    SourceUrl(#[from] ConnectParamsError),
+    #[error(transparent)]
+    Connect(#[from] PgConnError),
+    #[error(transparent)]
+    Rules(#[from] RuleError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    DeadLetters(#[from] dead_letters::DeadLetterError),
+    /// A command failed at run time (demo, bench, status, listen).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CommandError {
+    /// 2 for a problem in the configuration or the rules (fix the file; the
+    /// database is untouched), 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CommandError::Config(_) | CommandError::SourceUrl(_) => 2,
+            CommandError::Rules(RuleError::Catalog(_)) => 1,
+            CommandError::Rules(_) => 2,
+            CommandError::Daemon(error) => error.exit_code(),
+            CommandError::DeadLetters(error) => error.exit_code(),
+            CommandError::Connect(_) | CommandError::Setup(_) | CommandError::Failed(_) => 1,
+        }
+    }
+}
 
 /// `walhook run`: the daemon, until SIGINT or SIGTERM.
-pub async fn run(config_path: &Path) -> Result<(), AppError> {
+pub async fn run(config_path: &Path) -> Result<(), CommandError> {
     let config = Config::load(config_path)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    app::run(config, shutdown).await
+    Ok(app::run(config, shutdown).await?)
 }
 
 /// `walhook setup`: schema, publication and slot, then a one-line report.
-pub async fn setup(config_path: &Path) -> Result<(), AppError> {
+pub async fn setup(config_path: &Path) -> Result<(), CommandError> {
     let config = Config::load(config_path)?;
-    let params = app::source_params(&config)?;
+    let params = ConnectParams::from_source(&config.source)?;
     let client = connect_sql(&params).await?;
     let resolution = catalog_check::check(&client, &config.subscriptions).await?;
     let rules = Rules::new(&config.subscriptions);

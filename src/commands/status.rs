@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::app::{self, AppError};
+use crate::commands::CommandError;
 use crate::config::Config;
 use crate::pgconn::connect_sql;
 
@@ -13,9 +13,9 @@ use crate::pgconn::connect_sql;
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Prints the status once, or every two seconds with `watch`.
-pub async fn run(config_path: &Path, json: bool, watch: bool) -> Result<(), AppError> {
+pub async fn run(config_path: &Path, json: bool, watch: bool) -> Result<(), CommandError> {
     let config = Config::load(config_path)?;
-    let params = app::source_params(&config)?;
+    let params = crate::pgconn::ConnectParams::from_source(&config.source)?;
     let client = connect_sql(&params).await?;
     let names: Vec<String> = config
         .subscriptions
@@ -26,10 +26,12 @@ pub async fn run(config_path: &Path, json: bool, watch: bool) -> Result<(), AppE
     loop {
         let report = crate::status::collect(&client, &config.source.slot, &names, Some(&mut peek))
             .await
-            .map_err(|error| AppError::Command(format!("status: reading the catalog: {error}")))?;
+            .map_err(|error| {
+                CommandError::Failed(format!("status: reading the catalog: {error}"))
+            })?;
         if json {
             let text = serde_json::to_string_pretty(&report)
-                .map_err(|error| AppError::Command(format!("status: {error}")))?;
+                .map_err(|error| CommandError::Failed(format!("status: {error}")))?;
             println!("{text}");
         } else {
             if watch {

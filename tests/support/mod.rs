@@ -213,7 +213,7 @@ where
 /// walhook running in this process.
 pub struct Walhook {
     pub shutdown: CancellationToken,
-    pub task: JoinHandle<Result<(), walhook::app::AppError>>,
+    pub task: JoinHandle<Result<(), walhook::app::DaemonError>>,
 }
 
 impl Walhook {
@@ -224,7 +224,7 @@ impl Walhook {
     }
 
     /// Stops it gracefully and returns its result.
-    pub async fn stop(self) -> Result<(), walhook::app::AppError> {
+    pub async fn stop(self) -> Result<(), walhook::app::DaemonError> {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.task)
             .await
