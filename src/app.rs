@@ -27,7 +27,6 @@ use crate::admin;
 use crate::catalog::TypeRegistry;
 use crate::config::{BackoffConfig, Config};
 use crate::deliver::Delivery;
-use crate::deliver::dead_letters::DeadLetters;
 use crate::health::Health;
 use crate::lsn::Lsn;
 use crate::pgconn::{ConnectParams, ConnectParamsError, PgConnError, connect_sql};
@@ -36,6 +35,8 @@ use crate::rules::Rules;
 use crate::rules::catalog_check::{self, RuleError};
 use crate::setup::{self, SetupError};
 use crate::source::{ReplicationStream, SourceError};
+use crate::store::dead_letters::DeadLetters;
+use crate::store::slots;
 use crate::tables::{self, Resolution};
 use crate::telemetry::Metrics;
 use crate::watch::CatalogWatch;
@@ -176,7 +177,7 @@ async fn prepare(
     check_slot_not_lost(&client, &config.source.slot).await?;
     if config.source.auto_setup {
         catalog_check::refuse_unloggable(&resolution, &rules.events())?;
-        if let Some(streamed_since) = vanished_slot(&client, &config.source.slot).await {
+        if let Some(streamed_since) = slots::vanished_since(&client, &config.source.slot).await {
             return Err(DaemonError::SlotVanished {
                 slot: config.source.slot.clone(),
                 since: format!(" (walhook streamed from it since {streamed_since})"),
@@ -270,8 +271,11 @@ async fn stream_until_stopped(
             }
             Err(error) => return Err(error.into()),
         };
-        let start = slot_confirmed_lsn(&catalog, &config.source.slot)
+        let start = slots::find(&catalog, &config.source.slot)
             .await
+            .ok()
+            .flatten()
+            .and_then(|slot| slot.confirmed_flush)
             .unwrap_or(Lsn::ZERO);
         if standing_by {
             tracing::info!(slot = %config.source.slot, "the slot is free; this walhook takes over");
@@ -283,7 +287,7 @@ async fn stream_until_stopped(
             tracing::info!(slot = %config.source.slot, from = %start, server = %params.redacted(), "reconnected; resuming from the slot's confirmed position");
         } else {
             tracing::info!(slot = %config.source.slot, from = %start, server = %params.redacted(), "streaming changes");
-            record_slot(&catalog, &config.source.slot).await;
+            slots::record_streamed(&catalog, &config.source.slot).await;
         }
         streamed = true;
         failures = 0;
@@ -386,63 +390,13 @@ async fn check_slot_not_lost(
     client: &tokio_postgres::Client,
     slot: &str,
 ) -> Result<(), DaemonError> {
-    let lost = client
-        .query_opt(
-            "SELECT coalesce(confirmed_flush_lsn::text, '?') FROM pg_replication_slots \
-             WHERE slot_name = $1 AND wal_status = 'lost'",
-            &[&slot],
-        )
-        .await
-        .ok()
-        .flatten();
-    match lost {
-        Some(row) => Err(DaemonError::SlotInvalidated {
+    match slots::find(client, slot).await {
+        Ok(Some(found)) if found.is_lost() => Err(DaemonError::SlotInvalidated {
             slot: slot.to_owned(),
-            confirmed: row.get(0),
+            confirmed: found
+                .confirmed_flush
+                .map_or_else(|| "?".to_owned(), |lsn| lsn.to_string()),
         }),
-        None => Ok(()),
+        _ => Ok(()),
     }
-}
-
-/// When `slot` is recorded in `walhook.slots` as one walhook streamed from
-/// but no longer exists: the time walhook first streamed from it.
-async fn vanished_slot(client: &tokio_postgres::Client, slot: &str) -> Option<String> {
-    // Before the first setup the table does not exist: nothing vanished.
-    let row = client
-        .query_opt(
-            "SELECT s.first_streamed_at::text FROM walhook.slots s \
-             WHERE s.slot_name = $1 \
-               AND NOT EXISTS (SELECT 1 FROM pg_replication_slots r WHERE r.slot_name = s.slot_name)",
-            &[&slot],
-        )
-        .await
-        .ok()??;
-    Some(row.get(0))
-}
-
-/// Notes that walhook streams from `slot`, so that its disappearance is
-/// recognised later. Best effort: without the `walhook` schema (no setup
-/// run, `auto_setup = false`) there is nothing to record into.
-async fn record_slot(client: &tokio_postgres::Client, slot: &str) {
-    let recorded = client
-        .execute(
-            "INSERT INTO walhook.slots (slot_name) VALUES ($1) ON CONFLICT (slot_name) DO NOTHING",
-            &[&slot],
-        )
-        .await;
-    if let Err(error) = recorded {
-        tracing::debug!(%error, "cannot record the slot in walhook.slots");
-    }
-}
-
-async fn slot_confirmed_lsn(client: &tokio_postgres::Client, slot: &str) -> Option<Lsn> {
-    let row = client
-        .query_opt(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .ok()??;
-    let text: Option<String> = row.get(0);
-    text?.parse().ok()
 }

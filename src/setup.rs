@@ -12,15 +12,10 @@
 
 use crate::config::SourceConfig;
 use crate::lsn::Lsn;
-use crate::publication::{self, WantedPublication};
 use crate::rules::Rules;
+use crate::store::publication::{self, WantedPublication};
+use crate::store::{StatementError, schema, slots};
 use crate::tables::Resolution;
-
-/// The SQL files of `sql/`, in the order they run.
-pub const SQL_FILES: &[(&str, &str)] = &[(
-    "sql/001_walhook_schema.sql",
-    include_str!("../sql/001_walhook_schema.sql"),
-)];
 
 /// A setup step failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +60,12 @@ impl SetupError {
             hint: String::new(),
             source: None,
         }
+    }
+}
+
+impl From<StatementError> for SetupError {
+    fn from(error: StatementError) -> Self {
+        SetupError::new(error.statement, error.source)
     }
 }
 
@@ -114,10 +115,7 @@ async fn run_steps(
     resolution: &Resolution,
 ) -> Result<SetupReport, SetupError> {
     let mut report = SetupReport::default();
-    let version = "SELECT current_setting('server_version_num')::int";
-    let server_version = publication::server_version(client)
-        .await
-        .map_err(|error| SetupError::new(version, error))?;
+    let server_version = crate::store::server_version(client).await?;
     let schemas = rules.schemas();
     if !schemas.is_empty() && server_version < publication::SCHEMA_PUBLICATIONS_SINCE {
         return Err(SetupError::other(
@@ -136,34 +134,12 @@ async fn run_steps(
     }
     let wanted = WantedPublication::new(&rules.tables(), &schemas, &rules.events(), server_version)
         .for_tables(resolution);
-    for (name, sql) in SQL_FILES {
-        if let Err(error) = client.batch_execute(sql).await {
-            // A least-privilege role cannot run the DDL, but an administrator
-            // may already have run these files with psql.
-            let denied = error
-                .as_db_error()
-                .is_some_and(|db| db.code().code() == "42501");
-            if denied && schema_installed(client).await {
-                tracing::debug!(file = name, "walhook schema present; skipping its DDL");
-                continue;
-            }
-            return Err(SetupError::new(name, error));
-        }
-    }
-    ensure_publication(client, &source.publication, &wanted, &mut report).await?;
-    ensure_slot(client, &source.slot, &mut report).await?;
-    Ok(report)
-}
-
-async fn schema_installed(client: &tokio_postgres::Client) -> bool {
-    client
-        .query_one(
-            "SELECT to_regclass('walhook.dead_letters') IS NOT NULL",
-            &[],
-        )
+    schema::install(client)
         .await
-        .map(|row| row.get::<_, bool>(0))
-        .unwrap_or(false)
+        .map_err(|(file, error)| SetupError::new(file, error))?;
+    ensure_publication(client, &source.publication, &wanted, &mut report).await?;
+    ensure_slot(client, &source.slot, server_version, &mut report).await?;
+    Ok(report)
 }
 
 async fn ensure_publication(
@@ -204,50 +180,24 @@ async fn ensure_publication(
 async fn ensure_slot(
     client: &tokio_postgres::Client,
     slot: &str,
+    server_version: i32,
     report: &mut SetupReport,
 ) -> Result<(), SetupError> {
-    let lookup = "SELECT plugin::text, slot_type::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1";
-    let existing = client
-        .query_opt(lookup, &[&slot])
-        .await
-        .map_err(|error| SetupError::new(lookup, error))?;
-    if let Some(row) = existing {
-        let plugin: Option<String> = row.get(0);
-        let kind: String = row.get(1);
-        if kind != "logical" || plugin.as_deref() != Some("pgoutput") {
+    if let Some(found) = slots::find(client, slot).await? {
+        if !found.is_pgoutput() {
             return Err(SetupError::other(
-                lookup,
+                "the slot's definition (pg_replication_slots)",
                 format!(
-                    "slot {slot:?} exists but is a {kind} slot for {plugin:?}, not pgoutput; \
-                     choose another source.slot or drop it with SELECT pg_drop_replication_slot('{slot}')"
+                    "slot {slot:?} exists but is a {} slot for {:?}, not pgoutput; \
+                     choose another source.slot or drop it with SELECT pg_drop_replication_slot('{slot}')",
+                    found.kind, found.plugin
                 ),
             ));
         }
-        let confirmed: Option<String> = row.get(2);
-        report.slot_confirmed = confirmed.and_then(|text| text.parse().ok());
+        report.slot_confirmed = found.confirmed_flush;
         return Ok(());
     }
-    // From PostgreSQL 17 on the slot is a failover slot: a standby with
-    // sync_replication_slots keeps a copy of it and its position, so walhook
-    // resumes on a promoted standby instead of finding no slot there
-    // (docs/operations.md, "Failover").
-    let version = "SELECT current_setting('server_version_num')::int";
-    let version_num: i32 = client
-        .query_one(version, &[])
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(|error| SetupError::new(version, error))?;
-    let create = if version_num >= 170_000 {
-        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', failover => true)"
-    } else {
-        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')"
-    };
-    let row = client
-        .query_one(create, &[&slot])
-        .await
-        .map_err(|error| SetupError::new(create, error))?;
-    let lsn: String = row.get(0);
+    report.slot_confirmed = slots::create(client, slot, server_version).await?;
     report.slot_created = true;
-    report.slot_confirmed = lsn.parse().ok();
     Ok(())
 }

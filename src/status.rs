@@ -83,28 +83,13 @@ pub async fn collect(
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await?
         .get(0);
-    let slot_row = client
-        .query_opt(
-            "SELECT s.active, s.active_pid, s.confirmed_flush_lsn::text, s.restart_lsn::text, \
-                    (pg_current_wal_lsn() - s.confirmed_flush_lsn)::int8, \
-                    (pg_current_wal_lsn() - s.restart_lsn)::int8, \
-                    extract(epoch FROM r.flush_lag)::float8, s.wal_status \
-             FROM pg_replication_slots s \
-             LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
-             WHERE s.slot_name = $1",
-            &[&slot],
-        )
-        .await?;
-    let has_dead_letters = client
-        .query_one(
-            "SELECT to_regclass('walhook.dead_letters') IS NOT NULL",
-            &[],
-        )
-        .await?
-        .get::<_, bool>(0);
+    let found = crate::store::slots::find(client, slot)
+        .await
+        .map_err(|error| error.source)?;
+    let has_dead_letters = crate::store::schema::installed(client).await;
     let mut report = StatusReport {
         slot: slot.to_owned(),
-        exists: slot_row.is_some(),
+        exists: found.is_some(),
         active: false,
         active_pid: None,
         confirmed_flush_lsn: None,
@@ -117,15 +102,15 @@ pub async fn collect(
         wal_status: None,
         subscriptions: Vec::new(),
     };
-    if let Some(row) = slot_row {
-        report.active = row.get(0);
-        report.active_pid = row.get(1);
-        report.confirmed_flush_lsn = row.get(2);
-        report.restart_lsn = row.get(3);
-        report.lag_bytes = row.get(4);
-        report.retained_bytes = row.get(5);
-        report.lag_seconds = row.get(6);
-        report.wal_status = row.get(7);
+    if let Some(found) = found {
+        report.active = found.active;
+        report.active_pid = found.active_pid;
+        report.confirmed_flush_lsn = found.confirmed_flush.map(|lsn| lsn.to_string());
+        report.restart_lsn = found.restart_lsn.map(|lsn| lsn.to_string());
+        report.lag_bytes = found.lag_bytes;
+        report.retained_bytes = found.retained_bytes;
+        report.lag_seconds = found.flush_lag_seconds;
+        report.wal_status = found.wal_status;
     }
     if let Some(peek) = peek
         && let Some(confirmed) = &report.confirmed_flush_lsn
@@ -148,14 +133,9 @@ pub async fn collect(
     }
     for name in subscriptions {
         let (count, oldest) = if has_dead_letters {
-            let row = client
-                .query_one(
-                    "SELECT count(*), min(first_attempt_at)::text FROM walhook.dead_letters \
-                     WHERE subscription = $1",
-                    &[name],
-                )
-                .await?;
-            (row.get::<_, i64>(0), row.get::<_, Option<String>>(1))
+            crate::store::dead_letters::count(client, name)
+                .await
+                .map_err(|error| error.source)?
         } else {
             (0, None)
         };

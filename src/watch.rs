@@ -34,8 +34,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{TableName, quote_identifier};
 use crate::event::EventKind;
 use crate::pgconn::{ConnectParams, connect_sql};
-use crate::publication;
 use crate::rules::Rules;
+use crate::store::publication;
 use crate::tables::{self, Resolution};
 use crate::telemetry::{Metrics, TableProblem};
 

@@ -19,8 +19,9 @@ use crate::commands::CommandError;
 use crate::config::{Config, SubscriptionConfig, TableName, TableSelector, quote_identifier};
 use crate::event::EventKind;
 use crate::pgconn::connect_sql;
-use crate::publication::{self, WantedPublication};
 use crate::rules::catalog_check::{self, RuleError};
+use crate::store;
+use crate::store::publication::{self, WantedPublication};
 use crate::tables::{self, Resolution};
 
 /// How long resolving one URL host may take before it counts as failed.
@@ -482,10 +483,10 @@ async fn check_publication(
     report: &mut CheckReport,
 ) {
     let publication = &config.source.publication;
-    let server_version = match publication::server_version(client).await {
+    let server_version = match crate::store::server_version(client).await {
         Ok(version) => version,
         Err(error) => {
-            report.query_failed("server_version_num", &error);
+            report.query_failed("server_version_num", &error.source);
             return;
         }
     };
@@ -697,22 +698,14 @@ async fn check_slot(client: &tokio_postgres::Client, config: &Config, report: &m
     let max_senders: i32 = limits.get(2);
     let senders_used: i32 = limits.get(3);
     let database: String = limits.get(4);
-    let row = match client
-        .query_opt(
-            "SELECT plugin::text, slot_type::text, database::text, active, \
-                    to_jsonb(s) ->> 'wal_status' \
-             FROM pg_replication_slots s WHERE slot_name = $1",
-            &[slot],
-        )
-        .await
-    {
-        Ok(row) => row,
+    let found = match store::slots::find(client, slot).await {
+        Ok(found) => found,
         Err(error) => {
-            report.query_failed("pg_replication_slots", &error);
+            report.query_failed("pg_replication_slots", &error.source);
             return;
         }
     };
-    let active = match row {
+    let active = match found {
         None => {
             report.problem(
                 format!("replication slot {slot:?} does not exist"),
@@ -732,34 +725,30 @@ async fn check_slot(client: &tokio_postgres::Client, config: &Config, report: &m
             }
             false
         }
-        Some(row) => {
-            let plugin: Option<String> = row.get(0);
-            let kind: String = row.get(1);
-            let slot_database: Option<String> = row.get(2);
-            let active: bool = row.get(3);
-            let wal_status: Option<String> = row.get(4);
+        Some(found) => {
             let drop_it = format!(
                 "choose another source.slot, or drop this one with SELECT pg_drop_replication_slot('{}') \
                  and run `walhook setup`",
                 slot.replace('\'', "''")
             );
-            if kind != "logical" || plugin.as_deref() != Some("pgoutput") {
+            if !found.is_pgoutput() {
                 report.problem(
                     format!(
-                        "slot {slot:?} is a {kind} slot for {}, not a logical pgoutput slot",
-                        plugin.as_deref().unwrap_or("no plugin")
+                        "slot {slot:?} is a {} slot for {}, not a logical pgoutput slot",
+                        found.kind,
+                        found.plugin.as_deref().unwrap_or("no plugin")
                     ),
                     drop_it,
                 );
-            } else if slot_database.as_deref() != Some(database.as_str()) {
+            } else if found.database.as_deref() != Some(database.as_str()) {
                 report.problem(
                     format!(
                         "slot {slot:?} belongs to database {:?}, not {database:?}",
-                        slot_database.unwrap_or_default()
+                        found.database.as_deref().unwrap_or_default()
                     ),
                     drop_it,
                 );
-            } else if wal_status.as_deref() == Some("lost") {
+            } else if found.is_lost() {
                 report.problem(
                     format!(
                         "slot {slot:?} has lost WAL it needs (wal_status = lost) and cannot stream any more"
@@ -769,7 +758,7 @@ async fn check_slot(client: &tokio_postgres::Client, config: &Config, report: &m
             } else {
                 report.pass();
             }
-            active
+            found.active
         }
     };
     // An active slot means a walhook (or another reader) already holds a WAL
@@ -791,32 +780,19 @@ async fn check_slot(client: &tokio_postgres::Client, config: &Config, report: &m
 /// The `walhook` schema that holds dead letters, and the role's right to
 /// write there.
 async fn check_dead_letters(client: &tokio_postgres::Client, role: &str, report: &mut CheckReport) {
-    let row = match client
-        .query_opt(
-            // By catalog rather than to_regclass, which fails outright in a
-            // schema the role may not use.
-            "SELECT has_schema_privilege(n.oid, 'USAGE') \
-                    AND has_table_privilege(c.oid, 'INSERT') \
-                    AND has_table_privilege(c.oid, 'SELECT') \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = 'walhook' AND c.relname = 'dead_letters'",
-            &[],
-        )
-        .await
-    {
-        Ok(row) => row,
+    let writable = match store::dead_letters::writable(client).await {
+        Ok(writable) => writable,
         Err(error) => {
-            report.query_failed("the walhook schema", &error);
+            report.query_failed("the walhook schema", &error.source);
             return;
         }
     };
-    let writable = row.as_ref().is_some_and(|row| row.get::<_, bool>(0));
-    if row.is_none() {
+    if writable.is_none() {
         report.problem(
             "table walhook.dead_letters does not exist, so undeliverable events cannot be parked",
             "run `walhook setup` (it runs sql/001_walhook_schema.sql)",
         );
-    } else if !writable {
+    } else if writable == Some(false) {
         let role = quote_identifier(role);
         report.problem(
             format!("role {role} cannot write dead letters to walhook.dead_letters"),

@@ -25,54 +25,8 @@ use crate::config::Config;
 use crate::deliver::http::{Attempt, Endpoint, EndpointError, RequestBody, build_client};
 use crate::deliver::policy::Verdict;
 use crate::pgconn::connect_sql;
-
-/// Which dead letters a command acts on.
-#[derive(Debug, Clone, Default)]
-pub struct Selector {
-    pub all: bool,
-    pub subscription: Option<String>,
-    /// Event ids (`wh_…`), as in `list`.
-    pub ids: Vec<String>,
-}
-
-impl Selector {
-    fn is_empty(&self) -> bool {
-        !self.all && self.subscription.is_none() && self.ids.is_empty()
-    }
-
-    /// The WHERE clause and its parameters (`all` selects everything).
-    fn clause(&self) -> (String, Vec<Param>) {
-        let mut conditions = Vec::new();
-        let mut params = Vec::new();
-        if let Some(subscription) = &self.subscription {
-            params.push(Param::Text(subscription.clone()));
-            conditions.push(format!("subscription = ${}", params.len()));
-        }
-        if !self.ids.is_empty() {
-            params.push(Param::List(self.ids.clone()));
-            conditions.push(format!("event_id = ANY(${})", params.len()));
-        }
-        if conditions.is_empty() {
-            (String::new(), params)
-        } else {
-            (format!(" WHERE {}", conditions.join(" AND ")), params)
-        }
-    }
-}
-
-enum Param {
-    Text(String),
-    List(Vec<String>),
-}
-
-impl Param {
-    fn as_sql(&self) -> &(dyn tokio_postgres::types::ToSql + Sync) {
-        match self {
-            Param::Text(text) => text,
-            Param::List(list) => list,
-        }
-    }
-}
+pub use crate::store::dead_letters::Selector;
+use crate::store::dead_letters::{self as store, Letter};
 
 /// What went wrong in a dead-letter command.
 #[derive(Debug, thiserror::Error)]
@@ -114,55 +68,9 @@ impl DeadLetterError {
     }
 }
 
-/// One row of `walhook.dead_letters`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Letter {
-    pub id: i64,
-    pub subscription: String,
-    pub event_id: String,
-    pub last_status: Option<i32>,
-    pub attempts: i32,
-    pub last_error: String,
-    pub first_attempt_at: String,
-    pub last_attempt_at: String,
-    #[serde(skip)]
-    pub payload: String,
-}
-
-const SELECT: &str = "SELECT id, subscription, event_id, last_status, attempts, last_error, \
-     to_char(first_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-     to_char(last_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-     payload::text FROM walhook.dead_letters";
-
 async fn connect(config: &Config) -> Result<tokio_postgres::Client, CommandError> {
     let params = crate::pgconn::ConnectParams::from_source(&config.source)?;
     Ok(connect_sql(&params).await?)
-}
-
-async fn select(
-    client: &tokio_postgres::Client,
-    selector: &Selector,
-) -> Result<Vec<Letter>, DeadLetterError> {
-    let (clause, params) = selector.clause();
-    let params: Vec<_> = params.iter().map(Param::as_sql).collect();
-    let rows = client
-        .query(&format!("{SELECT}{clause} ORDER BY id"), &params)
-        .await
-        .map_err(DeadLetterError::from_query)?;
-    Ok(rows
-        .iter()
-        .map(|row| Letter {
-            id: row.get(0),
-            subscription: row.get(1),
-            event_id: row.get(2),
-            last_status: row.get(3),
-            attempts: row.get(4),
-            last_error: row.get(5),
-            first_attempt_at: row.get(6),
-            last_attempt_at: row.get(7),
-            payload: row.get(8),
-        })
-        .collect())
 }
 
 /// `list`: a table (or JSON lines with `json`) of the selected letters; no
@@ -170,7 +78,9 @@ async fn select(
 pub async fn list(config_path: &Path, selector: &Selector, json: bool) -> Result<(), CommandError> {
     let config = Config::load(config_path)?;
     let client = connect(&config).await?;
-    let letters = select(&client, selector).await?;
+    let letters = store::select(&client, selector)
+        .await
+        .map_err(DeadLetterError::from_query)?;
     if json {
         // One JSON array, with the payload embedded as JSON.
         let values: Vec<serde_json::Value> = letters
@@ -274,7 +184,9 @@ pub async fn replay(config_path: &Path, selector: &Selector) -> Result<(), Comma
             Endpoint::new(subscription).map_err(DeadLetterError::from)?,
         );
     }
-    let letters = select(&client, selector).await?;
+    let letters = store::select(&client, selector)
+        .await
+        .map_err(DeadLetterError::from_query)?;
     let mut stopped: BTreeSet<String> = BTreeSet::new();
     let (mut replayed, mut failed, mut held) = (0usize, 0usize, 0usize);
     for letter in &letters {
@@ -311,11 +223,7 @@ pub async fn replay(config_path: &Path, selector: &Selector) -> Result<(), Comma
             .send(&http, &request, config.delivery.timeout)
             .await;
         if attempt.verdict() == Verdict::Delivered {
-            client
-                .execute(
-                    "DELETE FROM walhook.dead_letters WHERE id = $1",
-                    &[&letter.id],
-                )
+            store::delete(&client, letter.id)
                 .await
                 .map_err(DeadLetterError::from_query)?;
             println!(
@@ -348,19 +256,14 @@ async fn record_failure(
     letter: &Letter,
     attempt: &Attempt,
 ) -> Result<(), DeadLetterError> {
-    client
-        .execute(
-            "UPDATE walhook.dead_letters SET last_status = $2, last_error = $3, \
-             attempts = attempts + 1, last_attempt_at = now() WHERE id = $1",
-            &[
-                &letter.id,
-                &attempt.status().map(i32::from),
-                &format!("replay: {attempt}"),
-            ],
-        )
-        .await
-        .map_err(DeadLetterError::from_query)?;
-    Ok(())
+    store::record_replay_failure(
+        client,
+        letter.id,
+        attempt.status(),
+        &format!("replay: {attempt}"),
+    )
+    .await
+    .map_err(DeadLetterError::from_query)
 }
 
 /// `purge`: deletes the selected letters without sending them.
@@ -370,49 +273,19 @@ pub async fn purge(config_path: &Path, selector: &Selector) -> Result<(), Comman
     }
     let config = Config::load(config_path)?;
     let client = connect(&config).await?;
-    let (clause, params) = selector.clause();
-    let params: Vec<_> = params.iter().map(Param::as_sql).collect();
-    let rows = client
-        .query(
-            &format!("DELETE FROM walhook.dead_letters{clause} RETURNING subscription, event_id"),
-            &params,
-        )
+    let purged = store::purge(&client, selector)
         .await
         .map_err(DeadLetterError::from_query)?;
-    for row in &rows {
-        println!(
-            "purged   {} ({})",
-            row.get::<_, String>(1),
-            row.get::<_, String>(0)
-        );
+    for (subscription, event_id) in &purged {
+        println!("purged   {event_id} ({subscription})");
     }
-    println!("purged {} dead letter(s)", rows.len());
+    println!("purged {} dead letter(s)", purged.len());
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn selectors_build_their_where_clause() {
-        assert!(Selector::default().is_empty());
-        let (clause, params) = Selector {
-            all: true,
-            ..Selector::default()
-        }
-        .clause();
-        assert_eq!(clause, "");
-        assert!(params.is_empty());
-        let (clause, params) = Selector {
-            subscription: Some("orders".into()),
-            ids: vec!["wh_1".into()],
-            ..Selector::default()
-        }
-        .clause();
-        assert_eq!(clause, " WHERE subscription = $1 AND event_id = ANY($2)");
-        assert_eq!(params.len(), 2);
-    }
 
     #[test]
     fn the_table_aligns_and_counts() {

@@ -120,16 +120,10 @@ async fn run_with(url: &str) -> Result<(), CommandError> {
     // being created is already active, so wait for the walsender.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let ready = client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots s \
-                 JOIN pg_stat_replication r ON r.pid = s.active_pid \
-                 WHERE s.slot_name = 'walhook_demo'",
-                &[],
-            )
+        let ready = crate::store::slots::find(&client, "walhook_demo")
             .await
             .map_err(|error| demo_error("waiting for the slot", error))?
-            .is_some();
+            .is_some_and(|slot| slot.streamed);
         if ready || daemon.is_finished() {
             break;
         }

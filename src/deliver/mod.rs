@@ -33,7 +33,6 @@
 //!
 //! It does not build payloads (`event`) or decide what confirms (`checkpoint`).
 
-pub mod dead_letters;
 pub mod http;
 pub mod policy;
 
@@ -52,8 +51,8 @@ use crate::config::{
     BatchConfig, DeliveryConfig, DeliveryOrder, MAX_CONCURRENCY, SubscriptionConfig,
 };
 use crate::event::EventId;
+use crate::store::dead_letters::{DeadLetter, DeadLetters};
 use crate::telemetry::{Metrics, ResponseClass, SubscriptionMetrics};
-use dead_letters::{DeadLetter, DeadLetters};
 use http::{Attempt, Endpoint};
 use policy::Verdict;
 

@@ -21,7 +21,7 @@ use crate::catalog::{CatalogError, JsonKind, TypeRegistry};
 use crate::config::{SubscriptionConfig, TableName, TableSelector};
 use crate::event::EventKind;
 use crate::filter::{ColumnUse, Filter, Location, Side, ValueClass, pointer};
-use crate::publication;
+use crate::store::publication;
 use crate::tables::{self, Resolution};
 
 /// A rule does not fit the database.
@@ -211,8 +211,10 @@ async fn check_indexed(
         .collect();
     let resolution = tables::resolve(client, &selectors).await?;
     // Before PostgreSQL 18, pgoutput never sends generated columns.
-    let generated_published =
-        publication::server_version(client).await? >= publication::GENERATED_COLUMNS_SINCE;
+    let generated_published = crate::store::server_version(client)
+        .await
+        .map_err(|error| RuleError::Catalog(error.source))?
+        >= publication::GENERATED_COLUMNS_SINCE;
     let mut facts_by_table: HashMap<TableName, TableFacts> = HashMap::new();
     let mut types = TypeRegistry::new();
     for &(index, subscription) in &subscriptions {

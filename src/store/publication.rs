@@ -12,8 +12,8 @@
 //! `to_jsonb` does; older servers never send them.
 //!
 //! It reads the catalog and builds SQL text; `setup` runs the statements,
-//! `check` reports the differences. It does not decide which tables the
-//! rules select (`tables`).
+//! `check` reports the differences, the catalog watch reads what is
+//! published. It does not decide which tables the rules select (`tables`).
 
 use crate::config::{TableName, quote_identifier};
 use crate::event::EventKind;
@@ -302,14 +302,6 @@ pub async fn published_tables(
         .collect::<Result<_, tokio_postgres::Error>>()?;
     tables.sort();
     Ok(tables)
-}
-
-/// `SHOW server_version_num` as a number (e.g. 150004).
-pub async fn server_version(client: &tokio_postgres::Client) -> Result<i32, tokio_postgres::Error> {
-    let row = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await?;
-    row.try_get(0)
 }
 
 #[cfg(test)]

@@ -1,0 +1,297 @@
+//! `walhook.dead_letters`: events that could not be delivered, committed
+//! there before their changes may be confirmed, and read back, replayed and
+//! purged by `walhook dead-letters`.
+//!
+//! [`DeadLetters`] writes them for delivery: a store that fails is reported
+//! to the caller, which retries; nothing here gives up on an event. Storing
+//! the same event twice (a replay after a crash) updates the row instead of
+//! adding one. The functions below read and change them for the commands;
+//! which letters a command means is a [`Selection`].
+
+use std::time::SystemTime;
+
+use tokio::sync::Mutex;
+
+use super::{StatementError, failed};
+use crate::pgconn::{ConnectParams, connect_sql};
+
+/// One undeliverable event.
+#[derive(Debug)]
+pub struct DeadLetter<'a> {
+    pub subscription: &'a str,
+    pub event_id: &'a str,
+    pub payload: &'a [u8],
+    pub last_status: Option<u16>,
+    pub last_error: &'a str,
+    pub attempts: u32,
+    pub first_attempt_at: SystemTime,
+}
+
+/// Writes dead letters over its own SQL connection, reconnecting as needed.
+pub struct DeadLetters {
+    params: ConnectParams,
+    client: Mutex<Option<tokio_postgres::Client>>,
+}
+
+/// Storing a dead letter failed; the caller retries.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot connect to store a dead letter: {0}")]
+    Connect(String),
+    #[error("cannot insert into walhook.dead_letters (run `walhook setup`?): {0}")]
+    Insert(#[source] tokio_postgres::Error),
+    #[error("the payload is not UTF-8 JSON")]
+    Payload,
+}
+
+const INSERT: &str = "INSERT INTO walhook.dead_letters \
+     (subscription, event_id, payload, last_status, last_error, attempts, first_attempt_at) \
+     VALUES ($1, $2, $3::text::json, $4, $5, $6, to_timestamp($7::float8)) \
+     ON CONFLICT (subscription, event_id) DO UPDATE SET \
+       last_status = EXCLUDED.last_status, last_error = EXCLUDED.last_error, \
+       attempts = walhook.dead_letters.attempts + EXCLUDED.attempts, last_attempt_at = now()";
+
+impl DeadLetters {
+    pub fn new(params: ConnectParams) -> Self {
+        DeadLetters {
+            params,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// Commits one dead letter.
+    pub async fn store(&self, letter: &DeadLetter<'_>) -> Result<(), StoreError> {
+        let payload = std::str::from_utf8(letter.payload).map_err(|_| StoreError::Payload)?;
+        let first_attempt = letter
+            .first_attempt_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs_f64())
+            .unwrap_or(0.0);
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(|client| client.is_closed()) {
+            let client = connect_sql(&self.params)
+                .await
+                .map_err(|error| StoreError::Connect(error.to_string()))?;
+            *guard = Some(client);
+        }
+        let Some(client) = guard.as_ref() else {
+            return Err(StoreError::Connect("no connection".into()));
+        };
+        let result = client
+            .execute(
+                INSERT,
+                &[
+                    &letter.subscription,
+                    &letter.event_id,
+                    &payload,
+                    &letter.last_status.map(i32::from),
+                    &letter.last_error,
+                    &(letter.attempts as i32),
+                    &first_attempt,
+                ],
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                if error.is_closed() {
+                    *guard = None;
+                }
+                Err(StoreError::Insert(error))
+            }
+        }
+    }
+}
+
+/// Whether this role may use the table (USAGE on the schema, INSERT and
+/// SELECT on the table); `None` when the table does not exist.
+pub async fn writable(client: &tokio_postgres::Client) -> Result<Option<bool>, StatementError> {
+    // By catalog rather than to_regclass, which fails outright in a schema
+    // the role may not use.
+    const QUERY: &str = "SELECT has_schema_privilege(n.oid, 'USAGE') \
+                AND has_table_privilege(c.oid, 'INSERT') \
+                AND has_table_privilege(c.oid, 'SELECT') \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'walhook' AND c.relname = 'dead_letters'";
+    match client.query_opt(QUERY, &[]).await.map_err(failed(QUERY))? {
+        Some(row) => row.try_get(0).map(Some).map_err(failed(QUERY)),
+        None => Ok(None),
+    }
+}
+
+/// How many letters `subscription` has, and when the oldest was first tried.
+pub async fn count(
+    client: &tokio_postgres::Client,
+    subscription: &str,
+) -> Result<(i64, Option<String>), StatementError> {
+    const QUERY: &str = "SELECT count(*), min(first_attempt_at)::text FROM walhook.dead_letters \
+                         WHERE subscription = $1";
+    client
+        .query_one(QUERY, &[&subscription])
+        .await
+        .and_then(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .map_err(failed(QUERY))
+}
+
+/// Which dead letters a command acts on.
+#[derive(Debug, Clone, Default)]
+pub struct Selector {
+    pub all: bool,
+    pub subscription: Option<String>,
+    /// Event ids (`wh_…`), as in `list`.
+    pub ids: Vec<String>,
+}
+
+impl Selector {
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.subscription.is_none() && self.ids.is_empty()
+    }
+
+    /// The WHERE clause and its parameters (`all` selects everything).
+    fn clause(&self) -> (String, Vec<Param>) {
+        let mut conditions = Vec::new();
+        let mut params = Vec::new();
+        if let Some(subscription) = &self.subscription {
+            params.push(Param::Text(subscription.clone()));
+            conditions.push(format!("subscription = ${}", params.len()));
+        }
+        if !self.ids.is_empty() {
+            params.push(Param::List(self.ids.clone()));
+            conditions.push(format!("event_id = ANY(${})", params.len()));
+        }
+        if conditions.is_empty() {
+            (String::new(), params)
+        } else {
+            (format!(" WHERE {}", conditions.join(" AND ")), params)
+        }
+    }
+}
+
+enum Param {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl Param {
+    fn as_sql(&self) -> &(dyn tokio_postgres::types::ToSql + Sync) {
+        match self {
+            Param::Text(text) => text,
+            Param::List(list) => list,
+        }
+    }
+}
+
+/// One row of `walhook.dead_letters`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Letter {
+    pub id: i64,
+    pub subscription: String,
+    pub event_id: String,
+    pub last_status: Option<i32>,
+    pub attempts: i32,
+    pub last_error: String,
+    pub first_attempt_at: String,
+    pub last_attempt_at: String,
+    #[serde(skip)]
+    pub payload: String,
+}
+
+const SELECT: &str = "SELECT id, subscription, event_id, last_status, attempts, last_error, \
+     to_char(first_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+     to_char(last_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+     payload::text FROM walhook.dead_letters";
+
+pub async fn select(
+    client: &tokio_postgres::Client,
+    selector: &Selector,
+) -> Result<Vec<Letter>, tokio_postgres::Error> {
+    let (clause, params) = selector.clause();
+    let params: Vec<_> = params.iter().map(Param::as_sql).collect();
+    let rows = client
+        .query(&format!("{SELECT}{clause} ORDER BY id"), &params)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Letter {
+                id: row.try_get(0)?,
+                subscription: row.try_get(1)?,
+                event_id: row.try_get(2)?,
+                last_status: row.try_get(3)?,
+                attempts: row.try_get(4)?,
+                last_error: row.try_get(5)?,
+                first_attempt_at: row.try_get(6)?,
+                last_attempt_at: row.try_get(7)?,
+                payload: row.try_get(8)?,
+            })
+        })
+        .collect()
+}
+
+/// Deletes one letter (replayed).
+pub async fn delete(client: &tokio_postgres::Client, id: i64) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("DELETE FROM walhook.dead_letters WHERE id = $1", &[&id])
+        .await?;
+    Ok(())
+}
+
+/// Records a failed replay of one letter: its status and error, one more
+/// attempt.
+pub async fn record_replay_failure(
+    client: &tokio_postgres::Client,
+    id: i64,
+    status: Option<u16>,
+    error: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE walhook.dead_letters SET last_status = $2, last_error = $3, \
+             attempts = attempts + 1, last_attempt_at = now() WHERE id = $1",
+            &[&id, &status.map(i32::from), &error],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes the selected letters; returns each one's (subscription, event id).
+pub async fn purge(
+    client: &tokio_postgres::Client,
+    selector: &Selector,
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let (clause, params) = selector.clause();
+    let params: Vec<_> = params.iter().map(Param::as_sql).collect();
+    client
+        .query(
+            &format!("DELETE FROM walhook.dead_letters{clause} RETURNING subscription, event_id"),
+            &params,
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_build_their_where_clause() {
+        assert!(Selector::default().is_empty());
+        let (clause, params) = Selector {
+            all: true,
+            ..Selector::default()
+        }
+        .clause();
+        assert_eq!(clause, "");
+        assert!(params.is_empty());
+        let (clause, params) = Selector {
+            subscription: Some("orders".into()),
+            ids: vec!["wh_1".into()],
+            ..Selector::default()
+        }
+        .clause();
+        assert_eq!(clause, " WHERE subscription = $1 AND event_id = ANY($2)");
+        assert_eq!(params.len(), 2);
+    }
+}
