@@ -31,6 +31,7 @@ use crate::health::Health;
 use crate::lsn::Lsn;
 use crate::pgconn::{ConnectParams, ConnectParamsError, PgConnError, connect_sql};
 use crate::pipeline::{Observers, Pipeline, PipelineError};
+use crate::retry;
 use crate::rules::Rules;
 use crate::rules::catalog_check::{self, RuleError};
 use crate::setup::{self, SetupError};
@@ -231,7 +232,7 @@ async fn stream_until_stopped(
                     tracing::info!(slot = %config.source.slot, reason = %error, "slot is active in another process; standing by");
                 }
                 standing_by = true;
-                if !pause(STANDBY_POLL, shutdown).await {
+                if retry::pause(STANDBY_POLL, shutdown).await.is_break() {
                     return Ok(());
                 }
                 continue;
@@ -246,7 +247,10 @@ async fn stream_until_stopped(
             Err(error) if error.is_transient() => {
                 failures += 1;
                 tracing::warn!(%error, attempt = failures, "cannot open the replication connection; retrying");
-                if !pause(reconnect_wait(failures), shutdown).await {
+                if retry::pause(reconnect_wait(failures), shutdown)
+                    .await
+                    .is_break()
+                {
                     return Ok(());
                 }
                 continue;
@@ -264,7 +268,10 @@ async fn stream_until_stopped(
             Err(error) if error.is_transient() => {
                 failures += 1;
                 tracing::warn!(%error, "cannot open the catalog connection; retrying");
-                if !pause(reconnect_wait(failures), shutdown).await {
+                if retry::pause(reconnect_wait(failures), shutdown)
+                    .await
+                    .is_break()
+                {
                     return Ok(());
                 }
                 continue;
@@ -359,7 +366,10 @@ async fn stream_until_stopped(
                 }
                 failures += 1;
                 tracing::warn!(%error, confirmed = %pipeline.confirmed(), "replication connection lost; reconnecting (unconfirmed changes will be sent again)");
-                if !pause(reconnect_wait(failures), shutdown).await {
+                if retry::pause(reconnect_wait(failures), shutdown)
+                    .await
+                    .is_break()
+                {
                     return Ok(());
                 }
             }
@@ -372,16 +382,7 @@ async fn drain(lanes: &mut JoinSet<()>) {
 }
 
 fn reconnect_wait(failures: u32) -> Duration {
-    crate::deliver::policy::backoff_delay(&RECONNECT_BACKOFF, failures, None)
-        .max(Duration::from_millis(50))
-}
-
-/// Sleeps unless shutdown comes first; false on shutdown.
-async fn pause(wait: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(wait) => true,
-    }
+    retry::backoff_delay(&RECONNECT_BACKOFF, failures, None).max(Duration::from_millis(50))
 }
 
 /// A slot PostgreSQL invalidated (`wal_status = 'lost'`) cannot stream:

@@ -47,6 +47,7 @@ pub mod pgoutput;
 pub mod pgtemp;
 pub mod pgtime;
 pub mod pipeline;
+pub mod retry;
 pub mod rules;
 pub mod setup;
 pub mod source;

@@ -1,16 +1,17 @@
 //! The reader: one task that pulls the replication stream through decode and
 //! rules into delivery, and reports the checkpoint back to PostgreSQL.
 //!
-//! Its loop is one prioritised `select!`: shutdown first, then progress
-//! (acknowledged events let the checkpoint advance), then the status timer,
-//! then the next message. While delivery is full it stops reading but keeps
-//! answering the walsender, so a slow receiver never trips
-//! `wal_sender_timeout`. It holds no event longer than it takes to hand it to
-//! a lane.
+//! Its loop is one prioritised `select!`: shutdown first, then events held
+//! behind a barrier that may now go, then the status timer (which advances
+//! the checkpoint over acknowledged events), then the next message. While a
+//! subscription's budget is spent it stops reading but keeps answering the
+//! walsender, so a slow receiver never trips `wal_sender_timeout`. It holds
+//! no event longer than it takes to hand it to delivery.
 //!
 //! It does not connect, retry connections or own the delivery lanes; `app`
 //! does.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,24 +157,30 @@ impl Pipeline {
             let held = delivery.held_waiter();
             tokio::select! {
                 biased;
+                // PRIORITY 1: shutdown. Everything read so far is handed to
+                // delivery; the caller drains it and sends the final status.
                 _ = &mut cancelled => {
                     delivery.flush();
                     return Ok(());
                 }
-                // Events held behind a barrier (a TRUNCATE, a key change)
-                // go to their lanes as soon as what they wait for resolved.
+                // PRIORITY 2: events held behind a barrier (a TRUNCATE, a key
+                // change) go to their lanes as soon as what they wait for
+                // resolved, before more is read behind them.
                 _ = until_held_ready(held) => delivery.flush(),
+                // PRIORITY 3: progress reports, so that a busy stream never
+                // starves the walsender of status (wal_sender_timeout). Also
+                // a backstop: events normally go out as soon as nothing more
+                // is buffered (below).
                 _ = self.reporter.ticks.tick() => {
-                    // A backstop: events normally go out as soon as nothing
-                    // more is buffered (below).
                     delivery.flush();
                     self.report(false).await?;
                 }
+                // PRIORITY 4: the next message from the walsender.
                 message = self.stream.next() => {
                     match message? {
                         ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
                             self.reporter.received = self.reporter.received.max(wal_end);
-                            if !self.handle(wal_start, data, delivery, shutdown).await? {
+                            if self.handle(wal_start, data, delivery, shutdown).await?.is_break() {
                                 delivery.flush();
                                 return Ok(());
                             }
@@ -280,15 +287,15 @@ impl Pipeline {
         }
     }
 
-    /// Handles one pgoutput message. Returns false when shutdown interrupted
-    /// a wait for delivery.
+    /// Handles one pgoutput message; `Break` when shutdown interrupted a
+    /// wait for delivery.
     async fn handle(
         &mut self,
         wal_start: Lsn,
         data: Bytes,
         delivery: &mut Delivery,
         shutdown: &CancellationToken,
-    ) -> Result<bool, PipelineError> {
+    ) -> Result<ControlFlow<()>, PipelineError> {
         let message = pgoutput::parse(data)?;
         tracing::trace!(?message, %wal_start, "pgoutput message");
         match message {
@@ -348,14 +355,14 @@ impl Pipeline {
             PgOutputMessage::Truncate { relation_ids, .. } => {
                 for relation_id in relation_ids {
                     let change = self.decoder.truncate(relation_id, wal_start)?;
-                    if !self.dispatch(change, delivery, shutdown).await? {
-                        return Ok(false);
+                    if self.dispatch(change, delivery, shutdown).await?.is_break() {
+                        return Ok(ControlFlow::Break(()));
                     }
                 }
             }
             PgOutputMessage::Origin { .. } | PgOutputMessage::Message { .. } => {}
         }
-        Ok(true)
+        Ok(ControlFlow::Continue(()))
     }
 
     /// The routes of a relation's new shape, saying what is unusual about
@@ -412,17 +419,17 @@ impl Pipeline {
         change: Change,
         delivery: &mut Delivery,
         shutdown: &CancellationToken,
-    ) -> Result<bool, PipelineError> {
+    ) -> Result<ControlFlow<()>, PipelineError> {
         self.observers.metrics.changes_decoded.inc();
         if !self.decoder.text_fallbacks().is_empty() {
             self.count_text_fallbacks(&change);
         }
         let Some(routing) = self.routes.get(&change.table.relation_id) else {
-            return Ok(true);
+            return Ok(ControlFlow::Continue(()));
         };
         if let Some(unrouted) = &routing.unrouted {
             unrouted.inc();
-            return Ok(true);
+            return Ok(ControlFlow::Continue(()));
         }
         let routes = Arc::clone(&routing.routes);
         for route in routes.iter() {
@@ -457,14 +464,15 @@ impl Pipeline {
                 body: Bytes::new(),
                 ack: self.checkpoint.track_event(),
             };
-            if !self
+            if self
                 .submit(route.subscription, event, delivery, shutdown)
                 .await?
+                .is_break()
             {
-                return Ok(false);
+                return Ok(ControlFlow::Break(()));
             }
         }
-        Ok(true)
+        Ok(ControlFlow::Continue(()))
     }
 
     /// Hands the event to delivery, waiting for room in its subscription's
@@ -476,9 +484,9 @@ impl Pipeline {
         event: Outbound,
         delivery: &mut Delivery,
         shutdown: &CancellationToken,
-    ) -> Result<bool, PipelineError> {
+    ) -> Result<ControlFlow<()>, PipelineError> {
         let wait = match delivery.try_submit(subscription, event, &self.scratch)? {
-            Submitted::Accepted => return Ok(true),
+            Submitted::Accepted => return Ok(ControlFlow::Continue(())),
             Submitted::NeedsBudget(wait) => wait,
         };
         // The payload leaves `self` while waiting, which answers the
@@ -498,7 +506,7 @@ impl Pipeline {
         payload: &[u8],
         delivery: &mut Delivery,
         shutdown: &CancellationToken,
-    ) -> Result<bool, PipelineError> {
+    ) -> Result<ControlFlow<()>, PipelineError> {
         // Owned, so waiting keeps its place in the queue across loops and
         // borrows nothing from delivery.
         let share = Arc::clone(&wait.budget).acquire_many_owned(wait.cost);
@@ -509,12 +517,12 @@ impl Pipeline {
                 biased;
                 // PRIORITY 1: the event is dropped unresolved, so its change
                 // stays unconfirmed.
-                _ = shutdown.cancelled() => return Ok(false),
+                _ = shutdown.cancelled() => return Ok(ControlFlow::Break(())),
                 // PRIORITY 2: room in the budget.
                 acquired = &mut share => {
                     acquired.map_err(|_| DeliveryClosed)?.forget();
                     delivery.submit_paid(subscription, wait, payload)?;
-                    return Ok(true);
+                    return Ok(ControlFlow::Continue(()));
                 }
                 // PRIORITY 3: events held behind a barrier of another
                 // subscription may go on meanwhile.

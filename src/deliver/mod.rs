@@ -34,12 +34,12 @@
 //! It does not build payloads (`event`) or decide what confirms (`checkpoint`).
 
 pub mod http;
+mod lane;
 pub mod policy;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -47,14 +47,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Ack;
-use crate::config::{
-    BatchConfig, DeliveryConfig, DeliveryOrder, MAX_CONCURRENCY, SubscriptionConfig,
-};
+use crate::config::{DeliveryConfig, DeliveryOrder, MAX_CONCURRENCY, SubscriptionConfig};
 use crate::event::EventId;
-use crate::store::dead_letters::{DeadLetter, DeadLetters};
-use crate::telemetry::{Metrics, ResponseClass, SubscriptionMetrics};
-use http::{Attempt, Endpoint};
-use policy::Verdict;
+use crate::store::dead_letters::DeadLetters;
+use crate::telemetry::Metrics;
+use http::Endpoint;
+use lane::{FailureLog, LaneMetrics, run_lane};
 
 /// Bytes of events one subscription may hold (queued or in flight) before
 /// `submit` waits: what a down endpoint may absorb before it stalls the
@@ -578,308 +576,6 @@ impl Delivery {
     }
 }
 
-/// Takes events from one lane and delivers them one request at a time.
-async fn run_lane(
-    mut receiver: mpsc::UnboundedReceiver<Vec<Queued>>,
-    budget: Arc<Semaphore>,
-    load: Arc<LaneLoad>,
-    endpoint: Arc<Endpoint>,
-    metrics: Arc<LaneMetrics>,
-    batch: BatchConfig,
-    shared: Arc<Shared>,
-) {
-    let mut backlog: VecDeque<Queued> = VecDeque::new();
-    // Grows to the largest batch this lane actually sends and is reused; not
-    // sized from `batch.max_events`, which would reserve the configured
-    // maximum in every lane whether or not batches ever get that large.
-    let mut events = Vec::new();
-    loop {
-        let Some(first) = backlog.pop_front() else {
-            let chunk = tokio::select! {
-                biased;
-                _ = shared.abandon.cancelled() => return,
-                next = receiver.recv() => match next {
-                    Some(chunk) => chunk,
-                    None => return,
-                },
-            };
-            backlog.extend(chunk);
-            continue;
-        };
-        if let Some(reason) = first.event.park.clone() {
-            // Parked at its turn in the lane, so the key's order holds.
-            let mut parked = vec![first.event];
-            let stored = park_as_dead_letters(
-                &endpoint,
-                &shared,
-                &mut parked,
-                None,
-                &reason,
-                0,
-                std::time::SystemTime::now(),
-            )
-            .await;
-            if !stored {
-                return;
-            }
-            if let Some(handles) = &metrics.handles {
-                handles.dead_lettered.inc();
-            }
-            budget.add_permits(first.cost as usize);
-            load.finished(1);
-            continue;
-        }
-        // The budget shares of the events being delivered.
-        let mut held = first.cost as usize;
-        events.push(first.event);
-        if batch.max_events > 1 {
-            held += fill_batch(&mut receiver, &mut backlog, &mut events, batch).await;
-        }
-        let count = events.len();
-        if !deliver(&endpoint, &metrics, &shared, &mut events).await {
-            return;
-        }
-        budget.add_permits(held);
-        load.finished(count);
-    }
-}
-
-/// Adds queued events to a batch until it is full or `max_wait` passes;
-/// returns the budget shares of the events it added.
-async fn fill_batch(
-    receiver: &mut mpsc::UnboundedReceiver<Vec<Queued>>,
-    backlog: &mut VecDeque<Queued>,
-    events: &mut Vec<Outbound>,
-    batch: BatchConfig,
-) -> usize {
-    // Not `now + max_wait`: a max_wait of centuries, which the config
-    // accepts, would overflow the clock and panic; a year is as long.
-    let now = tokio::time::Instant::now();
-    let deadline = now
-        .checked_add(batch.max_wait)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
-    let mut held = 0;
-    while events.len() < batch.max_events {
-        if let Some(queued) = backlog.pop_front() {
-            if queued.event.park.is_some() {
-                // Goes alone, at its turn.
-                backlog.push_front(queued);
-                break;
-            }
-            held += queued.cost as usize;
-            events.push(queued.event);
-            continue;
-        }
-        match receiver.try_recv() {
-            Ok(chunk) => backlog.extend(chunk),
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                    Ok(Some(chunk)) => backlog.extend(chunk),
-                    Ok(None) | Err(_) => break,
-                }
-            }
-        }
-    }
-    held
-}
-
-/// One subscription's metric handles and failure summary, shared by its
-/// lanes.
-struct LaneMetrics {
-    handles: Option<SubscriptionMetrics>,
-    failures: FailureLog,
-}
-
-/// Summarises an endpoint's failures: one warning when a streak starts, then
-/// at most one every [`FAILURE_LOG_INTERVAL`] with the count, and one line
-/// when it recovers — not a line per attempt.
-#[derive(Default)]
-struct FailureLog {
-    state: std::sync::Mutex<FailureStreak>,
-}
-
-#[derive(Default)]
-struct FailureStreak {
-    failures: u64,
-    unreported: u64,
-    last_report: Option<std::time::Instant>,
-}
-
-/// How often an ongoing failure streak is logged.
-const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-impl FailureLog {
-    fn failed(&self, endpoint: &str, failure: &Attempt) {
-        let Ok(mut streak) = self.state.lock() else {
-            return;
-        };
-        streak.failures += 1;
-        streak.unreported += 1;
-        let due = streak
-            .last_report
-            .is_none_or(|last| last.elapsed() >= FAILURE_LOG_INTERVAL);
-        if due {
-            tracing::warn!(subscription = %endpoint, %failure, failures = streak.unreported, total = streak.failures, "deliveries failing; retrying with backoff");
-            streak.unreported = 0;
-            streak.last_report = Some(std::time::Instant::now());
-        }
-    }
-
-    fn succeeded(&self, endpoint: &str) {
-        let Ok(mut streak) = self.state.lock() else {
-            return;
-        };
-        if streak.failures > 0 {
-            tracing::info!(subscription = %endpoint, failures = streak.failures, "deliveries succeed again");
-            *streak = FailureStreak::default();
-        }
-    }
-}
-
-/// Delivers `events` as one request, retrying, and resolves their claims once
-/// delivered or dead-lettered. Returns false when abandoned.
-async fn deliver(
-    endpoint: &Endpoint,
-    metrics: &LaneMetrics,
-    shared: &Shared,
-    events: &mut Vec<Outbound>,
-) -> bool {
-    let request = http::RequestBody::for_events(events, endpoint.batched());
-    let max_attempts = shared.config.max_attempts;
-    let first_attempt_at = std::time::SystemTime::now();
-    let mut last_failure = None;
-    let mut attempts_made = 0;
-    for attempt in 1..=max_attempts {
-        attempts_made = attempt;
-        let outcome = {
-            let permit = tokio::select! {
-                biased;
-                _ = shared.abandon.cancelled() => return false,
-                permit = shared.in_flight.acquire() => permit,
-            };
-            let Ok(_permit) = permit else { return false };
-            shared.metrics.requests_in_flight.inc();
-            let outcome = tokio::select! {
-                biased;
-                _ = shared.abandon.cancelled() => None,
-                outcome = endpoint.send(&shared.client, &request, shared.config.timeout) => Some(outcome),
-            };
-            shared.metrics.requests_in_flight.dec();
-            match outcome {
-                Some(outcome) => outcome,
-                None => return false,
-            }
-        };
-        if let Some(handles) = &metrics.handles {
-            handles.response(match outcome.status() {
-                Some(status) => ResponseClass::of_status(status),
-                None => ResponseClass::Transport,
-            });
-            if attempt > 1 {
-                handles.retries.inc();
-            }
-        }
-        let not_before = match outcome.verdict() {
-            Verdict::Delivered => {
-                metrics.failures.succeeded(&endpoint.name);
-                if let Some(handles) = &metrics.handles {
-                    handles.delivered.inc_by(events.len() as u64);
-                    let now = crate::pgtime::micros_since_2000(std::time::SystemTime::now());
-                    for event in events.iter() {
-                        let latency = now.saturating_sub(event.commit_time_micros).max(0);
-                        handles.latency.observe(latency as f64 / 1e6);
-                    }
-                }
-                for event in events.drain(..) {
-                    event.ack.resolve();
-                }
-                return true;
-            }
-            Verdict::GiveUp => {
-                last_failure = Some(outcome);
-                break;
-            }
-            Verdict::Retry { not_before } => not_before,
-        };
-        metrics.failures.failed(&endpoint.name, &outcome);
-        tracing::debug!(subscription = %endpoint.name, attempt, failure = %outcome, "delivery failed");
-        last_failure = Some(outcome);
-        if attempt == max_attempts {
-            break;
-        }
-        let wait = policy::backoff_delay(&shared.config.backoff, attempt, not_before);
-        tokio::select! {
-            biased;
-            _ = shared.abandon.cancelled() => return false,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-    let parked = events.len() as u64;
-    let (last_status, last_error) = match &last_failure {
-        Some(attempt) => (attempt.status(), attempt.to_string()),
-        None => (None, "no attempt was made".to_owned()),
-    };
-    let stored = park_as_dead_letters(
-        endpoint,
-        shared,
-        events,
-        last_status,
-        &last_error,
-        attempts_made,
-        first_attempt_at,
-    )
-    .await;
-    if stored && let Some(handles) = &metrics.handles {
-        handles.dead_lettered.inc_by(parked);
-    }
-    stored
-}
-
-/// Stores each event as a dead letter (retrying the store until it works),
-/// then resolves its claim. Returns false when abandoned.
-async fn park_as_dead_letters(
-    endpoint: &Endpoint,
-    shared: &Shared,
-    events: &mut Vec<Outbound>,
-    last_status: Option<u16>,
-    last_error: &str,
-    attempts: u32,
-    first_attempt_at: std::time::SystemTime,
-) -> bool {
-    tracing::warn!(subscription = %endpoint.name, events = events.len(), error = %last_error, "parking undeliverable events as dead letters");
-    for event in events.drain(..) {
-        let letter = DeadLetter {
-            subscription: &endpoint.name,
-            event_id: event.id.as_str(),
-            payload: &event.body,
-            last_status,
-            last_error,
-            attempts,
-            first_attempt_at,
-        };
-        let mut failures = 0u32;
-        loop {
-            match shared.dead_letters.store(&letter).await {
-                Ok(()) => break,
-                Err(error) => {
-                    failures += 1;
-                    tracing::error!(subscription = %endpoint.name, event_id = %event.id, %error, "cannot store a dead letter; the slot stays behind it until this works");
-                    let wait = policy::backoff_delay(&shared.config.backoff, failures, None)
-                        .max(Duration::from_millis(100));
-                    tokio::select! {
-                        biased;
-                        _ = shared.abandon.cancelled() => return false,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
-        }
-        event.ack.resolve();
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -968,21 +664,6 @@ mod tests {
         // The next chunk starts empty.
         delivery.flush();
         assert!(receivers[0].try_recv().is_err());
-    }
-
-    #[tokio::test]
-    async fn a_batch_wait_of_centuries_does_not_overflow_the_clock() {
-        // The config accepts any duration humantime parses; `now + max_wait`
-        // panicked for the largest.
-        let (sender, mut receiver) = mpsc::unbounded_channel();
-        drop(sender);
-        let batch = BatchConfig {
-            max_events: MAX_BATCH_EVENTS,
-            max_wait: Duration::MAX,
-        };
-        let mut events = Vec::new();
-        let held = fill_batch(&mut receiver, &mut VecDeque::new(), &mut events, batch).await;
-        assert_eq!((held, events.len()), (0, 0));
     }
 
     #[test]

@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
+// Timing lives with the other waits (`retry`); tests here check both halves.
+#[cfg(test)]
 use crate::config::BackoffConfig;
+pub use crate::retry::backoff_delay;
 
 /// The verdict on one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,27 +69,6 @@ fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
         + 1;
     let rfc3339 = format!("{year}-{month:02}-{day:0>2}T{time}Z");
     humantime::parse_rfc3339(&rfc3339).ok()
-}
-
-/// The wait before attempt number `attempt + 1` (after `attempt` failures,
-/// counting from 1): full jitter over an exponentially growing cap, but no
-/// sooner than a receiver's Retry-After and never longer than the policy's
-/// maximum.
-pub fn backoff_delay(
-    policy: &BackoffConfig,
-    attempt: u32,
-    not_before: Option<Duration>,
-) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(30);
-    let cap = policy
-        .initial
-        .saturating_mul(1u32 << exponent)
-        .min(policy.max);
-    let jittered = cap.mul_f64(fastrand::f64());
-    match not_before {
-        Some(wait) => jittered.max(wait).min(policy.max),
-        None => jittered,
-    }
 }
 
 #[cfg(test)]

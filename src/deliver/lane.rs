@@ -1,0 +1,345 @@
+//! One lane's task: takes its events in order, delivers each request (one
+//! event, or a batch) with retries, parks what cannot be delivered as dead
+//! letters, and only then resolves the events' claims and gives their
+//! budget back. The order of a lane is the order of its key's changes: a
+//! request is retried (or parked) before the next one goes.
+//!
+//! It does not choose lanes or bound memory (`deliver`), nor decide what an
+//! HTTP answer means (`policy`).
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+
+use super::http::{Attempt, Endpoint};
+use super::policy::{self, Verdict};
+use super::{LaneLoad, Outbound, Queued, Shared};
+use crate::config::BatchConfig;
+use crate::retry;
+use crate::store::dead_letters::DeadLetter;
+use crate::telemetry::{ResponseClass, SubscriptionMetrics};
+
+/// The shortest wait between attempts to store a dead letter.
+const DEAD_LETTER_RETRY_FLOOR: Duration = Duration::from_millis(100);
+
+/// Takes events from one lane and delivers them one request at a time,
+/// until the lane is closed or abandoned.
+pub(super) async fn run_lane(
+    mut receiver: mpsc::UnboundedReceiver<Vec<Queued>>,
+    budget: Arc<Semaphore>,
+    load: Arc<LaneLoad>,
+    endpoint: Arc<Endpoint>,
+    metrics: Arc<LaneMetrics>,
+    batch: BatchConfig,
+    shared: Arc<Shared>,
+) {
+    let mut backlog: VecDeque<Queued> = VecDeque::new();
+    // Grows to the largest batch this lane actually sends and is reused; not
+    // sized from `batch.max_events`, which would reserve the configured
+    // maximum in every lane whether or not batches ever get that large.
+    let mut events = Vec::new();
+    loop {
+        let Some(first) = backlog.pop_front() else {
+            let chunk = tokio::select! {
+                biased;
+                _ = shared.abandon.cancelled() => return,
+                next = receiver.recv() => match next {
+                    Some(chunk) => chunk,
+                    None => return,
+                },
+            };
+            backlog.extend(chunk);
+            continue;
+        };
+        if let Some(reason) = first.event.park.clone() {
+            // Parked at its turn in the lane, so the key's order holds.
+            let mut parked = vec![first.event];
+            let stored = park_as_dead_letters(
+                &endpoint,
+                &shared,
+                &mut parked,
+                None,
+                &reason,
+                0,
+                std::time::SystemTime::now(),
+            )
+            .await;
+            if stored.is_break() {
+                return;
+            }
+            if let Some(handles) = &metrics.handles {
+                handles.dead_lettered.inc();
+            }
+            budget.add_permits(first.cost as usize);
+            load.finished(1);
+            continue;
+        }
+        // The budget shares of the events being delivered.
+        let mut held = first.cost as usize;
+        events.push(first.event);
+        if batch.max_events > 1 {
+            held += fill_batch(&mut receiver, &mut backlog, &mut events, batch).await;
+        }
+        let count = events.len();
+        if deliver(&endpoint, &metrics, &shared, &mut events)
+            .await
+            .is_break()
+        {
+            return;
+        }
+        budget.add_permits(held);
+        load.finished(count);
+    }
+}
+
+/// Adds queued events to a batch until it is full or `max_wait` passes;
+/// returns the budget shares of the events it added.
+async fn fill_batch(
+    receiver: &mut mpsc::UnboundedReceiver<Vec<Queued>>,
+    backlog: &mut VecDeque<Queued>,
+    events: &mut Vec<Outbound>,
+    batch: BatchConfig,
+) -> usize {
+    // Not `now + max_wait`: a max_wait of centuries, which the config
+    // accepts, would overflow the clock and panic; a year is as long.
+    let now = tokio::time::Instant::now();
+    let deadline = now
+        .checked_add(batch.max_wait)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+    let mut held = 0;
+    while events.len() < batch.max_events {
+        if let Some(queued) = backlog.pop_front() {
+            if queued.event.park.is_some() {
+                // Goes alone, at its turn.
+                backlog.push_front(queued);
+                break;
+            }
+            held += queued.cost as usize;
+            events.push(queued.event);
+            continue;
+        }
+        match receiver.try_recv() {
+            Ok(chunk) => backlog.extend(chunk),
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Ok(Some(chunk)) => backlog.extend(chunk),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
+    held
+}
+
+/// One subscription's metric handles and failure summary, shared by its
+/// lanes.
+pub(super) struct LaneMetrics {
+    pub(super) handles: Option<SubscriptionMetrics>,
+    pub(super) failures: FailureLog,
+}
+
+/// Summarises an endpoint's failures: one warning when a streak starts, then
+/// at most one every [`FAILURE_LOG_INTERVAL`] with the count, and one line
+/// when it recovers — not a line per attempt.
+#[derive(Default)]
+pub(super) struct FailureLog {
+    state: std::sync::Mutex<FailureStreak>,
+}
+
+#[derive(Default)]
+struct FailureStreak {
+    failures: u64,
+    unreported: u64,
+    last_report: Option<std::time::Instant>,
+}
+
+/// How often an ongoing failure streak is logged.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl FailureLog {
+    fn failed(&self, endpoint: &str, failure: &Attempt) {
+        let Ok(mut streak) = self.state.lock() else {
+            return;
+        };
+        streak.failures += 1;
+        streak.unreported += 1;
+        let due = streak
+            .last_report
+            .is_none_or(|last| last.elapsed() >= FAILURE_LOG_INTERVAL);
+        if due {
+            tracing::warn!(subscription = %endpoint, %failure, failures = streak.unreported, total = streak.failures, "deliveries failing; retrying with backoff");
+            streak.unreported = 0;
+            streak.last_report = Some(std::time::Instant::now());
+        }
+    }
+
+    fn succeeded(&self, endpoint: &str) {
+        let Ok(mut streak) = self.state.lock() else {
+            return;
+        };
+        if streak.failures > 0 {
+            tracing::info!(subscription = %endpoint, failures = streak.failures, "deliveries succeed again");
+            *streak = FailureStreak::default();
+        }
+    }
+}
+
+/// Delivers `events` as one request, retrying, and resolves their claims once
+/// delivered or dead-lettered. `Break` when abandoned.
+async fn deliver(
+    endpoint: &Endpoint,
+    metrics: &LaneMetrics,
+    shared: &Shared,
+    events: &mut Vec<Outbound>,
+) -> ControlFlow<()> {
+    let request = super::http::RequestBody::for_events(events, endpoint.batched());
+    let max_attempts = shared.config.max_attempts;
+    let first_attempt_at = std::time::SystemTime::now();
+    let mut last_failure = None;
+    let mut attempts_made = 0;
+    for attempt in 1..=max_attempts {
+        attempts_made = attempt;
+        let outcome = {
+            let permit = tokio::select! {
+                biased;
+                _ = shared.abandon.cancelled() => return ControlFlow::Break(()),
+                permit = shared.in_flight.acquire() => permit,
+            };
+            let Ok(_permit) = permit else {
+                return ControlFlow::Break(());
+            };
+            shared.metrics.requests_in_flight.inc();
+            let outcome = tokio::select! {
+                biased;
+                _ = shared.abandon.cancelled() => None,
+                outcome = endpoint.send(&shared.client, &request, shared.config.timeout) => Some(outcome),
+            };
+            shared.metrics.requests_in_flight.dec();
+            match outcome {
+                Some(outcome) => outcome,
+                None => return ControlFlow::Break(()),
+            }
+        };
+        if let Some(handles) = &metrics.handles {
+            handles.response(match outcome.status() {
+                Some(status) => ResponseClass::of_status(status),
+                None => ResponseClass::Transport,
+            });
+            if attempt > 1 {
+                handles.retries.inc();
+            }
+        }
+        let not_before = match outcome.verdict() {
+            Verdict::Delivered => {
+                metrics.failures.succeeded(&endpoint.name);
+                if let Some(handles) = &metrics.handles {
+                    handles.delivered.inc_by(events.len() as u64);
+                    let now = crate::pgtime::micros_since_2000(std::time::SystemTime::now());
+                    for event in events.iter() {
+                        let latency = now.saturating_sub(event.commit_time_micros).max(0);
+                        handles.latency.observe(latency as f64 / 1e6);
+                    }
+                }
+                for event in events.drain(..) {
+                    event.ack.resolve();
+                }
+                return ControlFlow::Continue(());
+            }
+            Verdict::GiveUp => {
+                last_failure = Some(outcome);
+                break;
+            }
+            Verdict::Retry { not_before } => not_before,
+        };
+        metrics.failures.failed(&endpoint.name, &outcome);
+        tracing::debug!(subscription = %endpoint.name, attempt, failure = %outcome, "delivery failed");
+        last_failure = Some(outcome);
+        if attempt == max_attempts {
+            break;
+        }
+        let wait = policy::backoff_delay(&shared.config.backoff, attempt, not_before);
+        retry::pause(wait, &shared.abandon).await?;
+    }
+    let parked = events.len() as u64;
+    let (last_status, last_error) = match &last_failure {
+        Some(attempt) => (attempt.status(), attempt.to_string()),
+        None => (None, "no attempt was made".to_owned()),
+    };
+    let stored = park_as_dead_letters(
+        endpoint,
+        shared,
+        events,
+        last_status,
+        &last_error,
+        attempts_made,
+        first_attempt_at,
+    )
+    .await;
+    stored?;
+    if let Some(handles) = &metrics.handles {
+        handles.dead_lettered.inc_by(parked);
+    }
+    ControlFlow::Continue(())
+}
+
+/// Stores each event as a dead letter (retrying the store until it works),
+/// and only then resolves its claim. `Break` when abandoned.
+async fn park_as_dead_letters(
+    endpoint: &Endpoint,
+    shared: &Shared,
+    events: &mut Vec<Outbound>,
+    last_status: Option<u16>,
+    last_error: &str,
+    attempts: u32,
+    first_attempt_at: std::time::SystemTime,
+) -> ControlFlow<()> {
+    tracing::warn!(subscription = %endpoint.name, events = events.len(), error = %last_error, "parking undeliverable events as dead letters");
+    for event in events.drain(..) {
+        let letter = DeadLetter {
+            subscription: &endpoint.name,
+            event_id: event.id.as_str(),
+            payload: &event.body,
+            last_status,
+            last_error,
+            attempts,
+            first_attempt_at,
+        };
+        retry::until_ok(
+            &shared.config.backoff,
+            DEAD_LETTER_RETRY_FLOOR,
+            &shared.abandon,
+            || shared.dead_letters.store(&letter),
+            |error, _| {
+                tracing::error!(subscription = %endpoint.name, event_id = %event.id, %error, "cannot store a dead letter; the slot stays behind it until this works");
+            },
+        )
+        .await?;
+        event.ack.resolve();
+    }
+    ControlFlow::Continue(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MAX_BATCH_EVENTS;
+
+    #[tokio::test]
+    async fn a_batch_wait_of_centuries_does_not_overflow_the_clock() {
+        // The config accepts any duration humantime parses; `now + max_wait`
+        // panicked for the largest.
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        drop(sender);
+        let batch = BatchConfig {
+            max_events: MAX_BATCH_EVENTS,
+            max_wait: Duration::MAX,
+        };
+        let mut events = Vec::new();
+        let held = fill_batch(&mut receiver, &mut VecDeque::new(), &mut events, batch).await;
+        assert_eq!((held, events.len()), (0, 0));
+    }
+}
