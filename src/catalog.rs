@@ -280,6 +280,7 @@ impl TypeRegistry {
     }
 
     /// The facts about `oid`, when loaded.
+    #[cfg(any(test, feature = "testing"))]
     pub fn get(&self, oid: u32) -> Option<&TypeFacts> {
         self.types.get(&oid)
     }

@@ -70,11 +70,13 @@ impl Checkpoint {
     }
 
     /// The position that may be confirmed now (after the last `advance`).
+    #[cfg(test)]
     pub fn confirmed(&self) -> Lsn {
         self.confirmed
     }
 
     /// How many committed transactions still wait on their events.
+    #[cfg(test)]
     pub fn open_transactions(&self) -> usize {
         self.open.len()
     }

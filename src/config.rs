@@ -685,7 +685,7 @@ fn subscription_key(index: usize, name: &str) -> String {
 
 /// The merged file and overrides with every string value `"env:NAME"`
 /// replaced by the variable's value, before the config is typed, so that any
-/// key may come from the environment (design §3) and an override can stand
+/// key may come from the environment (docs/configuration.md) and an override can stand
 /// in for a file's reference to a variable that is not set. The value stays
 /// a string; the keys that take numbers or booleans accept them as strings.
 /// A value that starts with `env:` is always a reference.
@@ -773,7 +773,7 @@ fn resolve_env_reference(value: &mut Value, path: Vec<String>) -> Result<(), Uns
 }
 
 /// `WALHOOK_SOURCE__URL` and friends: only the scalar keys of `[source]`,
-/// `[delivery]` and `[admin]`, as design §3 says.
+/// `[delivery]` and `[admin]`, as docs/configuration.md says.
 fn env_overrides() -> Env {
     // Keys arrive as written (WALHOOK_SOURCE__URL → "SOURCE.URL") and are
     // lower-cased by figment only after this filter: compare lower-cased.

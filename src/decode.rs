@@ -210,11 +210,6 @@ impl Decoder {
         Ok(table)
     }
 
-    /// The cached shape of a relation.
-    pub fn table(&self, relation_id: u32) -> Option<&Arc<TableInfo>> {
-        self.tables.get(&relation_id)
-    }
-
     /// Decodes an insert, update or delete.
     pub fn change(
         &mut self,

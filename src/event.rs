@@ -1,4 +1,4 @@
-//! The webhook payload (design §4) and its stable id.
+//! The webhook payload (docs/payload.md) and its stable id.
 //!
 //! A [`Change`] is one decoded row change with every column already rendered
 //! as JSON text (see `decode`); [`write_payload`] lays one subscription's

@@ -19,42 +19,50 @@
 //!                                  checkpoint resolved frontier ──▶ confirmed LSN to the walsender
 //! ```
 //!
-//! Beside the stream: `tables` resolves the rules' tables in the catalog
-//! (oids, partitions, replica identity), `publication` says what the
-//! publication must hold, `setup` makes it so, and `watch` follows renamed,
-//! dropped and re-created tables while the daemon runs.
+//! Data flows one way; only the checkpoint flows back. Below the stages sit
+//! leaves that import nothing of walhook's or only each other: `lsn`, `oid`,
+//! `pgtime`, `value` (rendering, `value::escape`, `value::compare`),
+//! `event` (the change model and payload), `filter`, `webhook` (the Standard
+//! Webhooks scheme), `config` (every value parsed once), `retry` (waits),
+//! `catalog` (type facts), `telemetry`, `health`. Beside the stream: `tables`
+//! resolves the rules' tables in the catalog (oids, partitions, replica
+//! identity), `store` holds all SQL about walhook's own state (its schema,
+//! dead letters, the slot, the publication), `setup` makes the database
+//! ready, and `watch` follows renamed, dropped and re-created tables while
+//! the daemon runs. `app` owns the tasks; `commands` (the CLI) sit on top.
 //!
 //! Guarantees: at-least-once (the confirmed LSN never passes a change some
 //! matching subscription has neither received with a 2xx nor stored as a dead
 //! letter), stable ids for duplicates, per-key order, and a slot that keeps
 //! moving past unrelated traffic. See `docs/` and the README.
 
-pub mod admin;
+// The public surface: what the binary runs, what an embedder configures
+// and starts, and what a receiver needs to check a signature.
 pub mod app;
-pub mod catalog;
-pub mod checkpoint;
 pub mod commands;
 pub mod config;
-pub mod decode;
-pub mod deliver;
 pub mod event;
 pub mod filter;
-pub mod health;
 pub mod lsn;
-pub mod oid;
-pub mod pgconn;
-pub mod pgoutput;
 pub mod pgtemp;
-pub mod pgtime;
-pub mod pipeline;
-pub mod retry;
-pub mod rules;
-pub mod setup;
-pub mod source;
-pub mod status;
-pub mod store;
-pub mod tables;
-pub mod telemetry;
-pub mod value;
-pub mod watch;
 pub mod webhook;
+
+/// Declares modules that are private to the crate, except with the
+/// `testing` feature (which the test targets turn on), where the
+/// integration tests reach into them. Private by default means that what
+/// the product does not use shows up as dead code.
+macro_rules! internal {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = "testing")]
+            pub mod $name;
+            #[cfg(not(feature = "testing"))]
+            mod $name;
+        )*
+    };
+}
+
+internal!(
+    admin, catalog, checkpoint, decode, deliver, health, oid, pgconn, pgoutput, pgtime, pipeline,
+    retry, rules, setup, source, status, store, tables, telemetry, value, watch,
+);

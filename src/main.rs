@@ -37,8 +37,6 @@ enum Command {
     Setup(ConfigArgs),
     /// Show the whole loop on a throw-away PostgreSQL; leaves nothing behind.
     Demo,
-    /// Measure throughput, CPU, memory and latency against pg_recvlogical.
-    Bench(BenchArgs),
     /// Slot lag, confirmed position and dead letters per subscription.
     Status(StatusArgs),
     /// Check the config and the database; print each problem with its fix.
@@ -116,50 +114,6 @@ struct StatusArgs {
 }
 
 #[derive(clap::Args)]
-struct BenchArgs {
-    /// Backlog rows.
-    #[arg(long, default_value_t = 100_000)]
-    rows: u64,
-    /// Rows per transaction in the backlog.
-    #[arg(long, default_value_t = 100)]
-    rows_per_transaction: u64,
-    /// Live-mode commit rates (rows/s), comma-separated; 0 skips live mode.
-    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
-    live_rates: Vec<u64>,
-    /// Seconds per live rate.
-    #[arg(long, default_value_t = 5)]
-    live_seconds: u64,
-    /// Where to write the JSON report.
-    #[arg(long, default_value = "bench.json")]
-    json: PathBuf,
-    /// Run only the backlog scenarios whose name contains this text.
-    #[arg(long)]
-    only: Option<String>,
-    /// Run everything this many times and print each figure's median (this
-    /// kind of machine varies by ±20% from run to run).
-    #[arg(long, default_value_t = 1)]
-    repeat: u32,
-}
-
-impl BenchArgs {
-    fn into_options(self) -> commands::bench::BenchOptions {
-        commands::bench::BenchOptions {
-            rows: self.rows,
-            rows_per_transaction: self.rows_per_transaction.max(1),
-            live_rates: self
-                .live_rates
-                .into_iter()
-                .filter(|rate| *rate > 0)
-                .collect(),
-            live_seconds: self.live_seconds,
-            json_path: self.json,
-            only: self.only,
-            repeat: self.repeat.max(1),
-        }
-    }
-}
-
-#[derive(clap::Args)]
 struct ConfigArgs {
     /// The configuration file.
     #[arg(long, short, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
@@ -225,7 +179,6 @@ fn main() -> ExitCode {
             }
             Command::Setup(args) => finish(commands::setup(&args.config).await),
             Command::Demo => finish(commands::demo::run().await),
-            Command::Bench(args) => finish(commands::bench::run(args.into_options()).await),
             Command::Status(args) => {
                 finish(commands::status::run(&args.config.config, args.json, args.watch).await)
             }

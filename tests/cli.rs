@@ -235,35 +235,28 @@ async fn demo_shows_the_whole_loop_and_exits_cleanly() {
     assert!(stdout.contains("\"type\": \"DELETE\""), "{stdout}");
 }
 
+/// The benchmark (`cargo bench --bench walhook`), compiled into the tests
+/// too, so that it keeps working.
+#[path = "../benches/walhook/harness.rs"]
+mod bench;
+
 #[tokio::test]
 async fn bench_measures_a_small_backlog_and_live_load_twice_and_writes_its_report() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let args = [
-        "bench",
-        "--rows",
-        "300",
-        "--rows-per-transaction",
-        "30",
-        "--only",
-        "batch=100",
-        "--repeat",
-        "2",
-        "--live-rates",
-        "200",
-        "--live-seconds",
-        "1",
-        "--json",
-    ]
-    .map(std::ffi::OsStr::new);
-    let mut args = args.to_vec();
-    args.push(json.as_os_str());
-    let (output, stdout, stderr) = run_binary(&args, &[], Duration::from_secs(300)).await;
-    assert!(
-        output.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    assert!(stdout.contains("medians of 2 runs"), "{stdout}");
+    let options = bench::BenchOptions {
+        rows: 300,
+        rows_per_transaction: 30,
+        live_rates: vec![200],
+        live_seconds: 1,
+        json_path: json.clone(),
+        only: Some("batch=100".into()),
+        repeat: 2,
+    };
+    tokio::time::timeout(Duration::from_secs(300), bench::run(options))
+        .await
+        .expect("the bench finishes within 300 s")
+        .expect("the bench runs");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["runs"], 2);

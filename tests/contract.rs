@@ -1,4 +1,4 @@
-//! The webhook contract of design §4 and §8, end to end against real
+//! The webhook contract of docs/payload.md, end to end against real
 //! PostgreSQL and a real receiver: signatures that the public
 //! `standardwebhooks` library verifies unchanged, headers, projections,
 //! batches, ordering under concurrency, and subscriptions that share tables.

@@ -1,4 +1,4 @@
-//! Subscription filters (design §3, §8 "Filters"): PostgreSQL is the oracle
+//! Subscription filters (docs/filters.md): PostgreSQL is the oracle
 //! for their semantics, the real pipeline delivers exactly what they select,
 //! and bad filters stop the binary with exit 2 and a message that points at
 //! the problem.

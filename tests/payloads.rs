@@ -1,4 +1,4 @@
-//! Inserts, updates and deletes become the payload of design §4.
+//! Inserts, updates and deletes become the payload of docs/payload.md.
 
 use std::time::Duration;
 

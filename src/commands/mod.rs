@@ -1,7 +1,6 @@
 //! The commands behind the CLI: each loads what it needs, does one thing and
 //! returns a [`CommandError`], whose exit code `main` uses.
 
-pub mod bench;
 pub mod check;
 pub mod dead_letters;
 pub mod demo;

@@ -1,4 +1,4 @@
-//! Subscription filters (design §3 "Filters", §8 "Filters"): a small SQL-like
+//! Subscription filters (docs/filters.md): a small SQL-like
 //! condition over a change's new and old row, parsed once at start-up,
 //! checked against the catalog by `catalog_check`, bound to column indexes
 //! for each table shape, and evaluated for every change without allocating.

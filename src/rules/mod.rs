@@ -83,6 +83,7 @@ impl Route {
 
     /// Whether this subscription receives `change`: it wants the kind and,
     /// except for TRUNCATE, its filter is TRUE for the change.
+    #[cfg(any(test, feature = "testing"))]
     pub fn matches(&self, change: &Change) -> bool {
         self.decide(change) == Decision::Deliver
     }

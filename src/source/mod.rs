@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::lsn::Lsn;
 use crate::pgconn::ConnectParams;
 
-pub use error::{Peer, SourceError};
+pub use error::SourceError;
 pub use frame::ReplicationMessage;
 
 use error::At;
@@ -230,48 +230,51 @@ impl ReplicationStream {
         Ok(())
     }
 
-    /// What `IDENTIFY_SYSTEM` answered.
-    pub fn identity(&self) -> &SystemIdentity {
-        &self.identity
-    }
-
     /// The cluster's system identifier.
+    #[cfg(any(test, feature = "testing"))]
     pub fn system_id(&self) -> u64 {
         self.identity.system_id
     }
 
     /// The server's timeline when streaming started.
+    #[cfg(any(test, feature = "testing"))]
     pub fn timeline(&self) -> u32 {
         self.identity.timeline
     }
 
     /// The server's WAL flush position when streaming started.
+    #[cfg(any(test, feature = "testing"))]
     pub fn xlogpos(&self) -> Lsn {
         self.identity.xlogpos
     }
 
     /// The database the slot belongs to.
+    #[cfg(any(test, feature = "testing"))]
     pub fn dbname(&self) -> Option<&str> {
         self.identity.dbname.as_deref()
     }
 
     /// `host:port` of the server.
+    #[cfg(any(test, feature = "testing"))]
     pub fn server_address(&self) -> &str {
         self.wire.at.addr()
     }
 
     /// The slot being read.
+    #[cfg(any(test, feature = "testing"))]
     pub fn slot(&self) -> &str {
         self.wire.at.slot()
     }
 
     /// Whether the connection is encrypted.
+    #[cfg(any(test, feature = "testing"))]
     pub fn is_tls(&self) -> bool {
         self.tls
     }
 
     /// The server's major version (`server_version` at startup), or `None`
     /// when it did not report one walhook could read.
+    #[cfg(any(test, feature = "testing"))]
     pub fn server_major(&self) -> Option<u32> {
         self.server_major
     }

@@ -23,7 +23,7 @@ mod decimal;
 pub mod escape;
 
 use crate::catalog::{JsonKind, TypeRegistry};
-pub use escape::{write_str, write_string};
+pub use escape::write_string;
 
 /// Appends the JSON rendering of one non-null value of type `type_oid`.
 /// Returns false when the text was not what the type's output gives and the
@@ -520,6 +520,7 @@ mod json;
 
 #[cfg(test)]
 mod tests {
+    use super::escape::write_str;
     use super::*;
 
     fn json(oid: u32, text: &str) -> String {

@@ -1,4 +1,5 @@
-//! `walhook bench`: the benchmark that drives walhook's performance work.
+//! The benchmark that drives walhook's performance work (`cargo bench
+//! --bench walhook`; see `main.rs` for its options).
 //!
 //! On a throw-away PostgreSQL it loads a backlog (N rows in transactions of B
 //! rows into a 6-column table of about 200 bytes a row), then runs the
@@ -25,8 +26,19 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::commands::CommandError;
-use crate::pgtemp::{TempPostgres, TempPostgresOptions, find_program};
+use walhook::pgtemp::{TempPostgres, TempPostgresOptions, find_program};
+
+/// Why a bench run stopped: what it was doing, and the cause.
+#[derive(Debug)]
+pub struct BenchError(pub String);
+
+impl std::fmt::Display for BenchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BenchError {}
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -127,8 +139,8 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-fn bench_error(what: &str, error: impl BenchFailure) -> CommandError {
-    CommandError::Failed(format!("bench: {what}: {}", error.describe()))
+fn bench_error(what: &str, error: impl BenchFailure) -> BenchError {
+    BenchError(format!("bench: {what}: {}", error.describe()))
 }
 
 /// Error text with the server's own message when there is one.
@@ -150,7 +162,7 @@ impl<T: std::fmt::Display + 'static> BenchFailure for T {
 }
 
 /// Runs every scenario and prints the table.
-pub async fn run(options: BenchOptions) -> Result<(), CommandError> {
+pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
     let postgres = tokio::task::spawn_blocking(|| {
         TempPostgres::start_with(TempPostgresOptions {
             extra_conf: vec![
@@ -176,7 +188,7 @@ pub async fn run(options: BenchOptions) -> Result<(), CommandError> {
     Ok(())
 }
 
-async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Report, CommandError> {
+async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Report, BenchError> {
     let runs = options.repeat.max(1);
     let mut every = EveryRun::default();
     let selected: Vec<bool> = SCENARIOS
@@ -313,7 +325,7 @@ fn median_live(runs: &[LiveResult]) -> Option<LiveResult> {
 async fn prepare_database(
     postgres: &TempPostgres,
     database: &str,
-) -> Result<tokio_postgres::Client, CommandError> {
+) -> Result<tokio_postgres::Client, BenchError> {
     let admin = connect(&postgres.url("postgres")).await?;
     admin
         .batch_execute(&format!("CREATE DATABASE {database}"))
@@ -337,7 +349,7 @@ async fn prepare_database(
     Ok(client)
 }
 
-async fn connect(url: &str) -> Result<tokio_postgres::Client, CommandError> {
+async fn connect(url: &str) -> Result<tokio_postgres::Client, BenchError> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .map_err(|error| bench_error("connecting", error))?;
@@ -350,7 +362,7 @@ async fn load_backlog(
     client: &tokio_postgres::Client,
     rows: u64,
     per_transaction: u64,
-) -> Result<(), CommandError> {
+) -> Result<(), BenchError> {
     let mut start = 1;
     while start <= rows {
         let end = (start + per_transaction - 1).min(rows);
@@ -379,7 +391,7 @@ async fn measure_ceiling(
     database: &str,
     slot: &str,
     rows: u64,
-) -> Result<BacklogResult, CommandError> {
+) -> Result<BacklogResult, BenchError> {
     let end: String = client
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
@@ -483,7 +495,7 @@ fn record_id(body: &[u8]) -> Option<u64> {
 async fn start_sink(
     failure_percent: u32,
     live_rows: Option<usize>,
-) -> Result<(Arc<Sink>, String), CommandError> {
+) -> Result<(Arc<Sink>, String), BenchError> {
     let sink = Arc::new(Sink {
         events: AtomicUsize::new(0),
         requests: AtomicU64::new(0),
@@ -540,11 +552,12 @@ struct Daemon {
     _dir: tempfile::TempDir,
 }
 
-fn spawn_walhook(config: &str) -> Result<Daemon, CommandError> {
+fn spawn_walhook(config: &str) -> Result<Daemon, BenchError> {
     let dir = tempfile::tempdir().map_err(|error| bench_error("temp dir", error))?;
     let path = dir.path().join("walhook.toml");
     std::fs::write(&path, config).map_err(|error| bench_error("writing the config", error))?;
-    let exe = std::env::current_exe().map_err(|error| bench_error("finding walhook", error))?;
+    // Built by cargo for this bench target (and for the tests that run it).
+    let exe = env!("CARGO_BIN_EXE_walhook");
     // `WALHOOK_BENCH_WRAPPER="valgrind --tool=callgrind"` runs the daemon
     // under a profiler (instruction counts do not vary from run to run the
     // way times do here); its figures then include the wrapper's cost. The
@@ -574,7 +587,7 @@ fn spawn_walhook(config: &str) -> Result<Daemon, CommandError> {
 }
 
 /// SIGTERM, wait; returns walhook's CPU seconds over its life.
-async fn stop_walhook(mut daemon: Daemon, before: Usage) -> Result<f64, CommandError> {
+async fn stop_walhook(mut daemon: Daemon, before: Usage) -> Result<f64, BenchError> {
     if let Some(pid) = daemon.child.id() {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
@@ -586,11 +599,7 @@ async fn stop_walhook(mut daemon: Daemon, before: Usage) -> Result<f64, CommandE
     Ok(children_usage().cpu_seconds - before.cpu_seconds)
 }
 
-async fn wait_for_events(
-    sink: &Sink,
-    count: usize,
-    deadline: Duration,
-) -> Result<(), CommandError> {
+async fn wait_for_events(sink: &Sink, count: usize, deadline: Duration) -> Result<(), BenchError> {
     let until = tokio::time::Instant::now() + deadline;
     loop {
         let arrived = sink.arrived.notified();
@@ -614,7 +623,7 @@ async fn measure_walhook(
     database: &str,
     scenario: &Scenario,
     rows: u64,
-) -> Result<BacklogResult, CommandError> {
+) -> Result<BacklogResult, BenchError> {
     let (sink, url) = start_sink(scenario.failure_percent, None).await?;
     let before = children_usage();
     let receiver_before = own_cpu_seconds();
@@ -650,7 +659,7 @@ async fn measure_live(
     database: &str,
     rate: u64,
     seconds: u64,
-) -> Result<LiveResult, CommandError> {
+) -> Result<LiveResult, BenchError> {
     // The first second warms up (the first Relation message's catalog
     // lookups, the keep-alive connections opening) and is not counted: the
     // figures describe a daemon that has been running.
@@ -748,7 +757,7 @@ async fn measure_live(
     })
 }
 
-async fn wait_until_streaming(client: &tokio_postgres::Client) -> Result<(), CommandError> {
+async fn wait_until_streaming(client: &tokio_postgres::Client) -> Result<(), BenchError> {
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
         let streaming = client
