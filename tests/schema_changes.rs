@@ -77,6 +77,28 @@ async fn server_version(db: &TestDb) -> i32 {
         .get(0)
 }
 
+/// Runs `statements` (each its own transaction) while walhook's reader is
+/// stopped, then lets it go on: an event of table `big` larger than the
+/// subscription's memory budget is held by the receiver, so the reader
+/// waits at the next event (another row of `big`, written first) and reads
+/// nothing of `statements` until the receiver answers.
+async fn while_the_reader_waits(db: &TestDb, receiver: &Receiver, statements: &[&str]) {
+    receiver.hold();
+    db.client
+        .batch_execute("INSERT INTO big VALUES (1, repeat('x', 5000000))")
+        .await
+        .unwrap();
+    receiver.wait_for_arrivals(1, DEADLINE).await;
+    db.client
+        .batch_execute("INSERT INTO big VALUES (2, 'small')")
+        .await
+        .unwrap();
+    for statement in statements {
+        db.client.batch_execute(statement).await.unwrap();
+    }
+    receiver.release();
+}
+
 fn row_ids(events: &[Value]) -> Vec<i64> {
     let mut ids: Vec<i64> = events
         .iter()
@@ -539,28 +561,18 @@ async fn values_of_types_dropped_right_after_their_change_are_still_rendered_fai
         ),
     ));
     db.wait_slot_active().await;
-    // One event larger than the subscription's memory budget, held by the
-    // receiver: the reader stops at the next event, before it reads the
-    // typed row, until the test releases the receiver. By then the types
-    // are gone from the catalog.
-    receiver.hold();
-    db.client
-        .batch_execute("INSERT INTO big VALUES (1, repeat('x', 5000000))")
-        .await
-        .unwrap();
-    receiver.wait_for_arrivals(1, DEADLINE).await;
-    // Each statement its own transaction: without the held receiver,
-    // walhook could read the typed row before the types are dropped.
-    for statement in [
-        "INSERT INTO big VALUES (2, 'small')",
-        "INSERT INTO typed VALUES (1, 6, ROW(-1, 'a'), ARRAY[7, 8]::positive[])",
-        "DROP TABLE typed",
-        "DROP DOMAIN positive",
-        "DROP TYPE pair",
-    ] {
-        db.client.batch_execute(statement).await.unwrap();
-    }
-    receiver.release();
+    // The types are gone from the catalog before walhook reads the row.
+    while_the_reader_waits(
+        &db,
+        &receiver,
+        &[
+            "INSERT INTO typed VALUES (1, 6, ROW(-1, 'a'), ARRAY[7, 8]::positive[])",
+            "DROP TABLE typed",
+            "DROP DOMAIN positive",
+            "DROP TYPE pair",
+        ],
+    )
+    .await;
     let events = receiver.wait_for_delivered(3, DEADLINE).await;
     let typed = events
         .iter()
@@ -697,26 +709,20 @@ async fn a_value_whose_type_is_gone_before_walhook_saw_it_goes_out_as_text_and_i
         &subscription("w", r#""big", "late""#, r#""insert""#, &receiver.url("/w")),
     ));
     db.wait_slot_active().await;
-    // As above: the reader waits behind a held, oversized event while a
-    // column gets a new type, a row is written, and the type is dropped —
-    // walhook never saw that type in the catalog.
-    receiver.hold();
-    db.client
-        .batch_execute("INSERT INTO big VALUES (1, repeat('x', 5000000))")
-        .await
-        .unwrap();
-    receiver.wait_for_arrivals(1, DEADLINE).await;
-    for statement in [
-        "INSERT INTO big VALUES (2, 'small')",
-        "CREATE DOMAIN short_lived AS int",
-        "ALTER TABLE late ALTER COLUMN v TYPE short_lived",
-        "INSERT INTO late VALUES (1, 5)",
-        "DROP TABLE late",
-        "DROP DOMAIN short_lived",
-    ] {
-        db.client.batch_execute(statement).await.unwrap();
-    }
-    receiver.release();
+    // A column gets a new type, a row is written and the type dropped
+    // while the reader waits: walhook never sees that type in the catalog.
+    while_the_reader_waits(
+        &db,
+        &receiver,
+        &[
+            "CREATE DOMAIN short_lived AS int",
+            "ALTER TABLE late ALTER COLUMN v TYPE short_lived",
+            "INSERT INTO late VALUES (1, 5)",
+            "DROP TABLE late",
+            "DROP DOMAIN short_lived",
+        ],
+    )
+    .await;
     let events = receiver.wait_for_delivered(3, DEADLINE).await;
     let late = events
         .iter()

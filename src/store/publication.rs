@@ -236,23 +236,14 @@ pub async fn read(
         Err(error) => Some(Err(error)),
     })
     .collect::<Result<Vec<_>, _>>()?;
-    let mut tables: Vec<TableName> = client
-        .query(
-            "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_publication_rel r \
-             JOIN pg_catalog.pg_class c ON c.oid = r.prrelid \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE r.prpubid = $1",
-            &[&oid],
-        )
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(TableName {
-                schema: row.try_get(0)?,
-                name: row.try_get(1)?,
-            })
-        })
-        .collect::<Result<_, tokio_postgres::Error>>()?;
-    tables.sort();
+    let tables = sorted_table_names(
+        client,
+        "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_publication_rel r \
+         JOIN pg_catalog.pg_class c ON c.oid = r.prrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE r.prpubid = $1",
+        &oid,
+    )
+    .await?;
     let mut schemas: Vec<String> = if server_version >= SCHEMA_PUBLICATIONS_SINCE {
         client
             .query(
@@ -285,12 +276,23 @@ pub async fn published_tables(
     client: &tokio_postgres::Client,
     publication: &str,
 ) -> Result<Vec<TableName>, tokio_postgres::Error> {
-    let mut tables: Vec<TableName> = client
-        .query(
-            "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables \
-             WHERE pubname = $1",
-            &[&publication],
-        )
+    sorted_table_names(
+        client,
+        "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables \
+         WHERE pubname = $1",
+        &publication,
+    )
+    .await
+}
+
+/// The (schema, name) rows of `query` with one parameter, as sorted names.
+async fn sorted_table_names(
+    client: &tokio_postgres::Client,
+    query: &str,
+    parameter: &(dyn tokio_postgres::types::ToSql + Sync),
+) -> Result<Vec<TableName>, tokio_postgres::Error> {
+    let mut tables = client
+        .query(query, &[parameter])
         .await?
         .iter()
         .map(|row| {
@@ -299,7 +301,7 @@ pub async fn published_tables(
                 name: row.try_get(1)?,
             })
         })
-        .collect::<Result<_, tokio_postgres::Error>>()?;
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
     tables.sort();
     Ok(tables)
 }
