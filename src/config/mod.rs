@@ -12,16 +12,21 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml};
-use figment::value::{Dict, Map, Tag, Value};
-use figment::{Figment, Metadata, Profile, Provider};
-use serde::{Deserialize, Deserializer, Serialize};
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use serde::{Deserialize, Serialize};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::event::EventKind;
 use crate::filter::Filter;
 use crate::webhook::SigningKey;
+
+mod env;
+mod names;
+
+use env::{EnvReferences, describe_figment_error, env_overrides};
+pub use names::{TableName, TableSelector, quote_identifier};
 
 /// The whole configuration, every value checked and parsed once: filters
 /// into [`Filter`]s, secrets into [`SigningKey`]s, headers into a
@@ -53,14 +58,17 @@ struct ConfigFile {
 pub struct SourceConfig {
     /// A `postgres://` URL; usually `"env:DATABASE_URL"` since it may hold a
     /// password.
-    #[serde(deserialize_with = "lenient_string")]
+    #[serde(deserialize_with = "env::lenient_string")]
     pub url: Secret,
-    #[serde(default = "default_slot", deserialize_with = "lenient_string")]
+    #[serde(default = "default_slot", deserialize_with = "env::lenient_string")]
     pub slot: String,
-    #[serde(default = "default_publication", deserialize_with = "lenient_string")]
+    #[serde(
+        default = "default_publication",
+        deserialize_with = "env::lenient_string"
+    )]
     pub publication: String,
     /// Run the idempotent `setup` steps on start.
-    #[serde(default = "default_true", deserialize_with = "lenient_bool")]
+    #[serde(default = "default_true", deserialize_with = "env::lenient_bool")]
     pub auto_setup: bool,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -80,13 +88,19 @@ pub struct SourceConfig {
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// Requests in flight across all subscriptions.
-    #[serde(default = "default_concurrency", deserialize_with = "lenient_usize")]
+    #[serde(
+        default = "default_concurrency",
+        deserialize_with = "env::lenient_usize"
+    )]
     pub concurrency: usize,
     /// Per request, connect to end of response.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Attempts before an event is parked as a dead letter.
-    #[serde(default = "default_max_attempts", deserialize_with = "lenient_u32")]
+    #[serde(
+        default = "default_max_attempts",
+        deserialize_with = "env::lenient_u32"
+    )]
     pub max_attempts: u32,
     #[serde(default)]
     pub backoff: BackoffConfig,
@@ -110,7 +124,10 @@ pub struct BackoffConfig {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `host:port`; empty disables the admin server.
-    #[serde(default = "default_admin_listen", deserialize_with = "lenient_string")]
+    #[serde(
+        default = "default_admin_listen",
+        deserialize_with = "env::lenient_string"
+    )]
     pub listen: String,
 }
 
@@ -185,7 +202,7 @@ pub enum DeliveryOrder {
 pub struct BatchConfig {
     #[serde(
         default = "default_batch_max_events",
-        deserialize_with = "lenient_usize"
+        deserialize_with = "env::lenient_usize"
     )]
     pub max_events: usize,
     #[serde(default = "default_batch_max_wait", with = "humantime_serde")]
@@ -293,6 +310,12 @@ impl Secret {
     /// The value itself, for the one place that must use it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
     }
 }
 
@@ -580,93 +603,6 @@ impl SubscriptionConfig {
     }
 }
 
-/// A table named by a rule: `schema.table` or `table` in `public`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TableName {
-    pub schema: String,
-    pub name: String,
-}
-
-impl TableName {
-    pub fn parse(text: &str) -> Result<TableName, &'static str> {
-        match TableSelector::parse(text)? {
-            TableSelector::Table(table) => Ok(table),
-            TableSelector::Schema(_) => Err("names a whole schema, not one table"),
-        }
-    }
-
-    /// The name quoted for SQL, e.g. `"public"."orders"`.
-    pub fn quoted(&self) -> String {
-        format!(
-            "{}.{}",
-            quote_identifier(&self.schema),
-            quote_identifier(&self.name)
-        )
-    }
-}
-
-/// One entry of a subscription's `tables`: a table, or every table of a
-/// schema, those that exist and those created later (`schema.*`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum TableSelector {
-    Table(TableName),
-    Schema(String),
-}
-
-impl TableSelector {
-    /// `schema.table`, `table` (schema `public`) or `schema.*`.
-    pub fn parse(text: &str) -> Result<TableSelector, &'static str> {
-        const SHAPE: &str = "is not a table name of the form schema.table, table or schema.*";
-        let (schema, name) = match text.split_once('.') {
-            Some((schema, name)) => (schema, name),
-            None => ("public", text),
-        };
-        if schema.is_empty() || name.is_empty() || name.contains('.') || schema.contains('*') {
-            return Err(SHAPE);
-        }
-        // Control characters would forge log lines and are never meant.
-        if text.chars().any(char::is_control) {
-            return Err("contains a control character");
-        }
-        match name {
-            "*" if text.contains('.') => Ok(TableSelector::Schema(schema.to_owned())),
-            _ if name.contains('*') => Err(SHAPE),
-            _ => Ok(TableSelector::Table(TableName {
-                schema: schema.to_owned(),
-                name: name.to_owned(),
-            })),
-        }
-    }
-
-    /// Whether the table `schema.name` is one this entry selects.
-    pub fn selects(&self, schema: &str, name: &str) -> bool {
-        match self {
-            TableSelector::Table(table) => table.schema == schema && table.name == name,
-            TableSelector::Schema(selected) => selected == schema,
-        }
-    }
-}
-
-impl fmt::Display for TableSelector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TableSelector::Table(table) => table.fmt(f),
-            TableSelector::Schema(schema) => write!(f, "{schema}.*"),
-        }
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
-    }
-}
-
-/// Quotes an SQL identifier.
-pub fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 fn is_valid_identifier(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= 63
@@ -683,397 +619,5 @@ fn subscription_key(index: usize, name: &str) -> String {
     }
 }
 
-/// The merged file and overrides with every string value `"env:NAME"`
-/// replaced by the variable's value, before the config is typed, so that any
-/// key may come from the environment (docs/configuration.md) and an override can stand
-/// in for a file's reference to a variable that is not set. The value stays
-/// a string; the keys that take numbers or booleans accept them as strings.
-/// A value that starts with `env:` is always a reference.
-struct EnvReferences(Figment);
-
-impl Provider for EnvReferences {
-    fn metadata(&self) -> Metadata {
-        Provider::metadata(&self.0)
-    }
-
-    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let mut data = self.0.data()?;
-        for dict in data.values_mut() {
-            for (key, value) in dict.iter_mut() {
-                resolve_env_reference(value, vec![key.clone()]).map_err(|unset| {
-                    let mut error = figment::Error::from(format!(
-                        "reads the environment variable {}, which is not set; \
-                         export it or write the value itself",
-                        unset.variable
-                    ));
-                    error.path = unset.path;
-                    error
-                })?;
-            }
-        }
-        Ok(data)
-    }
-
-    // Where each value came from (file or variable), for error messages.
-    fn __metadata_map(&self) -> Option<Map<Tag, Metadata>> {
-        self.0.__metadata_map()
-    }
-}
-
-/// An `env:` reference to a variable that is not set, and where it is.
-struct UnsetVariable {
-    path: Vec<String>,
-    variable: String,
-}
-
-/// Resolves `env:` strings in `value` (found at `path`), recursively.
-fn resolve_env_reference(value: &mut Value, path: Vec<String>) -> Result<(), UnsetVariable> {
-    match value {
-        Value::String(_, text) => {
-            if let Some(variable) = text.strip_prefix("env:") {
-                match std::env::var(variable) {
-                    Ok(resolved) => *text = resolved,
-                    Err(_) => {
-                        return Err(UnsetVariable {
-                            path,
-                            variable: variable.to_owned(),
-                        });
-                    }
-                }
-            }
-        }
-        Value::Dict(_, dict) => {
-            for (name, inner) in dict.iter_mut() {
-                let mut inner_path = path.clone();
-                inner_path.push(name.clone());
-                resolve_env_reference(inner, inner_path)?;
-            }
-        }
-        Value::Array(_, items) => {
-            for (index, item) in items.iter_mut().enumerate() {
-                // A subscription is named by its index and, when it has one
-                // written plainly, its name.
-                let name = item
-                    .find_ref("name")
-                    .and_then(Value::as_str)
-                    .filter(|name| !name.starts_with("env:"))
-                    .map(str::to_owned);
-                let mut item_path = path.clone();
-                let last = item_path.pop().unwrap_or_default();
-                item_path.push(match name {
-                    Some(name) => format!("{last}[{index}] ({name})"),
-                    None => format!("{last}[{index}]"),
-                });
-                resolve_env_reference(item, item_path)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// `WALHOOK_SOURCE__URL` and friends: only the scalar keys of `[source]`,
-/// `[delivery]` and `[admin]`, as docs/configuration.md says.
-fn env_overrides() -> Env {
-    // Keys arrive as written (WALHOOK_SOURCE__URL → "SOURCE.URL") and are
-    // lower-cased by figment only after this filter: compare lower-cased.
-    Env::prefixed("WALHOOK_").split("__").filter(|key| {
-        let key = key.as_str().to_ascii_lowercase();
-        ["source.", "delivery.", "admin."]
-            .iter()
-            .any(|section| key.starts_with(section))
-    })
-}
-
-fn describe_figment_error(error: figment::Error) -> String {
-    let mut messages = Vec::new();
-    for error in error {
-        let key = error.path.join(".");
-        let origin = match &error.metadata {
-            Some(metadata) if metadata.name.contains("environment") => {
-                let variable = format!("WALHOOK_{}", error.path.join("__").to_uppercase());
-                format!(" (from the environment variable {variable})")
-            }
-            _ => String::new(),
-        };
-        let what = match &error.kind {
-            figment::error::Kind::UnknownField(field, expected) => format!(
-                "unknown key `{field}`; expected one of: {}",
-                expected.join(", ")
-            ),
-            figment::error::Kind::MissingField(field) => {
-                let full = if key.is_empty() {
-                    field.to_string()
-                } else {
-                    format!("{key}.{field}")
-                };
-                format!("missing key `{full}`; it is required")
-            }
-            // Not the value itself: an `env:` reference may have put a
-            // secret there.
-            figment::error::Kind::InvalidType(_, expected) => {
-                format!("has the wrong type; expected {expected}")
-            }
-            figment::error::Kind::InvalidValue(_, expected) => {
-                format!("has a value that is not valid; expected {expected}")
-            }
-            other => other.to_string(),
-        };
-        if key.is_empty() || matches!(error.kind, figment::error::Kind::MissingField(_)) {
-            messages.push(format!("{what}{origin}"));
-        } else {
-            messages.push(format!("key `{key}`: {what}{origin}"));
-        }
-    }
-    messages.join("; ")
-}
-
-fn lenient_string<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: From<String>,
-{
-    // An environment value such as WALHOOK_SOURCE__SLOT=123 arrives as a
-    // number; a string field should still take it.
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Scalar {
-        Text(String),
-        Integer(i64),
-        Float(f64),
-        Bool(bool),
-    }
-    let text = match Scalar::deserialize(deserializer)? {
-        Scalar::Text(text) => text,
-        Scalar::Integer(number) => number.to_string(),
-        Scalar::Float(number) => number.to_string(),
-        Scalar::Bool(flag) => flag.to_string(),
-    };
-    Ok(T::from(text))
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Secret(value)
-    }
-}
-
-fn lenient_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Flag {
-        Bool(bool),
-        Text(String),
-    }
-    match Flag::deserialize(deserializer)? {
-        Flag::Bool(flag) => Ok(flag),
-        Flag::Text(text) => match text.to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" | "1" => Ok(true),
-            "false" | "no" | "off" | "0" => Ok(false),
-            // The value is not repeated: it may have come from a variable.
-            _ => Err(serde::de::Error::custom("expected true or false")),
-        },
-    }
-}
-
-fn lenient_usize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
-    lenient_number(deserializer)
-}
-
-fn lenient_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
-    lenient_number(deserializer)
-}
-
-fn lenient_number<'de, D, N>(deserializer: D) -> Result<N, D::Error>
-where
-    D: Deserializer<'de>,
-    N: TryFrom<u64> + std::str::FromStr,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Number {
-        Integer(u64),
-        Text(String),
-    }
-    let parsed = match Number::deserialize(deserializer)? {
-        Number::Integer(number) => N::try_from(number).ok(),
-        Number::Text(text) => text.trim().parse::<N>().ok(),
-    };
-    parsed.ok_or_else(|| serde::de::Error::custom("expected a non-negative whole number"))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"
-        [source]
-        url = "postgres://walhook@localhost/app"
-
-        [[subscriptions]]
-        name = "orders"
-        tables = ["orders"]
-        url = "http://127.0.0.1:8080/hook"
-    "#;
-
-    fn load(text: &str) -> Result<Config, ConfigError> {
-        Config::from_toml(Path::new("walhook.toml"), text)
-    }
-
-    #[test]
-    fn minimal_file_gets_the_documented_defaults() {
-        let config = load(MINIMAL).unwrap();
-        assert_eq!(config.source.slot, "walhook");
-        assert_eq!(config.source.publication, "walhook");
-        assert!(config.source.auto_setup);
-        assert_eq!(config.delivery.concurrency, 64);
-        assert_eq!(config.delivery.timeout, Duration::from_secs(10));
-        assert_eq!(config.delivery.max_attempts, 12);
-        assert_eq!(config.delivery.shutdown_grace, Duration::from_secs(10));
-        assert_eq!(config.admin.listen, "127.0.0.1:9187");
-        let subscription = &config.subscriptions[0];
-        assert_eq!(
-            subscription.events,
-            vec![EventKind::Insert, EventKind::Update, EventKind::Delete]
-        );
-        assert_eq!(subscription.ordering, DeliveryOrder::Key);
-        assert_eq!(subscription.batch.max_events, 1);
-        assert_eq!(subscription.batch.max_wait, Duration::from_millis(50));
-        assert_eq!(
-            subscription.table_names(),
-            vec![TableName {
-                schema: "public".into(),
-                name: "orders".into()
-            }]
-        );
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let error = load(&format!("{MINIMAL}\n[delivery]\nconcurency = 3\n")).unwrap_err();
-        assert!(error.message.contains("delivery.concurency"), "{error}");
-        assert!(error.message.contains("concurrency"), "{error}");
-        assert_eq!(error.file, "walhook.toml");
-    }
-
-    #[test]
-    fn syntax_error_is_reported_not_panicked() {
-        let error = load("[source\nurl = 1").unwrap_err();
-        assert!(!error.message.is_empty());
-    }
-
-    #[test]
-    fn missing_subscription_url_is_named() {
-        let error = load(
-            "[source]\nurl = \"postgres://x@y/z\"\n[[subscriptions]]\nname = \"a\"\ntables = [\"t\"]\n",
-        )
-        .unwrap_err();
-        assert!(error.message.contains("url"), "{error}");
-    }
-
-    #[test]
-    fn bad_duration_and_bad_url_are_named() {
-        let error = load(&MINIMAL.replace("[source]", "[delivery]\ntimeout = \"ten\"\n[source]"))
-            .unwrap_err();
-        assert!(error.message.contains("delivery.timeout"), "{error}");
-        let error = load(&MINIMAL.replace("http://127.0.0.1:8080/hook", "ftp://x")).unwrap_err();
-        assert!(
-            error.message.contains("subscriptions[0] (orders).url"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn sizes_beyond_their_range_are_refused_with_the_range() {
-        // The value of the issue: it passed `check`, then aborted `run` by
-        // asking for 128 GB.
-        let error = load(&format!("{MINIMAL}batch = {{ max_events = 1000000000 }}\n")).unwrap_err();
-        assert!(
-            error
-                .message
-                .contains("`subscriptions[0] (orders).batch.max_events`")
-                && error.message.contains("1000000000")
-                && error.message.contains("allowed: 1 to 10000"),
-            "{error}"
-        );
-        let error = load(&format!("{MINIMAL}batch = {{ max_events = 0 }}\n")).unwrap_err();
-        assert!(error.message.contains("allowed: 1 to 10000"), "{error}");
-        let at_most = load(&format!("{MINIMAL}batch = {{ max_events = 10000 }}\n")).unwrap();
-        assert_eq!(at_most.subscriptions[0].batch.max_events, 10_000);
-
-        let concurrency = |value: &str| {
-            load(&MINIMAL.replace(
-                "[source]",
-                &format!("[delivery]\nconcurrency = {value}\n[source]"),
-            ))
-        };
-        for value in ["10001", "9223372036854775807", "0"] {
-            let error = concurrency(value).unwrap_err();
-            assert!(
-                error.message.contains("`delivery.concurrency`")
-                    && error.message.contains("allowed: 1 to 10000"),
-                "{value}: {error}"
-            );
-        }
-        assert_eq!(concurrency("10000").unwrap().delivery.concurrency, 10_000);
-    }
-
-    #[test]
-    fn env_reference_to_unset_variable_is_named() {
-        let error = load(&MINIMAL.replace(
-            "postgres://walhook@localhost/app",
-            "env:WALHOOK_TEST_SURELY_UNSET_VARIABLE",
-        ))
-        .unwrap_err();
-        assert!(
-            error.message.contains("WALHOOK_TEST_SURELY_UNSET_VARIABLE")
-                && error.message.contains("source.url"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn a_filter_that_does_not_parse_names_subscription_key_and_place() {
-        let text = MINIMAL.replace(
-            "url = \"http://127.0.0.1:8080/hook\"",
-            "url = \"http://127.0.0.1:8080/hook\"\nfilter = \"new.status = 'paid' and (old.status is null or\"",
-        );
-        let error = load(&text).unwrap_err();
-        assert!(
-            error.message.starts_with(
-                "subscription \"orders\": key `subscriptions[0].filter` does not parse: \
-                 at column 47 expected a condition"
-            ),
-            "{error}"
-        );
-        assert!(
-            error
-                .message
-                .ends_with(&format!("\n    {}^", " ".repeat(46))),
-            "{error}"
-        );
-        // Parsed once, here: what the rules and the catalog check take.
-        let config = load(&MINIMAL.replace(
-            "url = \"http://127.0.0.1:8080/hook\"",
-            "url = \"http://127.0.0.1:8080/hook\"\nfilter = \"status = 'paid'\"",
-        ))
-        .unwrap();
-        let filter = config.subscriptions[0].filter.as_ref().unwrap();
-        assert_eq!(filter.source(), "status = 'paid'");
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        let secret = Secret::new("hunter2");
-        assert!(!format!("{secret:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn duplicate_subscription_names_are_rejected() {
-        let twice = format!(
-            "{MINIMAL}\n[[subscriptions]]\nname = \"orders\"\ntables = [\"t\"]\nurl = \"http://x/\"\n"
-        );
-        let error = load(&twice).unwrap_err();
-        assert!(error.message.contains("used twice"), "{error}");
-    }
-}
+mod tests;

@@ -1,0 +1,223 @@
+//! Reading the file and the environment: `env:NAME` references resolved
+//! before the values are typed, `WALHOOK_<SECTION>__<KEY>` overrides, error
+//! messages that name the key (and the variable) without echoing the value,
+//! and lenient scalars (an environment variable is text, whatever the key
+//! takes).
+
+use figment::providers::Env;
+use figment::value::{Dict, Map, Tag, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Deserializer};
+
+/// The merged file and overrides with every string value `"env:NAME"`
+/// replaced by the variable's value, before the config is typed, so that any
+/// key may come from the environment (docs/configuration.md) and an override can stand
+/// in for a file's reference to a variable that is not set. The value stays
+/// a string; the keys that take numbers or booleans accept them as strings.
+/// A value that starts with `env:` is always a reference.
+pub(super) struct EnvReferences(pub(super) Figment);
+
+impl Provider for EnvReferences {
+    fn metadata(&self) -> Metadata {
+        Provider::metadata(&self.0)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut data = self.0.data()?;
+        for dict in data.values_mut() {
+            for (key, value) in dict.iter_mut() {
+                resolve_env_reference(value, vec![key.clone()]).map_err(|unset| {
+                    let mut error = figment::Error::from(format!(
+                        "reads the environment variable {}, which is not set; \
+                         export it or write the value itself",
+                        unset.variable
+                    ));
+                    error.path = unset.path;
+                    error
+                })?;
+            }
+        }
+        Ok(data)
+    }
+
+    // Where each value came from (file or variable), for error messages.
+    fn __metadata_map(&self) -> Option<Map<Tag, Metadata>> {
+        self.0.__metadata_map()
+    }
+}
+
+/// An `env:` reference to a variable that is not set, and where it is.
+struct UnsetVariable {
+    path: Vec<String>,
+    variable: String,
+}
+
+/// Resolves `env:` strings in `value` (found at `path`), recursively.
+fn resolve_env_reference(value: &mut Value, path: Vec<String>) -> Result<(), UnsetVariable> {
+    match value {
+        Value::String(_, text) => {
+            if let Some(variable) = text.strip_prefix("env:") {
+                match std::env::var(variable) {
+                    Ok(resolved) => *text = resolved,
+                    Err(_) => {
+                        return Err(UnsetVariable {
+                            path,
+                            variable: variable.to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        Value::Dict(_, dict) => {
+            for (name, inner) in dict.iter_mut() {
+                let mut inner_path = path.clone();
+                inner_path.push(name.clone());
+                resolve_env_reference(inner, inner_path)?;
+            }
+        }
+        Value::Array(_, items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                // A subscription is named by its index and, when it has one
+                // written plainly, its name.
+                let name = item
+                    .find_ref("name")
+                    .and_then(Value::as_str)
+                    .filter(|name| !name.starts_with("env:"))
+                    .map(str::to_owned);
+                let mut item_path = path.clone();
+                let last = item_path.pop().unwrap_or_default();
+                item_path.push(match name {
+                    Some(name) => format!("{last}[{index}] ({name})"),
+                    None => format!("{last}[{index}]"),
+                });
+                resolve_env_reference(item, item_path)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `WALHOOK_SOURCE__URL` and friends: only the scalar keys of `[source]`,
+/// `[delivery]` and `[admin]`, as docs/configuration.md says.
+pub(super) fn env_overrides() -> Env {
+    // Keys arrive as written (WALHOOK_SOURCE__URL → "SOURCE.URL") and are
+    // lower-cased by figment only after this filter: compare lower-cased.
+    Env::prefixed("WALHOOK_").split("__").filter(|key| {
+        let key = key.as_str().to_ascii_lowercase();
+        ["source.", "delivery.", "admin."]
+            .iter()
+            .any(|section| key.starts_with(section))
+    })
+}
+
+pub(super) fn describe_figment_error(error: figment::Error) -> String {
+    let mut messages = Vec::new();
+    for error in error {
+        let key = error.path.join(".");
+        let origin = match &error.metadata {
+            Some(metadata) if metadata.name.contains("environment") => {
+                let variable = format!("WALHOOK_{}", error.path.join("__").to_uppercase());
+                format!(" (from the environment variable {variable})")
+            }
+            _ => String::new(),
+        };
+        let what = match &error.kind {
+            figment::error::Kind::UnknownField(field, expected) => format!(
+                "unknown key `{field}`; expected one of: {}",
+                expected.join(", ")
+            ),
+            figment::error::Kind::MissingField(field) => {
+                let full = if key.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
+                format!("missing key `{full}`; it is required")
+            }
+            // Not the value itself: an `env:` reference may have put a
+            // secret there.
+            figment::error::Kind::InvalidType(_, expected) => {
+                format!("has the wrong type; expected {expected}")
+            }
+            figment::error::Kind::InvalidValue(_, expected) => {
+                format!("has a value that is not valid; expected {expected}")
+            }
+            other => other.to_string(),
+        };
+        if key.is_empty() || matches!(error.kind, figment::error::Kind::MissingField(_)) {
+            messages.push(format!("{what}{origin}"));
+        } else {
+            messages.push(format!("key `{key}`: {what}{origin}"));
+        }
+    }
+    messages.join("; ")
+}
+
+pub(super) fn lenient_string<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: From<String>,
+{
+    // An environment value such as WALHOOK_SOURCE__SLOT=123 arrives as a
+    // number; a string field should still take it.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Integer(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let text = match Scalar::deserialize(deserializer)? {
+        Scalar::Text(text) => text,
+        Scalar::Integer(number) => number.to_string(),
+        Scalar::Float(number) => number.to_string(),
+        Scalar::Bool(flag) => flag.to_string(),
+    };
+    Ok(T::from(text))
+}
+
+pub(super) fn lenient_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Text(String),
+    }
+    match Flag::deserialize(deserializer)? {
+        Flag::Bool(flag) => Ok(flag),
+        Flag::Text(text) => match text.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            // The value is not repeated: it may have come from a variable.
+            _ => Err(serde::de::Error::custom("expected true or false")),
+        },
+    }
+}
+
+pub(super) fn lenient_usize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    lenient_number(deserializer)
+}
+
+pub(super) fn lenient_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    lenient_number(deserializer)
+}
+
+pub(super) fn lenient_number<'de, D, N>(deserializer: D) -> Result<N, D::Error>
+where
+    D: Deserializer<'de>,
+    N: TryFrom<u64> + std::str::FromStr,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Integer(u64),
+        Text(String),
+    }
+    let parsed = match Number::deserialize(deserializer)? {
+        Number::Integer(number) => N::try_from(number).ok(),
+        Number::Text(text) => text.trim().parse::<N>().ok(),
+    };
+    parsed.ok_or_else(|| serde::de::Error::custom("expected a non-negative whole number"))
+}
