@@ -440,28 +440,41 @@ fn write_names(out: &mut Vec<u8>, table: &TableInfo, indexes: impl Iterator<Item
     out.push(b']');
 }
 
+/// Tables, rows and changes for unit tests, built one way everywhere.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use std::sync::Arc;
 
-    fn table() -> Arc<TableInfo> {
+    use super::{Cell, Change, ColumnInfo, EventKind, Row, TableInfo, TransactionInfo};
+    use crate::lsn::Lsn;
+
+    /// `public.<name>` with `columns` (name, type oid), relation oid 16384;
+    /// the first column is the key. REPLICA IDENTITY FULL when
+    /// `identity_full`.
+    pub fn table(name: &str, columns: &[(&str, u32)], identity_full: bool) -> Arc<TableInfo> {
         Arc::new(TableInfo::new(
             16384,
             "public".into(),
-            "orders".into(),
-            ["id", "status", "note"]
-                .into_iter()
-                .map(|name| ColumnInfo::new(name.into(), 25, name == "id"))
+            name.into(),
+            columns
+                .iter()
+                .enumerate()
+                .map(|(index, &(name, type_oid))| {
+                    ColumnInfo::new(name.into(), type_oid, index == 0)
+                })
                 .collect(),
             vec![0],
-            true,
+            identity_full,
         ))
     }
 
-    fn row(values: &[Option<&str>]) -> Row {
+    /// A row from JSON cells in column order: `None` is an unchanged TOAST
+    /// value, `Some("-")` a column that was not sent.
+    pub fn row(cells: &[Option<&str>]) -> Row {
         let mut row = Row::default();
-        for value in values {
-            match value {
+        for cell in cells {
+            match cell {
+                Some("-") => row.cells.push(Cell::Absent),
                 Some(json) => row.push_value(|out| out.extend_from_slice(json.as_bytes())),
                 None => row.cells.push(Cell::UnchangedToast),
             }
@@ -469,9 +482,16 @@ mod tests {
         row
     }
 
-    fn change(kind: EventKind, new: Option<Row>, old: Option<Row>) -> Change {
+    /// A change of `table` at 0/1A2B3C8, the fourth (ordinal 3) of
+    /// transaction 7431, committed at 0/1A2B400 at the epoch of 2000.
+    pub fn change(
+        table: Arc<TableInfo>,
+        kind: EventKind,
+        new: Option<Row>,
+        old: Option<Row>,
+    ) -> Change {
         Change {
-            table: table(),
+            table,
             kind,
             new,
             old,
@@ -484,6 +504,20 @@ mod tests {
                 commit_time_micros: 0,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::row;
+    use super::*;
+
+    fn table() -> Arc<TableInfo> {
+        fixtures::table("orders", &[("id", 25), ("status", 25), ("note", 25)], true)
+    }
+
+    fn change(kind: EventKind, new: Option<Row>, old: Option<Row>) -> Change {
+        fixtures::change(table(), kind, new, old)
     }
 
     fn payload(change: &Change, projection: Projection<'_>) -> serde_json::Value {

@@ -434,54 +434,20 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::event::EventKind;
-    use crate::event::{Cell, ColumnInfo, Row, TransactionInfo};
-    use crate::lsn::Lsn;
+    use crate::event::fixtures::{self, row};
+    use crate::event::{EventKind, Row};
 
     /// Columns: a, b (numbers), s, t (text), flag (bool).
     fn table() -> Arc<TableInfo> {
-        Arc::new(TableInfo::new(
-            1,
-            "public".into(),
-            "t".into(),
-            [("a", 23), ("b", 1700), ("s", 25), ("t", 25), ("flag", 16)]
-                .into_iter()
-                .map(|(name, type_oid)| ColumnInfo::new(name.into(), type_oid, name == "a"))
-                .collect(),
-            vec![0],
+        fixtures::table(
+            "t",
+            &[("a", 23), ("b", 1700), ("s", 25), ("t", 25), ("flag", 16)],
             true,
-        ))
-    }
-
-    /// A row from JSON cells in column order; `None` is an unchanged TOAST
-    /// value, `Some("-")` a column that was not sent.
-    fn row(cells: &[Option<&str>]) -> Row {
-        let mut row = Row::default();
-        for cell in cells {
-            match cell {
-                Some("-") => row.cells.push(Cell::Absent),
-                Some(json) => row.push_value(|out| out.extend_from_slice(json.as_bytes())),
-                None => row.cells.push(Cell::UnchangedToast),
-            }
-        }
-        row
+        )
     }
 
     fn change(kind: EventKind, new: Option<Row>, old: Option<Row>) -> Change {
-        Change {
-            table: table(),
-            kind,
-            new,
-            old,
-            lsn: Lsn(1),
-            ordinal: 0,
-            transaction: Arc::new(TransactionInfo {
-                xid: 1,
-                commit_lsn: Lsn(2),
-                commit_time: String::new(),
-                commit_time_micros: 0,
-            }),
-        }
+        fixtures::change(table(), kind, new, old)
     }
 
     fn insert(cells: &[Option<&str>]) -> Change {

@@ -306,6 +306,7 @@ fn reads_old_row_of_updates(filter: &Filter, events: &[EventKind]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::fixtures;
     use crate::config::Config;
     use crate::event::ColumnInfo;
 
@@ -361,23 +362,8 @@ mod tests {
     }
 
     fn change(table: &TableInfo, kind: EventKind, status: &str) -> Change {
-        let mut row = crate::event::Row::default();
-        row.push_value(|out| out.extend_from_slice(b"1"));
-        row.push_value(|out| out.extend_from_slice(status.as_bytes()));
-        Change {
-            table: std::sync::Arc::new(table.clone()),
-            kind,
-            new: (kind != EventKind::Truncate).then_some(row),
-            old: None,
-            lsn: crate::lsn::Lsn(1),
-            ordinal: 0,
-            transaction: std::sync::Arc::new(crate::event::TransactionInfo {
-                xid: 1,
-                commit_lsn: crate::lsn::Lsn(2),
-                commit_time: String::new(),
-                commit_time_micros: 0,
-            }),
-        }
+        let new = (kind != EventKind::Truncate).then(|| fixtures::row(&[Some("1"), Some(status)]));
+        fixtures::change(std::sync::Arc::new(table.clone()), kind, new, None)
     }
 
     #[test]
