@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use walhook::config::Config;
 use walhook::pgtemp::TempPostgres;
 
+use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
 use crate::support::{TestDb, Walhook, free_port, get, sample, wait_until};
 
@@ -27,18 +27,11 @@ async fn metrics_count_deliveries_exactly_and_readyz_follows_postgres() {
         .unwrap();
     let receiver = Receiver::start().await;
     let port = free_port();
-    let text = db
-        .config_text(&format!(
-            r#"
-            [[subscriptions]]
-            name = "orders"
-            tables = ["orders"]
-            url = "{}"
-            "#,
-            receiver.url("/orders")
-        ))
-        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
-    let config = Config::from_toml(std::path::Path::new("test.toml"), &text).unwrap();
+    let config = db
+        .configure()
+        .admin(&format!("127.0.0.1:{port}"))
+        .subscription(subscription("orders", &receiver.url("/orders")).tables(&["orders"]))
+        .build();
     let walhook = Walhook::start(config);
     db.wait_slot_active().await;
     let base = format!("http://127.0.0.1:{port}");

@@ -2,48 +2,28 @@
 //! exit 2; an unreachable database exits 1 naming host and port; the demo
 //! works end to end.
 
+use std::ffi::OsStr;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::support::{TestDb, walhook_binary};
-
-/// Runs the binary with `args` and `env` (a `None` value removes the
-/// variable), `WALHOOK_CONFIG` unset; fails the test if it takes longer than
-/// `deadline`. Returns the output, stdout and stderr.
-async fn run_binary(
-    args: &[&std::ffi::OsStr],
-    env: &[(&str, Option<&str>)],
-    deadline: Duration,
-) -> (Output, String, String) {
-    let mut command = tokio::process::Command::new(walhook_binary());
-    command.args(args).env_remove("WALHOOK_CONFIG");
-    for (name, value) in env {
-        match value {
-            Some(value) => command.env(name, value),
-            None => command.env_remove(name),
-        };
-    }
-    let output = tokio::time::timeout(deadline, command.output())
-        .await
-        .expect("walhook exits in time")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output, stdout, stderr)
-}
+use crate::support::config::subscription;
+use crate::support::{TestDb, WalhookBinary, run_binary, run_binary_within, stderr, stdout};
 
 /// Runs `walhook <args> --config <file with config>` (a file that does not
 /// exist when `config` is `None`); returns the output and stderr.
 async fn run_walhook(args: &[&str], config: Option<&str>) -> (Output, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("walhook.toml");
-    if let Some(text) = config {
-        std::fs::write(&path, text).unwrap();
-    }
-    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-    all.extend([std::ffi::OsStr::new("--config"), path.as_os_str()]);
-    let (output, _, stderr) = run_binary(&all, &[], Duration::from_secs(60)).await;
-    (output, stderr)
+    let output = match config {
+        Some(text) => WalhookBinary::new(text).command(args).await,
+        None => {
+            let dir = tempfile::tempdir().unwrap();
+            let missing = dir.path().join("walhook.toml");
+            let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+            all.extend([OsStr::new("--config"), missing.as_os_str()]);
+            run_binary(&all, &[]).await
+        }
+    };
+    let text = stderr(&output);
+    (output, text)
 }
 
 /// How many of the slot and the publication named `name` exist.
@@ -119,15 +99,10 @@ async fn bad_config_files_exit_2_with_a_message_that_names_the_key() {
 async fn an_unknown_table_exits_2_naming_subscription_and_table_and_leaves_no_slot() {
     let db = TestDb::new().await;
     let config = db
-        .config_text(
-            r#"
-            [[subscriptions]]
-            name = "typo"
-            tables = ["public.ordersz"]
-            url = "http://127.0.0.1:9/"
-            "#,
-        )
-        .replace("status_interval = \"1s\"", "");
+        .configure()
+        .without_source("status_interval")
+        .subscription(subscription("typo", "http://127.0.0.1:9/").tables(&["public.ordersz"]))
+        .text();
     let (output, stderr) = run_walhook(&["run"], Some(&config)).await;
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
@@ -156,13 +131,9 @@ async fn oversized_batch_and_concurrency_exit_2_from_check_and_run() {
         .await
         .unwrap();
     let batch = db.config_text(
-        r#"
-        [[subscriptions]]
-        name = "huge"
-        tables = ["orders"]
-        url = "http://127.0.0.1:9/"
-        batch = { max_events = 1000000000 }
-        "#,
+        subscription("huge", "http://127.0.0.1:9/")
+            .tables(&["orders"])
+            .with("batch", "{ max_events = 1000000000 }"),
     );
     for command in ["check", "run"] {
         let (output, stderr) = run_walhook(&[command], Some(&batch)).await;
@@ -173,15 +144,11 @@ async fn oversized_batch_and_concurrency_exit_2_from_check_and_run() {
             "{command}: {stderr}"
         );
     }
-    let concurrency = db.config_text_with(
-        "concurrency = 9223372036854775807",
-        r#"
-        [[subscriptions]]
-        name = "many"
-        tables = ["orders"]
-        url = "http://127.0.0.1:9/"
-        "#,
-    );
+    let concurrency = db
+        .configure()
+        .delivery("concurrency", "9223372036854775807")
+        .subscription(subscription("many", "http://127.0.0.1:9/").tables(&["orders"]))
+        .text();
     let (output, stderr) = run_walhook(&["check"], Some(&concurrency)).await;
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
@@ -213,12 +180,8 @@ async fn an_unreachable_database_exits_1_naming_host_and_port() {
 
 #[tokio::test]
 async fn demo_shows_the_whole_loop_and_exits_cleanly() {
-    let (output, stdout, stderr) = run_binary(
-        &[std::ffi::OsStr::new("demo")],
-        &[],
-        Duration::from_secs(120),
-    )
-    .await;
+    let output = run_binary_within(&[OsStr::new("demo")], &[], Duration::from_secs(120)).await;
+    let (stdout, stderr) = (stdout(&output), stderr(&output));
     assert!(
         output.status.success(),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
@@ -255,10 +218,11 @@ async fn bench_measures_a_small_backlog_and_live_load_twice_and_writes_its_repor
         "1",
         "--json",
     ]
-    .map(std::ffi::OsStr::new);
+    .map(OsStr::new);
     let mut args = args.to_vec();
     args.push(json.as_os_str());
-    let (output, stdout, stderr) = run_binary(&args, &[], Duration::from_secs(300)).await;
+    let output = run_binary_within(&args, &[], Duration::from_secs(300)).await;
+    let (stdout, stderr) = (stdout(&output), stderr(&output));
     assert!(
         output.status.success(),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
@@ -316,38 +280,31 @@ async fn environment_overrides_replace_scalar_keys_of_the_file() {
     )
     .unwrap();
     let url = format!("postgres://walhook@127.0.0.1:{env_port}/app?sslmode=disable");
-    let run = [
-        std::ffi::OsStr::new("run"),
-        "--config".as_ref(),
-        path.as_os_str(),
-    ];
-    let (output, _, stderr) = run_binary(
+    let run = [OsStr::new("run"), "--config".as_ref(), path.as_os_str()];
+    let output = run_binary(
         &run,
         &[
             ("WALHOOK_SOURCE__URL", Some(&url)),
             ("WALHOOK_DELIVERY__CONCURRENCY", Some("8")),
         ],
-        Duration::from_secs(60),
     )
     .await;
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("127.0.0.1:{env_port}")),
-        "{stderr}"
-    );
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{env_port}")), "{text}");
 
     // A bad value from the environment names the variable.
-    let (output, _, stderr) = run_binary(
+    let output = run_binary(
         &run,
         &[
             ("WALHOOK_SOURCE__URL", Some(&url)),
             ("WALHOOK_DELIVERY__CONCURRENCY", Some("many")),
         ],
-        Duration::from_secs(60),
     )
     .await;
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("delivery.concurrency"), "{stderr}");
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("delivery.concurrency"), "{text}");
 }
 
 #[tokio::test]
@@ -379,13 +336,9 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("walhook.toml");
     std::fs::write(&path, &config).unwrap();
-    let setup_args = [
-        std::ffi::OsStr::new("setup"),
-        "--config".as_ref(),
-        path.as_os_str(),
-    ];
+    let setup_args = [OsStr::new("setup"), "--config".as_ref(), path.as_os_str()];
     let setup = async |table: Option<&str>, auth: Option<&str>| {
-        run_binary(
+        let output = run_binary(
             &setup_args,
             &[
                 ("WALHOOK_TEST_SLOT", Some(&slot)),
@@ -394,13 +347,14 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
                 ("WALHOOK_TEST_TABLE", table),
                 ("WALHOOK_TEST_AUTH", auth),
             ],
-            Duration::from_secs(60),
         )
-        .await
+        .await;
+        let text = stderr(&output);
+        (output, text)
     };
 
     // Unset: the message names the nested key and the variable; nothing made.
-    let (output, _, stderr) = setup(None, None).await;
+    let (output, stderr) = setup(None, None).await;
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("subscriptions[0] (orders).tables[0]")
@@ -411,7 +365,7 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
 
     // Set: the slot and the publication take their names from the
     // environment, and the publication the table.
-    let (output, _, stderr) = setup(Some("public.env_orders"), None).await;
+    let (output, stderr) = setup(Some("public.env_orders"), None).await;
     assert!(output.status.success(), "{stderr}");
     assert_eq!(
         made(&db, &slot).await,
@@ -444,7 +398,7 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
         ),
     )
     .unwrap();
-    let (output, _, stderr) = setup(Some("public.env_orders"), Some("Bearer s3cret-t0ken")).await;
+    let (output, stderr) = setup(Some("public.env_orders"), Some("Bearer s3cret-t0ken")).await;
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("headers"), "{stderr}");
     assert!(!stderr.contains("s3cret-t0ken"), "{stderr}");
@@ -460,8 +414,10 @@ async fn a_taken_admin_address_exits_1_before_the_database_is_touched() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
     let config = db
-        .config_text(GOOD_SUBSCRIPTION)
-        .replace("listen = \"\"", &format!("listen = \"{address}\""));
+        .configure()
+        .admin(&address)
+        .subscription(GOOD_SUBSCRIPTION)
+        .text();
     assert!(config.contains(&address));
     let (output, stderr) = run_walhook(&["run"], Some(&config)).await;
     assert_eq!(output.status.code(), Some(1), "{stderr}");

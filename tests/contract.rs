@@ -12,8 +12,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
+use crate::support::config::subscription;
 use crate::support::receiver::{Received, Receiver};
-use crate::support::{TestDb, Walhook, sigterm, walhook_binary};
+use crate::support::{TestDb, Walhook, WalhookBinary, sigterm, source_lsn};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const SECRET: &str = "whsec_Y29udHJhY3QtdGVzdC1zZWNyZXQtZm9yLXdhbGhvb2s=";
@@ -179,38 +180,29 @@ async fn signed_webhooks_verify_with_the_standardwebhooks_library() {
     let receiver = Receiver::start().await;
     // `env:` secrets and headers are read from walhook's environment, so
     // this test runs the binary with its own.
-    let config = db.config_text(&format!(
-        r#"
-        [[subscriptions]]
-        name = "literal-secret"
-        tables = ["orders"]
-        url = "{}"
-        secret = "{SECRET}"
-        headers = {{ "X-Tenant" = "acme" }}
-        [[subscriptions]]
-        name = "env-secret"
-        tables = ["public.orders"]
-        url = "{}"
-        secret = "env:WALHOOK_CONTRACT_SECRET"
-        headers = {{ "Authorization" = "env:WALHOOK_CONTRACT_AUTH", "X-Tenant" = "globex" }}
-        "#,
-        receiver.url("/literal"),
-        receiver.url("/env"),
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("walhook.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let log_path = dir.path().join("walhook.log");
-    let mut walhook = tokio::process::Command::new(walhook_binary())
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("WALHOOK_CONTRACT_SECRET", ENV_SECRET)
-        .env("WALHOOK_CONTRACT_AUTH", "Bearer t0ken-from-env")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let config = db
+        .configure()
+        .subscription(
+            subscription("literal-secret", &receiver.url("/literal"))
+                .tables(&["orders"])
+                .secret(SECRET)
+                .with("headers", r#"{ "X-Tenant" = "acme" }"#),
+        )
+        .subscription(
+            subscription("env-secret", &receiver.url("/env"))
+                .tables(&["public.orders"])
+                .secret("env:WALHOOK_CONTRACT_SECRET")
+                .with(
+                    "headers",
+                    r#"{ "Authorization" = "env:WALHOOK_CONTRACT_AUTH", "X-Tenant" = "globex" }"#,
+                ),
+        )
+        .text();
+    let binary = WalhookBinary::new(&config);
+    let mut walhook = binary.spawn_run_with_env(&[
+        ("WALHOOK_CONTRACT_SECRET", ENV_SECRET),
+        ("WALHOOK_CONTRACT_AUTH", "Bearer t0ken-from-env"),
+    ]);
     db.wait_slot_active().await;
     db.client
         .batch_execute(
@@ -264,11 +256,7 @@ async fn signed_webhooks_verify_with_the_standardwebhooks_library() {
         .await
         .expect("walhook stops on SIGTERM")
         .unwrap();
-    assert!(
-        status.success(),
-        "{status:?}\n{}",
-        std::fs::read_to_string(&log_path).unwrap_or_default()
-    );
+    assert!(status.success(), "{status:?}\n{}", binary.log());
 }
 
 #[tokio::test]
@@ -282,16 +270,13 @@ async fn a_projection_keeps_only_its_columns_everywhere() {
         .await
         .unwrap();
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "narrow"
-        tables = ["orders"]
-        columns = ["id", "status"]
-        url = "{}"
-        "#,
-        receiver.url("/narrow")
-    )));
+    let walhook = Walhook::start(
+        db.config(
+            subscription("narrow", &receiver.url("/narrow"))
+                .tables(&["orders"])
+                .columns(&["id", "status"]),
+        ),
+    );
     db.wait_slot_active().await;
     for statement in [
         "INSERT INTO orders VALUES (1, 'pending', 12.50, 'first')",
@@ -345,17 +330,14 @@ async fn batches_hold_at_most_max_events_signed_once_with_a_deterministic_id() {
     // Every distinct body is refused once: each batch is sent at least
     // twice, which shows that the same batch carries the same webhook-id.
     receiver.fail_first_attempts(1);
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "batched"
-        tables = ["items"]
-        url = "{}"
-        secret = "{SECRET}"
-        batch = {{ max_events = 10, max_wait = "50ms" }}
-        "#,
-        receiver.url("/batched")
-    )));
+    let walhook = Walhook::start(
+        db.config(
+            subscription("batched", &receiver.url("/batched"))
+                .tables(&["items"])
+                .secret(SECRET)
+                .with("batch", r#"{ max_events = 10, max_wait = "50ms" }"#),
+        ),
+    );
     db.wait_slot_active().await;
     db.client
         .batch_execute(&format!(
@@ -458,27 +440,20 @@ async fn order_holds_per_key_and_strictly_under_concurrency_64() {
         .unwrap();
     let receiver = Receiver::start().await;
     receiver.delay_responses_randomly(Duration::from_millis(4));
-    let text = db
-        .config_text(&format!(
-            r#"
-            [[subscriptions]]
-            name = "by-key"
-            tables = ["counters"]
-            ordering = "key"
-            url = "{}"
-            [[subscriptions]]
-            name = "strict"
-            tables = ["counters"]
-            ordering = "strict"
-            url = "{}"
-            "#,
-            receiver.url("/key"),
-            receiver.url("/strict"),
-        ))
-        .replace("concurrency = 16", "concurrency = 64");
-    assert!(text.contains("concurrency = 64"));
-    let config =
-        walhook::config::Config::from_toml(std::path::Path::new("test.toml"), &text).unwrap();
+    let config = db
+        .configure()
+        .delivery("concurrency", "64")
+        .subscription(
+            subscription("by-key", &receiver.url("/key"))
+                .tables(&["counters"])
+                .ordering("key"),
+        )
+        .subscription(
+            subscription("strict", &receiver.url("/strict"))
+                .tables(&["counters"])
+                .ordering("strict"),
+        )
+        .build();
     assert_eq!(config.delivery.concurrency, 64);
     let walhook = Walhook::start(config);
     db.wait_slot_active().await;
@@ -535,15 +510,10 @@ async fn order_holds_per_key_and_strictly_under_concurrency_64() {
     // strict: the whole arrival order is commit order.
     let strict = arrived("/strict");
     assert_eq!(strict, committed);
-    let lsns: Vec<(u64, u64)> = receiver
+    let lsns: Vec<_> = receiver
         .delivered_to("/strict")
         .iter()
-        .map(|event| {
-            (
-                parse_lsn(event["source"]["commit_lsn"].as_str().unwrap()),
-                parse_lsn(event["source"]["lsn"].as_str().unwrap()),
-            )
-        })
+        .map(|event| (source_lsn(event, "commit_lsn"), source_lsn(event, "lsn")))
         .collect();
     assert!(lsns.windows(2).all(|pair| pair[0] <= pair[1]), "LSN order");
     walhook.stop().await.unwrap();
@@ -562,19 +532,15 @@ async fn a_key_change_arrives_after_the_old_keys_changes_and_before_the_new_keys
     // Slow, uneven answers: without the key-change barrier a rename (in the
     // new key's lane) would overtake the old key's last update.
     receiver.delay_responses_randomly(Duration::from_millis(4));
-    let config = db.config_with(
-        "concurrency = 64",
-        &format!(
-            r#"
-            [[subscriptions]]
-            name = "items"
-            tables = ["items"]
-            ordering = "key"
-            url = "{}"
-            "#,
-            receiver.url("/items"),
-        ),
-    );
+    let config = db
+        .configure()
+        .delivery("concurrency", "64")
+        .subscription(
+            subscription("items", &receiver.url("/items"))
+                .tables(&["items"])
+                .ordering("key"),
+        )
+        .build();
     assert_eq!(config.delivery.concurrency, 64);
     let walhook = Walhook::start(config);
     db.wait_slot_active().await;
@@ -620,11 +586,6 @@ async fn a_key_change_arrives_after_the_old_keys_changes_and_before_the_new_keys
     walhook.stop().await.unwrap();
 }
 
-fn parse_lsn(text: &str) -> u64 {
-    let (high, low) = text.split_once('/').unwrap();
-    (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
-}
-
 #[tokio::test]
 async fn subscriptions_share_tables_and_span_tables_with_their_own_events() {
     let db = TestDb::new().await;
@@ -636,33 +597,28 @@ async fn subscriptions_share_tables_and_span_tables_with_their_own_events() {
         .await
         .unwrap();
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "created"
-        tables = ["orders", "public.signups"]
-        events = ["insert"]
-        url = "{}"
-        [[subscriptions]]
-        name = "order-changes"
-        tables = ["orders"]
-        events = ["update", "delete"]
-        url = "{}"
-        [[subscriptions]]
-        name = "signup-lifecycle"
-        tables = ["signups"]
-        events = ["insert", "delete", "truncate"]
-        url = "{}"
-        [[subscriptions]]
-        name = "orders-all"
-        tables = ["public.orders"]
-        url = "{}"
-        "#,
-        receiver.url("/created"),
-        receiver.url("/order-changes"),
-        receiver.url("/signups"),
-        receiver.url("/orders-all"),
-    )));
+    let walhook = Walhook::start(
+        db.configure()
+            .subscription(
+                subscription("created", &receiver.url("/created"))
+                    .tables(&["orders", "public.signups"])
+                    .events(&["insert"]),
+            )
+            .subscription(
+                subscription("order-changes", &receiver.url("/order-changes"))
+                    .tables(&["orders"])
+                    .events(&["update", "delete"]),
+            )
+            .subscription(
+                subscription("signup-lifecycle", &receiver.url("/signups"))
+                    .tables(&["signups"])
+                    .events(&["insert", "delete", "truncate"]),
+            )
+            .subscription(
+                subscription("orders-all", &receiver.url("/orders-all")).tables(&["public.orders"]),
+            )
+            .build(),
+    );
     db.wait_slot_active().await;
     for statement in [
         "INSERT INTO orders VALUES (1, 'new'), (2, 'new')",

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
 use crate::support::{TestDb, Walhook, wait_until};
 
@@ -18,16 +19,13 @@ async fn messages_between_inserts_do_not_disturb_delivery_or_the_slot() {
         .await
         .unwrap();
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "items"
-        tables = ["items"]
-        events = ["insert"]
-        url = "{}"
-        "#,
-        receiver.url("/items")
-    )));
+    let walhook = Walhook::start(
+        db.config(
+            subscription("items", &receiver.url("/items"))
+                .tables(&["items"])
+                .events(&["insert"]),
+        ),
+    );
     db.wait_slot_active().await;
     // A transactional message between two rows of one transaction, a
     // non-transactional one between transactions, a transaction that holds

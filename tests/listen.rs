@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use walhook::deliver::signing::SigningKey;
 
+use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
 use crate::support::{TestDb, Walhook, walhook_binary};
 
@@ -264,21 +265,16 @@ async fn walhook_delivers_to_listen_and_the_signature_verifies() {
     let listening = Listening::start(Some(SECRET)).await;
     // A recording receiver too, so the test waits on delivery, not on text.
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "to-listen"
-        tables = ["orders"]
-        url = "{}/hooks/orders"
-        secret = "{SECRET}"
-        [[subscriptions]]
-        name = "recorded"
-        tables = ["orders"]
-        url = "{}"
-        "#,
-        listening.base_url,
-        receiver.url("/recorded"),
-    )));
+    let walhook = Walhook::start(
+        db.configure()
+            .subscription(
+                subscription("to-listen", &format!("{}/hooks/orders", listening.base_url))
+                    .tables(&["orders"])
+                    .secret(SECRET),
+            )
+            .subscription(subscription("recorded", &receiver.url("/recorded")).tables(&["orders"]))
+            .build(),
+    );
     db.wait_slot_active().await;
     db.client
         .batch_execute(
