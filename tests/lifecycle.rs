@@ -479,6 +479,78 @@ async fn sigterm_finishes_in_flight_requests_confirms_them_and_exits_0() {
     walhook.stop().await.unwrap();
 }
 
+/// SIGTERM while the receiver answers 503: the row in flight is abandoned
+/// after the grace period, and the final position confirms only what was
+/// acknowledged — before the row, after the one delivered earlier — so the
+/// next start sends the row.
+#[tokio::test]
+async fn sigterm_while_the_receiver_fails_confirms_only_what_was_acknowledged() {
+    let db = TestDb::new().await;
+    create_items(&db).await;
+    let receiver = Receiver::start().await;
+    let binary = WalhookBinary::new(
+        &db.configure()
+            .delivery("shutdown_grace", "\"1s\"")
+            .delivery("max_attempts", "100000")
+            .subscription(items_subscription(&receiver))
+            .text(),
+    );
+    let mut walhook = binary.spawn_run();
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute("INSERT INTO items VALUES (1, 'acknowledged')")
+        .await
+        .unwrap();
+    let delivered = receiver
+        .wait_for_delivered(1, Duration::from_secs(30))
+        .await;
+    let acknowledged = source_lsn(&delivered[0], "commit_lsn");
+
+    receiver.respond_with(503);
+    db.client
+        .batch_execute("INSERT INTO items VALUES (2, 'refused')")
+        .await
+        .unwrap();
+    // Refused twice: walhook has read the row, its commit, and is retrying.
+    receiver.wait_for_requests(3, Duration::from_secs(30)).await;
+    let refused = receiver.requests()[1].json();
+    assert_eq!(refused["record"]["id"], 2);
+    let commit = source_lsn(&refused, "commit_lsn");
+
+    sigterm(&walhook);
+    let status = tokio::time::timeout(Duration::from_secs(15), walhook.wait())
+        .await
+        .expect("walhook exits after the grace period")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "log:\n{}", binary.log());
+    assert!(binary.log().contains("abandoning them"), "{}", binary.log());
+    let confirmed = db.confirmed_flush().await.unwrap();
+    assert!(
+        confirmed > acknowledged,
+        "the acknowledged row's commit {acknowledged} is confirmed: {confirmed}"
+    );
+    assert!(
+        confirmed < commit,
+        "stopped with {confirmed} confirmed, past the commit {commit} of a row the receiver never acknowledged"
+    );
+
+    // The next start sends it, under the same id.
+    receiver.respond_with(200);
+    let mut walhook = binary.spawn_run();
+    wait_until("row 2 to be delivered", Duration::from_secs(30), || {
+        let delivered = receiver.delivered();
+        async move { delivered.iter().any(|event| event["record"]["id"] == 2) }
+    })
+    .await;
+    let delivered = receiver.delivered();
+    let again = delivered
+        .iter()
+        .find(|event| event["record"]["id"] == 2)
+        .unwrap();
+    assert_eq!(again["id"], refused["id"]);
+    walhook.kill().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_of_a_20000_row_stream_loses_nothing() {
     const ROWS: i64 = 20_000;
