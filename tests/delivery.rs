@@ -1,12 +1,14 @@
 //! Delivery under failure: receivers that answer 500, walhook killed with
-//! SIGKILL mid-stream, undeliverable events parked as dead letters.
+//! SIGKILL mid-stream, undeliverable events parked as dead letters, and a
+//! dead-letter store that refuses them: the slot stays behind what is
+//! neither delivered nor stored.
 
 use std::time::Duration;
 
 use crate::support::config::{Subscription, subscription};
 use crate::support::receiver::Receiver;
 use crate::support::{
-    TestDb, Walhook, WalhookBinary, connect, ids_by_row, wait_for_rows, wait_until,
+    TestDb, Walhook, WalhookBinary, connect, ids_by_row, source_lsn, wait_for_rows, wait_until,
 };
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -86,6 +88,80 @@ async fn a_permanent_refusal_is_parked_as_a_dead_letter_before_the_slot_moves() 
     assert_eq!(row.get::<_, String>(2).as_bytes(), &request.body[..]);
     assert_eq!(row.get::<_, Option<i32>>(3), Some(422));
     assert_eq!(row.get::<_, i32>(4), 1, "a 4xx is not retried");
+    walhook.stop().await.unwrap();
+}
+
+/// The dead-letter table refuses every insert (as a full disk, a revoked
+/// grant or a broken trigger would): the refused row is not confirmed while
+/// walhook cannot store it, however long that lasts, and is confirmed once
+/// it is stored.
+#[tokio::test]
+async fn a_dead_letter_that_cannot_be_stored_holds_the_slot_until_it_is() {
+    let db = items_db().await;
+    let receiver = Receiver::start().await;
+    receiver.respond_with(422);
+    let walhook = Walhook::start(db.config(rows(&receiver)));
+    // Streaming means `run` has created the walhook schema.
+    db.wait_slot_active().await;
+    // A sequence counts the refused inserts: nextval is not rolled back
+    // with them.
+    db.client
+        .batch_execute(
+            "CREATE SEQUENCE refused_letters;
+             CREATE FUNCTION refuse_letters() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM nextval('public.refused_letters');
+                 RAISE EXCEPTION 'the test refuses dead letters';
+             END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON walhook.dead_letters
+                 FOR EACH ROW EXECUTE FUNCTION public.refuse_letters();",
+        )
+        .await
+        .unwrap();
+    db.client
+        .batch_execute("INSERT INTO items VALUES (1, 'refused twice')")
+        .await
+        .unwrap();
+    receiver.wait_for_requests(1, DEADLINE).await;
+    let commit = source_lsn(&receiver.requests()[0].json(), "commit_lsn");
+    wait_until("walhook to try to store the letter", DEADLINE, || async {
+        let row = db
+            .client
+            .query_one("SELECT is_called FROM refused_letters", &[])
+            .await
+            .unwrap();
+        row.get::<_, bool>(0)
+    })
+    .await;
+    // Whatever walhook had resolved when its store failed is in the next
+    // position it reports: the row must not be in it.
+    db.wait_for_status_report().await;
+    let held = db.confirmed_flush().await.unwrap();
+    assert!(
+        held < commit,
+        "the slot confirmed {held}, past the commit {commit} of a row whose dead letter was never stored"
+    );
+    assert_eq!(db.dead_letter_count().await, 0);
+
+    db.client
+        .batch_execute("DROP TRIGGER refuse ON walhook.dead_letters")
+        .await
+        .unwrap();
+    wait_until("the letter to be stored", DEADLINE, || async {
+        db.dead_letter_count().await == 1
+    })
+    .await;
+    wait_until("the slot to move past the stored row", DEADLINE, || async {
+        db.confirmed_flush().await.unwrap() > commit
+    })
+    .await;
+    let payload: String = db
+        .client
+        .query_one("SELECT payload::text FROM walhook.dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(payload.as_bytes(), &receiver.requests()[0].body[..]);
     walhook.stop().await.unwrap();
 }
 

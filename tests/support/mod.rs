@@ -163,6 +163,26 @@ impl TestDb {
             .await;
     }
 
+    /// Waits until walhook sends a standby status update for the slot that
+    /// it built after this call (`pg_stat_replication.reply_time` says when
+    /// it was built): whatever walhook had resolved by the call is in the
+    /// confirmed position that update carried. (It reports at least every
+    /// `status_interval`, 1 s in the test configs.)
+    pub async fn wait_for_status_report(&self) {
+        let now: String = self
+            .client
+            .query_one("SELECT clock_timestamp()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        self.wait_for_walsender(
+            "walhook to report its position",
+            &self.name,
+            &format!("r.reply_time > '{now}'::timestamptz"),
+        )
+        .await;
+    }
+
     /// Waits until a walsender streams from `slot` and its
     /// `pg_stat_replication` row `r` meets `condition`.
     async fn wait_for_walsender(&self, what: &str, slot: &str, condition: &str) {
