@@ -1,12 +1,12 @@
-//! Delivery under failure: receivers that answer 500, walhook killed with
-//! SIGKILL mid-stream, undeliverable events parked as dead letters, and a
-//! dead-letter store that refuses them: the slot stays behind what is
-//! neither delivered nor stored.
+//! Delivery under failure: receivers that answer 500, or 429 with
+//! Retry-After; walhook killed with SIGKILL mid-stream; undeliverable events
+//! parked as dead letters, and a dead-letter store that refuses them: the
+//! slot stays behind what is neither delivered nor stored.
 
 use std::time::Duration;
 
 use crate::support::config::{Subscription, subscription};
-use crate::support::receiver::Receiver;
+use crate::support::receiver::{Receiver, Reply};
 use crate::support::{
     TestDb, Walhook, WalhookBinary, connect, ids_by_row, source_lsn, wait_for_rows, wait_until,
 };
@@ -162,6 +162,41 @@ async fn a_dead_letter_that_cannot_be_stored_holds_the_slot_until_it_is() {
         .unwrap()
         .get(0);
     assert_eq!(payload.as_bytes(), &receiver.requests()[0].body[..]);
+    walhook.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_retried_no_sooner_than_it_says() {
+    let db = items_db().await;
+    let receiver = Receiver::start().await;
+    receiver.answer_next([Reply::status(429).header("retry-after", "2")]);
+    // The backoff alone would retry within 20 ms; its maximum is far above
+    // the 2 s asked for, so it does not cut the wait short.
+    let walhook = Walhook::start(
+        db.configure()
+            .delivery("backoff", r#"{ initial = "20ms", max = "10s" }"#)
+            .subscription(rows(&receiver))
+            .build(),
+    );
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute("INSERT INTO items VALUES (1, 'later, please')")
+        .await
+        .unwrap();
+    receiver.wait_for_delivered(1, DEADLINE).await;
+    let requests = receiver.requests();
+    let statuses: Vec<u16> = requests.iter().map(|request| request.status).collect();
+    assert_eq!(statuses, [429, 200]);
+    assert_eq!(
+        requests[0].headers["webhook-id"],
+        requests[1].headers["webhook-id"]
+    );
+    let waited = requests[1].arrived_at - requests[0].arrived_at;
+    assert!(
+        waited >= Duration::from_secs(2),
+        "retried {waited:?} after a 429 with Retry-After: 2"
+    );
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
     walhook.stop().await.unwrap();
 }
 
