@@ -1,8 +1,9 @@
-//! Delivery under failure: receivers that answer 500, or 429 with
-//! Retry-After; walhook killed with SIGKILL mid-stream; undeliverable events
-//! parked as dead letters, and a dead-letter store that refuses them: the
-//! slot stays behind what is neither delivered nor stored.
+//! Delivery under failure: receivers that answer 500, 429 with Retry-After,
+//! or 503 a few times; walhook killed with SIGKILL mid-stream; undeliverable
+//! events parked as dead letters, and a dead-letter store that refuses them.
+//! Throughout, the slot stays behind what is neither delivered nor stored.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::support::config::{Subscription, subscription};
@@ -197,6 +198,57 @@ async fn a_429_with_retry_after_is_retried_no_sooner_than_it_says() {
         "retried {waited:?} after a 429 with Retry-After: 2"
     );
     assert!(waited < Duration::from_secs(10), "{waited:?}");
+    walhook.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_waits_between_retries_grow() {
+    const ROWS: i64 = 8;
+    const FAILURES: u32 = 5;
+    const INITIAL: Duration = Duration::from_millis(50);
+    let db = items_db().await;
+    let receiver = Receiver::start().await;
+    receiver.fail_first_attempts(FAILURES);
+    // Unordered: each row in a lane of its own, retried on its own.
+    let walhook = Walhook::start(
+        db.configure()
+            .delivery("backoff", r#"{ initial = "50ms", max = "10s" }"#)
+            .subscription(rows(&receiver).ordering("none"))
+            .build(),
+    );
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute(&format!(
+            "INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, {ROWS}) g"
+        ))
+        .await
+        .unwrap();
+    receiver
+        .wait_for_delivered(ROWS as usize, Duration::from_secs(60))
+        .await;
+    let mut attempts: BTreeMap<String, Vec<std::time::Instant>> = BTreeMap::new();
+    for request in receiver.requests() {
+        attempts
+            .entry(request.headers["webhook-id"].clone())
+            .or_default()
+            .push(request.arrived_at);
+    }
+    assert_eq!(attempts.len() as i64, ROWS);
+    let mut last_waits = Vec::new();
+    for (id, arrivals) in &attempts {
+        assert_eq!(arrivals.len(), FAILURES as usize + 1, "{id}");
+        last_waits.push(arrivals[FAILURES as usize] - arrivals[FAILURES as usize - 1]);
+    }
+    // Full jitter under a cap that doubles: the wait after the fifth
+    // failure is drawn from [0, 16 × 50 ms]. A backoff that never grew
+    // would keep every wait within [0, 50 ms]; that none of eight exceeds
+    // 4 × 50 ms has a chance of (1/4)^8, about 1 in 65,000.
+    let longest = last_waits.iter().max().unwrap();
+    assert!(
+        *longest > INITIAL * 4,
+        "the waits after {FAILURES} failures did not grow past {:?}: {last_waits:?}",
+        INITIAL * 4
+    );
     walhook.stop().await.unwrap();
 }
 
