@@ -586,6 +586,89 @@ async fn a_key_change_arrives_after_the_old_keys_changes_and_before_the_new_keys
     walhook.stop().await.unwrap();
 }
 
+/// Per-key order without relying on timing: the receiver holds one key's
+/// update until the test releases it. That key's delete, committed later,
+/// must not arrive meanwhile, while the other keys' updates and deletes go
+/// on; once released, every key arrives as update then delete.
+#[tokio::test]
+async fn a_delete_waits_for_its_keys_held_update_while_other_keys_go_on() {
+    const KEYS: i64 = 20;
+    const HELD: i64 = 1;
+    let db = TestDb::new().await;
+    // The rows exist before the slot: only the updates and deletes stream.
+    db.client
+        .batch_execute(&format!(
+            "CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL);
+             INSERT INTO items SELECT g, 0 FROM generate_series(1, {KEYS}) g;"
+        ))
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    receiver.hold_where(|event| event["type"] == "UPDATE" && row_id(event) == HELD);
+    let walhook = Walhook::start(
+        db.configure()
+            .delivery("concurrency", "64")
+            .subscription(
+                subscription("items", &receiver.url("/items"))
+                    .tables(&["items"])
+                    .events(&["update", "delete"])
+                    .ordering("key"),
+            )
+            .build(),
+    );
+    db.wait_slot_active().await;
+    // Commit order: every update, then the held key's delete, then the
+    // other deletes.
+    for statement in [
+        "UPDATE items SET n = 1".to_owned(),
+        format!("DELETE FROM items WHERE id = {HELD}"),
+        format!("DELETE FROM items WHERE id <> {HELD}"),
+    ] {
+        db.client.batch_execute(&statement).await.unwrap();
+    }
+    let is_delete_of = |event: &Value, key: i64| event["type"] == "DELETE" && row_id(event) == key;
+    receiver
+        .wait_for_arrival_of("the held update", DEADLINE, |event| {
+            event["type"] == "UPDATE" && row_id(event) == HELD
+        })
+        .await;
+    // A later delete of another key: had the held key's delete been free
+    // to go, it would have been sent by now (deletes go in commit order).
+    receiver
+        .wait_for_arrival_of("another key's delete", DEADLINE, |event| {
+            event["type"] == "DELETE" && row_id(event) != HELD
+        })
+        .await;
+    let early: Vec<String> = receiver
+        .arrived_events()
+        .iter()
+        .filter(|event| is_delete_of(event, HELD))
+        .map(Value::to_string)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "key {HELD}'s delete arrived while its update was held: {}",
+        early.join("\n")
+    );
+
+    receiver.release();
+    receiver
+        .wait_for_delivered((2 * KEYS) as usize, DEADLINE)
+        .await;
+    let mut per_key: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for event in receiver.delivered_to("/items") {
+        per_key
+            .entry(row_id(&event))
+            .or_default()
+            .push(event["type"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(per_key.len() as i64, KEYS);
+    for (key, kinds) in &per_key {
+        assert_eq!(kinds, &["UPDATE", "DELETE"], "key {key}, in arrival order");
+    }
+    walhook.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn subscriptions_share_tables_and_span_tables_with_their_own_events() {
     let db = TestDb::new().await;
