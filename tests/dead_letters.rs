@@ -13,6 +13,7 @@ use crate::support::receiver::{Received, Receiver};
 use crate::support::{TestDb, Walhook, WalhookBinary, stdout, wait_until};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const OTHER_SECRET: &str = "whsec_c29tZW9uZS1lbHNlcy1zZWNyZXQ=";
 
 /// Inserts into `items`, signed, to `/<name>`.
 fn items(name: &str, receiver: &Receiver) -> Subscription {
@@ -112,8 +113,19 @@ async fn a_refused_event_is_listed_replayed_with_its_id_and_then_gone() {
             .find(|request| request.headers["webhook-id"] == parked_id)
             .unwrap();
         assert_eq!(replay.body, original.body);
-        assert!(replay.headers["webhook-signature"].starts_with("v1,"));
+        assert!(
+            replay.signature_verifies(SECRET),
+            "a replay's Standard Webhooks signature verifies with the subscription's secret: {replay:?}"
+        );
+        let signed_at =
+            |request: &Received| -> i64 { request.headers["webhook-timestamp"].parse().unwrap() };
+        assert!(signed_at(replay) >= signed_at(original), "signed anew");
     }
+    // The check can fail: another key, or a changed body, does not verify.
+    assert!(!replays[0].signature_verifies(OTHER_SECRET));
+    let mut tampered = replays[0].clone();
+    tampered.body = replays[0].body.slice(..replays[0].body.len() - 1);
+    assert!(!tampered.signature_verifies(SECRET));
     assert_eq!(db.dead_letter_count().await, 0);
     let listed = binary.command(&["dead-letters", "list"]).await;
     assert!(stdout(&listed).contains("0 dead letter(s)"));

@@ -49,9 +49,24 @@ async fn a_receiver_that_fails_for_a_while_gets_every_row_once_it_recovers() {
     let by_row = ids_by_row(&events);
     assert_eq!(by_row.len(), 300, "every row delivered");
     assert!(by_row.values().all(|ids| ids.len() == 1));
-    // While every request failed, the slot could not move past the rows.
-    let insert_end = db.current_wal().await;
-    assert!(before < insert_end);
+    // While every request failed, the slot could not move past the rows:
+    // it was still before their transaction's commit, and moves past it
+    // once they are delivered.
+    let commit = source_lsn(&events[0], "commit_lsn");
+    assert!(
+        events
+            .iter()
+            .all(|event| source_lsn(event, "commit_lsn") == commit),
+        "one transaction"
+    );
+    assert!(
+        before < commit,
+        "while every request failed the slot confirmed {before}, past the rows' commit {commit}"
+    );
+    wait_until("the slot to move past the rows", DEADLINE, || async {
+        db.confirmed_flush().await.unwrap() > commit
+    })
+    .await;
     walhook.stop().await.unwrap();
 }
 
