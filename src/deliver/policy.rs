@@ -167,5 +167,21 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+        // A date to come: the wait lasts until then, month by month.
+        let until = |date: &str| parse_retry_after(date).unwrap_or_default();
+        let (january, february, march) = (
+            until("Thu, 01 Jan 2099 00:00:00 GMT"),
+            until("Sun, 01 Feb 2099 00:00:00 GMT"),
+            until("Sun, 01 Mar 2099 00:00:00 GMT"),
+        );
+        let day = Duration::from_secs(24 * 3600);
+        assert!(january > day * 365, "{january:?}");
+        for (earlier, later, days) in [(january, february, 31), (february, march, 28)] {
+            let between = later.saturating_sub(earlier);
+            assert!(
+                between.abs_diff(day * days) < Duration::from_secs(1),
+                "{between:?} for {days} days"
+            );
+        }
     }
 }
