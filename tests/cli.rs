@@ -125,11 +125,7 @@ async fn an_unknown_table_exits_2_naming_subscription_and_table_and_leaves_no_sl
 /// with the key and the allowed range, before the slot is touched.
 #[tokio::test]
 async fn oversized_batch_and_concurrency_exit_2_from_check_and_run() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY, status text)").await;
     let batch = db.config_text(
         subscription("huge", "http://127.0.0.1:9/")
             .tables(&["orders"])
@@ -309,11 +305,7 @@ async fn environment_overrides_replace_scalar_keys_of_the_file() {
 
 #[tokio::test]
 async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE env_orders (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE env_orders (id int PRIMARY KEY)").await;
     let slot = format!("{}_from_env", db.name);
     let config = format!(
         r#"
@@ -406,11 +398,7 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
 
 #[tokio::test]
 async fn a_taken_admin_address_exits_1_before_the_database_is_touched() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY)").await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
     let config = db

@@ -169,14 +169,11 @@ fn unix_now() -> i64 {
 
 #[tokio::test]
 async fn signed_webhooks_verify_with_the_standardwebhooks_library() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2), note text);
-             ALTER TABLE orders REPLICA IDENTITY FULL;",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2), note text);
+         ALTER TABLE orders REPLICA IDENTITY FULL;",
+    )
+    .await;
     let receiver = Receiver::start().await;
     // `env:` secrets and headers are read from walhook's environment, so
     // this test runs the binary with its own.
@@ -261,14 +258,11 @@ async fn signed_webhooks_verify_with_the_standardwebhooks_library() {
 
 #[tokio::test]
 async fn a_projection_keeps_only_its_columns_everywhere() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2), note text);
-             ALTER TABLE orders REPLICA IDENTITY FULL;",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2), note text);
+         ALTER TABLE orders REPLICA IDENTITY FULL;",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(
         db.config(
@@ -321,11 +315,7 @@ async fn a_projection_keeps_only_its_columns_everywhere() {
 async fn batches_hold_at_most_max_events_signed_once_with_a_deterministic_id() {
     const ROWS: i64 = 60;
     const ROUNDS: i64 = 3;
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)").await;
     let receiver = Receiver::start().await;
     // Every distinct body is refused once: each batch is sent at least
     // twice, which shows that the same batch carries the same webhook-id.
@@ -433,11 +423,8 @@ async fn batches_hold_at_most_max_events_signed_once_with_a_deterministic_id() {
 async fn order_holds_per_key_and_strictly_under_concurrency_64() {
     const KEYS: i64 = 40;
     const ROUNDS: i64 = 5;
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)")
-        .await
-        .unwrap();
+    let db =
+        TestDb::with_schema("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)").await;
     let receiver = Receiver::start().await;
     receiver.delay_responses_randomly(Duration::from_millis(4));
     let config = db
@@ -523,11 +510,7 @@ async fn order_holds_per_key_and_strictly_under_concurrency_64() {
 async fn a_key_change_arrives_after_the_old_keys_changes_and_before_the_new_keys() {
     const KEYS: i64 = 30;
     const RENAMED: i64 = 1000;
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL)").await;
     let receiver = Receiver::start().await;
     // Slow, uneven answers: without the key-change barrier a rename (in the
     // new key's lane) would overtake the old key's last update.
@@ -671,14 +654,11 @@ async fn a_delete_waits_for_its_keys_held_update_while_other_keys_go_on() {
 
 #[tokio::test]
 async fn subscriptions_share_tables_and_span_tables_with_their_own_events() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text);
-             CREATE TABLE signups (id int PRIMARY KEY, email text);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text);
+         CREATE TABLE signups (id int PRIMARY KEY, email text);",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(
         db.configure()

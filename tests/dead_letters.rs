@@ -44,11 +44,7 @@ async fn park(db: &TestDb, receiver: &Receiver, config: &str, rows: i64, letters
 
 /// A database with the `items` table the tests park, and a receiver.
 async fn items_db() -> (TestDb, Receiver) {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, payload text)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE items (id int PRIMARY KEY, payload text)").await;
     (db, Receiver::start().await)
 }
 

@@ -13,11 +13,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn messages_between_inserts_do_not_disturb_delivery_or_the_slot() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, note text)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE items (id int PRIMARY KEY, note text)").await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(
         db.config(

@@ -21,12 +21,7 @@ fn rows(receiver: &Receiver) -> Subscription {
 }
 
 async fn items_db() -> TestDb {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, payload text)")
-        .await
-        .unwrap();
-    db
+    TestDb::with_schema("CREATE TABLE items (id int PRIMARY KEY, payload text)").await
 }
 
 #[tokio::test]

@@ -19,11 +19,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn setup_creates_a_failover_slot_from_postgresql_17_on() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE items (id int PRIMARY KEY)").await;
     let receiver = Receiver::start().await;
     let binary = WalhookBinary::new(
         &db.config_text(subscription("items", &receiver.url("/items")).tables(&["items"])),

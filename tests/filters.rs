@@ -760,14 +760,11 @@ async fn only_changes_to_paid_are_delivered() {
         .and_then(|seed| seed.parse().ok())
         .unwrap_or_else(|| fastrand::u64(..));
     let mut rng = Rng::with_seed(seed);
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2));
-             ALTER TABLE orders REPLICA IDENTITY FULL;",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2));
+         ALTER TABLE orders REPLICA IDENTITY FULL;",
+    )
+    .await;
     let receiver = Receiver::start().await;
     // Strict order: once the marker arrives, everything before it has.
     let walhook = Walhook::start(
@@ -875,11 +872,9 @@ async fn only_changes_to_paid_are_delivered() {
 
 #[tokio::test]
 async fn a_dropped_filter_column_parks_its_changes_as_dead_letters_without_stopping_walhook() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, status text, note text)")
-        .await
-        .unwrap();
+    let db =
+        TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY, status text, note text)")
+            .await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(
         db.configure()
@@ -958,15 +953,12 @@ async fn a_dropped_filter_column_parks_its_changes_as_dead_letters_without_stopp
 
 #[tokio::test]
 async fn bad_filters_exit_2_naming_subscription_key_and_position() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2));
-             CREATE TABLE audited (id int PRIMARY KEY, status text);
-             ALTER TABLE audited REPLICA IDENTITY FULL;",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2));
+         CREATE TABLE audited (id int PRIMARY KEY, status text);
+         ALTER TABLE audited REPLICA IDENTITY FULL;",
+    )
+    .await;
     let cases: &[(&str, &[&str], &str, &[&str])] = &[
         (
             "syntax",

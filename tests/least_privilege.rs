@@ -9,14 +9,11 @@ use crate::support::{TestDb, Walhook, cluster, connect};
 
 #[tokio::test]
 async fn psql_runs_the_sql_files_then_walhook_runs_as_the_least_privilege_role() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text);
-             CREATE TABLE secrets (id int PRIMARY KEY, token text);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text);
+         CREATE TABLE secrets (id int PRIMARY KEY, token text);",
+    )
+    .await;
     let mut sql = String::new();
     let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
         .unwrap()

@@ -257,11 +257,7 @@ async fn unchanged_toast_is_filled_under_replica_identity_full_and_listed_otherw
 
 #[tokio::test]
 async fn schema_changes_mid_stream_change_the_payload_shape() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE shapes (id int PRIMARY KEY, a int)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE shapes (id int PRIMARY KEY, a int)").await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(db.config(rows(&receiver, &["shapes"], &["insert", "update"])));
     db.wait_slot_active().await;
@@ -658,14 +654,11 @@ async fn an_invalidated_slot_stops_walhook_with_the_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_shard_tables_across_their_own_slots_and_progress_independently() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, note text);
-             CREATE TABLE signups (id int PRIMARY KEY, note text);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, note text);
+         CREATE TABLE signups (id int PRIMARY KEY, note text);",
+    )
+    .await;
     let receiver = Receiver::start().await;
     // One config per shard: its own slot, publication and table.
     let shard = |table: &str| {

@@ -254,14 +254,11 @@ async fn without_a_secret_listen_accepts_and_says_it_did_not_check() {
 
 #[tokio::test]
 async fn walhook_delivers_to_listen_and_the_signature_verifies() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(10,2));
-             ALTER TABLE orders REPLICA IDENTITY FULL;",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(10,2));
+         ALTER TABLE orders REPLICA IDENTITY FULL;",
+    )
+    .await;
     let listening = Listening::start(Some(SECRET)).await;
     // A recording receiver too, so the test waits on delivery, not on text.
     let receiver = Receiver::start().await;

@@ -16,14 +16,11 @@ fn orders_hook(receiver: &Receiver, table: &str) -> Subscription {
 
 #[tokio::test]
 async fn full_identity_gives_record_old_record_and_changed_columns() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2), note text);
-             ALTER TABLE orders REPLICA IDENTITY FULL;",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2), note text);
+         ALTER TABLE orders REPLICA IDENTITY FULL;",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(db.config(orders_hook(&receiver, "public.orders")));
     db.wait_slot_active().await;
@@ -95,11 +92,7 @@ async fn full_identity_gives_record_old_record_and_changed_columns() {
 
 #[tokio::test]
 async fn default_identity_sends_keys_only_when_postgres_does() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY, status text)").await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(db.config(orders_hook(&receiver, "orders")));
     db.wait_slot_active().await;
@@ -131,11 +124,7 @@ async fn default_identity_sends_keys_only_when_postgres_does() {
 
 #[tokio::test]
 async fn several_rows_in_one_statement_get_distinct_ids_and_keep_order() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, n int)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY, n int)").await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(db.config(orders_hook(&receiver, "orders")));
     db.wait_slot_active().await;
@@ -170,11 +159,10 @@ async fn several_rows_in_one_statement_get_distinct_ids_and_keep_order() {
 
 #[tokio::test]
 async fn truncate_is_one_event_per_table_when_asked_for() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders VALUES (1);")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders VALUES (1);",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(
         db.config(

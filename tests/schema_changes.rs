@@ -66,16 +66,13 @@ fn row_ids(events: &[Value]) -> Vec<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_table_is_delivered_under_its_own_name_through_attach_and_detach() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE pt (id int, region text, note text, PRIMARY KEY (id, region)) \
-                 PARTITION BY LIST (region);
-             CREATE TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu');
-             CREATE TABLE pt_us PARTITION OF pt FOR VALUES IN ('us');",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE pt (id int, region text, note text, PRIMARY KEY (id, region)) \
+             PARTITION BY LIST (region);
+         CREATE TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu');
+         CREATE TABLE pt_us PARTITION OF pt FOR VALUES IN ('us');",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let subscriptions = subscription("parts", &receiver.url("/pt"))
         .tables(&["public.pt"])
@@ -171,14 +168,11 @@ async fn a_partitioned_table_is_delivered_under_its_own_name_through_attach_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_renamed_or_moved_while_walhook_runs_is_still_delivered_and_reported() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE rn (id int PRIMARY KEY, note text);
-             CREATE SCHEMA archive;",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE rn (id int PRIMARY KEY, note text);
+         CREATE SCHEMA archive;",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let port = free_port();
     let walhook = Walhook::start(config(
@@ -232,11 +226,7 @@ async fn a_table_renamed_or_moved_while_walhook_runs_is_still_delivered_and_repo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_dropped_and_created_again_is_published_again_and_delivered() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE again (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE again (id int PRIMARY KEY)").await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(config(
         &db,
@@ -281,11 +271,7 @@ async fn a_table_dropped_and_created_again_is_published_again_and_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncate_waits_for_earlier_changes_and_later_changes_wait_for_it() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE tr (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE tr (id int PRIMARY KEY)").await;
     let receiver = Receiver::start().await;
     // Answers (and records) each request after a random wait, so requests
     // on different lanes finish in any order unless something orders them.
@@ -324,15 +310,12 @@ async fn truncate_waits_for_earlier_changes_and_later_changes_wait_for_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_selector_delivers_the_first_rows_of_tables_created_while_walhook_runs() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE SCHEMA shop;
-             CREATE TABLE shop.orders (id int PRIMARY KEY);
-             CREATE TABLE public.elsewhere (id int PRIMARY KEY);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE SCHEMA shop;
+         CREATE TABLE shop.orders (id int PRIMARY KEY);
+         CREATE TABLE public.elsewhere (id int PRIMARY KEY);",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(config(
         &db,
@@ -395,15 +378,12 @@ async fn a_schema_selector_delivers_the_first_rows_of_tables_created_while_walho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_never_publishes_updates_of_a_table_that_cannot_log_them() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE nokey (a int, b text);
-             INSERT INTO nokey VALUES (1, 'x');
-             CREATE TABLE keyed (id int PRIMARY KEY);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE nokey (a int, b text);
+         INSERT INTO nokey VALUES (1, 'x');
+         CREATE TABLE keyed (id int PRIMARY KEY);",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let updates = subscription("nokey-updates", &receiver.url("/n"))
         .tables(&["nokey"])
@@ -468,16 +448,13 @@ async fn setup_never_publishes_updates_of_a_table_that_cannot_log_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_of_types_dropped_right_after_their_change_are_still_rendered_faithfully() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE DOMAIN positive AS int CHECK (VALUE > 0);
-             CREATE TYPE pair AS (f1 int, f2 text);
-             CREATE TABLE big (id int PRIMARY KEY, body text);
-             CREATE TABLE typed (id int PRIMARY KEY, p positive, c pair, ps positive[]);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+         CREATE TYPE pair AS (f1 int, f2 text);
+         CREATE TABLE big (id int PRIMARY KEY, body text);
+         CREATE TABLE typed (id int PRIMARY KEY, p positive, c pair, ps positive[]);",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(config(
         &db,
@@ -578,13 +555,10 @@ async fn changes_of_a_published_table_no_rule_selects_are_counted_and_check_expl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_generated_columns_are_sent_where_the_server_publishes_them() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE g (id int PRIMARY KEY, a int, b int GENERATED ALWAYS AS (a * 2) STORED)",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE g (id int PRIMARY KEY, a int, b int GENERATED ALWAYS AS (a * 2) STORED)",
+    )
+    .await;
     let version = db.server_version_num().await;
     let receiver = Receiver::start().await;
     if version < 180_000 {
@@ -631,14 +605,11 @@ async fn stored_generated_columns_are_sent_where_the_server_publishes_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_whose_type_is_gone_before_walhook_saw_it_goes_out_as_text_and_is_counted() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE big (id int PRIMARY KEY, body text);
-             CREATE TABLE late (id int PRIMARY KEY, v int);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE big (id int PRIMARY KEY, body text);
+         CREATE TABLE late (id int PRIMARY KEY, v int);",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let port = free_port();
     let walhook = Walhook::start(config(
@@ -686,14 +657,11 @@ async fn a_value_whose_type_is_gone_before_walhook_saw_it_goes_out_as_text_and_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncate_waiting_for_a_failing_receiver_holds_back_no_other_subscription() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY);
-             CREATE TABLE u (id int PRIMARY KEY);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE t (id int PRIMARY KEY);
+         CREATE TABLE u (id int PRIMARY KEY);",
+    )
+    .await;
     let down = Receiver::start().await;
     down.respond_with(503);
     let up = Receiver::start().await;
@@ -736,15 +704,12 @@ async fn a_truncate_waiting_for_a_failing_receiver_holds_back_no_other_subscript
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_on_a_partition_below_a_selected_partitioned_table_is_refused() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE top (id int, region text, city text) PARTITION BY LIST (region);
-             CREATE TABLE mid PARTITION OF top FOR VALUES IN ('eu') PARTITION BY LIST (city);
-             CREATE TABLE leaf PARTITION OF mid FOR VALUES IN ('paris');",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE top (id int, region text, city text) PARTITION BY LIST (region);
+         CREATE TABLE mid PARTITION OF top FOR VALUES IN ('eu') PARTITION BY LIST (city);
+         CREATE TABLE leaf PARTITION OF mid FOR VALUES IN ('paris');",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let subscriptions = format!(
         "{}{}",

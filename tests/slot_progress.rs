@@ -9,14 +9,11 @@ use crate::support::{TestDb, Walhook, wait_until};
 
 #[tokio::test]
 async fn heavy_writes_to_an_unwatched_table_move_confirmed_flush_lsn() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY);
-             CREATE TABLE audit_noise (id bigserial PRIMARY KEY, filler text);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY);
+         CREATE TABLE audit_noise (id bigserial PRIMARY KEY, filler text);",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let walhook =
         Walhook::start(db.config(subscription("orders", &receiver.url("/")).tables(&["orders"])));

@@ -325,11 +325,9 @@ async fn a_second_stream_on_an_active_slot_is_refused_until_the_first_ends() {
 
 #[tokio::test]
 async fn a_missing_slot_is_reported_with_the_fix() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE t (id int); CREATE PUBLICATION missing_slot FOR TABLE t")
-        .await
-        .unwrap();
+    let db =
+        TestDb::with_schema("CREATE TABLE t (id int); CREATE PUBLICATION missing_slot FOR TABLE t")
+            .await;
     let error = start(&db.url, "missing_slot").await.unwrap_err();
     assert!(error.is_slot_missing(), "{error:?}");
     assert!(!error.is_slot_in_use());

@@ -21,11 +21,7 @@ async fn walhook(binary: &WalhookBinary, args: &[&str]) -> std::process::Output 
 
 #[tokio::test]
 async fn status_reports_the_lag_of_a_slot_held_back() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY, note text)").await;
     let binary = WalhookBinary::new(
         &db.configure()
             .subscription(subscription("orders", "http://127.0.0.1:9/").tables(&["orders"]))

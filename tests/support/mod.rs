@@ -95,6 +95,17 @@ impl TestDb {
         TestDb::on(cluster).await
     }
 
+    /// A fresh database of the shared cluster in which `sql` (tables, rows)
+    /// has run.
+    pub async fn with_schema(sql: &str) -> TestDb {
+        let db = TestDb::new().await;
+        db.client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"));
+        db
+    }
+
     /// A fresh database of `cluster` (a test's own cluster, for tests that
     /// stop or restart PostgreSQL).
     pub async fn on(cluster: &TempPostgres) -> TestDb {
