@@ -898,11 +898,116 @@ mod tests {
         assert!(!DecodeError::Empty.is_transient());
     }
 
+    /// The message kind a tag stands for, as the fixtures (one or more of
+    /// every kind) show it.
+    fn kind_of(tag: u8) -> Option<MessageKind> {
+        fixtures()
+            .iter()
+            .find(|(bytes, _)| bytes.first() == Some(&tag))
+            .map(|(_, message)| kind_of_message(message))
+    }
+
+    /// The kind of a decoded message.
+    fn kind_of_message(message: &PgOutputMessage) -> MessageKind {
+        match message {
+            PgOutputMessage::Begin { .. } => MessageKind::Begin,
+            PgOutputMessage::Commit { .. } => MessageKind::Commit,
+            PgOutputMessage::Origin { .. } => MessageKind::Origin,
+            PgOutputMessage::Relation(_) => MessageKind::Relation,
+            PgOutputMessage::Type { .. } => MessageKind::Type,
+            PgOutputMessage::Insert { .. } => MessageKind::Insert,
+            PgOutputMessage::Update { .. } => MessageKind::Update,
+            PgOutputMessage::Delete { .. } => MessageKind::Delete,
+            PgOutputMessage::Truncate { .. } => MessageKind::Truncate,
+            PgOutputMessage::Message { .. } => MessageKind::Message,
+        }
+    }
+
+    /// What must hold of `parse(input)`, whatever the input: a message is
+    /// the kind its tag says and takes exactly the whole input (one byte
+    /// less fails, one byte more is trailing); an error names the message
+    /// its tag says and points inside the input.
+    fn assert_consistent(input: &Bytes, result: &Result<PgOutputMessage, DecodeError>) {
+        let tag = input.first().copied();
+        match result {
+            Ok(message) => {
+                assert_eq!(
+                    Some(kind_of_message(message)),
+                    tag.and_then(kind_of),
+                    "{input:?}"
+                );
+                let shorter = parse(input.slice(..input.len() - 1));
+                assert!(
+                    shorter.is_err(),
+                    "{input:?} without its last byte: {shorter:?}"
+                );
+                let mut longer = input.to_vec();
+                longer.push(0);
+                assert!(
+                    matches!(
+                        parse(Bytes::from(longer)),
+                        Err(DecodeError::TrailingBytes { count: 1, .. })
+                    ),
+                    "{input:?} and one more byte"
+                );
+            }
+            Err(DecodeError::Empty) => assert!(input.is_empty()),
+            Err(DecodeError::UnknownTag { tag: unknown }) => {
+                assert_eq!(Some(*unknown), tag);
+                assert_eq!(kind_of(*unknown), None);
+            }
+            Err(error) => {
+                let (message, fits) = match *error {
+                    DecodeError::Truncated {
+                        message,
+                        offset,
+                        needed,
+                        available,
+                        ..
+                    } => (
+                        message,
+                        offset + available == input.len() && needed > available,
+                    ),
+                    DecodeError::UnterminatedString {
+                        message, offset, ..
+                    } => (message, offset <= input.len()),
+                    DecodeError::InvalidUtf8 {
+                        message, offset, ..
+                    }
+                    | DecodeError::UnknownTupleKind {
+                        message, offset, ..
+                    }
+                    | DecodeError::UnexpectedByte {
+                        message, offset, ..
+                    }
+                    | DecodeError::NegativeLength {
+                        message, offset, ..
+                    } => (message, offset < input.len()),
+                    DecodeError::TrailingBytes { message, count } => {
+                        (message, count > 0 && count < input.len())
+                    }
+                    DecodeError::Empty | DecodeError::UnknownTag { .. } => unreachable!(),
+                };
+                assert_eq!(
+                    Some(message),
+                    tag.and_then(kind_of),
+                    "{error} for {input:?}"
+                );
+                assert!(
+                    fits,
+                    "{error:?} does not fit {} bytes: {input:?}",
+                    input.len()
+                );
+            }
+        }
+    }
+
     #[test]
-    fn never_panics_on_arbitrary_bytes() {
+    fn mutated_messages_never_panic_and_decode_or_fail_consistently() {
         // A cheap deterministic fuzz: mutate valid fixtures byte by byte.
         let mut rng = fastrand::Rng::with_seed(7);
-        for (bytes, _) in fixtures() {
+        let (mut decoded, mut refused) = (0, 0);
+        for (bytes, expected) in fixtures() {
             for _ in 0..2000 {
                 let mut mutated = bytes.to_vec();
                 let flips = rng.usize(1..4);
@@ -913,8 +1018,23 @@ mod tests {
                 if rng.bool() {
                     mutated.truncate(rng.usize(..=mutated.len()));
                 }
-                let _ = parse(Bytes::from(mutated));
+                let input = Bytes::from(mutated);
+                let result = parse(input.clone());
+                assert_consistent(&input, &result);
+                if input == bytes {
+                    assert_eq!(result.as_ref(), Ok(&expected), "an unchanged fixture");
+                }
+                match result {
+                    Ok(_) => decoded += 1,
+                    Err(_) => refused += 1,
+                }
             }
         }
+        // Both paths ran: mutations that still decode (a changed value) and
+        // ones that cannot.
+        assert!(
+            decoded > 1000 && refused > 1000,
+            "{decoded} decoded, {refused} refused"
+        );
     }
 }

@@ -1,13 +1,14 @@
 //! The admin server: `/metrics` counters move by exactly the delivered
-//! events, `/healthz` answers, and `/readyz` turns unready when PostgreSQL
-//! stops (and ready again when it is back).
+//! events, the lag in time is the age of the oldest waiting commit,
+//! `/healthz` answers, and `/readyz` turns unready when PostgreSQL stops
+//! (and ready again when it is back).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use walhook::config::Config;
 use walhook::pgtemp::TempPostgres;
 
+use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
 use crate::support::{TestDb, Walhook, free_port, get, sample, wait_until};
 
@@ -27,18 +28,11 @@ async fn metrics_count_deliveries_exactly_and_readyz_follows_postgres() {
         .unwrap();
     let receiver = Receiver::start().await;
     let port = free_port();
-    let text = db
-        .config_text(&format!(
-            r#"
-            [[subscriptions]]
-            name = "orders"
-            tables = ["orders"]
-            url = "{}"
-            "#,
-            receiver.url("/orders")
-        ))
-        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
-    let config = Config::from_toml(std::path::Path::new("test.toml"), &text).unwrap();
+    let config = db
+        .configure()
+        .admin(&format!("127.0.0.1:{port}"))
+        .subscription(subscription("orders", &receiver.url("/orders")).tables(&["orders"]))
+        .build();
     let walhook = Walhook::start(config);
     db.wait_slot_active().await;
     let base = format!("http://127.0.0.1:{port}");
@@ -132,5 +126,57 @@ async fn metrics_count_deliveries_exactly_and_readyz_follows_postgres() {
         sample(&metrics, "walhook_reconnects_total").unwrap() >= 1.0,
         "{metrics}"
     );
+    walhook.stop().await.unwrap();
+}
+
+/// docs/operations.md: `walhook_replication_lag_seconds` is the age of the
+/// oldest committed change not yet confirmed, 0 when nothing is pending.
+#[tokio::test]
+async fn the_lag_in_time_is_the_age_of_the_oldest_waiting_commit() {
+    const LAG: &str = "walhook_replication_lag_seconds";
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY, status text)").await;
+    let receiver = Receiver::start().await;
+    receiver.respond_with(503);
+    let port = free_port();
+    let walhook = Walhook::start(
+        db.configure()
+            .admin(&format!("127.0.0.1:{port}"))
+            .delivery("max_attempts", "100000")
+            .subscription(subscription("orders", &receiver.url("/orders")).tables(&["orders"]))
+            .build(),
+    );
+    db.wait_slot_active().await;
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let lag = || async { sample(&get(&metrics).await.1, LAG) };
+    assert_eq!(lag().await, Some(0.0), "nothing pending yet");
+
+    let before_commit = std::time::Instant::now();
+    db.client
+        .batch_execute("INSERT INTO orders VALUES (1, 'waiting')")
+        .await
+        .unwrap();
+    receiver.wait_for_requests(1, Duration::from_secs(30)).await;
+    wait_until(
+        "the lag to show the waiting row",
+        Duration::from_secs(30),
+        || async { lag().await.is_some_and(|seconds| seconds > 0.0) },
+    )
+    .await;
+    let waiting = lag().await.unwrap();
+    // Read after walhook computed it, so no older than the commit itself.
+    let since_commit = before_commit.elapsed().as_secs_f64();
+    assert!(
+        0.0 < waiting && waiting <= since_commit,
+        "lag {waiting}s for a row committed {since_commit}s ago"
+    );
+
+    receiver.respond_with(200);
+    receiver
+        .wait_for_delivered(1, Duration::from_secs(30))
+        .await;
+    wait_until("the lag to fall to 0", Duration::from_secs(30), || async {
+        lag().await == Some(0.0)
+    })
+    .await;
     walhook.stop().await.unwrap();
 }

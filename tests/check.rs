@@ -3,55 +3,17 @@
 //! prints its fix; a bad file exits 2 like `run`.
 
 use std::process::Output;
-use std::time::Duration;
 
+use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
-use crate::support::{TestDb, walhook_binary};
+use crate::support::{TestDb, WalhookBinary, stderr, stdout};
 
 /// Runs `walhook <args> --config <file with text>`; returns the output and
 /// stdout + stderr as text.
 async fn walhook(args: &[&str], config: &str) -> (Output, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("walhook.toml");
-    std::fs::write(&path, config).unwrap();
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(walhook_binary())
-            .args(args)
-            .arg("--config")
-            .arg(&path)
-            .env_remove("WALHOOK_CONFIG")
-            // check does not try connections that would go through a proxy.
-            .env_remove("HTTP_PROXY")
-            .env_remove("HTTPS_PROXY")
-            .env_remove("ALL_PROXY")
-            .env_remove("http_proxy")
-            .env_remove("https_proxy")
-            .env_remove("all_proxy")
-            .output(),
-    )
-    .await
-    .expect("walhook exits within 60s")
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(!text.contains("panicked"), "{text}");
+    let output = WalhookBinary::new(config).command(args).await;
+    let text = format!("{}{}", stdout(&output), stderr(&output));
     (output, text)
-}
-
-fn subscription(name: &str, table: &str, events: &str, url: &str) -> String {
-    format!(
-        r#"
-        [[subscriptions]]
-        name = "{name}"
-        tables = ["{table}"]
-        events = {events}
-        url = "{url}"
-        "#
-    )
 }
 
 async fn create_tables(db: &TestDb) {
@@ -78,27 +40,26 @@ async fn a_healthy_setup_exits_0_and_warns_about_a_table_without_replica_identit
     create_tables(&db).await;
     // check connects to each URL's port (no request is sent).
     let receiver = Receiver::start().await;
-    let config = db.config_text(&format!(
-        "{}{}{}",
-        subscription(
-            "orders",
-            "public.orders",
-            r#"["insert", "update", "delete"]"#,
-            &receiver.url("/hook")
-        ),
-        subscription(
-            "audit",
-            "audit",
-            r#"["insert", "update"]"#,
-            &receiver.url("/audit").replace("127.0.0.1", "localhost")
-        ),
-        subscription(
-            "clicks",
-            "clicks",
-            r#"["insert"]"#,
-            &receiver.url("/clicks")
-        ),
-    ));
+    let orders = subscription("orders", &receiver.url("/hook"))
+        .tables(&["public.orders"])
+        .events(&["insert", "update", "delete"]);
+    let config = db
+        .configure()
+        .subscription(&orders)
+        .subscription(
+            subscription(
+                "audit",
+                &receiver.url("/audit").replace("127.0.0.1", "localhost"),
+            )
+            .tables(&["audit"])
+            .events(&["insert", "update"]),
+        )
+        .subscription(
+            subscription("clicks", &receiver.url("/clicks"))
+                .tables(&["clicks"])
+                .events(&["insert"]),
+        )
+        .text();
     // setup refuses to publish updates for the key-less tables (PostgreSQL
     // would refuse the application's UPDATE and DELETE on them) ...
     let (output, text) = walhook(&["setup"], &config).await;
@@ -106,12 +67,7 @@ async fn a_healthy_setup_exits_0_and_warns_about_a_table_without_replica_identit
     assert!(text.contains("public.audit, public.clicks"), "{text}");
     // ... so set up for orders alone, then widen the publication by hand,
     // as an administrator might: check warns about what that means.
-    let orders_only = db.config_text(&subscription(
-        "orders",
-        "public.orders",
-        r#"["insert", "update", "delete"]"#,
-        &receiver.url("/hook"),
-    ));
+    let orders_only = db.config_text(&orders);
     let (output, text) = walhook(&["setup"], &orders_only).await;
     assert!(output.status.success(), "{text}");
     db.client
@@ -168,21 +124,19 @@ async fn a_healthy_setup_exits_0_and_warns_about_a_table_without_replica_identit
 async fn a_missing_publication_slot_and_table_exit_1_with_their_fixes() {
     let db = TestDb::new().await;
     create_tables(&db).await;
-    let config = db.config_text(&format!(
-        "{}{}",
-        subscription(
-            "orders",
-            "orders",
-            r#"["insert"]"#,
-            "http://127.0.0.1:9/hook"
-        ),
-        subscription(
-            "typo",
-            "public.ordersz",
-            r#"["insert"]"#,
-            "http://127.0.0.1:9/hook"
-        ),
-    ));
+    let config = db
+        .configure()
+        .subscription(
+            subscription("orders", "http://127.0.0.1:9/hook")
+                .tables(&["orders"])
+                .events(&["insert"]),
+        )
+        .subscription(
+            subscription("typo", "http://127.0.0.1:9/hook")
+                .tables(&["public.ordersz"])
+                .events(&["insert"]),
+        )
+        .text();
     let (output, text) = walhook(&["check"], &config).await;
     assert_eq!(output.status.code(), Some(1), "{text}");
     let problems = lines(&text, "problem:");
@@ -229,7 +183,9 @@ async fn a_role_without_replication_or_select_exits_1_with_the_grants() {
     let db = TestDb::new().await;
     create_tables(&db).await;
     let receiver = Receiver::start().await;
-    let subscriptions = subscription("orders", "orders", r#"["insert"]"#, &receiver.url("/hook"));
+    let subscriptions = subscription("orders", &receiver.url("/hook"))
+        .tables(&["orders"])
+        .events(&["insert"]);
     let (output, text) = walhook(&["setup"], &db.config_text(&subscriptions)).await;
     assert!(output.status.success(), "{text}");
     let role = format!("{}_reader", db.name);
@@ -241,10 +197,11 @@ async fn a_role_without_replication_or_select_exits_1_with_the_grants() {
         .url
         .replacen("postgres://postgres@", &format!("postgres://{role}:pw@"), 1);
     assert_ne!(role_url, db.url, "the test URL has the expected shape");
-    let config = db.config_text(&subscriptions).replace(
-        &format!("url = \"{}\"", db.url),
-        &format!("url = \"{role_url}\""),
-    );
+    let config = db
+        .configure()
+        .url(&role_url)
+        .subscription(&subscriptions)
+        .text();
 
     let (output, text) = walhook(&["check"], &config).await;
     assert_eq!(output.status.code(), Some(1), "{text}");
@@ -286,21 +243,25 @@ async fn an_unresolvable_host_exits_1_a_closed_port_warns_and_a_bad_file_exits_2
     let closed = tokio::net::TcpSocket::new_v4().unwrap();
     closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let closed_port = closed.local_addr().unwrap().port();
-    let config = db.config_text(&format!(
-        "{}{}",
-        subscription(
-            "orders",
-            "orders",
-            r#"["insert"]"#,
-            "http://no-such-host.invalid/hook?token=secret-token",
-        ),
-        subscription(
-            "down",
-            "orders",
-            r#"["insert"]"#,
-            &format!("http://127.0.0.1:{closed_port}/hook?token=secret-token"),
-        ),
-    ));
+    let config = db
+        .configure()
+        .subscription(
+            subscription(
+                "orders",
+                "http://no-such-host.invalid/hook?token=secret-token",
+            )
+            .tables(&["orders"])
+            .events(&["insert"]),
+        )
+        .subscription(
+            subscription(
+                "down",
+                &format!("http://127.0.0.1:{closed_port}/hook?token=secret-token"),
+            )
+            .tables(&["orders"])
+            .events(&["insert"]),
+        )
+        .text();
     let (output, text) = walhook(&["setup"], &config).await;
     assert!(output.status.success(), "{text}");
     let (output, text) = walhook(&["check"], &config).await;

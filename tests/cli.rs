@@ -2,48 +2,28 @@
 //! exit 2; an unreachable database exits 1 naming host and port; the demo
 //! works end to end.
 
+use std::ffi::OsStr;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::support::{TestDb, walhook_binary};
-
-/// Runs the binary with `args` and `env` (a `None` value removes the
-/// variable), `WALHOOK_CONFIG` unset; fails the test if it takes longer than
-/// `deadline`. Returns the output, stdout and stderr.
-async fn run_binary(
-    args: &[&std::ffi::OsStr],
-    env: &[(&str, Option<&str>)],
-    deadline: Duration,
-) -> (Output, String, String) {
-    let mut command = tokio::process::Command::new(walhook_binary());
-    command.args(args).env_remove("WALHOOK_CONFIG");
-    for (name, value) in env {
-        match value {
-            Some(value) => command.env(name, value),
-            None => command.env_remove(name),
-        };
-    }
-    let output = tokio::time::timeout(deadline, command.output())
-        .await
-        .expect("walhook exits in time")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output, stdout, stderr)
-}
+use crate::support::config::subscription;
+use crate::support::{TestDb, WalhookBinary, run_binary, run_binary_within, stderr, stdout};
 
 /// Runs `walhook <args> --config <file with config>` (a file that does not
 /// exist when `config` is `None`); returns the output and stderr.
 async fn run_walhook(args: &[&str], config: Option<&str>) -> (Output, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("walhook.toml");
-    if let Some(text) = config {
-        std::fs::write(&path, text).unwrap();
-    }
-    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-    all.extend([std::ffi::OsStr::new("--config"), path.as_os_str()]);
-    let (output, _, stderr) = run_binary(&all, &[], Duration::from_secs(60)).await;
-    (output, stderr)
+    let output = match config {
+        Some(text) => WalhookBinary::new(text).command(args).await,
+        None => {
+            let dir = tempfile::tempdir().unwrap();
+            let missing = dir.path().join("walhook.toml");
+            let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+            all.extend([OsStr::new("--config"), missing.as_os_str()]);
+            run_binary(&all, &[]).await
+        }
+    };
+    let text = stderr(&output);
+    (output, text)
 }
 
 /// How many of the slot and the publication named `name` exist.
@@ -119,15 +99,10 @@ async fn bad_config_files_exit_2_with_a_message_that_names_the_key() {
 async fn an_unknown_table_exits_2_naming_subscription_and_table_and_leaves_no_slot() {
     let db = TestDb::new().await;
     let config = db
-        .config_text(
-            r#"
-            [[subscriptions]]
-            name = "typo"
-            tables = ["public.ordersz"]
-            url = "http://127.0.0.1:9/"
-            "#,
-        )
-        .replace("status_interval = \"1s\"", "");
+        .configure()
+        .without_source("status_interval")
+        .subscription(subscription("typo", "http://127.0.0.1:9/").tables(&["public.ordersz"]))
+        .text();
     let (output, stderr) = run_walhook(&["run"], Some(&config)).await;
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
@@ -150,19 +125,11 @@ async fn an_unknown_table_exits_2_naming_subscription_and_table_and_leaves_no_sl
 /// with the key and the allowed range, before the slot is touched.
 #[tokio::test]
 async fn oversized_batch_and_concurrency_exit_2_from_check_and_run() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY, status text)").await;
     let batch = db.config_text(
-        r#"
-        [[subscriptions]]
-        name = "huge"
-        tables = ["orders"]
-        url = "http://127.0.0.1:9/"
-        batch = { max_events = 1000000000 }
-        "#,
+        subscription("huge", "http://127.0.0.1:9/")
+            .tables(&["orders"])
+            .with("batch", "{ max_events = 1000000000 }"),
     );
     for command in ["check", "run"] {
         let (output, stderr) = run_walhook(&[command], Some(&batch)).await;
@@ -173,15 +140,11 @@ async fn oversized_batch_and_concurrency_exit_2_from_check_and_run() {
             "{command}: {stderr}"
         );
     }
-    let concurrency = db.config_text_with(
-        "concurrency = 9223372036854775807",
-        r#"
-        [[subscriptions]]
-        name = "many"
-        tables = ["orders"]
-        url = "http://127.0.0.1:9/"
-        "#,
-    );
+    let concurrency = db
+        .configure()
+        .delivery("concurrency", "9223372036854775807")
+        .subscription(subscription("many", "http://127.0.0.1:9/").tables(&["orders"]))
+        .text();
     let (output, stderr) = run_walhook(&["check"], Some(&concurrency)).await;
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
@@ -213,12 +176,8 @@ async fn an_unreachable_database_exits_1_naming_host_and_port() {
 
 #[tokio::test]
 async fn demo_shows_the_whole_loop_and_exits_cleanly() {
-    let (output, stdout, stderr) = run_binary(
-        &[std::ffi::OsStr::new("demo")],
-        &[],
-        Duration::from_secs(120),
-    )
-    .await;
+    let output = run_binary_within(&[OsStr::new("demo")], &[], Duration::from_secs(120)).await;
+    let (stdout, stderr) = (stdout(&output), stderr(&output));
     assert!(
         output.status.success(),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
@@ -309,47 +268,36 @@ async fn environment_overrides_replace_scalar_keys_of_the_file() {
     )
     .unwrap();
     let url = format!("postgres://walhook@127.0.0.1:{env_port}/app?sslmode=disable");
-    let run = [
-        std::ffi::OsStr::new("run"),
-        "--config".as_ref(),
-        path.as_os_str(),
-    ];
-    let (output, _, stderr) = run_binary(
+    let run = [OsStr::new("run"), "--config".as_ref(), path.as_os_str()];
+    let output = run_binary(
         &run,
         &[
             ("WALHOOK_SOURCE__URL", Some(&url)),
             ("WALHOOK_DELIVERY__CONCURRENCY", Some("8")),
         ],
-        Duration::from_secs(60),
     )
     .await;
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("127.0.0.1:{env_port}")),
-        "{stderr}"
-    );
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{env_port}")), "{text}");
 
     // A bad value from the environment names the variable.
-    let (output, _, stderr) = run_binary(
+    let output = run_binary(
         &run,
         &[
             ("WALHOOK_SOURCE__URL", Some(&url)),
             ("WALHOOK_DELIVERY__CONCURRENCY", Some("many")),
         ],
-        Duration::from_secs(60),
     )
     .await;
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("delivery.concurrency"), "{stderr}");
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("delivery.concurrency"), "{text}");
 }
 
 #[tokio::test]
 async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE env_orders (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE env_orders (id int PRIMARY KEY)").await;
     let slot = format!("{}_from_env", db.name);
     let config = format!(
         r#"
@@ -372,13 +320,9 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("walhook.toml");
     std::fs::write(&path, &config).unwrap();
-    let setup_args = [
-        std::ffi::OsStr::new("setup"),
-        "--config".as_ref(),
-        path.as_os_str(),
-    ];
+    let setup_args = [OsStr::new("setup"), "--config".as_ref(), path.as_os_str()];
     let setup = async |table: Option<&str>, auth: Option<&str>| {
-        run_binary(
+        let output = run_binary(
             &setup_args,
             &[
                 ("WALHOOK_TEST_SLOT", Some(&slot)),
@@ -387,13 +331,14 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
                 ("WALHOOK_TEST_TABLE", table),
                 ("WALHOOK_TEST_AUTH", auth),
             ],
-            Duration::from_secs(60),
         )
-        .await
+        .await;
+        let text = stderr(&output);
+        (output, text)
     };
 
     // Unset: the message names the nested key and the variable; nothing made.
-    let (output, _, stderr) = setup(None, None).await;
+    let (output, stderr) = setup(None, None).await;
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("subscriptions[0] (orders).tables[0]")
@@ -404,7 +349,7 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
 
     // Set: the slot and the publication take their names from the
     // environment, and the publication the table.
-    let (output, _, stderr) = setup(Some("public.env_orders"), None).await;
+    let (output, stderr) = setup(Some("public.env_orders"), None).await;
     assert!(output.status.success(), "{stderr}");
     assert_eq!(
         made(&db, &slot).await,
@@ -437,7 +382,7 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
         ),
     )
     .unwrap();
-    let (output, _, stderr) = setup(Some("public.env_orders"), Some("Bearer s3cret-t0ken")).await;
+    let (output, stderr) = setup(Some("public.env_orders"), Some("Bearer s3cret-t0ken")).await;
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("headers"), "{stderr}");
     assert!(!stderr.contains("s3cret-t0ken"), "{stderr}");
@@ -445,16 +390,14 @@ async fn env_references_work_for_any_key_and_an_unset_one_names_its_key() {
 
 #[tokio::test]
 async fn a_taken_admin_address_exits_1_before_the_database_is_touched() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY)").await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
     let config = db
-        .config_text(GOOD_SUBSCRIPTION)
-        .replace("listen = \"\"", &format!("listen = \"{address}\""));
+        .configure()
+        .admin(&address)
+        .subscription(GOOD_SUBSCRIPTION)
+        .text();
     assert!(config.contains(&address));
     let (output, stderr) = run_walhook(&["run"], Some(&config)).await;
     assert_eq!(output.status.code(), Some(1), "{stderr}");

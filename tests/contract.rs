@@ -12,8 +12,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
+use crate::support::config::subscription;
 use crate::support::receiver::{Received, Receiver};
-use crate::support::{TestDb, Walhook, sigterm, walhook_binary};
+use crate::support::{TestDb, Walhook, WalhookBinary, sigterm, source_lsn};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const SECRET: &str = "whsec_Y29udHJhY3QtdGVzdC1zZWNyZXQtZm9yLXdhbGhvb2s=";
@@ -168,49 +169,37 @@ fn unix_now() -> i64 {
 
 #[tokio::test]
 async fn signed_webhooks_verify_with_the_standardwebhooks_library() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2), note text);
-             ALTER TABLE orders REPLICA IDENTITY FULL;",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2), note text);
+         ALTER TABLE orders REPLICA IDENTITY FULL;",
+    )
+    .await;
     let receiver = Receiver::start().await;
     // `env:` secrets and headers are read from walhook's environment, so
     // this test runs the binary with its own.
-    let config = db.config_text(&format!(
-        r#"
-        [[subscriptions]]
-        name = "literal-secret"
-        tables = ["orders"]
-        url = "{}"
-        secret = "{SECRET}"
-        headers = {{ "X-Tenant" = "acme" }}
-        [[subscriptions]]
-        name = "env-secret"
-        tables = ["public.orders"]
-        url = "{}"
-        secret = "env:WALHOOK_CONTRACT_SECRET"
-        headers = {{ "Authorization" = "env:WALHOOK_CONTRACT_AUTH", "X-Tenant" = "globex" }}
-        "#,
-        receiver.url("/literal"),
-        receiver.url("/env"),
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("walhook.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let log_path = dir.path().join("walhook.log");
-    let mut walhook = tokio::process::Command::new(walhook_binary())
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("WALHOOK_CONTRACT_SECRET", ENV_SECRET)
-        .env("WALHOOK_CONTRACT_AUTH", "Bearer t0ken-from-env")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let config = db
+        .configure()
+        .subscription(
+            subscription("literal-secret", &receiver.url("/literal"))
+                .tables(&["orders"])
+                .secret(SECRET)
+                .with("headers", r#"{ "X-Tenant" = "acme" }"#),
+        )
+        .subscription(
+            subscription("env-secret", &receiver.url("/env"))
+                .tables(&["public.orders"])
+                .secret("env:WALHOOK_CONTRACT_SECRET")
+                .with(
+                    "headers",
+                    r#"{ "Authorization" = "env:WALHOOK_CONTRACT_AUTH", "X-Tenant" = "globex" }"#,
+                ),
+        )
+        .text();
+    let binary = WalhookBinary::new(&config);
+    let mut walhook = binary.spawn_run_with_env(&[
+        ("WALHOOK_CONTRACT_SECRET", ENV_SECRET),
+        ("WALHOOK_CONTRACT_AUTH", "Bearer t0ken-from-env"),
+    ]);
     db.wait_slot_active().await;
     db.client
         .batch_execute(
@@ -264,34 +253,24 @@ async fn signed_webhooks_verify_with_the_standardwebhooks_library() {
         .await
         .expect("walhook stops on SIGTERM")
         .unwrap();
-    assert!(
-        status.success(),
-        "{status:?}\n{}",
-        std::fs::read_to_string(&log_path).unwrap_or_default()
-    );
+    assert!(status.success(), "{status:?}\n{}", binary.log());
 }
 
 #[tokio::test]
 async fn a_projection_keeps_only_its_columns_everywhere() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2), note text);
-             ALTER TABLE orders REPLICA IDENTITY FULL;",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2), note text);
+         ALTER TABLE orders REPLICA IDENTITY FULL;",
+    )
+    .await;
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "narrow"
-        tables = ["orders"]
-        columns = ["id", "status"]
-        url = "{}"
-        "#,
-        receiver.url("/narrow")
-    )));
+    let walhook = Walhook::start(
+        db.config(
+            subscription("narrow", &receiver.url("/narrow"))
+                .tables(&["orders"])
+                .columns(&["id", "status"]),
+        ),
+    );
     db.wait_slot_active().await;
     for statement in [
         "INSERT INTO orders VALUES (1, 'pending', 12.50, 'first')",
@@ -336,26 +315,19 @@ async fn a_projection_keeps_only_its_columns_everywhere() {
 async fn batches_hold_at_most_max_events_signed_once_with_a_deterministic_id() {
     const ROWS: i64 = 60;
     const ROUNDS: i64 = 3;
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)").await;
     let receiver = Receiver::start().await;
     // Every distinct body is refused once: each batch is sent at least
     // twice, which shows that the same batch carries the same webhook-id.
     receiver.fail_first_attempts(1);
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "batched"
-        tables = ["items"]
-        url = "{}"
-        secret = "{SECRET}"
-        batch = {{ max_events = 10, max_wait = "50ms" }}
-        "#,
-        receiver.url("/batched")
-    )));
+    let walhook = Walhook::start(
+        db.config(
+            subscription("batched", &receiver.url("/batched"))
+                .tables(&["items"])
+                .secret(SECRET)
+                .with("batch", r#"{ max_events = 10, max_wait = "50ms" }"#),
+        ),
+    );
     db.wait_slot_active().await;
     db.client
         .batch_execute(&format!(
@@ -451,34 +423,24 @@ async fn batches_hold_at_most_max_events_signed_once_with_a_deterministic_id() {
 async fn order_holds_per_key_and_strictly_under_concurrency_64() {
     const KEYS: i64 = 40;
     const ROUNDS: i64 = 5;
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)")
-        .await
-        .unwrap();
+    let db =
+        TestDb::with_schema("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)").await;
     let receiver = Receiver::start().await;
     receiver.delay_responses_randomly(Duration::from_millis(4));
-    let text = db
-        .config_text(&format!(
-            r#"
-            [[subscriptions]]
-            name = "by-key"
-            tables = ["counters"]
-            ordering = "key"
-            url = "{}"
-            [[subscriptions]]
-            name = "strict"
-            tables = ["counters"]
-            ordering = "strict"
-            url = "{}"
-            "#,
-            receiver.url("/key"),
-            receiver.url("/strict"),
-        ))
-        .replace("concurrency = 16", "concurrency = 64");
-    assert!(text.contains("concurrency = 64"));
-    let config =
-        walhook::config::Config::from_toml(std::path::Path::new("test.toml"), &text).unwrap();
+    let config = db
+        .configure()
+        .delivery("concurrency", "64")
+        .subscription(
+            subscription("by-key", &receiver.url("/key"))
+                .tables(&["counters"])
+                .ordering("key"),
+        )
+        .subscription(
+            subscription("strict", &receiver.url("/strict"))
+                .tables(&["counters"])
+                .ordering("strict"),
+        )
+        .build();
     assert_eq!(config.delivery.concurrency, 64);
     let walhook = Walhook::start(config);
     db.wait_slot_active().await;
@@ -535,15 +497,10 @@ async fn order_holds_per_key_and_strictly_under_concurrency_64() {
     // strict: the whole arrival order is commit order.
     let strict = arrived("/strict");
     assert_eq!(strict, committed);
-    let lsns: Vec<(u64, u64)> = receiver
+    let lsns: Vec<_> = receiver
         .delivered_to("/strict")
         .iter()
-        .map(|event| {
-            (
-                parse_lsn(event["source"]["commit_lsn"].as_str().unwrap()),
-                parse_lsn(event["source"]["lsn"].as_str().unwrap()),
-            )
-        })
+        .map(|event| (source_lsn(event, "commit_lsn"), source_lsn(event, "lsn")))
         .collect();
     assert!(lsns.windows(2).all(|pair| pair[0] <= pair[1]), "LSN order");
     walhook.stop().await.unwrap();
@@ -553,28 +510,20 @@ async fn order_holds_per_key_and_strictly_under_concurrency_64() {
 async fn a_key_change_arrives_after_the_old_keys_changes_and_before_the_new_keys() {
     const KEYS: i64 = 30;
     const RENAMED: i64 = 1000;
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL)").await;
     let receiver = Receiver::start().await;
     // Slow, uneven answers: without the key-change barrier a rename (in the
     // new key's lane) would overtake the old key's last update.
     receiver.delay_responses_randomly(Duration::from_millis(4));
-    let config = db.config_with(
-        "concurrency = 64",
-        &format!(
-            r#"
-            [[subscriptions]]
-            name = "items"
-            tables = ["items"]
-            ordering = "key"
-            url = "{}"
-            "#,
-            receiver.url("/items"),
-        ),
-    );
+    let config = db
+        .configure()
+        .delivery("concurrency", "64")
+        .subscription(
+            subscription("items", &receiver.url("/items"))
+                .tables(&["items"])
+                .ordering("key"),
+        )
+        .build();
     assert_eq!(config.delivery.concurrency, 64);
     let walhook = Walhook::start(config);
     db.wait_slot_active().await;
@@ -620,49 +569,119 @@ async fn a_key_change_arrives_after_the_old_keys_changes_and_before_the_new_keys
     walhook.stop().await.unwrap();
 }
 
-fn parse_lsn(text: &str) -> u64 {
-    let (high, low) = text.split_once('/').unwrap();
-    (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
+/// Per-key order without relying on timing: the receiver holds one key's
+/// update until the test releases it. That key's delete, committed later,
+/// must not arrive meanwhile, while the other keys' updates and deletes go
+/// on; once released, every key arrives as update then delete.
+#[tokio::test]
+async fn a_delete_waits_for_its_keys_held_update_while_other_keys_go_on() {
+    const KEYS: i64 = 20;
+    const HELD: i64 = 1;
+    let db = TestDb::new().await;
+    // The rows exist before the slot: only the updates and deletes stream.
+    db.client
+        .batch_execute(&format!(
+            "CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL);
+             INSERT INTO items SELECT g, 0 FROM generate_series(1, {KEYS}) g;"
+        ))
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    receiver.hold_where(|event| event["type"] == "UPDATE" && row_id(event) == HELD);
+    let walhook = Walhook::start(
+        db.configure()
+            .delivery("concurrency", "64")
+            .subscription(
+                subscription("items", &receiver.url("/items"))
+                    .tables(&["items"])
+                    .events(&["update", "delete"])
+                    .ordering("key"),
+            )
+            .build(),
+    );
+    db.wait_slot_active().await;
+    // Commit order: every update, then the held key's delete, then the
+    // other deletes.
+    for statement in [
+        "UPDATE items SET n = 1".to_owned(),
+        format!("DELETE FROM items WHERE id = {HELD}"),
+        format!("DELETE FROM items WHERE id <> {HELD}"),
+    ] {
+        db.client.batch_execute(&statement).await.unwrap();
+    }
+    let is_delete_of = |event: &Value, key: i64| event["type"] == "DELETE" && row_id(event) == key;
+    receiver
+        .wait_for_arrival_of("the held update", DEADLINE, |event| {
+            event["type"] == "UPDATE" && row_id(event) == HELD
+        })
+        .await;
+    // A later delete of another key: had the held key's delete been free
+    // to go, it would have been sent by now (deletes go in commit order).
+    receiver
+        .wait_for_arrival_of("another key's delete", DEADLINE, |event| {
+            event["type"] == "DELETE" && row_id(event) != HELD
+        })
+        .await;
+    let early: Vec<String> = receiver
+        .arrived_events()
+        .iter()
+        .filter(|event| is_delete_of(event, HELD))
+        .map(Value::to_string)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "key {HELD}'s delete arrived while its update was held: {}",
+        early.join("\n")
+    );
+
+    receiver.release();
+    receiver
+        .wait_for_delivered((2 * KEYS) as usize, DEADLINE)
+        .await;
+    let mut per_key: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for event in receiver.delivered_to("/items") {
+        per_key
+            .entry(row_id(&event))
+            .or_default()
+            .push(event["type"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(per_key.len() as i64, KEYS);
+    for (key, kinds) in &per_key {
+        assert_eq!(kinds, &["UPDATE", "DELETE"], "key {key}, in arrival order");
+    }
+    walhook.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn subscriptions_share_tables_and_span_tables_with_their_own_events() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text);
-             CREATE TABLE signups (id int PRIMARY KEY, email text);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text);
+         CREATE TABLE signups (id int PRIMARY KEY, email text);",
+    )
+    .await;
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "created"
-        tables = ["orders", "public.signups"]
-        events = ["insert"]
-        url = "{}"
-        [[subscriptions]]
-        name = "order-changes"
-        tables = ["orders"]
-        events = ["update", "delete"]
-        url = "{}"
-        [[subscriptions]]
-        name = "signup-lifecycle"
-        tables = ["signups"]
-        events = ["insert", "delete", "truncate"]
-        url = "{}"
-        [[subscriptions]]
-        name = "orders-all"
-        tables = ["public.orders"]
-        url = "{}"
-        "#,
-        receiver.url("/created"),
-        receiver.url("/order-changes"),
-        receiver.url("/signups"),
-        receiver.url("/orders-all"),
-    )));
+    let walhook = Walhook::start(
+        db.configure()
+            .subscription(
+                subscription("created", &receiver.url("/created"))
+                    .tables(&["orders", "public.signups"])
+                    .events(&["insert"]),
+            )
+            .subscription(
+                subscription("order-changes", &receiver.url("/order-changes"))
+                    .tables(&["orders"])
+                    .events(&["update", "delete"]),
+            )
+            .subscription(
+                subscription("signup-lifecycle", &receiver.url("/signups"))
+                    .tables(&["signups"])
+                    .events(&["insert", "delete", "truncate"]),
+            )
+            .subscription(
+                subscription("orders-all", &receiver.url("/orders-all")).tables(&["public.orders"]),
+            )
+            .build(),
+    );
     db.wait_slot_active().await;
     for statement in [
         "INSERT INTO orders VALUES (1, 'new'), (2, 'new')",

@@ -8,31 +8,19 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::config::{Subscription, subscription};
 use crate::support::receiver::{Received, Receiver};
-use crate::support::{TestDb, Walhook, WalhookBinary, wait_until};
+use crate::support::{TestDb, Walhook, WalhookBinary, stdout, wait_until};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const OTHER_SECRET: &str = "whsec_c29tZW9uZS1lbHNlcy1zZWNyZXQ=";
 
-fn subscription(name: &str, receiver: &Receiver) -> String {
-    format!(
-        r#"
-        [[subscriptions]]
-        name = "{name}"
-        tables = ["items"]
-        events = ["insert"]
-        url = "{}"
-        secret = "{SECRET}"
-        "#,
-        receiver.url(&format!("/{name}"))
-    )
-}
-
-async fn dead_letter_count(db: &TestDb) -> i64 {
-    db.client
-        .query_one("SELECT count(*) FROM walhook.dead_letters", &[])
-        .await
-        .unwrap()
-        .get(0)
+/// Inserts into `items`, signed, to `/<name>`.
+fn items(name: &str, receiver: &Receiver) -> Subscription {
+    subscription(name, &receiver.url(&format!("/{name}")))
+        .tables(&["items"])
+        .events(&["insert"])
+        .secret(SECRET)
 }
 
 /// Inserts `rows` rows that the receiver refuses with 422 and waits until
@@ -48,7 +36,7 @@ async fn park(db: &TestDb, receiver: &Receiver, config: &str, rows: i64, letters
             .unwrap();
     }
     wait_until("the rows to be parked", Duration::from_secs(30), || async {
-        dead_letter_count(db).await == letters
+        db.dead_letter_count().await == letters
     })
     .await;
     walhook.stop().await.unwrap();
@@ -56,22 +44,14 @@ async fn park(db: &TestDb, receiver: &Receiver, config: &str, rows: i64, letters
 
 /// A database with the `items` table the tests park, and a receiver.
 async fn items_db() -> (TestDb, Receiver) {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, payload text)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE items (id int PRIMARY KEY, payload text)").await;
     (db, Receiver::start().await)
-}
-
-fn stdout(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[tokio::test]
 async fn a_refused_event_is_listed_replayed_with_its_id_and_then_gone() {
     let (db, receiver) = items_db().await;
-    let config = subscription("rows", &receiver);
+    let config = items("rows", &receiver).to_string();
     park(&db, &receiver, &config, 3, 3).await;
     let refused = receiver.requests();
     let refused_ids: Vec<String> = refused
@@ -107,7 +87,7 @@ async fn a_refused_event_is_listed_replayed_with_its_id_and_then_gone() {
         .command(&["dead-letters", "replay", "--subscription", "rows"])
         .await;
     assert_eq!(failing.status.code(), Some(1), "{failing:?}");
-    assert_eq!(dead_letter_count(&db).await, 3);
+    assert_eq!(db.dead_letter_count().await, 3);
     let before = receiver.requests().len();
 
     receiver.respond_with(200);
@@ -129,9 +109,20 @@ async fn a_refused_event_is_listed_replayed_with_its_id_and_then_gone() {
             .find(|request| request.headers["webhook-id"] == parked_id)
             .unwrap();
         assert_eq!(replay.body, original.body);
-        assert!(replay.headers["webhook-signature"].starts_with("v1,"));
+        assert!(
+            replay.signature_verifies(SECRET),
+            "a replay's Standard Webhooks signature verifies with the subscription's secret: {replay:?}"
+        );
+        let signed_at =
+            |request: &Received| -> i64 { request.headers["webhook-timestamp"].parse().unwrap() };
+        assert!(signed_at(replay) >= signed_at(original), "signed anew");
     }
-    assert_eq!(dead_letter_count(&db).await, 0);
+    // The check can fail: another key, or a changed body, does not verify.
+    assert!(!replays[0].signature_verifies(OTHER_SECRET));
+    let mut tampered = replays[0].clone();
+    tampered.body = replays[0].body.slice(..replays[0].body.len() - 1);
+    assert!(!tampered.signature_verifies(SECRET));
+    assert_eq!(db.dead_letter_count().await, 0);
     let listed = binary.command(&["dead-letters", "list"]).await;
     assert!(stdout(&listed).contains("0 dead letter(s)"));
 }
@@ -154,10 +145,9 @@ fn assert_batch_of_one(request: &Received) -> Value {
 #[tokio::test]
 async fn a_batched_subscriptions_letter_replays_as_a_batch_of_one_with_the_events_id() {
     let (db, receiver) = items_db().await;
-    let config = format!(
-        "{}batch = {{ max_events = 10, max_wait = \"50ms\" }}\n",
-        subscription("batched", &receiver)
-    );
+    let config = items("batched", &receiver)
+        .with("batch", r#"{ max_events = 10, max_wait = "50ms" }"#)
+        .to_string();
     receiver.respond_with(422);
     let walhook = Walhook::start(db.config(&config));
     db.wait_slot_active().await;
@@ -167,7 +157,7 @@ async fn a_batched_subscriptions_letter_replays_as_a_batch_of_one_with_the_event
         .await
         .unwrap();
     wait_until("the row to be parked", Duration::from_secs(30), || async {
-        dead_letter_count(&db).await == 1
+        db.dead_letter_count().await == 1
     })
     .await;
     let live = receiver.requests();
@@ -181,7 +171,7 @@ async fn a_batched_subscriptions_letter_replays_as_a_batch_of_one_with_the_event
         .await
         .unwrap();
     wait_until("the rows to be parked", Duration::from_secs(30), || async {
-        dead_letter_count(&db).await == 3
+        db.dead_letter_count().await == 3
     })
     .await;
     walhook.stop().await.unwrap();
@@ -229,7 +219,7 @@ async fn a_batched_subscriptions_letter_replays_as_a_batch_of_one_with_the_event
     let mut tampered = replays[0].clone();
     tampered.body = replays[0].body.slice(..replays[0].body.len() - 1);
     assert!(!tampered.signature_verifies(SECRET));
-    assert_eq!(dead_letter_count(&db).await, 0);
+    assert_eq!(db.dead_letter_count().await, 0);
 }
 
 #[tokio::test]
@@ -237,8 +227,8 @@ async fn purge_removes_only_what_it_selects_and_refuses_without_a_selector() {
     let (db, receiver) = items_db().await;
     let config = format!(
         "{}{}",
-        subscription("first", &receiver),
-        subscription("second", &receiver)
+        items("first", &receiver),
+        items("second", &receiver)
     );
     // Two subscriptions × two rows.
     park(&db, &receiver, &config, 2, 4).await;
@@ -247,7 +237,7 @@ async fn purge_removes_only_what_it_selects_and_refuses_without_a_selector() {
     let refused = binary.command(&["dead-letters", "purge"]).await;
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--all"));
-    assert_eq!(dead_letter_count(&db).await, 4);
+    assert_eq!(db.dead_letter_count().await, 4);
 
     let one: String = db
         .client
@@ -263,7 +253,7 @@ async fn purge_removes_only_what_it_selects_and_refuses_without_a_selector() {
         .await;
     assert!(purged.status.success(), "{purged:?}");
     assert!(stdout(&purged).contains("purged 1 dead letter(s)"));
-    assert_eq!(dead_letter_count(&db).await, 3);
+    assert_eq!(db.dead_letter_count().await, 3);
 
     let purged = binary
         .command(&["dead-letters", "purge", "--subscription", "first"])
@@ -276,5 +266,5 @@ async fn purge_removes_only_what_it_selects_and_refuses_without_a_selector() {
 
     let purged = binary.command(&["dead-letters", "purge", "--all"]).await;
     assert!(stdout(&purged).contains("purged 1 dead letter(s)"));
-    assert_eq!(dead_letter_count(&db).await, 0);
+    assert_eq!(db.dead_letter_count().await, 0);
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
 use crate::support::{TestDb, Walhook, wait_until};
 
@@ -12,22 +13,15 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn messages_between_inserts_do_not_disturb_delivery_or_the_slot() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, note text)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE items (id int PRIMARY KEY, note text)").await;
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "items"
-        tables = ["items"]
-        events = ["insert"]
-        url = "{}"
-        "#,
-        receiver.url("/items")
-    )));
+    let walhook = Walhook::start(
+        db.config(
+            subscription("items", &receiver.url("/items"))
+                .tables(&["items"])
+                .events(&["insert"]),
+        ),
+    );
     db.wait_slot_active().await;
     // A transactional message between two rows of one transaction, a
     // non-transactional one between transactions, a transaction that holds

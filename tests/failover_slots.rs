@@ -4,7 +4,6 @@
 //! not know the option. With such a standby, walhook follows the promoted
 //! server as docs/operations.md describes, losing no row.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
@@ -12,40 +11,23 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use walhook::pgtemp::{StandbyOptions, TempPostgres};
 
+use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
-use crate::support::{TestDb, WalhookBinary, connect, sigterm};
+use crate::support::{TestDb, WalhookBinary, connect, ids_by_row, sigterm, wait_for_rows};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-async fn server_version_num(client: &tokio_postgres::Client) -> i32 {
-    client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test]
 async fn setup_creates_a_failover_slot_from_postgresql_17_on() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE items (id int PRIMARY KEY)").await;
     let receiver = Receiver::start().await;
-    let binary = WalhookBinary::new(&db.config_text(&format!(
-        r#"
-        [[subscriptions]]
-        name = "items"
-        tables = ["items"]
-        url = "{}"
-        "#,
-        receiver.url("/items")
-    )));
+    let binary = WalhookBinary::new(
+        &db.config_text(subscription("items", &receiver.url("/items")).tables(&["items"])),
+    );
     let setup = binary.command(&["setup"]).await;
     assert!(setup.status.success(), "{setup:?}");
 
-    let version_num = server_version_num(&db.client).await;
+    let version_num = db.server_version_num().await;
     let plugin: String = db
         .client
         .query_one(
@@ -127,26 +109,6 @@ async fn insert_items(client: &tokio_postgres::Client, from: i32, to: i32) {
         .unwrap();
 }
 
-/// Row id → the distinct event ids it was delivered with.
-fn event_ids_by_row(receiver: &Receiver) -> BTreeMap<i64, BTreeSet<String>> {
-    let mut by_row: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
-    for event in receiver.delivered() {
-        by_row
-            .entry(event["record"]["id"].as_i64().unwrap())
-            .or_default()
-            .insert(event["id"].as_str().unwrap().to_owned());
-    }
-    by_row
-}
-
-async fn wait_for_rows(receiver: &Receiver, last: i64) {
-    crate::support::wait_until("the rows to be delivered", DEADLINE, || {
-        let delivered = event_ids_by_row(receiver);
-        async move { (1..=last).all(|id| delivered.contains_key(&id)) }
-    })
-    .await;
-}
-
 /// docs/operations.md, "PostgreSQL failover": a physical standby with
 /// `sync_replication_slots = on`, `hot_standby_feedback = on` and a
 /// `primary_slot_name` that the primary names in
@@ -162,7 +124,7 @@ async fn walhook_follows_a_promoted_standby_through_its_failover_slot() {
             .unwrap(),
     );
     let db = TestDb::on(&primary).await;
-    let version_num = server_version_num(&db.client).await;
+    let version_num = db.server_version_num().await;
     if version_num < 170_000 {
         eprintln!("skipped: failover slots need PostgreSQL 17 (server_version_num {version_num})");
         return;
@@ -185,19 +147,16 @@ async fn walhook_follows_a_promoted_standby_through_its_failover_slot() {
 
     let forwarder = Forwarder::start(primary.port()).await;
     let receiver = Receiver::start().await;
-    let config = db
-        .config_text(&format!(
-            r#"
-            [[subscriptions]]
-            name = "items"
-            tables = ["items"]
-            events = ["insert"]
-            url = "{}"
-            "#,
-            receiver.url("/items")
-        ))
-        .replace(&db.url, &forwarder.url(&db.name));
-    let binary = WalhookBinary::new(&config);
+    let binary = WalhookBinary::new(
+        &db.configure()
+            .url(&forwarder.url(&db.name))
+            .subscription(
+                subscription("items", &receiver.url("/items"))
+                    .tables(&["items"])
+                    .events(&["insert"]),
+            )
+            .text(),
+    );
     let setup = binary.command(&["setup"]).await;
     assert!(setup.status.success(), "{setup:?}");
 
@@ -230,7 +189,7 @@ async fn walhook_follows_a_promoted_standby_through_its_failover_slot() {
 
     let mut walhook = binary.spawn_run();
     insert_items(&on_primary, 1, 5).await;
-    wait_for_rows(&receiver, 5).await;
+    wait_for_rows(&receiver, 5, DEADLINE, || binary.log()).await;
 
     // The standby keeps its copy of the slot only once the primary's slot
     // needs nothing older than the standby has; other writes and a
@@ -266,7 +225,7 @@ async fn walhook_follows_a_promoted_standby_through_its_failover_slot() {
     // Rows the standby's copy may not have confirmed yet: after the failover
     // walhook may send them again, with the same ids.
     insert_items(&on_primary, 6, 8).await;
-    wait_for_rows(&receiver, 8).await;
+    wait_for_rows(&receiver, 8, DEADLINE, || binary.log()).await;
     {
         let primary = Arc::clone(&primary);
         tokio::task::spawn_blocking(move || primary.crash())
@@ -284,9 +243,9 @@ async fn walhook_follows_a_promoted_standby_through_its_failover_slot() {
     forwarder.point_at(standby.port());
 
     insert_items(&on_standby, 9, 12).await;
-    wait_for_rows(&receiver, 12).await;
+    wait_for_rows(&receiver, 12, DEADLINE, || binary.log()).await;
     binary.wait_for_log("reconnected; resuming", DEADLINE).await;
-    let by_row = event_ids_by_row(&receiver);
+    let by_row = ids_by_row(&receiver.delivered());
     assert_eq!(
         by_row.keys().copied().collect::<Vec<_>>(),
         (1..=12).collect::<Vec<_>>()

@@ -9,26 +9,29 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use walhook::config::Config;
+
+use crate::support::config::{Subscription, TestConfig, subscription};
 use crate::support::receiver::{Receiver, ResettingListener};
 use crate::support::{TestDb, Walhook};
 
 const KEYS: i64 = 20;
 const VERSIONS: i64 = 5;
 
-/// Retry for as long as these tests take: they are about retries, not dead
-/// letters.
-const PATIENT: &str = "max_attempts = 100000";
+fn items(name: &str, url: &str) -> Subscription {
+    subscription(name, url)
+        .tables(&["items"])
+        .events(&["insert", "update"])
+}
 
-fn subscription(name: &str, url: &str) -> String {
-    format!(
-        r#"
-        [[subscriptions]]
-        name = "{name}"
-        tables = ["items"]
-        events = ["insert", "update"]
-        url = "{url}"
-        "#
-    )
+/// Retries for as long as these tests take: they are about retries, not
+/// dead letters.
+fn patient(db: &TestDb) -> TestConfig {
+    db.configure().delivery("max_attempts", "100000")
+}
+
+fn patient_config(db: &TestDb, subscription: Subscription) -> Config {
+    patient(db).subscription(subscription).build()
 }
 
 async fn create_table(db: &TestDb) {
@@ -83,10 +86,12 @@ async fn a_receiver_that_hangs_past_the_timeout_is_retried_until_it_answers() {
     create_table(&db).await;
     let receiver = Receiver::start().await;
     receiver.delay_responses(Duration::from_secs(3600));
-    let walhook = Walhook::start(db.config_with(
-        &format!("{PATIENT}\ntimeout = \"2s\""),
-        &subscription("rows", &receiver.url("/rows")),
-    ));
+    let walhook = Walhook::start(
+        patient(&db)
+            .delivery("timeout", "\"2s\"")
+            .subscription(items("rows", &receiver.url("/rows")))
+            .build(),
+    );
     db.wait_slot_active().await;
     write_versions(&db, KEYS, VERSIONS).await;
     let written = db.current_wal().await;
@@ -112,8 +117,7 @@ async fn a_receiver_that_resets_connections_is_retried_until_it_answers() {
     create_table(&db).await;
     let resetting = ResettingListener::start().await;
     let addr = resetting.addr;
-    let walhook =
-        Walhook::start(db.config_with(PATIENT, &subscription("rows", &resetting.url("/rows"))));
+    let walhook = Walhook::start(patient_config(&db, items("rows", &resetting.url("/rows"))));
     db.wait_slot_active().await;
     write_versions(&db, KEYS, VERSIONS).await;
     let written = db.current_wal().await;
@@ -141,8 +145,7 @@ async fn a_redirect_is_a_failure_that_is_retried_and_never_followed() {
     create_table(&db).await;
     let receiver = Receiver::start().await;
     receiver.respond_with(307);
-    let walhook =
-        Walhook::start(db.config_with(PATIENT, &subscription("rows", &receiver.url("/rows"))));
+    let walhook = Walhook::start(patient_config(&db, items("rows", &receiver.url("/rows"))));
     db.wait_slot_active().await;
     write_versions(&db, KEYS, VERSIONS).await;
     let written = db.current_wal().await;
@@ -176,14 +179,12 @@ async fn an_endpoint_that_is_down_does_not_hold_up_a_healthy_one() {
     let down = Receiver::start().await;
     down.respond_with(503);
     let healthy = Receiver::start().await;
-    let walhook = Walhook::start(db.config_with(
-        PATIENT,
-        &format!(
-            "{}{}",
-            subscription("down", &down.url("/down")),
-            subscription("healthy", &healthy.url("/healthy"))
-        ),
-    ));
+    let walhook = Walhook::start(
+        patient(&db)
+            .subscription(items("down", &down.url("/down")))
+            .subscription(items("healthy", &healthy.url("/healthy")))
+            .build(),
+    );
     db.wait_slot_active().await;
     write_versions(&db, MANY_KEYS, VERSIONS).await;
     let written = db.current_wal().await;

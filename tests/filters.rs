@@ -26,8 +26,9 @@ use walhook::lsn::Lsn;
 use walhook::rules::Rules;
 use walhook::rules::catalog_check;
 
+use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
-use crate::support::{TestDb, Walhook, wait_until, walhook_binary};
+use crate::support::{TestDb, Walhook, WalhookBinary, stderr, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -542,25 +543,6 @@ fn sql_text(expr: &Gen) -> String {
     }
 }
 
-/// TOML basic-string escaping.
-fn toml_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn filtered_table() -> Arc<TableInfo> {
     Arc::new(TableInfo::new(
         1,
@@ -692,19 +674,19 @@ async fn random_filters_agree_with_postgresql() {
     // Every filter as a subscription: the start-up check must accept them
     // all (they are well typed by construction), then each route decides.
     let mut generated = Vec::new();
-    let mut subscriptions = String::new();
+    let mut config = db.configure();
     for index in 0..FILTERS {
         let expr = generator.expr(3);
         let text = filter_text(&mut generator.rng, &expr, 0);
         let sql = sql_text(&expr);
-        let _ = write!(
-            subscriptions,
-            "\n[[subscriptions]]\nname = \"f{index}\"\ntables = [\"t\"]\nfilter = {}\nurl = \"http://127.0.0.1:9/\"\n",
-            toml_string(&text)
+        config = config.subscription(
+            subscription(&format!("f{index}"), "http://127.0.0.1:9/")
+                .tables(&["t"])
+                .filter(&text),
         );
         generated.push((text, sql));
     }
-    let config = db.config(&subscriptions);
+    let config = config.build();
     if let Err(error) = catalog_check::check(&db.client, &config.subscriptions).await {
         panic!("seed {seed}: the start-up check rejected a generated filter: {error}");
     }
@@ -778,28 +760,22 @@ async fn only_changes_to_paid_are_delivered() {
         .and_then(|seed| seed.parse().ok())
         .unwrap_or_else(|| fastrand::u64(..));
     let mut rng = Rng::with_seed(seed);
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2));
-             ALTER TABLE orders REPLICA IDENTITY FULL;",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2));
+         ALTER TABLE orders REPLICA IDENTITY FULL;",
+    )
+    .await;
     let receiver = Receiver::start().await;
     // Strict order: once the marker arrives, everything before it has.
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "paid-orders"
-        tables = ["public.orders"]
-        events = ["insert", "update"]
-        filter = "new.status = 'paid' and (old.status is null or old.status <> 'paid')"
-        ordering = "strict"
-        url = "{}"
-        "#,
-        receiver.url("/paid")
-    )));
+    let walhook = Walhook::start(
+        db.config(
+            subscription("paid-orders", &receiver.url("/paid"))
+                .tables(&["public.orders"])
+                .events(&["insert", "update"])
+                .filter("new.status = 'paid' and (old.status is null or old.status <> 'paid')")
+                .ordering("strict"),
+        ),
+    );
     db.wait_slot_active().await;
 
     let statuses = [
@@ -896,29 +872,25 @@ async fn only_changes_to_paid_are_delivered() {
 
 #[tokio::test]
 async fn a_dropped_filter_column_parks_its_changes_as_dead_letters_without_stopping_walhook() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, status text, note text)")
-        .await
-        .unwrap();
+    let db =
+        TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY, status text, note text)")
+            .await;
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "by-note"
-        tables = ["orders"]
-        events = ["insert"]
-        filter = "note = 'x'"
-        url = "{}"
-        [[subscriptions]]
-        name = "everything"
-        tables = ["orders"]
-        events = ["insert"]
-        url = "{}"
-        "#,
-        receiver.url("/by-note"),
-        receiver.url("/everything"),
-    )));
+    let walhook = Walhook::start(
+        db.configure()
+            .subscription(
+                subscription("by-note", &receiver.url("/by-note"))
+                    .tables(&["orders"])
+                    .events(&["insert"])
+                    .filter("note = 'x'"),
+            )
+            .subscription(
+                subscription("everything", &receiver.url("/everything"))
+                    .tables(&["orders"])
+                    .events(&["insert"]),
+            )
+            .build(),
+    );
     db.wait_slot_active().await;
     db.client
         .batch_execute(
@@ -979,55 +951,30 @@ async fn a_dropped_filter_column_parks_its_changes_as_dead_letters_without_stopp
 // ---------------------------------------------------------------------------
 // The binary: bad filters exit 2 before the slot is touched.
 
-async fn run_binary(config: &str) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("walhook.toml");
-    std::fs::write(&path, config).unwrap();
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(walhook_binary())
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .env_remove("WALHOOK_CONFIG")
-            .output(),
-    )
-    .await
-    .expect("walhook exits")
-    .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn bad_filters_exit_2_naming_subscription_key_and_position() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2));
-             CREATE TABLE audited (id int PRIMARY KEY, status text);
-             ALTER TABLE audited REPLICA IDENTITY FULL;",
-        )
-        .await
-        .unwrap();
-    let cases: &[(&str, &str, &str, &[&str])] = &[
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2));
+         CREATE TABLE audited (id int PRIMARY KEY, status text);
+         ALTER TABLE audited REPLICA IDENTITY FULL;",
+    )
+    .await;
+    let cases: &[(&str, &[&str], &str, &[&str])] = &[
         (
             "syntax",
-            r#"["orders"]"#,
+            &["orders"],
             "status = 'paid' and",
             &["column 20", "expected a condition", "the end of the filter"],
         ),
         (
             "unclosed",
-            r#"["orders"]"#,
+            &["orders"],
             "status in ('paid', 'new'",
             &["column 25", "`,` or `)`"],
         ),
         (
             "unknown column",
-            r#"["orders"]"#,
+            &["orders"],
             "new.stauts = 'paid'",
             &[
                 "column 1",
@@ -1038,25 +985,25 @@ async fn bad_filters_exit_2_naming_subscription_key_and_position() {
         ),
         (
             "unknown column in the second table",
-            r#"["audited", "orders"]"#,
+            &["audited", "orders"],
             "amount > 5",
             &["column 1", "\"amount\"", "public.audited"],
         ),
         (
             "number column, string literal",
-            r#"["orders"]"#,
+            &["orders"],
             "status = 'paid' and amount > '10'",
             &["column 21", "amount", "numeric", "without quotes"],
         ),
         (
             "text column, number literal",
-            r#"["orders"]"#,
+            &["orders"],
             "status = 5",
             &["column 1", "quote the literal"],
         ),
         (
             "old values without full identity",
-            r#"["orders"]"#,
+            &["orders"],
             "new.status = 'paid' and old.status <> 'paid'",
             &[
                 "column 25",
@@ -1067,7 +1014,7 @@ async fn bad_filters_exit_2_naming_subscription_key_and_position() {
         ),
         (
             "changed() without full identity",
-            r#"["audited", "orders"]"#,
+            &["audited", "orders"],
             "changed(status)",
             &[
                 "column 9",
@@ -1076,23 +1023,18 @@ async fn bad_filters_exit_2_naming_subscription_key_and_position() {
         ),
     ];
     for (case, tables, filter, needles) in cases {
-        let config = db.config_text(&format!(
-            r#"
-            [[subscriptions]]
-            name = "fine"
-            tables = ["orders"]
-            url = "http://127.0.0.1:9/"
-            [[subscriptions]]
-            name = "picky"
-            tables = {tables}
-            filter = {}
-            url = "http://127.0.0.1:9/"
-            "#,
-            toml_string(filter)
-        ));
-        let (code, stderr) = run_binary(&config).await;
-        assert_eq!(code, Some(2), "{case}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{case}: {stderr}");
+        let config = db
+            .configure()
+            .subscription(subscription("fine", "http://127.0.0.1:9/").tables(&["orders"]))
+            .subscription(
+                subscription("picky", "http://127.0.0.1:9/")
+                    .tables(tables)
+                    .filter(filter),
+            )
+            .text();
+        let output = WalhookBinary::new(&config).command(&["run"]).await;
+        let stderr = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{case}: {stderr}");
         for needle in ["\"picky\"", "subscriptions[1].filter"]
             .iter()
             .chain(needles.iter())

@@ -3,19 +3,17 @@
 
 use std::time::Duration;
 
+use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
-use crate::support::{TestDb, Walhook, cluster};
+use crate::support::{TestDb, Walhook, cluster, connect};
 
 #[tokio::test]
 async fn psql_runs_the_sql_files_then_walhook_runs_as_the_least_privilege_role() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text);
-             CREATE TABLE secrets (id int PRIMARY KEY, token text);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text);
+         CREATE TABLE secrets (id int PRIMARY KEY, token text);",
+    )
+    .await;
     let mut sql = String::new();
     let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
         .unwrap()
@@ -54,7 +52,7 @@ async fn psql_runs_the_sql_files_then_walhook_runs_as_the_least_privilege_role()
 
     // The role may read orders, and not the other table.
     let as_walhook = cluster().url_as("walhook", "s3cret-pw", &db.name);
-    let walhook_client = crate::support::connect(&as_walhook).await;
+    let walhook_client = connect(&as_walhook).await;
     let denied = walhook_client
         .query("SELECT * FROM secrets", &[])
         .await
@@ -67,23 +65,15 @@ async fn psql_runs_the_sql_files_then_walhook_runs_as_the_least_privilege_role()
 
     let receiver = Receiver::start().await;
     let config = db
-        .config_text(&format!(
-            r#"
-            [[subscriptions]]
-            name = "orders"
-            tables = ["orders"]
-            events = ["insert", "update"]
-            url = "{}"
-            "#,
-            receiver.url("/orders")
-        ))
-        .replace(&db.url, &as_walhook)
-        .replace(
-            &format!("publication = \"{}\"", db.name),
-            "publication = \"walhook\"",
-        );
-    let config =
-        walhook::config::Config::from_toml(std::path::Path::new("test.toml"), &config).unwrap();
+        .configure()
+        .url(&as_walhook)
+        .publication("walhook")
+        .subscription(
+            subscription("orders", &receiver.url("/orders"))
+                .tables(&["orders"])
+                .events(&["insert", "update"]),
+        )
+        .build();
     let walhook = Walhook::start(config);
     db.wait_slot_active().await;
     db.client

@@ -3,31 +3,27 @@
 //! transaction, a standby taking over, a graceful stop, SIGKILL at random
 //! moments, and two instances sharding tables across their own slots.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use walhook::pgtemp::TempPostgres;
 
+use crate::support::config::{Subscription, subscription};
 use crate::support::receiver::Receiver;
-use crate::support::{TestDb, Walhook, WalhookBinary, connect, peak_rss_kb, sigterm, wait_until};
+use crate::support::{
+    TestDb, Walhook, WalhookBinary, connect, ids_by_row, peak_rss_kb, sigterm, source_lsn,
+    wait_for_rows, wait_until,
+};
 
-fn subscription(receiver: &Receiver, tables: &str, events: &str) -> String {
-    format!(
-        r#"
-        [[subscriptions]]
-        name = "rows"
-        tables = [{tables}]
-        events = [{events}]
-        url = "{}"
-        "#,
-        receiver.url("/rows")
-    )
+fn rows(receiver: &Receiver, tables: &[&str], events: &[&str]) -> Subscription {
+    subscription("rows", &receiver.url("/rows"))
+        .tables(tables)
+        .events(events)
 }
 
-fn items_subscription(receiver: &Receiver) -> String {
-    subscription(receiver, r#""items""#, r#""insert""#)
+fn items_subscription(receiver: &Receiver) -> Subscription {
+    rows(receiver, &["items"], &["insert"])
 }
 
 async fn create_items(db: &TestDb) {
@@ -35,65 +31,6 @@ async fn create_items(db: &TestDb) {
         .batch_execute("CREATE TABLE items (id int PRIMARY KEY, payload text)")
         .await
         .unwrap();
-}
-
-/// Row id → the distinct event ids it arrived with.
-fn ids_by_row(events: &[Value]) -> HashMap<i64, HashSet<String>> {
-    let mut by_row: HashMap<i64, HashSet<String>> = HashMap::new();
-    for event in events {
-        by_row
-            .entry(event["record"]["id"].as_i64().unwrap())
-            .or_default()
-            .insert(event["id"].as_str().unwrap().to_owned());
-    }
-    by_row
-}
-
-/// Waits until every row 1..=rows arrived, prints `lost = 0` and the
-/// duplicates, and asserts that each row arrived with one id.
-async fn wait_for_rows(
-    receiver: &Receiver,
-    rows: i64,
-    deadline: Duration,
-    log: impl Fn() -> String,
-) {
-    // Counting is cheap, parsing every body is not: wait for at least as
-    // many more deliveries as rows are missing before parsing again.
-    let mut needed = rows as usize;
-    loop {
-        let waited = tokio::time::timeout(
-            deadline,
-            receiver.wait_for_delivered_count(needed, Duration::from_secs(3600)),
-        )
-        .await;
-        let count = receiver.delivered_count();
-        let arrived = ids_by_row(&receiver.delivered()).len();
-        if arrived as i64 >= rows {
-            break;
-        }
-        assert!(
-            waited.is_ok(),
-            "only {arrived} of {rows} rows arrived; log:\n{}",
-            log()
-        );
-        needed = count + (rows as usize - arrived);
-    }
-    let delivered = receiver.delivered();
-    let by_row = ids_by_row(&delivered);
-    let lost = (1..=rows).filter(|id| !by_row.contains_key(id)).count();
-    eprintln!(
-        "rows {rows}, deliveries {}, duplicates {}, lost = {lost}",
-        delivered.len(),
-        delivered.len() as i64 - rows
-    );
-    assert_eq!(lost, 0);
-    for (row, ids) in &by_row {
-        assert_eq!(
-            ids.len(),
-            1,
-            "row {row} arrived with different ids: {ids:?}"
-        );
-    }
 }
 
 async fn insert_rows(client: &tokio_postgres::Client, from: i64, to: i64, per_transaction: i64) {
@@ -121,7 +58,7 @@ async fn postgres_restarted_mid_stream_walhook_reconnects_and_every_row_arrives(
     let receiver = Receiver::start().await;
     // Slow answers keep requests in flight when the server goes away.
     receiver.delay_responses(Duration::from_millis(5));
-    let binary = WalhookBinary::new(&db.config_text(&items_subscription(&receiver)));
+    let binary = WalhookBinary::new(&db.config_text(items_subscription(&receiver)));
     let mut walhook = binary.spawn_run();
     db.wait_slot_active().await;
 
@@ -154,7 +91,7 @@ async fn a_slot_that_vanishes_stops_walhook_with_the_fix_and_is_not_silently_rec
     let db = TestDb::new().await;
     create_items(&db).await;
     let receiver = Receiver::start().await;
-    let binary = WalhookBinary::new(&db.config_text(&items_subscription(&receiver)));
+    let binary = WalhookBinary::new(&db.config_text(items_subscription(&receiver)));
     let mut walhook = binary.spawn_run();
     db.wait_slot_active().await;
     db.client
@@ -216,7 +153,7 @@ async fn a_slot_that_vanishes_stops_walhook_with_the_fix_and_is_not_silently_rec
         .await
         .unwrap();
     // (Row 1 may have been delivered more than once: at least once.)
-    crate::support::wait_until("row 2 from the new slot", Duration::from_secs(30), || {
+    wait_until("row 2 from the new slot", Duration::from_secs(30), || {
         let delivered = receiver.delivered();
         async move { delivered.iter().any(|event| event["record"]["id"] == 2) }
     })
@@ -240,10 +177,10 @@ async fn unchanged_toast_is_filled_under_replica_identity_full_and_listed_otherw
         .await
         .unwrap();
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&subscription(
+    let walhook = Walhook::start(db.config(rows(
         &receiver,
-        r#""toast_full", "toast_default""#,
-        r#""insert", "update""#,
+        &["toast_full", "toast_default"],
+        &["insert", "update"],
     )));
     db.wait_slot_active().await;
     let big_sql =
@@ -320,17 +257,9 @@ async fn unchanged_toast_is_filled_under_replica_identity_full_and_listed_otherw
 
 #[tokio::test]
 async fn schema_changes_mid_stream_change_the_payload_shape() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE shapes (id int PRIMARY KEY, a int)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE shapes (id int PRIMARY KEY, a int)").await;
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&subscription(
-        &receiver,
-        r#""shapes""#,
-        r#""insert", "update""#,
-    )));
+    let walhook = Walhook::start(db.config(rows(&receiver, &["shapes"], &["insert", "update"])));
     db.wait_slot_active().await;
     for statement in [
         "INSERT INTO shapes VALUES (1, 10)",
@@ -371,11 +300,9 @@ async fn a_huge_transaction_streams_with_bounded_memory_and_confirms_only_at_its
     let db = TestDb::new().await;
     create_items(&db).await;
     let receiver = Receiver::start().await;
-    let config = format!(
-        "{}batch = {{ max_events = 500 }}\n",
-        items_subscription(&receiver)
+    let binary = WalhookBinary::new(
+        &db.config_text(items_subscription(&receiver).with("batch", "{ max_events = 500 }")),
     );
-    let binary = WalhookBinary::new(&db.config_text(&config));
     let mut walhook = binary.spawn_run();
     let pid = walhook.id().unwrap();
     db.wait_slot_active().await;
@@ -410,11 +337,7 @@ async fn a_huge_transaction_streams_with_bounded_memory_and_confirms_only_at_its
     writer.await.unwrap();
     let elapsed = started.elapsed();
     let first = &receiver.requests()[0].events()[0];
-    let commit_lsn: u64 = {
-        let text = first["source"]["commit_lsn"].as_str().unwrap();
-        let (high, low) = text.split_once('/').unwrap();
-        (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
-    };
+    let commit_lsn = source_lsn(first, "commit_lsn");
     for &(confirmed, delivered) in &samples {
         assert!(
             confirmed <= commit_lsn || delivered >= rows as usize,
@@ -456,7 +379,7 @@ async fn a_standby_takes_over_within_seconds_when_the_active_walhook_is_killed()
     let db = TestDb::new().await;
     create_items(&db).await;
     let receiver = Receiver::start().await;
-    let config = db.config_text(&items_subscription(&receiver));
+    let config = db.config_text(items_subscription(&receiver));
     let first = WalhookBinary::new(&config);
     let second = WalhookBinary::new(&config);
     let mut active = first.spawn_run();
@@ -496,7 +419,7 @@ async fn sigterm_finishes_in_flight_requests_confirms_them_and_exits_0() {
     create_items(&db).await;
     let receiver = Receiver::start().await;
     receiver.delay_responses(Duration::from_millis(100));
-    let config = db.config_text(&items_subscription(&receiver));
+    let config = db.config_text(items_subscription(&receiver));
     let binary = WalhookBinary::new(&config);
     let mut walhook = binary.spawn_run();
     db.wait_slot_active().await;
@@ -527,13 +450,9 @@ async fn sigterm_finishes_in_flight_requests_confirms_them_and_exits_0() {
         "every request in flight at SIGTERM was answered, none abandoned"
     );
     let confirmed = db.confirmed_flush().await.unwrap();
-    let mut commits: Vec<u64> = delivered
+    let mut commits: Vec<_> = delivered
         .iter()
-        .map(|event| {
-            let text = event["source"]["commit_lsn"].as_str().unwrap();
-            let (high, low) = text.split_once('/').unwrap();
-            (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
-        })
+        .map(|event| source_lsn(event, "commit_lsn"))
         .collect();
     commits.sort_unstable();
     commits.dedup();
@@ -551,9 +470,81 @@ async fn sigterm_finishes_in_flight_requests_confirms_them_and_exits_0() {
 
     // What was not delivered before the stop arrives after a restart.
     receiver.delay_responses(Duration::ZERO);
-    let walhook = Walhook::start(db.config(&items_subscription(&receiver)));
+    let walhook = Walhook::start(db.config(items_subscription(&receiver)));
     wait_for_rows(&receiver, ROWS, Duration::from_secs(30), String::new).await;
     walhook.stop().await.unwrap();
+}
+
+/// SIGTERM while the receiver answers 503: the row in flight is abandoned
+/// after the grace period, and the final position confirms only what was
+/// acknowledged — before the row, after the one delivered earlier — so the
+/// next start sends the row.
+#[tokio::test]
+async fn sigterm_while_the_receiver_fails_confirms_only_what_was_acknowledged() {
+    let db = TestDb::new().await;
+    create_items(&db).await;
+    let receiver = Receiver::start().await;
+    let binary = WalhookBinary::new(
+        &db.configure()
+            .delivery("shutdown_grace", "\"1s\"")
+            .delivery("max_attempts", "100000")
+            .subscription(items_subscription(&receiver))
+            .text(),
+    );
+    let mut walhook = binary.spawn_run();
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute("INSERT INTO items VALUES (1, 'acknowledged')")
+        .await
+        .unwrap();
+    let delivered = receiver
+        .wait_for_delivered(1, Duration::from_secs(30))
+        .await;
+    let acknowledged = source_lsn(&delivered[0], "commit_lsn");
+
+    receiver.respond_with(503);
+    db.client
+        .batch_execute("INSERT INTO items VALUES (2, 'refused')")
+        .await
+        .unwrap();
+    // Refused twice: walhook has read the row, its commit, and is retrying.
+    receiver.wait_for_requests(3, Duration::from_secs(30)).await;
+    let refused = receiver.requests()[1].json();
+    assert_eq!(refused["record"]["id"], 2);
+    let commit = source_lsn(&refused, "commit_lsn");
+
+    sigterm(&walhook);
+    let status = tokio::time::timeout(Duration::from_secs(15), walhook.wait())
+        .await
+        .expect("walhook exits after the grace period")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "log:\n{}", binary.log());
+    assert!(binary.log().contains("abandoning them"), "{}", binary.log());
+    let confirmed = db.confirmed_flush().await.unwrap();
+    assert!(
+        confirmed > acknowledged,
+        "the acknowledged row's commit {acknowledged} is confirmed: {confirmed}"
+    );
+    assert!(
+        confirmed < commit,
+        "stopped with {confirmed} confirmed, past the commit {commit} of a row the receiver never acknowledged"
+    );
+
+    // The next start sends it, under the same id.
+    receiver.respond_with(200);
+    let mut walhook = binary.spawn_run();
+    wait_until("row 2 to be delivered", Duration::from_secs(30), || {
+        let delivered = receiver.delivered();
+        async move { delivered.iter().any(|event| event["record"]["id"] == 2) }
+    })
+    .await;
+    let delivered = receiver.delivered();
+    let again = delivered
+        .iter()
+        .find(|event| event["record"]["id"] == 2)
+        .unwrap();
+    assert_eq!(again["id"], refused["id"]);
+    walhook.kill().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -569,7 +560,7 @@ async fn sigkill_at_random_moments_of_a_20000_row_stream_loses_nothing() {
     let db = TestDb::new().await;
     create_items(&db).await;
     let receiver = Receiver::start().await;
-    let binary = WalhookBinary::new(&db.config_text(&items_subscription(&receiver)));
+    let binary = WalhookBinary::new(&db.config_text(items_subscription(&receiver)));
     let mut walhook = binary.spawn_run();
     db.wait_slot_active().await;
     let writer = {
@@ -619,7 +610,7 @@ async fn an_invalidated_slot_stops_walhook_with_the_fix() {
     let db = TestDb::on(&cluster).await;
     create_items(&db).await;
     let receiver = Receiver::start().await;
-    let binary = WalhookBinary::new(&db.config_text(&items_subscription(&receiver)));
+    let binary = WalhookBinary::new(&db.config_text(items_subscription(&receiver)));
     let setup = binary.command(&["setup"]).await;
     assert!(setup.status.success(), "{setup:?}");
     // Nobody reads the slot; write past the limit, then checkpoint so the
@@ -635,7 +626,7 @@ async fn an_invalidated_slot_stops_walhook_with_the_fix() {
             .await
             .unwrap();
     }
-    crate::support::wait_until(
+    wait_until(
         "the slot to be invalidated",
         Duration::from_secs(60),
         || async {
@@ -663,37 +654,20 @@ async fn an_invalidated_slot_stops_walhook_with_the_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_shard_tables_across_their_own_slots_and_progress_independently() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, note text);
-             CREATE TABLE signups (id int PRIMARY KEY, note text);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, note text);
+         CREATE TABLE signups (id int PRIMARY KEY, note text);",
+    )
+    .await;
     let receiver = Receiver::start().await;
     // One config per shard: its own slot, publication and table.
     let shard = |table: &str| {
-        let text = db
-            .config_text(&format!(
-                r#"
-                [[subscriptions]]
-                name = "{table}"
-                tables = ["{table}"]
-                url = "{}"
-                "#,
-                receiver.url(&format!("/{table}"))
-            ))
-            .replace(
-                &format!("slot = \"{}\"", db.name),
-                &format!("slot = \"{}_{table}\"", db.name),
-            )
-            .replace(
-                &format!("publication = \"{}\"", db.name),
-                &format!("publication = \"{}_{table}\"", db.name),
-            );
-        assert!(text.contains(&format!("slot = \"{}_{table}\"", db.name)));
-        walhook::config::Config::from_toml(std::path::Path::new("test.toml"), &text).unwrap()
+        let own = format!("{}_{table}", db.name);
+        db.configure()
+            .slot(&own)
+            .publication(&own)
+            .subscription(subscription(table, &receiver.url(&format!("/{table}"))).tables(&[table]))
+            .build()
     };
     let orders_slot = format!("{}_orders", db.name);
     let signups_slot = format!("{}_signups", db.name);

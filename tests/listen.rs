@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use walhook::webhook::SigningKey;
 
+use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
 use crate::support::{TestDb, Walhook, walhook_binary};
 
@@ -253,32 +254,24 @@ async fn without_a_secret_listen_accepts_and_says_it_did_not_check() {
 
 #[tokio::test]
 async fn walhook_delivers_to_listen_and_the_signature_verifies() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(10,2));
-             ALTER TABLE orders REPLICA IDENTITY FULL;",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(10,2));
+         ALTER TABLE orders REPLICA IDENTITY FULL;",
+    )
+    .await;
     let listening = Listening::start(Some(SECRET)).await;
     // A recording receiver too, so the test waits on delivery, not on text.
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "to-listen"
-        tables = ["orders"]
-        url = "{}/hooks/orders"
-        secret = "{SECRET}"
-        [[subscriptions]]
-        name = "recorded"
-        tables = ["orders"]
-        url = "{}"
-        "#,
-        listening.base_url,
-        receiver.url("/recorded"),
-    )));
+    let walhook = Walhook::start(
+        db.configure()
+            .subscription(
+                subscription("to-listen", &format!("{}/hooks/orders", listening.base_url))
+                    .tables(&["orders"])
+                    .secret(SECRET),
+            )
+            .subscription(subscription("recorded", &receiver.url("/recorded")).tables(&["orders"]))
+            .build(),
+    );
     db.wait_slot_active().await;
     db.client
         .batch_execute(

@@ -1,5 +1,7 @@
-//! Integration tests: walhook against a real throw-away PostgreSQL and a real
-//! HTTP receiver. One cluster for the whole binary, one database per test.
+//! Integration tests: walhook against a real throw-away PostgreSQL and real
+//! HTTP receivers. One binary, one cluster for all of it
+//! (`support::cluster`), one database per test; one module per capability,
+//! sharing `support`'s config builder, receiver and waits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,5 +23,7 @@ mod listen;
 mod payloads;
 mod schema_changes;
 mod slot_progress;
+mod source;
 mod status;
 mod value_fidelity;
+mod values;

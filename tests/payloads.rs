@@ -4,35 +4,25 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::support::config::{Subscription, subscription};
 use crate::support::receiver::Receiver;
-use crate::support::{TestDb, Walhook};
+use crate::support::{TestDb, Walhook, source_lsn};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn subscription(receiver: &Receiver, table: &str) -> String {
-    format!(
-        r#"
-        [[subscriptions]]
-        name = "orders-hook"
-        tables = ["{table}"]
-        url = "{}"
-        "#,
-        receiver.url("/hooks/orders")
-    )
+fn orders_hook(receiver: &Receiver, table: &str) -> Subscription {
+    subscription("orders-hook", &receiver.url("/hooks/orders")).tables(&[table])
 }
 
 #[tokio::test]
 async fn full_identity_gives_record_old_record_and_changed_columns() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2), note text);
-             ALTER TABLE orders REPLICA IDENTITY FULL;",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2), note text);
+         ALTER TABLE orders REPLICA IDENTITY FULL;",
+    )
+    .await;
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&subscription(&receiver, "public.orders")));
+    let walhook = Walhook::start(db.config(orders_hook(&receiver, "public.orders")));
     db.wait_slot_active().await;
 
     db.client
@@ -84,8 +74,8 @@ async fn full_identity_gives_record_old_record_and_changed_columns() {
     for (event, request) in events.iter().zip(&requests) {
         let source = &event["source"];
         assert!(source["xid"].as_u64().unwrap() > 0);
-        let lsn = parse_lsn(source["lsn"].as_str().unwrap());
-        let commit = parse_lsn(source["commit_lsn"].as_str().unwrap());
+        let lsn = source_lsn(event, "lsn");
+        let commit = source_lsn(event, "commit_lsn");
         assert!(lsn <= commit, "{source}");
         let time = source["commit_time"].as_str().unwrap();
         assert!(
@@ -102,13 +92,9 @@ async fn full_identity_gives_record_old_record_and_changed_columns() {
 
 #[tokio::test]
 async fn default_identity_sends_keys_only_when_postgres_does() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY, status text)").await;
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&subscription(&receiver, "orders")));
+    let walhook = Walhook::start(db.config(orders_hook(&receiver, "orders")));
     db.wait_slot_active().await;
 
     db.client
@@ -138,13 +124,9 @@ async fn default_identity_sends_keys_only_when_postgres_does() {
 
 #[tokio::test]
 async fn several_rows_in_one_statement_get_distinct_ids_and_keep_order() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, n int)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY, n int)").await;
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&subscription(&receiver, "orders")));
+    let walhook = Walhook::start(db.config(orders_hook(&receiver, "orders")));
     db.wait_slot_active().await;
     db.client
         .batch_execute(
@@ -177,22 +159,18 @@ async fn several_rows_in_one_statement_get_distinct_ids_and_keep_order() {
 
 #[tokio::test]
 async fn truncate_is_one_event_per_table_when_asked_for() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders VALUES (1);")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders VALUES (1);",
+    )
+    .await;
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "truncates"
-        tables = ["orders"]
-        events = ["truncate", "insert"]
-        url = "{}"
-        "#,
-        receiver.url("/t")
-    )));
+    let walhook = Walhook::start(
+        db.config(
+            subscription("truncates", &receiver.url("/t"))
+                .tables(&["orders"])
+                .events(&["truncate", "insert"]),
+        ),
+    );
     db.wait_slot_active().await;
     db.client
         .batch_execute("TRUNCATE orders; INSERT INTO orders VALUES (7);")
@@ -211,9 +189,4 @@ async fn truncate_is_one_event_per_table_when_asked_for() {
 /// 12.5).
 fn exact(text: &str) -> Value {
     serde_json::from_str(text).unwrap()
-}
-
-fn parse_lsn(text: &str) -> u64 {
-    let (high, low) = text.split_once('/').unwrap();
-    (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
 }

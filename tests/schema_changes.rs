@@ -4,48 +4,34 @@
 //! order, tables without a replica identity, types dropped right after a
 //! change, and tables the publication sends but no rule selects.
 
-use std::path::Path;
+use std::fmt::Display;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use walhook::config::Config;
 
+use crate::support::config::{TestConfig, subscription};
 use crate::support::receiver::Receiver;
 use crate::support::{TestDb, Walhook, WalhookBinary, free_port, get, sample, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A config for `db` whose catalog watch looks every 200 ms, with an admin
+/// The config for `db` with a catalog watch every 200 ms, and an admin
 /// server on `admin_port` when given.
-fn config_text(db: &TestDb, admin_port: Option<u16>, subscriptions: &str) -> String {
-    let mut text = db.config_text(subscriptions).replace(
-        "status_interval = \"1s\"",
-        "status_interval = \"1s\"\n            catalog_watch_interval = \"200ms\"",
-    );
-    if let Some(port) = admin_port {
-        text = text.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+fn watching(db: &TestDb, admin_port: Option<u16>) -> TestConfig {
+    let config = db.configure().source("catalog_watch_interval", "\"200ms\"");
+    match admin_port {
+        Some(port) => config.admin(&format!("127.0.0.1:{port}")),
+        None => config,
     }
-    text
 }
 
-fn config(db: &TestDb, admin_port: Option<u16>, subscriptions: &str) -> Config {
-    Config::from_toml(
-        Path::new("test.toml"),
-        &config_text(db, admin_port, subscriptions),
-    )
-    .unwrap()
+fn config_text(db: &TestDb, admin_port: Option<u16>, subscriptions: impl Display) -> String {
+    watching(db, admin_port).subscription(subscriptions).text()
 }
 
-fn subscription(name: &str, tables: &str, events: &str, url: &str) -> String {
-    format!(
-        r#"
-        [[subscriptions]]
-        name = "{name}"
-        tables = [{tables}]
-        events = [{events}]
-        url = "{url}"
-        "#
-    )
+fn config(db: &TestDb, admin_port: Option<u16>, subscriptions: impl Display) -> Config {
+    watching(db, admin_port).subscription(subscriptions).build()
 }
 
 /// Waits until the admin server's `series` has `value`.
@@ -67,14 +53,6 @@ async fn wait_until_confirmed_to_now(db: &TestDb) {
             .is_some_and(|confirmed| confirmed >= now)
     })
     .await;
-}
-
-async fn server_version(db: &TestDb) -> i32 {
-    db.client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// Runs `statements` (each its own transaction) while walhook's reader is
@@ -110,23 +88,17 @@ fn row_ids(events: &[Value]) -> Vec<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_table_is_delivered_under_its_own_name_through_attach_and_detach() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE pt (id int, region text, note text, PRIMARY KEY (id, region)) \
-                 PARTITION BY LIST (region);
-             CREATE TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu');
-             CREATE TABLE pt_us PARTITION OF pt FOR VALUES IN ('us');",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE pt (id int, region text, note text, PRIMARY KEY (id, region)) \
+             PARTITION BY LIST (region);
+         CREATE TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu');
+         CREATE TABLE pt_us PARTITION OF pt FOR VALUES IN ('us');",
+    )
+    .await;
     let receiver = Receiver::start().await;
-    let subscriptions = subscription(
-        "parts",
-        r#""public.pt""#,
-        r#""insert", "update", "delete", "truncate""#,
-        &receiver.url("/pt"),
-    );
+    let subscriptions = subscription("parts", &receiver.url("/pt"))
+        .tables(&["public.pt"])
+        .events(&["insert", "update", "delete", "truncate"]);
     let walhook = Walhook::start(config(&db, None, &subscriptions));
     db.wait_slot_active().await;
     db.client
@@ -195,7 +167,7 @@ async fn a_partitioned_table_is_delivered_under_its_own_name_through_attach_and_
     wait_until_confirmed_to_now(&db).await;
     let events = receiver.delivered();
     let after_detach = row_ids(&events[6..]);
-    if server_version(&db).await < 150_000 {
+    if db.server_version_num().await < 150_000 {
         // PostgreSQL 14's walsender keeps publishing a detached partition
         // through its old root until it restarts (documented).
         assert_eq!(after_detach, vec![5, 6], "{events:?}");
@@ -218,25 +190,19 @@ async fn a_partitioned_table_is_delivered_under_its_own_name_through_attach_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_renamed_or_moved_while_walhook_runs_is_still_delivered_and_reported() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE rn (id int PRIMARY KEY, note text);
-             CREATE SCHEMA archive;",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE rn (id int PRIMARY KEY, note text);
+         CREATE SCHEMA archive;",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let port = free_port();
     let walhook = Walhook::start(config(
         &db,
         Some(port),
-        &subscription(
-            "renamed",
-            r#""public.rn""#,
-            r#""insert""#,
-            &receiver.url("/rn"),
-        ),
+        subscription("renamed", &receiver.url("/rn"))
+            .tables(&["public.rn"])
+            .events(&["insert"]),
     ));
     db.wait_slot_active().await;
     db.client
@@ -282,21 +248,14 @@ async fn a_table_renamed_or_moved_while_walhook_runs_is_still_delivered_and_repo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_dropped_and_created_again_is_published_again_and_delivered() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE again (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE again (id int PRIMARY KEY)").await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(config(
         &db,
         None,
-        &subscription(
-            "again",
-            r#""again""#,
-            r#""insert""#,
-            &receiver.url("/again"),
-        ),
+        subscription("again", &receiver.url("/again"))
+            .tables(&["again"])
+            .events(&["insert"]),
     ));
     db.wait_slot_active().await;
     db.client
@@ -334,11 +293,7 @@ async fn a_table_dropped_and_created_again_is_published_again_and_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncate_waits_for_earlier_changes_and_later_changes_wait_for_it() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE tr (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE tr (id int PRIMARY KEY)").await;
     let receiver = Receiver::start().await;
     // Answers (and records) each request after a random wait, so requests
     // on different lanes finish in any order unless something orders them.
@@ -346,12 +301,9 @@ async fn truncate_waits_for_earlier_changes_and_later_changes_wait_for_it() {
     let walhook = Walhook::start(config(
         &db,
         None,
-        &subscription(
-            "truncates",
-            r#""tr""#,
-            r#""insert", "truncate""#,
-            &receiver.url("/tr"),
-        ),
+        subscription("truncates", &receiver.url("/tr"))
+            .tables(&["tr"])
+            .events(&["insert", "truncate"]),
     ));
     db.wait_slot_active().await;
     db.client
@@ -380,27 +332,21 @@ async fn truncate_waits_for_earlier_changes_and_later_changes_wait_for_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_selector_delivers_the_first_rows_of_tables_created_while_walhook_runs() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE SCHEMA shop;
-             CREATE TABLE shop.orders (id int PRIMARY KEY);
-             CREATE TABLE public.elsewhere (id int PRIMARY KEY);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE SCHEMA shop;
+         CREATE TABLE shop.orders (id int PRIMARY KEY);
+         CREATE TABLE public.elsewhere (id int PRIMARY KEY);",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(config(
         &db,
         None,
-        &subscription(
-            "shop",
-            r#""shop.*""#,
-            r#""insert", "update", "delete""#,
-            &receiver.url("/shop"),
-        ),
+        subscription("shop", &receiver.url("/shop"))
+            .tables(&["shop.*"])
+            .events(&["insert", "update", "delete"]),
     ));
-    if server_version(&db).await < 150_000 {
+    if db.server_version_num().await < 150_000 {
         // FOR TABLES IN SCHEMA came with PostgreSQL 15: refused, clearly.
         let error = tokio::time::timeout(DEADLINE, walhook.task)
             .await
@@ -454,41 +400,29 @@ async fn a_schema_selector_delivers_the_first_rows_of_tables_created_while_walho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_never_publishes_updates_of_a_table_that_cannot_log_them() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE nokey (a int, b text);
-             INSERT INTO nokey VALUES (1, 'x');
-             CREATE TABLE keyed (id int PRIMARY KEY);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE nokey (a int, b text);
+         INSERT INTO nokey VALUES (1, 'x');
+         CREATE TABLE keyed (id int PRIMARY KEY);",
+    )
+    .await;
     let receiver = Receiver::start().await;
-    let updates = subscription(
-        "nokey-updates",
-        r#""nokey""#,
-        r#""insert", "update""#,
-        &receiver.url("/n"),
-    );
+    let updates = subscription("nokey-updates", &receiver.url("/n"))
+        .tables(&["nokey"])
+        .events(&["insert", "update"]);
     // An insert-only rule on the key-less table beside an update rule on
     // another: the publication's operations are shared by its tables.
     let mixed = format!(
         "{}{}",
-        subscription(
-            "nokey-inserts",
-            r#""nokey""#,
-            r#""insert""#,
-            &receiver.url("/n")
-        ),
-        subscription(
-            "keyed-updates",
-            r#""keyed""#,
-            r#""update""#,
-            &receiver.url("/k")
-        ),
+        subscription("nokey-inserts", &receiver.url("/n"))
+            .tables(&["nokey"])
+            .events(&["insert"]),
+        subscription("keyed-updates", &receiver.url("/k"))
+            .tables(&["keyed"])
+            .events(&["update"]),
     );
-    for rules in [&updates, &mixed] {
-        let binary = WalhookBinary::new(&config_text(&db, None, rules));
+    for rules in [updates.to_string(), mixed] {
+        let binary = WalhookBinary::new(&config_text(&db, None, &rules));
         let output = binary.command(&["setup"]).await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
@@ -500,7 +434,7 @@ async fn setup_never_publishes_updates_of_a_table_that_cannot_log_them() {
             .batch_execute("UPDATE nokey SET b = 'still works'")
             .await
             .expect("the application's UPDATE is not refused");
-        let walhook = Walhook::start(config(&db, None, rules));
+        let walhook = Walhook::start(config(&db, None, &rules));
         let error = tokio::time::timeout(DEADLINE, walhook.task)
             .await
             .unwrap()
@@ -517,12 +451,9 @@ async fn setup_never_publishes_updates_of_a_table_that_cannot_log_them() {
     assert_eq!(publications, 0, "nothing was published");
 
     // Inserts only: published, and the application's updates still work.
-    let inserts = subscription(
-        "nokey-inserts",
-        r#""nokey""#,
-        r#""insert""#,
-        &receiver.url("/n"),
-    );
+    let inserts = subscription("nokey-inserts", &receiver.url("/n"))
+        .tables(&["nokey"])
+        .events(&["insert"]);
     let output = WalhookBinary::new(&config_text(&db, None, &inserts))
         .command(&["setup"])
         .await;
@@ -539,26 +470,20 @@ async fn setup_never_publishes_updates_of_a_table_that_cannot_log_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_of_types_dropped_right_after_their_change_are_still_rendered_faithfully() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE DOMAIN positive AS int CHECK (VALUE > 0);
-             CREATE TYPE pair AS (f1 int, f2 text);
-             CREATE TABLE big (id int PRIMARY KEY, body text);
-             CREATE TABLE typed (id int PRIMARY KEY, p positive, c pair, ps positive[]);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+         CREATE TYPE pair AS (f1 int, f2 text);
+         CREATE TABLE big (id int PRIMARY KEY, body text);
+         CREATE TABLE typed (id int PRIMARY KEY, p positive, c pair, ps positive[]);",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let walhook = Walhook::start(config(
         &db,
         None,
-        &subscription(
-            "typed",
-            r#""big", "typed""#,
-            r#""insert""#,
-            &receiver.url("/typed"),
-        ),
+        subscription("typed", &receiver.url("/typed"))
+            .tables(&["big", "typed"])
+            .events(&["insert"]),
     ));
     db.wait_slot_active().await;
     // The types are gone from the catalog before walhook reads the row.
@@ -608,13 +533,13 @@ async fn changes_of_a_published_table_no_rule_selects_are_counted_and_check_expl
     let port = free_port();
     // Set up by hand, as an administrator would for a least-privilege role:
     // walhook uses the publication as it is.
-    let text = config_text(
-        &db,
-        Some(port),
-        &subscription("orders", r#""orders""#, r#""insert""#, &receiver.url("/o")),
-    )
-    .replace("[source]", "[source]\nauto_setup = false");
-    let walhook = Walhook::start(Config::from_toml(Path::new("test.toml"), &text).unwrap());
+    let orders = subscription("orders", &receiver.url("/o"))
+        .tables(&["orders"])
+        .events(&["insert"]);
+    let manual = watching(&db, Some(port))
+        .source("auto_setup", "false")
+        .subscription(&orders);
+    let walhook = Walhook::start(manual.build());
     db.wait_slot_active().await;
     db.client
         .batch_execute("INSERT INTO audit VALUES (1); INSERT INTO orders VALUES (1);")
@@ -630,7 +555,7 @@ async fn changes_of_a_published_table_no_rule_selects_are_counted_and_check_expl
     .await;
     walhook.stop().await.unwrap();
 
-    let output = WalhookBinary::new(&text.replace(&format!("127.0.0.1:{port}"), ""))
+    let output = WalhookBinary::new(&manual.admin("").text())
         .command(&["check"])
         .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -642,21 +567,18 @@ async fn changes_of_a_published_table_no_rule_selects_are_counted_and_check_expl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_generated_columns_are_sent_where_the_server_publishes_them() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE g (id int PRIMARY KEY, a int, b int GENERATED ALWAYS AS (a * 2) STORED)",
-        )
-        .await
-        .unwrap();
-    let version = server_version(&db).await;
+    let db = TestDb::with_schema(
+        "CREATE TABLE g (id int PRIMARY KEY, a int, b int GENERATED ALWAYS AS (a * 2) STORED)",
+    )
+    .await;
+    let version = db.server_version_num().await;
     let receiver = Receiver::start().await;
     if version < 180_000 {
         // A filter on a column the server never sends would never be true.
-        let filtered = format!(
-            "{}filter = \"b > 10\"\n",
-            subscription("generated", r#""g""#, r#""insert""#, &receiver.url("/g"))
-        );
+        let filtered = subscription("generated", &receiver.url("/g"))
+            .tables(&["g"])
+            .events(&["insert"])
+            .filter("b > 10");
         let error = Walhook::start(config(&db, None, &filtered))
             .task
             .await
@@ -668,7 +590,9 @@ async fn stored_generated_columns_are_sent_where_the_server_publishes_them() {
     let walhook = Walhook::start(config(
         &db,
         None,
-        &subscription("generated", r#""g""#, r#""insert""#, &receiver.url("/g")),
+        subscription("generated", &receiver.url("/g"))
+            .tables(&["g"])
+            .events(&["insert"]),
     ));
     db.wait_slot_active().await;
     db.client
@@ -693,20 +617,19 @@ async fn stored_generated_columns_are_sent_where_the_server_publishes_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_whose_type_is_gone_before_walhook_saw_it_goes_out_as_text_and_is_counted() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE big (id int PRIMARY KEY, body text);
-             CREATE TABLE late (id int PRIMARY KEY, v int);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE big (id int PRIMARY KEY, body text);
+         CREATE TABLE late (id int PRIMARY KEY, v int);",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let port = free_port();
     let walhook = Walhook::start(config(
         &db,
         Some(port),
-        &subscription("w", r#""big", "late""#, r#""insert""#, &receiver.url("/w")),
+        subscription("w", &receiver.url("/w"))
+            .tables(&["big", "late"])
+            .events(&["insert"]),
     ));
     db.wait_slot_active().await;
     // A column gets a new type, a row is written and the type dropped
@@ -740,24 +663,29 @@ async fn a_value_whose_type_is_gone_before_walhook_saw_it_goes_out_as_text_and_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncate_waiting_for_a_failing_receiver_holds_back_no_other_subscription() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY);
-             CREATE TABLE u (id int PRIMARY KEY);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE t (id int PRIMARY KEY);
+         CREATE TABLE u (id int PRIMARY KEY);",
+    )
+    .await;
     let down = Receiver::start().await;
     down.respond_with(503);
     let up = Receiver::start().await;
     let subscriptions = format!(
         "{}{}",
-        subscription("down", r#""t""#, r#""insert", "truncate""#, &down.url("/t")),
-        subscription("up", r#""u""#, r#""insert""#, &up.url("/u")),
+        subscription("down", &down.url("/t"))
+            .tables(&["t"])
+            .events(&["insert", "truncate"]),
+        subscription("up", &up.url("/u"))
+            .tables(&["u"])
+            .events(&["insert"]),
     );
     // The failing receiver's events are retried (not parked) for minutes.
-    let config = db.config_with("max_attempts = 1000", &subscriptions);
+    let config = db
+        .configure()
+        .delivery("max_attempts", "1000")
+        .subscription(subscriptions)
+        .build();
     let walhook = Walhook::start(config);
     db.wait_slot_active().await;
     db.client
@@ -782,20 +710,21 @@ async fn a_truncate_waiting_for_a_failing_receiver_holds_back_no_other_subscript
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_on_a_partition_below_a_selected_partitioned_table_is_refused() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE top (id int, region text, city text) PARTITION BY LIST (region);
-             CREATE TABLE mid PARTITION OF top FOR VALUES IN ('eu') PARTITION BY LIST (city);
-             CREATE TABLE leaf PARTITION OF mid FOR VALUES IN ('paris');",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE top (id int, region text, city text) PARTITION BY LIST (region);
+         CREATE TABLE mid PARTITION OF top FOR VALUES IN ('eu') PARTITION BY LIST (city);
+         CREATE TABLE leaf PARTITION OF mid FOR VALUES IN ('paris');",
+    )
+    .await;
     let receiver = Receiver::start().await;
     let subscriptions = format!(
         "{}{}",
-        subscription("mid", r#""mid""#, r#""insert""#, &receiver.url("/mid")),
-        subscription("leaf", r#""leaf""#, r#""insert""#, &receiver.url("/leaf")),
+        subscription("mid", &receiver.url("/mid"))
+            .tables(&["mid"])
+            .events(&["insert"]),
+        subscription("leaf", &receiver.url("/leaf"))
+            .tables(&["leaf"])
+            .events(&["insert"]),
     );
     let walhook = Walhook::start(config(&db, None, &subscriptions));
     let error = tokio::time::timeout(DEADLINE, walhook.task)

@@ -3,29 +3,20 @@
 
 use std::time::Duration;
 
+use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
 use crate::support::{TestDb, Walhook, wait_until};
 
 #[tokio::test]
 async fn heavy_writes_to_an_unwatched_table_move_confirmed_flush_lsn() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY);
-             CREATE TABLE audit_noise (id bigserial PRIMARY KEY, filler text);",
-        )
-        .await
-        .unwrap();
+    let db = TestDb::with_schema(
+        "CREATE TABLE orders (id int PRIMARY KEY);
+         CREATE TABLE audit_noise (id bigserial PRIMARY KEY, filler text);",
+    )
+    .await;
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "orders"
-        tables = ["orders"]
-        url = "{}"
-        "#,
-        receiver.url("/")
-    )));
+    let walhook =
+        Walhook::start(db.config(subscription("orders", &receiver.url("/")).tables(&["orders"])));
     db.wait_slot_active().await;
     let start = db.confirmed_flush().await.unwrap();
     for _ in 0..20 {
@@ -38,7 +29,7 @@ async fn heavy_writes_to_an_unwatched_table_move_confirmed_flush_lsn() {
     }
     let written = db.current_wal().await;
     assert!(
-        written > start + 1_000_000,
+        written.0 > start.0 + 1_000_000,
         "the noise wrote megabytes of WAL"
     );
     wait_until(

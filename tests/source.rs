@@ -4,24 +4,22 @@
 //! `confirmed_flush_lsn`, and the errors a standby and an operator rely on
 //! (slot in use, slot missing, wrong password, unreachable server).
 //!
-//! One cluster (with `ssl = on` and a test CA) serves every test of this
-//! binary; each test works in its own database, roles and slot, so they run in
-//! parallel. Waits are bounded by deadlines, never fixed sleeps.
+//! The shared cluster serves TLS with a test CA and makes the password roles
+//! authenticate (`support::PASSWORD_ROLES`); each test works in its own
+//! database, roles and slot, so they run in parallel. Waits are bounded by
+//! deadlines, never fixed sleeps.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-use std::future::Future;
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use walhook::lsn::Lsn;
 use walhook::pgconn::{ConnectParams, connect_sql};
-use walhook::pgtemp::{SUPERUSER, TempPostgres, TempPostgresOptions};
+use walhook::pgtemp::SUPERUSER;
 use walhook::source::{ReplicationMessage, ReplicationStream, SourceError};
+
+use crate::support::{TestDb, cluster, tls_files, wait_until, within};
 
 /// How long any wait may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -29,170 +27,33 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// pgoutput protocol version 1 (PostgreSQL 10+).
 const PROTO: u32 = 1;
 
-/// Roles and the pg_hba.conf method each must use; every role belongs to one
-/// test.
-const PASSWORD_ROLES: &[(&str, &str)] = &[
-    ("md5_user", "md5"),
-    ("scram_user", "scram-sha-256"),
-    ("clear_user", "password"),
-    ("wrongpw_user", "scram-sha-256"),
-];
-
-struct Cluster {
-    // Dropped first: the server stops before its certificate files go.
-    pg: TempPostgres,
-    tls: TlsFiles,
-}
-
-struct TlsFiles {
-    _dir: tempfile::TempDir,
-    /// The CA that signed the server's certificate (issued for `localhost`).
-    ca: PathBuf,
-    /// A CA that signed nothing the server has.
-    other_ca: PathBuf,
-}
-
-/// The cluster of this test binary, started by the first test that asks and
-/// stopped when the last test holding it finishes.
-fn cluster() -> Arc<Cluster> {
-    static SHARED: Mutex<Weak<Cluster>> = Mutex::new(Weak::new());
-    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(cluster) = shared.upgrade() {
-        return cluster;
-    }
-    let tls = make_tls_files();
-    let hba_lines = PASSWORD_ROLES
-        .iter()
-        .map(|(role, method)| format!("host all {role} 127.0.0.1/32 {method}"))
-        .collect();
-    let pg = TempPostgres::start_with(TempPostgresOptions {
-        extra_conf: vec![
-            "ssl = on".into(),
-            format!(
-                "ssl_cert_file = '{}'",
-                tls.dir().join("server.crt").display()
-            ),
-            format!(
-                "ssl_key_file = '{}'",
-                tls.dir().join("server.key").display()
-            ),
-        ],
-        hba_lines,
-    })
-    .expect("start a throw-away PostgreSQL");
-    let cluster = Arc::new(Cluster { pg, tls });
-    *shared = Arc::downgrade(&cluster);
-    cluster
-}
-
-impl TlsFiles {
-    fn dir(&self) -> &Path {
-        self._dir.path()
-    }
-}
-
-/// A test CA, a server certificate it signs for `localhost` only, and a
-/// second, unrelated CA; readable by the server (the `postgres` user when we
-/// are root).
-fn make_tls_files() -> TlsFiles {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
-
-    fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        (cert.pem(), Issuer::new(params, key))
-    }
-
-    let dir = tempfile::Builder::new()
-        .prefix("walhook-test-tls-")
-        .tempdir()
-        .unwrap();
-    let (ca_pem, issuer) = ca("walhook test CA");
-    let (other_ca_pem, _) = ca("walhook unrelated CA");
-    let mut server = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    server
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = server.signed_by(&server_key, &issuer).unwrap();
-
-    let write = |name: &str, text: &str, mode: u32| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        path
-    };
-    let ca = write("ca.crt", &ca_pem, 0o644);
-    let other_ca = write("other-ca.crt", &other_ca_pem, 0o644);
-    write("server.crt", &server_cert.pem(), 0o644);
-    // PostgreSQL refuses a key that others can read.
-    write("server.key", &server_key.serialize_pem(), 0o600);
-    if nix::unistd::geteuid().is_root() {
-        let user = nix::unistd::User::from_name(SUPERUSER)
-            .unwrap()
-            .expect("a postgres system user");
-        for path in [dir.path().to_path_buf(), dir.path().join("server.key")] {
-            std::os::unix::fs::chown(&path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
-                .unwrap();
-        }
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    TlsFiles {
-        _dir: dir,
-        ca,
-        other_ca,
-    }
-}
-
 fn params(url: &str) -> ConnectParams {
     ConnectParams::from_url(url).unwrap()
 }
 
-/// A fresh database named after the test, and a superuser client on it.
-async fn fresh_database(cluster: &Cluster, name: &str) -> tokio_postgres::Client {
-    let admin = connect_sql(&params(&cluster.pg.url("postgres")))
-        .await
-        .unwrap();
-    // One statement per call: DROP / CREATE DATABASE refuse a transaction.
-    for statement in [
-        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        admin.batch_execute(&statement).await.unwrap();
-    }
-    connect_sql(&params(&cluster.pg.url(name))).await.unwrap()
-}
-
-/// A table `t`, a publication `name` for it, and a pgoutput slot `name`.
-async fn publication_and_slot(client: &tokio_postgres::Client, name: &str) {
-    client
+/// A table `t`, a publication and a pgoutput slot both named after the
+/// database.
+async fn publication_and_slot(db: &TestDb) {
+    db.client
         .batch_execute(&format!(
             "CREATE TABLE t (id int PRIMARY KEY, note text, at timestamptz);
-             CREATE PUBLICATION {name} FOR TABLE t;"
+             CREATE PUBLICATION {} FOR TABLE t;",
+            db.name
         ))
         .await
         .unwrap();
     // Separately: a slot cannot be created in a transaction that wrote.
-    client
+    db.client
         .execute(
             "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&name],
+            &[&db.name],
         )
         .await
         .unwrap();
 }
 
-/// A login role with REPLICATION and a password stored as `encryption`.
+/// A login role with REPLICATION and a password stored as `encryption`
+/// (one of the shared cluster's password roles).
 async fn password_role(client: &tokio_postgres::Client, role: &str, encryption: &str) {
     client
         .batch_execute(&format!(
@@ -204,26 +65,19 @@ async fn password_role(client: &tokio_postgres::Client, role: &str, encryption: 
         .unwrap();
 }
 
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {DEADLINE:?} waiting for {what}"))
-}
-
-/// Polls `check` until it holds, failing the test at the deadline.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits until nothing streams from `slot` any more.
+async fn wait_slot_free(db: &TestDb, slot: &str) {
+    wait_until("the slot to come free", DEADLINE, || async {
+        db.client
+            .query_one(
+                "SELECT NOT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    })
+    .await;
 }
 
 async fn start(url: &str, slot: &str) -> Result<ReplicationStream, SourceError> {
@@ -233,7 +87,7 @@ async fn start(url: &str, slot: &str) -> Result<ReplicationStream, SourceError> 
 /// Reads XLogData until a pgoutput Insert and then a Commit have gone by;
 /// returns the Inserts' bytes and the Commit's end LSN.
 async fn read_until_insert_and_commit(stream: &mut ReplicationStream) -> (Vec<Bytes>, Lsn) {
-    within("an Insert and a Commit", async {
+    within("an Insert and a Commit", DEADLINE, async {
         let mut inserts = Vec::new();
         loop {
             match stream.next().await.unwrap() {
@@ -259,31 +113,15 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|window| window == needle.as_bytes())
 }
 
-async fn confirmed_flush_lsn(client: &tokio_postgres::Client, slot: &str) -> Lsn {
-    let row = client
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap();
-    row.get::<_, String>(0).parse().unwrap()
-}
-
-fn init() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 #[tokio::test]
 async fn trust_auth_streams_and_identifies_the_system() {
-    init();
-    let cluster = cluster();
-    let client = fresh_database(&cluster, "trust_db").await;
-    publication_and_slot(&client, "trust_slot").await;
+    let db = TestDb::new().await;
+    publication_and_slot(&db).await;
 
-    let url = format!("{}&application_name=trust_test", cluster.pg.url("trust_db"));
-    let stream = start(&url, "trust_slot").await.unwrap();
-    let system_id: String = client
+    let url = format!("{}&application_name=trust_test", db.url);
+    let stream = start(&url, &db.name).await.unwrap();
+    let system_id: String = db
+        .client
         .query_one(
             "SELECT system_identifier::text FROM pg_control_system()",
             &[],
@@ -294,14 +132,15 @@ async fn trust_auth_streams_and_identifies_the_system() {
     assert_eq!(stream.system_id().to_string(), system_id);
     assert_eq!(stream.timeline(), 1);
     assert!(!stream.xlogpos().is_zero());
-    assert_eq!(stream.dbname(), Some("trust_db"));
-    assert_eq!(stream.slot(), "trust_slot");
+    assert_eq!(stream.dbname(), Some(db.name.as_str()));
+    assert_eq!(stream.slot(), db.name);
     assert_eq!(
         stream.server_address(),
-        format!("127.0.0.1:{}", cluster.pg.port())
+        format!("127.0.0.1:{}", cluster().port())
     );
     assert!(!stream.is_tls(), "sslmode=disable");
-    let walsenders: i64 = client
+    let walsenders: i64 = db
+        .client
         .query_one(
             "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'trust_test'",
             &[],
@@ -317,22 +156,20 @@ async fn trust_auth_streams_and_identifies_the_system() {
 
 /// Starts streaming as `role` with its password, and checks that the same
 /// role without a password is refused (so the method was really used).
-async fn password_auth(database: &str, role: &str, encryption: &str) {
-    init();
-    let cluster = cluster();
-    let client = fresh_database(&cluster, database).await;
-    password_role(&client, role, encryption).await;
-    publication_and_slot(&client, database).await;
-    let url = cluster.pg.url_as(role, &format!("pw-{role}"), database);
+async fn password_auth(role: &str, encryption: &str) {
+    let db = TestDb::new().await;
+    password_role(&db.client, role, encryption).await;
+    publication_and_slot(&db).await;
+    let url = cluster().url_as(role, &format!("pw-{role}"), &db.name);
 
-    let stream = start(&url, database).await.unwrap();
-    assert_eq!(stream.dbname(), Some(database));
+    let stream = start(&url, &db.name).await.unwrap();
+    assert_eq!(stream.dbname(), Some(db.name.as_str()));
     drop(stream);
     connect_sql(&params(&url)).await.unwrap();
 
     let mut without_password = params(&url);
     without_password.password = None;
-    let error = ReplicationStream::start(&without_password, database, database, Lsn::ZERO, PROTO)
+    let error = ReplicationStream::start(&without_password, &db.name, &db.name, Lsn::ZERO, PROTO)
         .await
         .unwrap_err();
     assert!(matches!(error, SourceError::Auth { .. }), "{error:?}");
@@ -342,12 +179,9 @@ async fn password_auth(database: &str, role: &str, encryption: &str) {
 
 #[tokio::test]
 async fn md5_auth() {
-    // Held throughout: the cluster stops when no test holds it, and a new
-    // one would not have the role.
-    let cluster = cluster();
-    password_auth("md5_db", "md5_user", "md5").await;
+    password_auth("md5_user", "md5").await;
     // The role's password really is an MD5 hash, so MD5 was negotiated.
-    let client = connect_sql(&params(&cluster.pg.url("postgres")))
+    let client = connect_sql(&params(&cluster().url("postgres")))
         .await
         .unwrap();
     let stored: String = client
@@ -363,27 +197,23 @@ async fn md5_auth() {
 
 #[tokio::test]
 async fn scram_auth() {
-    password_auth("scram_db", "scram_user", "scram-sha-256").await;
+    password_auth("scram_user", "scram-sha-256").await;
 }
 
 #[tokio::test]
 async fn cleartext_password_auth() {
-    password_auth("clear_db", "clear_user", "scram-sha-256").await;
+    password_auth("clear_user", "scram-sha-256").await;
 }
 
 #[tokio::test]
 async fn a_wrong_password_is_a_clear_permanent_error() {
-    init();
-    let cluster = cluster();
-    let client = fresh_database(&cluster, "wrongpw_db").await;
-    password_role(&client, "wrongpw_user", "scram-sha-256").await;
-    publication_and_slot(&client, "wrongpw_slot").await;
-    let url = cluster
-        .pg
-        .url_as("wrongpw_user", "not-the-password", "wrongpw_db");
-    let addr = format!("127.0.0.1:{}", cluster.pg.port());
+    let db = TestDb::new().await;
+    password_role(&db.client, "wrongpw_user", "scram-sha-256").await;
+    publication_and_slot(&db).await;
+    let url = cluster().url_as("wrongpw_user", "not-the-password", &db.name);
+    let addr = format!("127.0.0.1:{}", cluster().port());
 
-    let error = start(&url, "wrongpw_slot").await.unwrap_err();
+    let error = start(&url, &db.name).await.unwrap_err();
     assert_eq!(error.code(), Some("28P01"), "{error:?}");
     assert!(!error.is_transient());
     let text = error.to_string();
@@ -403,24 +233,21 @@ async fn a_wrong_password_is_a_clear_permanent_error() {
 
 #[tokio::test]
 async fn streams_inserts_and_status_moves_the_slot() {
-    init();
-    let cluster = cluster();
-    let client = fresh_database(&cluster, "stream_db").await;
-    publication_and_slot(&client, "stream_slot").await;
+    let db = TestDb::new().await;
+    publication_and_slot(&db).await;
     // Settings the walsender would otherwise format values with; the
     // session options of the replication connection must win over them.
-    client
-        .batch_execute(
-            "ALTER DATABASE stream_db SET TimeZone = 'Asia/Kolkata';
-             ALTER DATABASE stream_db SET DateStyle = 'SQL, DMY';
+    db.client
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET TimeZone = 'Asia/Kolkata';
+             ALTER DATABASE {name} SET DateStyle = 'SQL, DMY';
              INSERT INTO t VALUES (1, 'one', '2026-11-27 08:00:00.5+00'), (2, 'two', NULL)",
-        )
+            name = db.name
+        ))
         .await
         .unwrap();
 
-    let mut stream = start(&cluster.pg.url("stream_db"), "stream_slot")
-        .await
-        .unwrap();
+    let mut stream = start(&db.url, &db.name).await.unwrap();
     let (inserts, commit_end) = read_until_insert_and_commit(&mut stream).await;
     assert_eq!(inserts.len(), 2);
     assert!(contains(&inserts[0], "one"));
@@ -429,7 +256,7 @@ async fn streams_inserts_and_status_moves_the_slot() {
         "timestamptz not in UTC ISO form: {:?}",
         String::from_utf8_lossy(&inserts[0])
     );
-    let before = confirmed_flush_lsn(&client, "stream_slot").await;
+    let before = db.confirmed_flush().await.unwrap();
     assert!(
         before < commit_end,
         "{before} should be before {commit_end}"
@@ -440,7 +267,7 @@ async fn streams_inserts_and_status_moves_the_slot() {
         .send_status(commit_end, commit_end, true)
         .await
         .unwrap();
-    within("a keepalive", async {
+    within("a keepalive", DEADLINE, async {
         loop {
             if let ReplicationMessage::Keepalive { wal_end, .. } = stream.next().await.unwrap() {
                 assert!(wal_end >= commit_end, "{wal_end} < {commit_end}");
@@ -449,13 +276,15 @@ async fn streams_inserts_and_status_moves_the_slot() {
         }
     })
     .await;
-    eventually("confirmed_flush_lsn to reach the commit", || async {
-        confirmed_flush_lsn(&client, "stream_slot").await >= commit_end
-    })
+    wait_until(
+        "confirmed_flush_lsn to reach the commit",
+        DEADLINE,
+        || async { db.confirmed_flush().await.unwrap() >= commit_end },
+    )
     .await;
 
     // Later changes keep coming on the same stream.
-    client
+    db.client
         .batch_execute("INSERT INTO t VALUES (3, 'three')")
         .await
         .unwrap();
@@ -466,20 +295,17 @@ async fn streams_inserts_and_status_moves_the_slot() {
 
 #[tokio::test]
 async fn a_second_stream_on_an_active_slot_is_refused_until_the_first_ends() {
-    init();
-    let cluster = cluster();
-    let client = fresh_database(&cluster, "busy_db").await;
-    publication_and_slot(&client, "busy_slot").await;
-    let url = cluster.pg.url("busy_db");
+    let db = TestDb::new().await;
+    publication_and_slot(&db).await;
 
-    let first = start(&url, "busy_slot").await.unwrap();
-    let error = start(&url, "busy_slot").await.unwrap_err();
+    let first = start(&db.url, &db.name).await.unwrap();
+    let error = start(&db.url, &db.name).await.unwrap_err();
     assert!(error.is_slot_in_use(), "{error:?}");
     assert!(error.is_transient(), "a standby retries");
     assert!(!error.is_slot_missing());
     let text = error.to_string();
     assert!(
-        text.contains("busy_slot") && text.contains("is active for PID"),
+        text.contains(&db.name) && text.contains("is active for PID"),
         "{text}"
     );
 
@@ -487,7 +313,7 @@ async fn a_second_stream_on_an_active_slot_is_refused_until_the_first_ends() {
     first.close().await.unwrap();
     let started = Instant::now();
     loop {
-        match start(&url, "busy_slot").await {
+        match start(&db.url, &db.name).await {
             Ok(_) => break,
             Err(error) if error.is_slot_in_use() && started.elapsed() < DEADLINE => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -499,16 +325,10 @@ async fn a_second_stream_on_an_active_slot_is_refused_until_the_first_ends() {
 
 #[tokio::test]
 async fn a_missing_slot_is_reported_with_the_fix() {
-    init();
-    let cluster = cluster();
-    let client = fresh_database(&cluster, "missing_db").await;
-    client
-        .batch_execute("CREATE TABLE t (id int); CREATE PUBLICATION missing_slot FOR TABLE t")
-        .await
-        .unwrap();
-    let error = start(&cluster.pg.url("missing_db"), "missing_slot")
-        .await
-        .unwrap_err();
+    let db =
+        TestDb::with_schema("CREATE TABLE t (id int); CREATE PUBLICATION missing_slot FOR TABLE t")
+            .await;
+    let error = start(&db.url, "missing_slot").await.unwrap_err();
     assert!(error.is_slot_missing(), "{error:?}");
     assert!(!error.is_slot_in_use());
     assert!(!error.is_transient());
@@ -521,7 +341,7 @@ async fn a_missing_slot_is_reported_with_the_fix() {
 
 #[tokio::test]
 async fn an_unreachable_server_is_transient_and_named() {
-    init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // A port nobody listens on.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -595,111 +415,87 @@ async fn sql_uses_tls(client: &tokio_postgres::Client) -> bool {
 
 #[tokio::test]
 async fn tls_require_and_prefer_encrypt_both_connections() {
-    init();
-    let cluster = cluster();
-    let client = fresh_database(&cluster, "tls_db").await;
-    publication_and_slot(&client, "tls_slot").await;
-    let port = cluster.pg.port();
+    let db = TestDb::new().await;
+    publication_and_slot(&db).await;
+    let port = cluster().port();
 
     for mode in ["require", "prefer"] {
-        let app = format!("tls_{mode}");
+        let app = format!("tls_{mode}_{}", db.name);
         let url = format!(
-            "postgres://{SUPERUSER}@127.0.0.1:{port}/tls_db?sslmode={mode}&application_name={app}"
+            "postgres://{SUPERUSER}@127.0.0.1:{port}/{}?sslmode={mode}&application_name={app}",
+            db.name
         );
         let sql = connect_sql(&params(&url)).await.unwrap();
         assert!(
             sql_uses_tls(&sql).await,
             "{mode}: SQL connection without TLS"
         );
-        let stream = start(&url, "tls_slot").await.unwrap();
+        let stream = start(&url, &db.name).await.unwrap();
         assert!(stream.is_tls(), "{mode}");
         assert!(
-            replication_uses_tls(&client, &app).await,
+            replication_uses_tls(&db.client, &app).await,
             "{mode}: server sees no TLS"
         );
         stream.close().await.unwrap();
-        eventually("the slot to come free", || async {
-            client
-                .query_one(
-                    "SELECT NOT active FROM pg_replication_slots WHERE slot_name = 'tls_slot'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0)
-        })
-        .await;
+        wait_slot_free(&db, &db.name).await;
     }
 }
 
 #[tokio::test]
 async fn tls_verify_full_checks_the_root_and_the_host_name() {
-    init();
-    let cluster = cluster();
-    let client = fresh_database(&cluster, "verify_db").await;
-    publication_and_slot(&client, "verify_slot").await;
-    let port = cluster.pg.port();
+    let db = TestDb::new().await;
+    publication_and_slot(&db).await;
+    let port = cluster().port();
+    let tls = tls_files();
     let url = |host: &str, mode: &str, root: &Path| {
         format!(
-            "postgres://{SUPERUSER}@{host}:{port}/verify_db?sslmode={mode}&sslrootcert={}",
+            "postgres://{SUPERUSER}@{host}:{port}/{}?sslmode={mode}&sslrootcert={}",
+            db.name,
             root.display()
         )
     };
 
     // The right root and the name on the certificate.
-    let good = url("localhost", "verify-full", &cluster.tls.ca);
+    let good = url("localhost", "verify-full", &tls.ca);
     let sql = connect_sql(&params(&good)).await.unwrap();
     assert!(sql_uses_tls(&sql).await);
-    let stream = start(&good, "verify_slot").await.unwrap();
+    let stream = start(&good, &db.name).await.unwrap();
     assert!(stream.is_tls());
     stream.close().await.unwrap();
 
     // A root that did not sign the server's certificate.
-    let wrong_root = url("localhost", "verify-full", &cluster.tls.other_ca);
+    let wrong_root = url("localhost", "verify-full", &tls.other_ca);
     let error = connect_sql(&params(&wrong_root)).await.unwrap_err();
     assert!(!error.is_transient(), "{error:?}");
     assert!(error.to_string().contains("sslrootcert"), "{error}");
-    let error = start(&wrong_root, "verify_slot").await.unwrap_err();
+    let error = start(&wrong_root, &db.name).await.unwrap_err();
     assert!(matches!(error, SourceError::Tls { .. }), "{error:?}");
     assert!(!error.is_transient());
     assert!(error.to_string().contains("sslrootcert"), "{error}");
 
     // The right root, but the certificate is for localhost, not 127.0.0.1:
     // verify-full refuses, verify-ca does not look at the name.
-    let wrong_name = url("127.0.0.1", "verify-full", &cluster.tls.ca);
+    let wrong_name = url("127.0.0.1", "verify-full", &tls.ca);
     assert!(connect_sql(&params(&wrong_name)).await.is_err());
-    let error = start(&wrong_name, "verify_slot").await.unwrap_err();
+    let error = start(&wrong_name, &db.name).await.unwrap_err();
     assert!(matches!(error, SourceError::Tls { .. }), "{error:?}");
-    let chain_only = url("127.0.0.1", "verify-ca", &cluster.tls.ca);
+    let chain_only = url("127.0.0.1", "verify-ca", &tls.ca);
     let sql = connect_sql(&params(&chain_only)).await.unwrap();
     assert!(sql_uses_tls(&sql).await);
-    eventually("the slot to come free", || async {
-        client
-            .query_one(
-                "SELECT NOT active FROM pg_replication_slots WHERE slot_name = 'verify_slot'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0)
-    })
-    .await;
-    let stream = start(&chain_only, "verify_slot").await.unwrap();
+    wait_slot_free(&db, &db.name).await;
+    let stream = start(&chain_only, &db.name).await.unwrap();
     assert!(stream.is_tls());
     // verify-ca still checks the chain.
-    let error = start(
-        &url("127.0.0.1", "verify-ca", &cluster.tls.other_ca),
-        "verify_slot",
-    )
-    .await
-    .unwrap_err();
+    let error = start(&url("127.0.0.1", "verify-ca", &tls.other_ca), &db.name)
+        .await
+        .unwrap_err();
     assert!(matches!(error, SourceError::Tls { .. }), "{error:?}");
 }
 
 /// Reads XLogData until `commits` pgoutput Commits have gone by; returns
 /// every message's bytes in order.
 async fn read_through_commits(stream: &mut ReplicationStream, commits: usize) -> Vec<Bytes> {
-    within("the Commits", async {
+    within("the Commits", DEADLINE, async {
         let mut messages = Vec::new();
         let mut seen = 0;
         while seen < commits {
@@ -715,20 +511,12 @@ async fn read_through_commits(stream: &mut ReplicationStream, commits: usize) ->
 
 #[tokio::test]
 async fn logical_decoding_messages_arrive_from_postgresql_14_on() {
-    init();
-    let cluster = cluster();
-    let client = fresh_database(&cluster, "messages_db").await;
-    publication_and_slot(&client, "messages_slot").await;
-    let version_num: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let db = TestDb::new().await;
+    publication_and_slot(&db).await;
+    let version_num = db.server_version_num().await;
     let major = u32::try_from(version_num / 10_000).unwrap();
 
-    let mut stream = start(&cluster.pg.url("messages_db"), "messages_slot")
-        .await
-        .unwrap();
+    let mut stream = start(&db.url, &db.name).await.unwrap();
     assert_eq!(
         stream.server_major(),
         Some(major),
@@ -736,7 +524,7 @@ async fn logical_decoding_messages_arrive_from_postgresql_14_on() {
     );
     // A transactional message between two inserts, then a non-transactional
     // one outside any transaction, then one more insert.
-    client
+    db.client
         .batch_execute(
             "BEGIN;
              INSERT INTO t VALUES (1, 'one');

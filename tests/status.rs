@@ -5,67 +5,31 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{TestDb, walhook_binary};
+use crate::support::config::subscription;
+use crate::support::{TestDb, WalhookBinary, lsn, stderr};
 
-async fn walhook(args: &[&str], config: &std::path::Path) -> std::process::Output {
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(walhook_binary())
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .output(),
-    )
-    .await
-    .expect("walhook exits")
-    .unwrap();
+/// Runs `walhook <args>`, which must succeed.
+async fn walhook(binary: &WalhookBinary, args: &[&str]) -> std::process::Output {
+    let output = binary.command(args).await;
     assert!(
         output.status.success(),
         "walhook {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
+        stderr(&output)
     );
     output
 }
 
-/// The slot's confirmed position, as PostgreSQL prints it.
-async fn confirmed(db: &TestDb) -> String {
-    db.client
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&db.name],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test]
 async fn status_reports_the_lag_of_a_slot_held_back() {
-    let db = TestDb::new().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("walhook.toml");
-    std::fs::write(
-        &config,
-        db.config_text(
-            r#"
-            [[subscriptions]]
-            name = "orders"
-            tables = ["orders"]
-            url = "http://127.0.0.1:9/"
-            [[subscriptions]]
-            name = "quiet"
-            tables = ["orders"]
-            url = "http://127.0.0.1:9/"
-            "#,
-        ),
-    )
-    .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY, note text)").await;
+    let binary = WalhookBinary::new(
+        &db.configure()
+            .subscription(subscription("orders", "http://127.0.0.1:9/").tables(&["orders"]))
+            .subscription(subscription("quiet", "http://127.0.0.1:9/").tables(&["orders"]))
+            .text(),
+    );
     // The slot, the publication and the schema, and nobody reading the slot.
-    walhook(&["setup"], &config).await;
+    walhook(&binary, &["setup"]).await;
     let before_inserts = std::time::SystemTime::now();
     db.client
         .batch_execute(
@@ -87,8 +51,8 @@ async fn status_reports_the_lag_of_a_slot_held_back() {
         .get(0);
     assert!(lag_before > 1_000_000, "the inserts wrote over a megabyte");
 
-    let confirmed_before = confirmed(&db).await;
-    let output = walhook(&["status", "--json"], &config).await;
+    let confirmed_before = db.confirmed_flush().await.unwrap();
+    let output = walhook(&binary, &["status", "--json"]).await;
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     let lag_after: i64 = db
         .client
@@ -125,11 +89,11 @@ async fn status_reports_the_lag_of_a_slot_held_back() {
         "{oldest} is the inserts' commit"
     );
     assert_eq!(
-        report["confirmed_flush_lsn"].as_str(),
-        Some(confirmed_before.as_str())
+        report["confirmed_flush_lsn"].as_str().map(lsn),
+        Some(confirmed_before)
     );
     assert_eq!(
-        confirmed(&db).await,
+        db.confirmed_flush().await.unwrap(),
         confirmed_before,
         "peeking did not move the slot"
     );
@@ -138,7 +102,7 @@ async fn status_reports_the_lag_of_a_slot_held_back() {
     assert_eq!(report["subscriptions"][1]["dead_letters"], 0);
 
     // The table form names the same facts.
-    let output = walhook(&["status"], &config).await;
+    let output = walhook(&binary, &["status"]).await;
     let table = String::from_utf8(output.stdout).unwrap();
     assert!(
         table.contains(&format!("slot {}: inactive", db.name)),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
 use crate::support::zero_sign::sign_differences;
 use crate::support::{TestDb, Walhook};
@@ -106,15 +107,9 @@ async fn every_record_equals_to_jsonb_of_its_row() {
     let db = TestDb::new().await;
     db.client.batch_execute(SCHEMA).await.unwrap();
     let receiver = Receiver::start().await;
-    let walhook = Walhook::start(db.config(&format!(
-        r#"
-        [[subscriptions]]
-        name = "everything"
-        tables = ["everything"]
-        url = "{}"
-        "#,
-        receiver.url("/")
-    )));
+    let walhook = Walhook::start(
+        db.config(subscription("everything", &receiver.url("/")).tables(&["everything"])),
+    );
     db.wait_slot_active().await;
     db.client.batch_execute(ROWS).await.unwrap();
     let inserts = receiver

@@ -5,62 +5,25 @@
 //! value), and with the sign of every number compared too (jsonb has no
 //! negative zero, so that comparison alone would let `-0` for `0` pass).
 
-use std::sync::{Arc, Mutex, Weak};
-
-use anyhow::{Context, Result, anyhow, bail};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use anyhow::{Context, Result, bail};
+use tokio_postgres::{Client, SimpleQueryMessage};
 use walhook::catalog::{JsonKind, TypeRegistry, builtin_oids};
-use walhook::pgtemp::TempPostgres;
 use walhook::value::write_json;
 
-// Shared with the integration tests' oracle (`value_fidelity`).
-#[path = "support/zero_sign.rs"]
-mod zero_sign;
-use zero_sign::sign_differences;
+use crate::support::TestDb;
+use crate::support::zero_sign::sign_differences;
 
-/// One cluster for the tests of this binary that run at the same time; the
-/// last test to finish drops it, which stops the server and removes its files
-/// (a plain static would never be dropped and would leave the server running).
-fn cluster() -> Result<Arc<TempPostgres>> {
-    static CLUSTER: Mutex<Weak<TempPostgres>> = Mutex::new(Weak::new());
-    let mut shared = CLUSTER
-        .lock()
-        .map_err(|_| anyhow!("cluster lock poisoned"))?;
-    if let Some(cluster) = shared.upgrade() {
-        return Ok(cluster);
-    }
-    let cluster = Arc::new(TempPostgres::start().context("starting a throw-away PostgreSQL")?);
-    *shared = Arc::downgrade(&cluster);
-    Ok(cluster)
-}
-
-/// A fresh database on the shared cluster, with a session set up as the
-/// walsender's (UTC, ISO dates, postgres intervals, hex bytea).
-async fn fresh_database(cluster: &TempPostgres, name: &str) -> Result<Client> {
-    let admin = connect(&cluster.url("postgres")).await?;
-    // Two calls: DROP / CREATE DATABASE refuse an implicit transaction.
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-        .await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await?;
-    let client = connect(&cluster.url(name)).await?;
-    client
+/// A fresh database whose session formats values as the walsender's does
+/// (UTC, ISO dates, postgres intervals, hex bytea).
+async fn walsender_session() -> Result<TestDb> {
+    let db = TestDb::new().await;
+    db.client
         .batch_execute(
             "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';
              SET extra_float_digits = 1; SET bytea_output = 'hex';",
         )
         .await?;
-    Ok(client)
-}
-
-async fn connect(url: &str) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    tokio::spawn(connection);
-    Ok(client)
+    Ok(db)
 }
 
 const SCHEMA: &str = r#"
@@ -217,15 +180,15 @@ fn render(types: &TypeRegistry, type_oid: u32, text: Option<&str>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_column_type_renders_as_to_jsonb() -> Result<()> {
-    let cluster = cluster()?;
-    let client = fresh_database(&cluster, "values_oracle").await?;
+    let db = walsender_session().await?;
+    let client = &db.client;
     client.batch_execute(SCHEMA).await?;
-    let columns = columns(&client, "v").await?;
+    let columns = columns(client, "v").await?;
     assert!(columns.len() > 50, "{} columns", columns.len());
 
     let mut types = TypeRegistry::new();
     let oids: Vec<u32> = columns.iter().map(|c| c.type_oid).collect();
-    types.ensure(&client, &oids).await?;
+    types.ensure(client, &oids).await?;
 
     // The comparison itself must tell digits apart (a control, not a value).
     let control = client
@@ -239,7 +202,7 @@ async fn every_column_type_renders_as_to_jsonb() -> Result<()> {
         "12.5 must differ from 12.50"
     );
 
-    let compared = assert_renders_as_to_jsonb(&client, "v", 1..=4, &columns, &types).await?;
+    let compared = assert_renders_as_to_jsonb(client, "v", 1..=4, &columns, &types).await?;
     assert_eq!(compared, 4 * columns.len());
     Ok(())
 }
@@ -321,8 +284,8 @@ fn signs_of_numbers_differ(ours: &str, oracle: &str) -> Result<String> {
 /// as a scalar, in arrays, in composites and through a domain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_zero_renders_as_to_jsonb_does() -> Result<()> {
-    let cluster = cluster()?;
-    let client = fresh_database(&cluster, "values_negative_zero").await?;
+    let db = walsender_session().await?;
+    let client = &db.client;
     client
         .batch_execute(
             r#"
@@ -348,19 +311,19 @@ async fn negative_zero_renders_as_to_jsonb_does() -> Result<()> {
         (row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?),
         ("-0".to_owned(), "-0".to_owned())
     );
-    let columns = columns(&client, "z").await?;
+    let columns = columns(client, "z").await?;
     let mut types = TypeRegistry::new();
     let oids: Vec<u32> = columns.iter().map(|c| c.type_oid).collect();
-    types.ensure(&client, &oids).await?;
-    let compared = assert_renders_as_to_jsonb(&client, "z", 1..=2, &columns, &types).await?;
+    types.ensure(client, &oids).await?;
+    let compared = assert_renders_as_to_jsonb(client, "z", 1..=2, &columns, &types).await?;
     assert_eq!(compared, 2 * columns.len());
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hstore_renders_as_its_cast_to_json_does() -> Result<()> {
-    let cluster = cluster()?;
-    let client = fresh_database(&cluster, "values_hstore").await?;
+    let db = walsender_session().await?;
+    let client = &db.client;
     client
         .batch_execute(
             r#"
@@ -378,20 +341,20 @@ line"=>"tab	here", ""=>""', ARRAY['x=>NULL'::hstore], 'z=>1, y=>2');
             "#,
         )
         .await?;
-    let columns = columns(&client, "h").await?;
+    let columns = columns(client, "h").await?;
     let mut types = TypeRegistry::new();
     let oids: Vec<u32> = columns.iter().map(|c| c.type_oid).collect();
-    types.ensure(&client, &oids).await?;
+    types.ensure(client, &oids).await?;
     assert_eq!(types.kind(columns[1].type_oid), &JsonKind::Hstore);
-    let compared = assert_renders_as_to_jsonb(&client, "h", 1..=4, &columns, &types).await?;
+    let compared = assert_renders_as_to_jsonb(client, "h", 1..=4, &columns, &types).await?;
     assert_eq!(compared, 4 * columns.len());
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_is_normalised_as_to_jsonb_does() -> Result<()> {
-    let cluster = cluster()?;
-    let client = fresh_database(&cluster, "values_json").await?;
+    let db = walsender_session().await?;
+    let client = &db.client;
     let types = TypeRegistry::new();
     let documents = [
         r#"{"b":1, "a":2, "aa": 3, "a": 4}"#,
@@ -453,12 +416,12 @@ async fn json_is_normalised_as_to_jsonb_does() -> Result<()> {
 /// The types the registry knows without a query are what the catalog says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builtin_types_match_the_catalog() -> Result<()> {
-    let cluster = cluster()?;
-    let client = fresh_database(&cluster, "values_builtins").await?;
+    let db = walsender_session().await?;
+    let client = &db.client;
     let builtin = TypeRegistry::new();
     let mut loaded = TypeRegistry::without_builtins();
     let oids: Vec<u32> = builtin_oids().collect();
-    loaded.ensure(&client, &oids).await?;
+    loaded.ensure(client, &oids).await?;
     let mut failures = Vec::new();
     for oid in oids {
         let (Some(ours), Some(catalog)) = (builtin.get(oid), loaded.get(oid)) else {
@@ -493,7 +456,7 @@ async fn builtin_types_match_the_catalog() -> Result<()> {
         row.try_get(3)?,
     );
     let mut types = TypeRegistry::new();
-    types.ensure(&client, &[d2, d2_array, dp]).await?;
+    types.ensure(client, &[d2, d2_array, dp]).await?;
     assert_eq!(types.kind(d2), &JsonKind::Number);
     assert_eq!(
         types.kind(d2_array),
@@ -512,7 +475,7 @@ async fn builtin_types_match_the_catalog() -> Result<()> {
     // A Type message invalidates; the next ensure reloads.
     types.invalidate(dp);
     assert!(types.get(dp).is_none());
-    types.ensure(&client, &[dp]).await?;
+    types.ensure(client, &[dp]).await?;
     assert!(types.get(dp).is_some());
     Ok(())
 }

@@ -103,6 +103,26 @@ mod tests {
                 .min(policy.max);
             assert!(delay <= cap, "attempt {attempt}: {delay:?} > {cap:?}");
         }
+        // Grows: the waits after each further failure reach past the
+        // previous cap (full jitter draws from [0, cap] and the cap doubles:
+        // that 100 draws all stay at or below half of it has a chance of
+        // 2^-100), until the maximum stops it.
+        for attempt in 2..=5 {
+            let previous_cap = Duration::from_millis(100) * (1 << (attempt - 2));
+            let longest = (0..100)
+                .map(|_| backoff_delay(&policy, attempt, None))
+                .max()
+                .unwrap_or_default();
+            assert!(
+                longest > previous_cap,
+                "attempt {attempt}: never longer than the cap before it, {previous_cap:?}"
+            );
+        }
+        let late = (0..100)
+            .map(|_| backoff_delay(&policy, 30, None))
+            .max()
+            .unwrap_or_default();
+        assert!(late > policy.max / 2 && late <= policy.max, "{late:?}");
         let spread: std::collections::HashSet<_> = (0..20)
             .map(|_| backoff_delay(&policy, 5, None).as_micros())
             .collect();
@@ -129,5 +149,21 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+        // A date to come: the wait lasts until then, month by month.
+        let until = |date: &str| parse_retry_after(date).unwrap_or_default();
+        let (january, february, march) = (
+            until("Thu, 01 Jan 2099 00:00:00 GMT"),
+            until("Sun, 01 Feb 2099 00:00:00 GMT"),
+            until("Sun, 01 Mar 2099 00:00:00 GMT"),
+        );
+        let day = Duration::from_secs(24 * 3600);
+        assert!(january > day * 365, "{january:?}");
+        for (earlier, later, days) in [(january, february, 31), (february, march, 28)] {
+            let between = later.saturating_sub(earlier);
+            assert!(
+                between.abs_diff(day * days) < Duration::from_secs(1),
+                "{between:?} for {days} days"
+            );
+        }
     }
 }

@@ -1,25 +1,52 @@
-//! What the integration tests share: one throw-away PostgreSQL per test
-//! binary with a fresh database per test, a scriptable webhook receiver, and
-//! walhook run in-process or as its binary.
+//! What the integration tests share: one throw-away PostgreSQL for the
+//! whole binary with a fresh database per test, configs built in one place,
+//! a scriptable webhook receiver, walhook run in-process or as its binary,
+//! and waits with deadlines.
 #![allow(dead_code)]
 
+pub mod config;
 pub mod receiver;
+pub mod tls;
 pub mod zero_sign;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::path::PathBuf;
+use std::process::Output;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use walhook::config::Config;
-use walhook::pgtemp::TempPostgres;
+use walhook::lsn::Lsn;
+use walhook::pgtemp::{TempPostgres, TempPostgresOptions};
 
-/// The cluster of this test binary (its watchdog cleans up after the process).
-pub fn cluster() -> &'static TempPostgres {
-    static CLUSTER: OnceLock<TempPostgres> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
+use config::TestConfig;
+use receiver::Receiver;
+use tls::TlsFiles;
+
+/// Login roles of the shared cluster that must authenticate with a
+/// password, and the `pg_hba.conf` method each uses (every other role is
+/// trusted on loopback). Each belongs to one test of `source`.
+pub const PASSWORD_ROLES: &[(&str, &str)] = &[
+    ("md5_user", "md5"),
+    ("scram_user", "scram-sha-256"),
+    ("clear_user", "password"),
+    ("wrongpw_user", "scram-sha-256"),
+];
+
+/// The shared cluster and the certificates it serves TLS with.
+struct Shared {
+    cluster: TempPostgres,
+    tls: TlsFiles,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
         // WALHOOK_LOG=debug shows walhook's own logs beside a failing test.
         if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("WALHOOK_LOG") {
@@ -28,8 +55,31 @@ pub fn cluster() -> &'static TempPostgres {
                 .with_test_writer()
                 .try_init();
         }
-        TempPostgres::start().expect("start the throw-away PostgreSQL")
+        let tls = TlsFiles::create();
+        let cluster = TempPostgres::start_with(TempPostgresOptions {
+            extra_conf: tls.server_conf(),
+            hba_lines: PASSWORD_ROLES
+                .iter()
+                .map(|(role, method)| format!("host all {role} 127.0.0.1/32 {method}"))
+                .collect(),
+        })
+        .expect("start the throw-away PostgreSQL");
+        Shared { cluster, tls }
     })
+}
+
+/// The one cluster of this test binary, started by the first test that
+/// asks: TLS on (see [`tls_files`]), the [`PASSWORD_ROLES`] authenticating
+/// with passwords. Its watchdog stops it and removes its files when the
+/// process ends. Tests that stop, restart or reconfigure PostgreSQL start
+/// their own with [`TempPostgres::start_with`] and use [`TestDb::on`].
+pub fn cluster() -> &'static TempPostgres {
+    &shared().cluster
+}
+
+/// The certificates the shared cluster serves.
+pub fn tls_files() -> &'static TlsFiles {
+    &shared().tls
 }
 
 /// A fresh database of the shared cluster, with a superuser connection.
@@ -43,6 +93,17 @@ impl TestDb {
     pub async fn new() -> TestDb {
         let cluster = tokio::task::spawn_blocking(cluster).await.unwrap();
         TestDb::on(cluster).await
+    }
+
+    /// A fresh database of the shared cluster in which `sql` (tables, rows)
+    /// has run.
+    pub async fn with_schema(sql: &str) -> TestDb {
+        let db = TestDb::new().await;
+        db.client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"));
+        db
     }
 
     /// A fresh database of `cluster` (a test's own cluster, for tests that
@@ -65,82 +126,38 @@ impl TestDb {
         TestDb { name, url, client }
     }
 
-    /// A walhook config for this database (slot and publication named after
-    /// it), with the given subscriptions TOML appended.
-    pub fn config(&self, subscriptions: &str) -> Config {
-        Config::from_toml(
-            &PathBuf::from("test.toml"),
-            &self.config_text(subscriptions),
-        )
-        .expect("valid test config")
+    /// The walhook config for this database (slot and publication named
+    /// after it), to add subscriptions and settings to.
+    pub fn configure(&self) -> TestConfig {
+        TestConfig::new(&self.url, &self.name)
     }
 
-    pub fn config_text(&self, subscriptions: &str) -> String {
-        self.config_text_with("", subscriptions)
+    /// The config with these subscriptions and the test defaults.
+    pub fn config(&self, subscriptions: impl std::fmt::Display) -> Config {
+        self.configure().subscription(subscriptions).build()
     }
 
-    /// A config whose `[delivery]` section also has `delivery` (keys the
-    /// defaults here do not set, e.g. `max_attempts = 1000`).
-    pub fn config_with(&self, delivery: &str, subscriptions: &str) -> Config {
-        Config::from_toml(
-            &PathBuf::from("test.toml"),
-            &self.config_text_with(delivery, subscriptions),
-        )
-        .expect("valid test config")
+    /// Its text, for the binary.
+    pub fn config_text(&self, subscriptions: impl std::fmt::Display) -> String {
+        self.configure().subscription(subscriptions).text()
     }
 
-    pub fn config_text_with(&self, delivery: &str, subscriptions: &str) -> String {
-        // Defaults for the tests, each unless `delivery` sets that key. The
-        // timeout is generous: on a loaded 2-core CI machine a 2 s timeout
-        // makes spurious retries (duplicates), which tests of exact
-        // sequences would misread.
-        let defaults = [
-            ("concurrency", "16"),
-            ("timeout", "\"10s\""),
-            ("backoff", "{ initial = \"20ms\", max = \"200ms\" }"),
-            ("shutdown_grace", "\"10s\""),
-        ]
-        .iter()
-        .filter(|(key, _)| !delivery.contains(&format!("{key} =")))
-        .map(|(key, value)| format!("{key} = {value}"))
-        .collect::<Vec<_>>()
-        .join("\n");
-        format!(
-            r#"
-            [source]
-            url = "{url}"
-            slot = "{name}"
-            publication = "{name}"
-            status_interval = "1s"
-            [delivery]
-            {defaults}
-            {delivery}
-            [admin]
-            listen = ""
-            {subscriptions}
-            "#,
-            url = self.url,
-            name = self.name,
-        )
-    }
-
-    /// The slot's confirmed_flush_lsn as numbers, for comparisons.
-    pub async fn confirmed_flush(&self) -> Option<u64> {
+    /// The slot's confirmed position.
+    pub async fn confirmed_flush(&self) -> Option<Lsn> {
         self.confirmed_flush_of(&self.name).await
     }
 
-    /// `slot`'s confirmed_flush_lsn as a number.
-    pub async fn confirmed_flush_of(&self, slot: &str) -> Option<u64> {
+    /// `slot`'s confirmed position; `None` when there is no such slot.
+    pub async fn confirmed_flush_of(&self, slot: &str) -> Option<Lsn> {
         let row = self
             .client
             .query_opt(
-                "SELECT (confirmed_flush_lsn - '0/0')::text FROM pg_replication_slots WHERE slot_name = $1",
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
                 &[&slot],
             )
             .await
             .unwrap()?;
-        let text: Option<String> = row.get(0);
-        text.and_then(|text| text.parse().ok())
+        row.get::<_, Option<String>>(0).map(|text| lsn(&text))
     }
 
     /// Waits until a walsender streams from the slot. (A slot being created
@@ -153,33 +170,74 @@ impl TestDb {
     /// Waits until a walsender streams from `slot` (a slot being created is
     /// already `active`, so `pg_stat_replication` is what tells).
     pub async fn wait_slot_streamed(&self, slot: &str) {
-        wait_until(
-            "the slot to be streamed",
-            Duration::from_secs(30),
-            || async {
-                self.client
-                    .query_opt(
-                        "SELECT 1 FROM pg_replication_slots s \
-                     JOIN pg_stat_replication r ON r.pid = s.active_pid \
-                     WHERE s.slot_name = $1",
-                        &[&slot],
-                    )
-                    .await
-                    .unwrap()
-                    .is_some()
-            },
+        self.wait_for_walsender("the slot to be streamed", slot, "true")
+            .await;
+    }
+
+    /// Waits until walhook sends a standby status update for the slot that
+    /// it built after this call (`pg_stat_replication.reply_time` says when
+    /// it was built): whatever walhook had resolved by the call is in the
+    /// confirmed position that update carried. (It reports at least every
+    /// `status_interval`, 1 s in the test configs.)
+    pub async fn wait_for_status_report(&self) {
+        let now: String = self
+            .client
+            .query_one("SELECT clock_timestamp()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        self.wait_for_walsender(
+            "walhook to report its position",
+            &self.name,
+            &format!("r.reply_time > '{now}'::timestamptz"),
         )
         .await;
     }
 
-    /// `pg_current_wal_lsn()` as a number.
-    pub async fn current_wal(&self) -> u64 {
+    /// Waits until a walsender streams from `slot` and its
+    /// `pg_stat_replication` row `r` meets `condition`.
+    async fn wait_for_walsender(&self, what: &str, slot: &str, condition: &str) {
+        let query = format!(
+            "SELECT 1 FROM pg_replication_slots s \
+             JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = $1 AND ({condition})"
+        );
+        wait_until(what, Duration::from_secs(30), || async {
+            self.client
+                .query_opt(&query, &[&slot])
+                .await
+                .unwrap()
+                .is_some()
+        })
+        .await;
+    }
+
+    /// `pg_current_wal_lsn()`.
+    pub async fn current_wal(&self) -> Lsn {
         let row = self
             .client
-            .query_one("SELECT (pg_current_wal_lsn() - '0/0')::text", &[])
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
             .await
             .unwrap();
-        row.get::<_, String>(0).parse().unwrap()
+        lsn(&row.get::<_, String>(0))
+    }
+
+    /// `server_version_num`, e.g. 170004.
+    pub async fn server_version_num(&self) -> i32 {
+        self.client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// How many events are parked in `walhook.dead_letters`.
+    pub async fn dead_letter_count(&self) -> i64 {
+        self.client
+            .query_one("SELECT count(*) FROM walhook.dead_letters", &[])
+            .await
+            .unwrap()
+            .get(0)
     }
 }
 
@@ -189,6 +247,79 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
         .unwrap_or_else(|error| panic!("connect to {url}: {error}"));
     tokio::spawn(connection);
     client
+}
+
+/// A WAL position as PostgreSQL and the payload's `source` print it.
+pub fn lsn(text: &str) -> Lsn {
+    text.parse()
+        .unwrap_or_else(|error| panic!("a WAL position: {error}"))
+}
+
+/// An event's `source.lsn` or `source.commit_lsn`.
+pub fn source_lsn(event: &Value, field: &str) -> Lsn {
+    lsn(event["source"][field]
+        .as_str()
+        .unwrap_or_else(|| panic!("source.{field} in {event}")))
+}
+
+/// Row id (`record.id`) → the distinct event ids it arrived with.
+pub fn ids_by_row(events: &[Value]) -> BTreeMap<i64, BTreeSet<String>> {
+    let mut by_row: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+    for event in events {
+        by_row
+            .entry(event["record"]["id"].as_i64().unwrap())
+            .or_default()
+            .insert(event["id"].as_str().unwrap().to_owned());
+    }
+    by_row
+}
+
+/// Waits until every row 1..=rows arrived (at least once), prints
+/// `lost = 0` and the duplicates, and asserts that each row arrived with
+/// one id. `log` is shown when the deadline passes.
+pub async fn wait_for_rows(
+    receiver: &Receiver,
+    rows: i64,
+    deadline: Duration,
+    log: impl Fn() -> String,
+) {
+    // Counting is cheap, parsing every body is not: wait for at least as
+    // many more deliveries as rows are missing before parsing again.
+    let mut needed = rows as usize;
+    loop {
+        let waited = tokio::time::timeout(
+            deadline,
+            receiver.wait_for_delivered_count(needed, Duration::from_secs(3600)),
+        )
+        .await;
+        let count = receiver.delivered_count();
+        let arrived = ids_by_row(&receiver.delivered()).len();
+        if arrived as i64 >= rows {
+            break;
+        }
+        assert!(
+            waited.is_ok(),
+            "only {arrived} of {rows} rows arrived; log:\n{}",
+            log()
+        );
+        needed = count + (rows as usize - arrived);
+    }
+    let delivered = receiver.delivered();
+    let by_row = ids_by_row(&delivered);
+    let lost = (1..=rows).filter(|id| !by_row.contains_key(id)).count();
+    eprintln!(
+        "rows {rows}, deliveries {}, duplicates {}, lost = {lost}",
+        delivered.len(),
+        delivered.len() as i64 - rows
+    );
+    assert_eq!(lost, 0);
+    for (row, ids) in &by_row {
+        assert_eq!(
+            ids.len(),
+            1,
+            "row {row} arrived with different ids: {ids:?}"
+        );
+    }
 }
 
 /// Polls `check` until it is true, failing the test after `deadline`.
@@ -208,6 +339,13 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `future`'s output, failing the test if it takes longer than `deadline`.
+pub async fn within<T>(what: &str, deadline: Duration, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(deadline, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {deadline:?} waiting for {what}"))
 }
 
 /// walhook running in this process.
@@ -259,6 +397,11 @@ impl WalhookBinary {
 
     /// Starts `walhook run`; killed when the handle is dropped.
     pub fn spawn_run(&self) -> tokio::process::Child {
+        self.spawn_run_with_env(&[])
+    }
+
+    /// Starts `walhook run` with these variables set (for `env:` values).
+    pub fn spawn_run_with_env(&self, env: &[(&str, &str)]) -> tokio::process::Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -267,6 +410,7 @@ impl WalhookBinary {
         tokio::process::Command::new(walhook_binary())
             .args(["run", "--config"])
             .arg(&self.config_path)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -292,17 +436,75 @@ impl WalhookBinary {
         }
     }
 
-    /// Runs `walhook <args…> --config <file>` to completion.
-    pub async fn command(&self, args: &[&str]) -> std::process::Output {
-        tokio::process::Command::new(walhook_binary())
-            .args(args)
-            .arg("--config")
-            .arg(&self.config_path)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .unwrap()
+    /// Runs `walhook <args…> --config <file>` to completion (see
+    /// [`run_binary`]).
+    pub async fn command(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        all.extend([OsStr::new("--config"), self.config_path.as_os_str()]);
+        run_binary(&all, &[]).await
     }
+}
+
+/// How long a one-shot command of the binary may take.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs the walhook binary with `args` to completion, with `WALHOOK_CONFIG`
+/// and proxy variables unset (the tests' receivers are local) and `env`
+/// applied (`None` removes a variable); fails the test if it takes longer
+/// than a minute or panics.
+pub async fn run_binary(args: &[&OsStr], env: &[(&str, Option<&str>)]) -> Output {
+    run_binary_within(args, env, COMMAND_DEADLINE).await
+}
+
+/// [`run_binary`] with another deadline, for the long commands (`demo`,
+/// `bench`).
+pub async fn run_binary_within(
+    args: &[&OsStr],
+    env: &[(&str, Option<&str>)],
+    deadline: Duration,
+) -> Output {
+    let mut command = tokio::process::Command::new(walhook_binary());
+    command.args(args).env_remove("WALHOOK_CONFIG");
+    // The receivers are local: no request goes through a proxy.
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_string_lossy()
+            .to_ascii_lowercase()
+            .ends_with("_proxy")
+        {
+            command.env_remove(name);
+        }
+    }
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    command.kill_on_drop(true);
+    let output = within(
+        &format!("walhook {args:?} to exit"),
+        deadline,
+        command.output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !stderr(&output).contains("panicked"),
+        "walhook {args:?} panicked:\n{}",
+        stderr(&output)
+    );
+    output
+}
+
+/// A finished command's standard output, as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A finished command's standard error, as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Sends SIGTERM to a child process.

@@ -1,18 +1,21 @@
-//! A real HTTP receiver for the tests: records every request (headers and
-//! body), answers with a status the test can change at any time (optionally
-//! after a delay, to hang past walhook's timeout), and lets tests wait for a
-//! number of events with a deadline. [`ResettingListener`] is the endpoint
-//! that accepts connections and resets them.
+//! A real HTTP receiver for the tests: records every request (headers,
+//! body, when it arrived), answers with a status the test can change at any
+//! time (optionally after a delay, to hang past walhook's timeout), or with
+//! scripted answers (status and headers) for the next requests, holds
+//! requests (all, or those whose events match) until the test releases them,
+//! and lets tests wait for a number of events with a deadline.
+//! [`ResettingListener`] is the endpoint that accepts connections and resets
+//! them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header::LOCATION};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header::LOCATION};
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -23,6 +26,8 @@ pub struct Received {
     pub headers: HashMap<String, String>,
     pub body: Bytes,
     pub status: u16,
+    /// When the request arrived (before any hold or delay).
+    pub arrived_at: Instant,
 }
 
 impl Received {
@@ -76,6 +81,12 @@ struct Inner {
     delay: Mutex<Duration>,
     /// Requests that arrived, answered or not.
     arrivals: AtomicUsize,
+    /// The body of every request that arrived, answered or not, in arrival
+    /// order (sharing the buffers of `requests`).
+    arrived_bodies: Mutex<Vec<Bytes>>,
+    /// Answers for the next requests, first come first served, before
+    /// `status` applies again.
+    script: Mutex<std::collections::VecDeque<Reply>>,
     /// Events of requests answered 2xx (counted once per request, so large
     /// tests need not re-parse every body).
     delivered_events: AtomicUsize,
@@ -85,9 +96,33 @@ struct Inner {
     fail_first: Mutex<u32>,
     attempts_by_body: Mutex<HashMap<Bytes, u32>>,
     changed: Notify,
-    /// While set, requests wait (arrived, not answered) until released.
-    held: std::sync::atomic::AtomicBool,
+    /// While set, requests with an event it matches wait (arrived, not
+    /// answered) until released.
+    hold: Mutex<Option<HoldRule>>,
     released: Notify,
+}
+
+type HoldRule = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
+
+/// A scripted answer: a status and headers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
 }
 
 /// A running receiver on 127.0.0.1.
@@ -152,16 +187,54 @@ impl Receiver {
         *self.inner.fail_first.lock().unwrap() = attempts;
     }
 
+    /// Answers the next requests with `replies`, one each in arrival order,
+    /// then with the configured status again.
+    pub fn answer_next(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.inner.script.lock().unwrap().extend(replies);
+    }
+
     /// Holds every request that arrives from now on (it counts as arrived,
     /// is neither answered nor recorded) until [`Receiver::release`].
     pub fn hold(&self) {
-        self.inner.held.store(true, Ordering::SeqCst);
+        self.hold_where(|_| true);
+    }
+
+    /// Holds the requests that carry an event `matches` (one of a batch is
+    /// enough), from now on until [`Receiver::release`]; the others are
+    /// answered as usual. A held request has arrived: it is in
+    /// [`Receiver::arrived_events`].
+    pub fn hold_where(&self, matches: impl Fn(&Value) -> bool + Send + Sync + 'static) {
+        *self.inner.hold.lock().unwrap() = Some(Arc::new(matches));
     }
 
     /// Lets held requests (and later ones) be answered.
     pub fn release(&self) {
-        self.inner.held.store(false, Ordering::SeqCst);
+        *self.inner.hold.lock().unwrap() = None;
         self.inner.released.notify_waiters();
+    }
+
+    /// The events of every request that arrived so far, answered (whatever
+    /// the answer), held or still waiting, in arrival order.
+    pub fn arrived_events(&self) -> Vec<Value> {
+        let bodies = self.inner.arrived_bodies.lock().unwrap().clone();
+        bodies.iter().flat_map(|body| events_of(body)).collect()
+    }
+
+    /// Waits until an event that `matches` has arrived (answered or not).
+    pub async fn wait_for_arrival_of(
+        &self,
+        what: &str,
+        deadline: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) {
+        self.wait_for(what, 1, deadline, |receiver| {
+            receiver
+                .arrived_events()
+                .iter()
+                .filter(|event| matches(event))
+                .count()
+        })
+        .await;
     }
 
     /// Requests that arrived so far, answered or not.
@@ -254,13 +327,17 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, HeaderMap) {
+    let arrived_at = Instant::now();
+    inner.arrived_bodies.lock().unwrap().push(body.clone());
     inner.arrivals.fetch_add(1, Ordering::SeqCst);
     inner.changed.notify_waiters();
     loop {
         let released = inner.released.notified();
         tokio::pin!(released);
         released.as_mut().enable();
-        if !inner.held.load(Ordering::SeqCst) {
+        let hold = inner.hold.lock().unwrap().clone();
+        // Parsed only while a rule holds requests: large tests send many.
+        if !hold.is_some_and(|matches| events_of(&body).iter().any(|event| matches(event))) {
             break;
         }
         released.await;
@@ -273,7 +350,11 @@ async fn record(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let mut status = *inner.status.lock().unwrap();
+    let scripted = inner.script.lock().unwrap().pop_front();
+    let mut status = match &scripted {
+        Some(reply) => reply.status,
+        None => *inner.status.lock().unwrap(),
+    };
     let fail_first = *inner.fail_first.lock().unwrap();
     if fail_first > 0 {
         let mut attempts = inner.attempts_by_body.lock().unwrap();
@@ -306,6 +387,7 @@ async fn record(
         headers,
         body,
         status,
+        arrived_at,
     });
     if let Some(events) = delivered_events {
         inner.delivered_events.fetch_add(events, Ordering::SeqCst);
@@ -316,10 +398,33 @@ async fn record(
         // Somewhere a client that follows redirects would go.
         answer.insert(LOCATION, HeaderValue::from_static("/redirected"));
     }
+    for (name, value) in scripted.iter().flat_map(|reply| &reply.headers) {
+        answer.insert(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         answer,
     )
+}
+
+/// The events of a body: itself, or each of `{"events": [...]}`; none when
+/// it is not JSON.
+fn events_of(body: &[u8]) -> Vec<Value> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(mut object)) => match object.remove("events") {
+            Some(Value::Array(events)) => events,
+            Some(other) => {
+                object.insert("events".into(), other);
+                vec![Value::Object(object)]
+            }
+            None => vec![Value::Object(object)],
+        },
+        Ok(other) => vec![other],
+        Err(_) => Vec::new(),
+    }
 }
 
 /// An endpoint that accepts every connection and resets it at once (RST,
