@@ -1,4 +1,4 @@
--- walhook's own state beside the slot: the dead letters.
+-- walhook's own state beside the slot: dead letters, backlogs, pause flags.
 -- `walhook setup` (and `walhook run` unless source.auto_setup = false) runs
 -- this file; it is idempotent and can also be run by hand with psql.
 
@@ -29,4 +29,38 @@ CREATE TABLE IF NOT EXISTS walhook.dead_letters (
 CREATE TABLE IF NOT EXISTS walhook.slots (
     slot_name        text        PRIMARY KEY,
     first_streamed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Events of a subscription whose endpoint is down, paused or slower than the
+-- stream (docs/operations.md, "When an endpoint is down"). An event's row is
+-- committed here before the slot may move past its change; it is deleted
+-- once delivered (2xx) or parked as a dead letter. Rows are read in commit
+-- order: (commit_lsn, ordinal) is the event's place in the stream, the same
+-- pair its id is made from, so an event stored twice is one row.
+CREATE TABLE IF NOT EXISTS walhook.backlog (
+    subscription          text        NOT NULL,
+    commit_lsn            bigint      NOT NULL,
+    ordinal               bigint      NOT NULL,
+    event_id              text        NOT NULL,
+    -- walhook's ordering-key hashes: which lane the event takes when drained.
+    ordering_key          bigint      NOT NULL,
+    previous_ordering_key bigint,
+    barrier               boolean     NOT NULL DEFAULT false,
+    -- Set for an event whose filter could not be evaluated: it becomes a
+    -- dead letter at its turn instead of being sent.
+    park_reason           text,
+    commit_time           timestamptz NOT NULL,
+    payload               json        NOT NULL,
+    stored_at             timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (subscription, commit_lsn, ordinal)
+);
+
+-- One row per subscription an operator paused (`walhook pause`), and the
+-- delivery mode the running daemon last reported for it (`walhook status`).
+CREATE TABLE IF NOT EXISTS walhook.subscription_state (
+    subscription text        PRIMARY KEY,
+    paused       boolean     NOT NULL DEFAULT false,
+    paused_at    timestamptz,
+    mode         text,
+    mode_since   timestamptz
 );

@@ -29,7 +29,8 @@ SELECT NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'walhook') AS create_rol
 \endif
 ALTER ROLE walhook WITH LOGIN REPLICATION PASSWORD :'walhook_password';
 
--- Its own state: dead letters and the slots it has streamed from.
+-- Its own state: dead letters, backlogs, pause flags and the slots it has
+-- streamed from.
 GRANT USAGE ON SCHEMA walhook TO walhook;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO walhook;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA walhook TO walhook;

@@ -14,38 +14,32 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::BacklogConfig;
 use crate::health::Health;
 use crate::pgconn::{ConnectParams, connect_sql};
 use crate::telemetry::Metrics;
 
-struct AdminState {
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    params: ConnectParams,
-    slot: String,
-    subscriptions: Vec<String>,
+/// What the admin server reads from.
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// Where `/status` reads the slot and the subscriptions' state.
+    pub params: ConnectParams,
+    pub slot: String,
+    pub subscriptions: Vec<String>,
+    pub backlog_limits: BacklogConfig,
 }
 
 /// Binds `listen` (a start-up error when it cannot) and serves until
 /// `shutdown`.
 pub async fn serve(
     listen: &str,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    params: ConnectParams,
-    slot: String,
-    subscriptions: Vec<String>,
+    state: AdminState,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(AdminState {
-        metrics,
-        health,
-        params,
-        slot,
-        subscriptions,
-    });
+    let state = Arc::new(state);
     let router = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics_endpoint))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
@@ -89,9 +83,11 @@ async fn status_endpoint(State(state): State<Arc<AdminState>>) -> (StatusCode, S
         let client = connect_sql(&state.params)
             .await
             .map_err(|error| error.to_string())?;
-        crate::status::collect(&client, &state.slot, &state.subscriptions, None)
+        let mut report = crate::status::collect(&client, &state.slot, &state.subscriptions, None)
             .await
-            .map_err(|error| error.to_string())
+            .map_err(|error| error.to_string())?;
+        report.warn_about_backlogs(&state.backlog_limits);
+        Ok::<_, String>(report)
     }
     .await;
     match report

@@ -26,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 use crate::admin;
 use crate::catalog::TypeRegistry;
 use crate::config::{BackoffConfig, Config};
-use crate::deliver::Delivery;
+use crate::control::Control;
+use crate::deliver::gate::Gate;
+use crate::deliver::{BacklogStart, Delivery, Stores};
 use crate::health::Health;
 use crate::lsn::Lsn;
 use crate::pgconn::{ConnectParams, ConnectParamsError, PgConnError, connect_sql};
@@ -37,7 +39,7 @@ use crate::rules::catalog_check::{self, RuleError};
 use crate::setup::{self, SetupError};
 use crate::source::{ReplicationStream, SourceError};
 use crate::store::dead_letters::DeadLetters;
-use crate::store::slots;
+use crate::store::{backlog, slots, subscription_state};
 use crate::tables::{self, Resolution};
 use crate::telemetry::Metrics;
 use crate::watch::CatalogWatch;
@@ -128,22 +130,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let admin_task = if config.admin.listen.is_empty() {
         None
     } else {
-        let (_, task) = admin::serve(
-            &config.admin.listen,
-            Arc::clone(&observers.metrics),
-            Arc::clone(&observers.health),
-            params.clone(),
-            config.source.slot.clone(),
-            names,
-            shutdown.clone(),
-        )
-        .await
-        .map_err(|source| DaemonError::AdminListen {
-            listen: config.admin.listen.clone(),
-            source,
-        })?;
+        let state = admin::AdminState {
+            metrics: Arc::clone(&observers.metrics),
+            health: Arc::clone(&observers.health),
+            params: params.clone(),
+            slot: config.source.slot.clone(),
+            subscriptions: names,
+            backlog_limits: config.delivery.backlog,
+        };
+        let (_, task) = admin::serve(&config.admin.listen, state, shutdown.clone())
+            .await
+            .map_err(|source| DaemonError::AdminListen {
+                listen: config.admin.listen.clone(),
+                source,
+            })?;
         Some(task)
     };
+    // Kept across reconnections: an endpoint stays down, and a subscription
+    // paused, while the replication connection is re-opened.
+    let gates: Vec<Arc<Gate>> = config
+        .subscriptions
+        .iter()
+        .map(|subscription| Arc::new(Gate::new(&subscription.name, config.delivery.breaker)))
+        .collect();
+    let control = Control {
+        params: params.clone(),
+        gates: gates.clone(),
+        metrics: Arc::clone(&observers.metrics),
+    };
+    let control_task = tokio::spawn(control.run(shutdown.clone()));
     let mut watch_task = None;
     let outcome = async {
         let (rules, resolution) = prepare(&config, &params).await?;
@@ -156,10 +171,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             metrics: Arc::clone(&observers.metrics),
         };
         watch_task = Some(tokio::spawn(watch.run(resolution, shutdown.clone())));
-        stream_until_stopped(&config, &params, &rules, &observers, &shutdown).await
+        stream_until_stopped(&config, &params, &rules, &gates, &observers, &shutdown).await
     }
     .await;
-    for task in [admin_task, watch_task].into_iter().flatten() {
+    for task in [admin_task, watch_task, Some(control_task)]
+        .into_iter()
+        .flatten()
+    {
         task.abort();
     }
     outcome
@@ -201,6 +219,7 @@ async fn stream_until_stopped(
     config: &Config,
     params: &ConnectParams,
     rules: &Arc<Rules>,
+    gates: &[Arc<Gate>],
     observers: &Observers,
     shutdown: &CancellationToken,
 ) -> Result<(), DaemonError> {
@@ -213,6 +232,7 @@ async fn stream_until_stopped(
     // Kept across connections: a type dropped while walhook reconnected is
     // still known.
     let mut types = TypeRegistry::new();
+    let mut warned_no_backlog = false;
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -299,12 +319,28 @@ async fn stream_until_stopped(
         streamed = true;
         failures = 0;
 
+        let backlog = backlog_start(&catalog, params, &mut warned_no_backlog).await;
+        if backlog.is_some() {
+            // Before the first event: a paused subscription sends nothing.
+            match subscription_state::paused(&catalog).await {
+                Ok(paused) => {
+                    for gate in gates {
+                        gate.set_paused(paused.contains(&gate.name));
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot read which subscriptions are paused"),
+            }
+        }
         let mut lanes = JoinSet::new();
         let abandon = CancellationToken::new();
         let mut delivery = Delivery::start(
             &config.delivery,
             &config.subscriptions,
-            DeadLetters::new(params.clone()),
+            gates,
+            Stores {
+                dead_letters: DeadLetters::new(params.clone()),
+                backlog,
+            },
             abandon.clone(),
             Arc::clone(&observers.metrics),
             &mut lanes,
@@ -373,6 +409,44 @@ async fn stream_until_stopped(
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// The backlogs, and what they hold, when this role can use them; without
+/// them (a schema from before the backlog) a down endpoint holds the reader
+/// back once its memory budget is spent, which is said once.
+async fn backlog_start(
+    catalog: &tokio_postgres::Client,
+    params: &ConnectParams,
+    warned: &mut bool,
+) -> Option<BacklogStart> {
+    let waiting = match backlog::usable(catalog).await {
+        Ok(true) => backlog::summaries(catalog).await,
+        Ok(false) => {
+            if !*warned {
+                tracing::warn!(
+                    "walhook.backlog is missing or not writable for this role: a down or slow endpoint will hold back every subscription and the slot once its memory budget is spent. Run `walhook setup` (or the files of sql/ as an administrator) to create it"
+                );
+                *warned = true;
+            }
+            return None;
+        }
+        Err(error) => Err(error),
+    };
+    match waiting {
+        Ok(waiting) => {
+            for (subscription, summary) in &waiting {
+                tracing::info!(%subscription, events = summary.events, "events wait in the backlog; they go before new ones");
+            }
+            Some(BacklogStart {
+                params: params.clone(),
+                waiting,
+            })
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read walhook.backlog; running without it on this connection");
+            None
         }
     }
 }

@@ -13,8 +13,9 @@
 //!                                  event      payload bytes + stable id
 //!                                    │ bounded lanes (backpressure)
 //!                                    ▼
-//!                                  deliver    HTTP, ordering lanes, retries, signing, dead letters
-//!                                    │ acks
+//!                                  deliver    HTTP, ordering lanes, retries, signing, dead letters,
+//!                                    │ acks     per-subscription circuit breaker and backlog
+//!                                    │          (walhook.backlog: spilled, drained in order)
 //!                                    ▼
 //!                                  checkpoint resolved frontier ──▶ confirmed LSN to the walsender
 //! ```
@@ -24,17 +25,20 @@
 //! `pgtime`, `value` (rendering, `value::escape`, `value::compare`),
 //! `event` (the change model and payload), `filter`, `webhook` (the Standard
 //! Webhooks scheme), `config` (every value parsed once), `retry` (waits),
-//! `catalog` (type facts), `telemetry`, `health`. Beside the stream: `tables`
+//! `catalog` (type facts), `mode` (a subscription's delivery mode),
+//! `telemetry`, `health`. Beside the stream: `tables`
 //! resolves the rules' tables in the catalog (oids, partitions, replica
 //! identity), `store` holds all SQL about walhook's own state (its schema,
-//! dead letters, the slot, the publication), `setup` makes the database
-//! ready, and `watch` follows renamed, dropped and re-created tables while
-//! the daemon runs. `app` owns the tasks; `commands` (the CLI) sit on top.
+//! dead letters, backlogs, pause flags, the slot, the publication), `setup`
+//! makes the database ready, `watch` follows renamed, dropped and re-created
+//! tables while the daemon runs, and `control` applies `walhook pause` /
+//! `resume` to a running daemon and records each subscription's mode. `app` owns the tasks; `commands` (the CLI) sit on top.
 //!
 //! Guarantees: at-least-once (the confirmed LSN never passes a change some
 //! matching subscription has neither received with a 2xx nor stored as a dead
-//! letter), stable ids for duplicates, per-key order, and a slot that keeps
-//! moving past unrelated traffic. See `docs/` and the README.
+//! letter or in its backlog), stable ids for duplicates, per-key order, a
+//! slot that keeps moving past unrelated traffic, and one endpoint's outage
+//! holding back nothing but its own subscription. See `docs/` and the README.
 
 // The public surface: what the binary runs, what an embedder configures
 // and starts, and what a receiver needs to check a signature.
@@ -63,6 +67,6 @@ macro_rules! internal {
 }
 
 internal!(
-    admin, catalog, checkpoint, decode, deliver, health, oid, pgconn, pgoutput, pgtime, pipeline,
-    retry, rules, setup, source, status, store, tables, telemetry, value, watch,
+    admin, catalog, checkpoint, control, decode, deliver, health, mode, oid, pgconn, pgoutput,
+    pgtime, pipeline, retry, rules, setup, source, status, store, tables, telemetry, value, watch,
 );

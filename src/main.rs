@@ -37,7 +37,8 @@ enum Command {
     Setup(ConfigArgs),
     /// Show the whole loop on a throw-away PostgreSQL; leaves nothing behind.
     Demo,
-    /// Slot lag, confirmed position and dead letters per subscription.
+    /// Slot lag, confirmed position, and per subscription its mode, backlog
+    /// and dead letters.
     Status(StatusArgs),
     /// Check the config and the database; print each problem with its fix.
     Check(ConfigArgs),
@@ -46,6 +47,36 @@ enum Command {
     /// Inspect, redeliver or delete events parked as dead letters.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Hold a subscription's events in its backlog (on a running daemon
+    /// within a second) until `resume`.
+    Pause(SubscriptionArgs),
+    /// Let a paused subscription's backlog drain, in order.
+    Resume(SubscriptionArgs),
+    /// Inspect and trim the events waiting in walhook.backlog.
+    #[command(subcommand)]
+    Backlog(BacklogCommand),
+}
+
+#[derive(clap::Args)]
+struct SubscriptionArgs {
+    /// The subscription's `name` in the config.
+    subscription: String,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Subcommand)]
+enum BacklogCommand {
+    /// Delete a subscription's waiting events without sending them.
+    Purge {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        subscription: String,
+        /// Only events committed longer ago than this (e.g. 2h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -197,6 +228,17 @@ fn main() -> ExitCode {
                 .await,
             ),
             Command::DeadLetters(command) => finish(dead_letters(command).await),
+            Command::Pause(args) => finish(
+                commands::backlog::set_paused(&args.config.config, &args.subscription, true).await,
+            ),
+            Command::Resume(args) => finish(
+                commands::backlog::set_paused(&args.config.config, &args.subscription, false).await,
+            ),
+            Command::Backlog(BacklogCommand::Purge {
+                config,
+                subscription,
+                older_than,
+            }) => finish(commands::backlog::purge(&config.config, &subscription, older_than).await),
         }
     })
 }

@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::TypeRegistry;
 use crate::checkpoint::Checkpoint;
 use crate::decode::{DecodeFailure, Decoder};
-use crate::deliver::{BudgetWait, Delivery, DeliveryClosed, HeldWait, Outbound, Submitted};
+use crate::deliver::{
+    BudgetWait, Claim, Delivery, DeliveryClosed, HeldWait, Outbound, Submitted,
+};
 use crate::event::EventKind;
 use crate::event::{Change, Projection, TableInfo, write_payload};
 use crate::health::Health;
@@ -30,6 +32,7 @@ use crate::lsn::Lsn;
 use crate::oid::OidMap;
 use crate::pgoutput::{self, PgOutputMessage};
 use crate::rules::{Decision, Route, Rules};
+use crate::store::backlog::Position;
 use crate::source::{ReplicationMessage, ReplicationStream, SourceError};
 use crate::telemetry::{Metrics, TableProblem};
 
@@ -170,12 +173,20 @@ impl Pipeline {
                 // PRIORITY 3: progress reports, so that a busy stream never
                 // starves the walsender of status (wal_sender_timeout). Also
                 // a backstop: events normally go out as soon as nothing more
-                // is buffered (below).
+                // is buffered (below); and the moment a paused or failing
+                // subscription with no new events switches to its backlog.
                 _ = self.reporter.ticks.tick() => {
+                    delivery.follow_gates();
                     delivery.flush();
                     self.report(false).await?;
                 }
-                // PRIORITY 4: the next message from the walsender.
+                // PRIORITY 4: events read back from a backlog, for their
+                // lanes (or word that a backlog caught up).
+                Some(drained) = delivery.next_drained() => {
+                    delivery.take_drained(drained)?;
+                    delivery.flush();
+                }
+                // PRIORITY 5: the next message from the walsender.
                 message = self.stream.next() => {
                     match message? {
                         ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
@@ -456,13 +467,17 @@ impl Pipeline {
             );
             let event = Outbound {
                 id,
+                position: Position {
+                    commit_lsn: change.transaction.commit_lsn.0,
+                    ordinal: change.ordinal,
+                },
                 ordering_key: change.ordering_key(),
                 previous_ordering_key: change.previous_ordering_key(),
                 commit_time_micros: change.transaction.commit_time_micros,
                 barrier: change.kind == EventKind::Truncate,
                 park,
                 body: Bytes::new(),
-                ack: self.checkpoint.track_event(),
+                claim: Claim::Checkpoint(self.checkpoint.track_event()),
             };
             if self
                 .submit(route.subscription, event, delivery, shutdown)
@@ -475,9 +490,8 @@ impl Pipeline {
         Ok(ControlFlow::Continue(()))
     }
 
-    /// Hands the event to delivery, waiting for room in its subscription's
-    /// byte budget (while still answering the walsender) only when there is
-    /// none.
+    /// Hands the event to delivery, waiting for room in a byte budget (while
+    /// still answering the walsender) only when there is none.
     async fn submit(
         &mut self,
         subscription: usize,
@@ -502,37 +516,59 @@ impl Pipeline {
     async fn wait_for_budget(
         &mut self,
         subscription: usize,
-        wait: BudgetWait,
+        mut wait: Box<BudgetWait>,
         payload: &[u8],
         delivery: &mut Delivery,
         shutdown: &CancellationToken,
     ) -> Result<ControlFlow<()>, PipelineError> {
-        // Owned, so waiting keeps its place in the queue across loops and
-        // borrows nothing from delivery.
-        let share = Arc::clone(&wait.budget).acquire_many_owned(wait.cost);
-        tokio::pin!(share);
         loop {
-            let held = delivery.held_waiter();
-            tokio::select! {
-                biased;
-                // PRIORITY 1: the event is dropped unresolved, so its change
-                // stays unconfirmed.
-                _ = shutdown.cancelled() => return Ok(ControlFlow::Break(())),
-                // PRIORITY 2: room in the budget.
-                acquired = &mut share => {
-                    acquired.map_err(|_| DeliveryClosed)?.forget();
-                    delivery.submit_paid(subscription, wait, payload)?;
-                    return Ok(ControlFlow::Continue(()));
+            // Owned, so waiting keeps its place in the queue across loops
+            // and borrows nothing from delivery.
+            let share = Arc::clone(&wait.budget).acquire_many_owned(wait.cost);
+            tokio::pin!(share);
+            let patience = wait.patience.map(|patience| Instant::now() + patience);
+            let next = loop {
+                let held = delivery.held_waiter();
+                tokio::select! {
+                    biased;
+                    // PRIORITY 1: the event is dropped unresolved, so its
+                    // change stays unconfirmed.
+                    _ = shutdown.cancelled() => return Ok(ControlFlow::Break(())),
+                    // PRIORITY 2: room in the budget.
+                    acquired = &mut share => {
+                        acquired.map_err(|_| DeliveryClosed)?.forget();
+                        delivery.submit_paid(subscription, wait, payload)?;
+                        return Ok(ControlFlow::Continue(()));
+                    }
+                    // PRIORITY 3: no room for too long: the subscription is
+                    // slower than the stream, and its backlog takes over.
+                    _ = until(patience) => {
+                        break delivery.spill_instead(subscription, wait, payload)?;
+                    }
+                    // PRIORITY 4: events held behind a barrier of another
+                    // subscription may go on meanwhile.
+                    _ = until_held_ready(held) => delivery.flush(),
+                    // PRIORITY 5: keep the walsender answered.
+                    _ = self.reporter.ticks.tick() => {
+                        delivery.follow_gates();
+                        delivery.flush();
+                        self.report(false).await?;
+                    }
                 }
-                // PRIORITY 3: events held behind a barrier of another
-                // subscription may go on meanwhile.
-                _ = until_held_ready(held) => delivery.flush(),
-                // PRIORITY 4: keep the walsender answered.
-                _ = self.reporter.ticks.tick() => {
-                    self.report(false).await?;
-                }
+            };
+            match next {
+                Submitted::Accepted => return Ok(ControlFlow::Continue(())),
+                Submitted::NeedsBudget(next) => wait = next,
             }
         }
+    }
+}
+
+/// Resolves at `deadline` (never, without one).
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,6 +1,8 @@
 //! What `walhook status` and the admin `/status` endpoint report, read from
 //! PostgreSQL itself: the slot's confirmed position and lag, the walsender
-//! serving it, and dead-letter counts per subscription.
+//! serving it, and per subscription its mode (as the running daemon last
+//! recorded it), its backlog and its dead letters, with warnings for
+//! backlogs past the configured age or size.
 //!
 //! It reads and reports; it changes nothing. For an inactive slot it may
 //! peek at the oldest waiting transaction (which does not move the slot).
@@ -10,6 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::config::BacklogConfig;
+use crate::mode::Mode;
 use crate::pgoutput::{self, PgOutputMessage};
 
 /// How long a peek at an inactive slot may decode before the lag in time is
@@ -41,12 +45,22 @@ pub struct StatusReport {
     pub subscriptions: Vec<SubscriptionStatus>,
 }
 
-/// Dead letters of one subscription.
+/// One subscription's mode, backlog and dead letters.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubscriptionStatus {
     pub name: String,
+    /// `live`, `backlog`, `paused` or `circuit_open` while a walhook streams
+    /// (`paused` also when none does); `stopped` when no walhook streams.
+    pub mode: String,
+    pub backlog_events: i64,
+    pub backlog_bytes: i64,
+    /// Age of the commit of the oldest event waiting in the backlog.
+    pub backlog_oldest_seconds: Option<f64>,
     pub dead_letters: i64,
     pub oldest_dead_letter: Option<String>,
+    /// What an operator should look at (a backlog past `delivery.backlog`'s
+    /// age or size).
+    pub warnings: Vec<String>,
 }
 
 /// How `status` peeks at an inactive slot, and what it found last time.
@@ -131,6 +145,21 @@ pub async fn collect(
             report.oldest_waiting_commit = Some(crate::pgtime::format_rfc3339(commit));
         }
     }
+    let has_backlog = crate::store::backlog::usable(client)
+        .await
+        .map_err(|error| error.source)?;
+    let (backlogs, states) = if has_backlog {
+        (
+            crate::store::backlog::summaries(client)
+                .await
+                .map_err(|error| error.source)?,
+            crate::store::subscription_state::all(client)
+                .await
+                .map_err(|error| error.source)?,
+        )
+    } else {
+        Default::default()
+    };
     for name in subscriptions {
         let (count, oldest) = if has_dead_letters {
             crate::store::dead_letters::count(client, name)
@@ -139,13 +168,71 @@ pub async fn collect(
         } else {
             (0, None)
         };
+        let backlog = backlogs.get(name).cloned().unwrap_or_default();
+        let state = states.get(name).cloned().unwrap_or_default();
+        let mode = if state.paused {
+            Mode::Paused.label().to_owned()
+        } else if report.active {
+            state.mode.unwrap_or_else(|| Mode::Live.label().to_owned())
+        } else {
+            "stopped".to_owned()
+        };
         report.subscriptions.push(SubscriptionStatus {
             name: name.clone(),
+            mode,
+            backlog_events: backlog.events,
+            backlog_bytes: backlog.bytes,
+            backlog_oldest_seconds: backlog.oldest_seconds,
             dead_letters: count,
             oldest_dead_letter: oldest,
+            warnings: Vec::new(),
         });
     }
     Ok(report)
+}
+
+impl StatusReport {
+    /// Adds a warning to each subscription whose backlog is past `limits`.
+    pub fn warn_about_backlogs(&mut self, limits: &BacklogConfig) {
+        for subscription in &mut self.subscriptions {
+            subscription.warn_about_backlog(limits);
+        }
+    }
+}
+
+impl SubscriptionStatus {
+    /// Warns when the backlog is past `limits`, saying what to do.
+    pub fn warn_about_backlog(&mut self, limits: &BacklogConfig) {
+        let old = self
+            .backlog_oldest_seconds
+            .is_some_and(|age| age >= limits.warn_age.as_secs_f64());
+        let large = self.backlog_bytes as u64 >= limits.warn_megabytes.saturating_mul(1 << 20);
+        if old || large {
+            self.warnings.push(format!(
+                "backlog of {} events ({}), oldest {} old: fix the receiver, or `walhook pause {}` \
+                 while you do, or drop them with `walhook backlog purge --subscription {}`",
+                self.backlog_events,
+                format_bytes(self.backlog_bytes),
+                self.backlog_oldest_seconds
+                    .map_or("?".to_owned(), format_age),
+                self.name,
+                self.name,
+            ));
+        }
+    }
+}
+
+/// Seconds as an operator reads them: 45s, 12m, 3.5h, 2.0d.
+fn format_age(seconds: f64) -> String {
+    if seconds < 60.0 {
+        format!("{seconds:.0}s")
+    } else if seconds < 3600.0 {
+        format!("{:.0}m", seconds / 60.0)
+    } else if seconds < 86400.0 {
+        format!("{:.1}h", seconds / 3600.0)
+    } else {
+        format!("{:.1}d", seconds / 86400.0)
+    }
 }
 
 /// The commit time (microseconds since 2000) of the first transaction the
@@ -215,16 +302,31 @@ impl StatusReport {
             }
         }
         out.push_str(&format!(
-            "\n{:<32} {:>12}  {}\n",
-            "subscription", "dead letters", "oldest"
+            "\n{:<24} {:<13} {:>9} {:>9} {:>7}  {:>12}  {}\n",
+            "subscription", "mode", "backlog", "bytes", "oldest", "dead letters", "oldest"
         ));
         for subscription in &self.subscriptions {
+            let mode: &str = match Mode::from_label(&subscription.mode) {
+                Some(mode) => mode.describe(),
+                None => &subscription.mode,
+            };
             out.push_str(&format!(
-                "{:<32} {:>12}  {}\n",
+                "{:<24} {:<13} {:>9} {:>9} {:>7}  {:>12}  {}\n",
                 subscription.name,
+                mode,
+                subscription.backlog_events,
+                format_bytes(subscription.backlog_bytes),
+                subscription
+                    .backlog_oldest_seconds
+                    .map_or("-".to_owned(), format_age),
                 subscription.dead_letters,
                 subscription.oldest_dead_letter.as_deref().unwrap_or("-")
             ));
+        }
+        for subscription in &self.subscriptions {
+            for warning in &subscription.warnings {
+                out.push_str(&format!("warning: {}: {warning}\n", subscription.name));
+            }
         }
         out
     }
@@ -254,5 +356,30 @@ mod tests {
         assert_eq!(format_bytes(0), "0 B");
         assert_eq!(format_bytes(1536), "1.5 kB");
         assert_eq!(format_bytes(5 * 1024 * 1024), "5.0 MB");
+    }
+
+    #[test]
+    fn a_backlog_past_its_limits_gets_a_warning_with_the_fix() {
+        let mut subscription = SubscriptionStatus {
+            name: "orders".into(),
+            mode: "circuit_open".into(),
+            backlog_events: 10,
+            backlog_bytes: 1000,
+            backlog_oldest_seconds: Some(30.0),
+            dead_letters: 0,
+            oldest_dead_letter: None,
+            warnings: Vec::new(),
+        };
+        let limits = BacklogConfig {
+            warn_age: Duration::from_secs(60),
+            warn_megabytes: 1,
+        };
+        subscription.warn_about_backlog(&limits);
+        assert!(subscription.warnings.is_empty(), "young and small");
+        subscription.backlog_oldest_seconds = Some(90.0);
+        subscription.warn_about_backlog(&limits);
+        assert_eq!(subscription.warnings.len(), 1);
+        assert!(subscription.warnings[0].contains("walhook pause orders"));
+        assert_eq!(format_age(90.0), "2m");
     }
 }

@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::mode::Mode;
+
 /// Metric names (without the `walhook_` prefix the registry adds; counters
 /// get `_total` when exported).
 pub mod names {
@@ -33,6 +35,10 @@ pub mod names {
     pub const CHANGES_UNROUTED: &str = "changes_unrouted";
     pub const VALUES_AS_TEXT: &str = "values_as_text";
     pub const RULE_TABLE_PROBLEMS: &str = "rule_table_problems";
+    pub const BACKLOG_EVENTS: &str = "backlog_events";
+    pub const BACKLOG_BYTES: &str = "backlog_bytes";
+    pub const BACKLOG_OLDEST_SECONDS: &str = "backlog_oldest_seconds";
+    pub const SUBSCRIPTION_MODE: &str = "subscription_mode";
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,6 +98,12 @@ impl TableProblem {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabel {
+    subscription: String,
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResponseLabel {
     subscription: String,
     class: &'static str,
@@ -148,9 +160,23 @@ pub struct SubscriptionMetrics {
     pub retries: Counter,
     responses: [Counter; 5],
     pub latency: Histogram,
+    /// Events and payload bytes waiting in the subscription's backlog.
+    pub backlog_events: Gauge,
+    pub backlog_bytes: Gauge,
+    /// Age of the oldest waiting event's commit (0 when none waits).
+    pub backlog_oldest_seconds: Gauge<f64, AtomicU64>,
+    /// One gauge per [`Mode`], 1 for the current one.
+    modes: [Gauge; 4],
 }
 
 impl SubscriptionMetrics {
+    /// Sets the mode gauge: 1 for `current`, 0 for the others.
+    pub fn set_mode(&self, current: Mode) {
+        for (mode, gauge) in Mode::ALL.iter().zip(&self.modes) {
+            gauge.set(i64::from(*mode == current));
+        }
+    }
+
     pub fn response(&self, class: ResponseClass) {
         let index = ResponseClass::ALL
             .iter()
@@ -274,6 +300,30 @@ impl Metrics {
              identity its published operations need",
             rule_table_problems.clone(),
         );
+        let backlog_events = Family::<SubscriptionLabel, Gauge>::default();
+        registry.register(
+            names::BACKLOG_EVENTS,
+            "Events waiting in walhook.backlog (endpoint down, slow or paused)",
+            backlog_events.clone(),
+        );
+        let backlog_bytes = Family::<SubscriptionLabel, Gauge>::default();
+        registry.register(
+            names::BACKLOG_BYTES,
+            "Payload bytes waiting in walhook.backlog",
+            backlog_bytes.clone(),
+        );
+        let backlog_oldest = Family::<SubscriptionLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            names::BACKLOG_OLDEST_SECONDS,
+            "Age of the commit of the oldest event waiting in walhook.backlog",
+            backlog_oldest.clone(),
+        );
+        let modes = Family::<ModeLabel, Gauge>::default();
+        registry.register(
+            names::SUBSCRIPTION_MODE,
+            "1 for the subscription's delivery mode: live, backlog, paused or circuit_open",
+            modes.clone(),
+        );
         let subscriptions = subscription_names
             .iter()
             .map(|name| {
@@ -294,9 +344,23 @@ impl Metrics {
                             .clone()
                     }),
                     latency: latency.get_or_create(&label).clone(),
+                    backlog_events: backlog_events.get_or_create(&label).clone(),
+                    backlog_bytes: backlog_bytes.get_or_create(&label).clone(),
+                    backlog_oldest_seconds: backlog_oldest.get_or_create(&label).clone(),
+                    modes: Mode::ALL.map(|mode| {
+                        modes
+                            .get_or_create(&ModeLabel {
+                                subscription: name.clone(),
+                                mode: mode.label(),
+                            })
+                            .clone()
+                    }),
                 }
             })
-            .collect();
+            .collect::<Vec<SubscriptionMetrics>>();
+        for subscription in &subscriptions {
+            subscription.set_mode(Mode::Live);
+        }
         Arc::new(Metrics {
             registry,
             changes_decoded,

@@ -1,6 +1,7 @@
 //! The commands behind the CLI: each loads what it needs, does one thing and
 //! returns a [`CommandError`], whose exit code `main` uses.
 
+pub mod backlog;
 pub mod check;
 pub mod dead_letters;
 pub mod demo;
@@ -39,6 +40,9 @@ pub enum CommandError {
     /// A command failed at run time (demo, bench, status, listen).
     #[error("{0}")]
     Failed(String),
+    /// The command line names something the config does not have.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl CommandError {
@@ -46,7 +50,7 @@ impl CommandError {
     /// database is untouched), 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            CommandError::Config(_) | CommandError::SourceUrl(_) => 2,
+            CommandError::Config(_) | CommandError::SourceUrl(_) | CommandError::Usage(_) => 2,
             CommandError::Rules(RuleError::Catalog(_)) => 1,
             CommandError::Rules(_) => 2,
             CommandError::Daemon(error) => error.exit_code(),

@@ -1,5 +1,6 @@
 //! `walhook status`: slot lag (bytes and time), confirmed position, the
-//! walsender serving the slot, and dead-letter counts per subscription, as a
+//! walsender serving the slot, and per subscription its mode, backlog and
+//! dead letters (with a warning for a backlog past `delivery.backlog`), as a
 //! table, as JSON (`--json`), or refreshed in place (`--watch`).
 
 use std::path::Path;
@@ -24,11 +25,13 @@ pub async fn run(config_path: &Path, json: bool, watch: bool) -> Result<(), Comm
         .collect();
     let mut peek = crate::status::Peek::through(&config.source.publication);
     loop {
-        let report = crate::status::collect(&client, &config.source.slot, &names, Some(&mut peek))
-            .await
-            .map_err(|error| {
-                CommandError::Failed(format!("status: reading the catalog: {error}"))
-            })?;
+        let mut report =
+            crate::status::collect(&client, &config.source.slot, &names, Some(&mut peek))
+                .await
+                .map_err(|error| {
+                    CommandError::Failed(format!("status: reading the catalog: {error}"))
+                })?;
+        report.warn_about_backlogs(&config.delivery.backlog);
         if json {
             let text = serde_json::to_string_pretty(&report)
                 .map_err(|error| CommandError::Failed(format!("status: {error}")))?;

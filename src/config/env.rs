@@ -204,6 +204,10 @@ pub(super) fn lenient_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<
     lenient_number(deserializer)
 }
 
+pub(super) fn lenient_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    lenient_number(deserializer)
+}
+
 pub(super) fn lenient_number<'de, D, N>(deserializer: D) -> Result<N, D::Error>
 where
     D: Deserializer<'de>,

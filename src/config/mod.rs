@@ -87,7 +87,7 @@ pub struct SourceConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
-    /// Requests in flight across all subscriptions.
+    /// Requests in flight per subscription (and its ordering lanes).
     #[serde(
         default = "default_concurrency",
         deserialize_with = "env::lenient_usize"
@@ -104,6 +104,12 @@ pub struct DeliveryConfig {
     pub max_attempts: u32,
     #[serde(default)]
     pub backoff: BackoffConfig,
+    /// When a subscription's endpoint counts as down, and how it is probed.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// When `check` and `status` warn about a subscription's backlog.
+    #[serde(default)]
+    pub backlog: BacklogConfig,
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -117,6 +123,40 @@ pub struct BackoffConfig {
     pub initial: Duration,
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub max: Duration,
+}
+
+/// The circuit breaker of each subscription (docs/operations.md, "When an
+/// endpoint is down").
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failed requests that open the circuit.
+    #[serde(
+        default = "default_breaker_failures",
+        deserialize_with = "env::lenient_u32"
+    )]
+    pub failures: u32,
+    /// Every request failing for this long opens it too.
+    #[serde(default = "default_breaker_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// How often an open circuit sends its one probe request.
+    #[serde(default = "default_probe_interval", with = "humantime_serde")]
+    pub probe_interval: Duration,
+}
+
+/// Thresholds past which `check` and `status` warn about a backlog.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BacklogConfig {
+    /// The oldest waiting event's age.
+    #[serde(default = "default_backlog_warn_age", with = "humantime_serde")]
+    pub warn_age: Duration,
+    /// The waiting payloads' size, in megabytes.
+    #[serde(
+        default = "default_backlog_warn_megabytes",
+        deserialize_with = "env::lenient_u64"
+    )]
+    pub warn_megabytes: u64,
 }
 
 /// `[admin]`: the metrics and health server.
@@ -216,7 +256,28 @@ impl Default for DeliveryConfig {
             timeout: default_timeout(),
             max_attempts: default_max_attempts(),
             backoff: BackoffConfig::default(),
+            breaker: BreakerConfig::default(),
+            backlog: BacklogConfig::default(),
             shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: default_breaker_failures(),
+            window: default_breaker_window(),
+            probe_interval: default_probe_interval(),
+        }
+    }
+}
+
+impl Default for BacklogConfig {
+    fn default() -> Self {
+        BacklogConfig {
+            warn_age: default_backlog_warn_age(),
+            warn_megabytes: default_backlog_warn_megabytes(),
         }
     }
 }
@@ -282,6 +343,21 @@ fn default_backoff_initial() -> Duration {
 }
 fn default_backoff_max() -> Duration {
     Duration::from_secs(300)
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_window() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_backlog_warn_age() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_backlog_warn_megabytes() -> u64 {
+    1024
 }
 fn default_admin_listen() -> String {
     "127.0.0.1:9187".into()
@@ -434,7 +510,7 @@ impl ConfigFile {
         if !concurrency_range.contains(&delivery.concurrency) {
             return Err(format!(
                 "key `delivery.concurrency` = {} is out of range; allowed: {} to {} \
-                 (requests in flight across all subscriptions)",
+                 (requests in flight per subscription)",
                 delivery.concurrency,
                 concurrency_range.start(),
                 concurrency_range.end()
@@ -450,6 +526,12 @@ impl ConfigFile {
             return Err(
                 "key `delivery.backoff.initial` is larger than `delivery.backoff.max`".into(),
             );
+        }
+        if delivery.breaker.failures == 0 {
+            return Err("key `delivery.breaker.failures` must be at least 1".into());
+        }
+        if delivery.breaker.probe_interval.is_zero() {
+            return Err("key `delivery.breaker.probe_interval` must be more than 0s".into());
         }
         if !self.admin.listen.is_empty()
             && self.admin.listen.parse::<std::net::SocketAddr>().is_err()

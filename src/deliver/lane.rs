@@ -12,11 +12,12 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
+use super::gate::Gate;
 use super::http::{Attempt, Endpoint};
 use super::policy::{self, Verdict};
-use super::{LaneLoad, Outbound, Queued, Shared};
+use super::{LaneLoad, Outbound, Queued, Shared, SubscriptionContext};
 use crate::config::BatchConfig;
 use crate::retry;
 use crate::store::dead_letters::DeadLetter;
@@ -25,24 +26,23 @@ use crate::telemetry::{ResponseClass, SubscriptionMetrics};
 /// The shortest wait between attempts to store a dead letter.
 const DEAD_LETTER_RETRY_FLOOR: Duration = Duration::from_millis(100);
 
+
 /// Takes events from one lane and delivers them one request at a time,
 /// until the lane is closed or abandoned.
 pub(super) async fn run_lane(
     mut receiver: mpsc::UnboundedReceiver<Vec<Queued>>,
-    budget: Arc<Semaphore>,
     load: Arc<LaneLoad>,
-    endpoint: Arc<Endpoint>,
-    metrics: Arc<LaneMetrics>,
-    batch: BatchConfig,
+    context: Arc<SubscriptionContext>,
     shared: Arc<Shared>,
 ) {
-    let mut backlog: VecDeque<Queued> = VecDeque::new();
+    let budget = &context.budget;
+    let mut queue: VecDeque<Queued> = VecDeque::new();
     // Grows to the largest batch this lane actually sends and is reused; not
     // sized from `batch.max_events`, which would reserve the configured
     // maximum in every lane whether or not batches ever get that large.
     let mut events = Vec::new();
     loop {
-        let Some(first) = backlog.pop_front() else {
+        let Some(first) = queue.pop_front() else {
             let chunk = tokio::select! {
                 biased;
                 _ = shared.abandon.cancelled() => return,
@@ -51,14 +51,29 @@ pub(super) async fn run_lane(
                     None => return,
                 },
             };
-            backlog.extend(chunk);
+            queue.extend(chunk);
             continue;
         };
+        if first.event.is_stale(context.gate.generation()) {
+            // Read back by a drain pass that has ended: its row stays for
+            // the next pass.
+            budget.add_permits(first.cost as usize);
+            load.finished(1);
+            continue;
+        }
+        if context.spills() {
+            // Paused, or the circuit is open: the backlog takes it, and the
+            // checkpoint may pass it once it is stored there.
+            budget.add_permits(first.cost as usize);
+            context.spill_back([first.event]);
+            load.finished(1);
+            continue;
+        }
         if let Some(reason) = first.event.park.clone() {
             // Parked at its turn in the lane, so the key's order holds.
             let mut parked = vec![first.event];
             let stored = park_as_dead_letters(
-                &endpoint,
+                &context.endpoint,
                 &shared,
                 &mut parked,
                 None,
@@ -70,7 +85,7 @@ pub(super) async fn run_lane(
             if stored.is_break() {
                 return;
             }
-            if let Some(handles) = &metrics.handles {
+            if let Some(handles) = &context.metrics.handles {
                 handles.dead_lettered.inc();
             }
             budget.add_permits(first.cost as usize);
@@ -80,14 +95,18 @@ pub(super) async fn run_lane(
         // The budget shares of the events being delivered.
         let mut held = first.cost as usize;
         events.push(first.event);
-        if batch.max_events > 1 {
-            held += fill_batch(&mut receiver, &mut backlog, &mut events, batch).await;
+        if context.batch.max_events > 1 {
+            held += fill_batch(
+                &mut receiver,
+                &mut queue,
+                &mut events,
+                context.batch,
+                context.gate.generation(),
+            )
+            .await;
         }
         let count = events.len();
-        if deliver(&endpoint, &metrics, &shared, &mut events)
-            .await
-            .is_break()
-        {
+        if deliver(&context, &shared, &mut events).await.is_break() {
             return;
         }
         budget.add_permits(held);
@@ -99,9 +118,10 @@ pub(super) async fn run_lane(
 /// returns the budget shares of the events it added.
 async fn fill_batch(
     receiver: &mut mpsc::UnboundedReceiver<Vec<Queued>>,
-    backlog: &mut VecDeque<Queued>,
+    queue: &mut VecDeque<Queued>,
     events: &mut Vec<Outbound>,
     batch: BatchConfig,
+    generation: u64,
 ) -> usize {
     // Not `now + max_wait`: a max_wait of centuries, which the config
     // accepts, would overflow the clock and panic; a year is as long.
@@ -111,10 +131,10 @@ async fn fill_batch(
         .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
     let mut held = 0;
     while events.len() < batch.max_events {
-        if let Some(queued) = backlog.pop_front() {
-            if queued.event.park.is_some() {
-                // Goes alone, at its turn.
-                backlog.push_front(queued);
+        if let Some(queued) = queue.pop_front() {
+            if queued.event.park.is_some() || queued.event.is_stale(generation) {
+                // Goes alone (or not at all), at its turn.
+                queue.push_front(queued);
                 break;
             }
             held += queued.cost as usize;
@@ -122,11 +142,11 @@ async fn fill_batch(
             continue;
         }
         match receiver.try_recv() {
-            Ok(chunk) => backlog.extend(chunk),
+            Ok(chunk) => queue.extend(chunk),
             Err(mpsc::error::TryRecvError::Disconnected) => break,
             Err(mpsc::error::TryRecvError::Empty) => {
                 match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                    Ok(Some(chunk)) => backlog.extend(chunk),
+                    Ok(Some(chunk)) => queue.extend(chunk),
                     Ok(None) | Err(_) => break,
                 }
             }
@@ -191,11 +211,13 @@ impl FailureLog {
 /// Delivers `events` as one request, retrying, and resolves their claims once
 /// delivered or dead-lettered. `Break` when abandoned.
 async fn deliver(
-    endpoint: &Endpoint,
-    metrics: &LaneMetrics,
+    context: &SubscriptionContext,
     shared: &Shared,
     events: &mut Vec<Outbound>,
 ) -> ControlFlow<()> {
+    let endpoint = &*context.endpoint;
+    let metrics = &context.metrics;
+    let breaker = &context.gate.breaker;
     let request = super::http::RequestBody::for_events(events, endpoint.batched());
     let max_attempts = shared.config.max_attempts;
     let first_attempt_at = std::time::SystemTime::now();
@@ -207,7 +229,7 @@ async fn deliver(
             let permit = tokio::select! {
                 biased;
                 _ = shared.abandon.cancelled() => return ControlFlow::Break(()),
-                permit = shared.in_flight.acquire() => permit,
+                permit = context.in_flight.acquire() => permit,
             };
             let Ok(_permit) = permit else {
                 return ControlFlow::Break(());
@@ -235,6 +257,7 @@ async fn deliver(
         }
         let not_before = match outcome.verdict() {
             Verdict::Delivered => {
+                breaker.succeeded();
                 metrics.failures.succeeded(&endpoint.name);
                 if let Some(handles) = &metrics.handles {
                     handles.delivered.inc_by(events.len() as u64);
@@ -245,11 +268,13 @@ async fn deliver(
                     }
                 }
                 for event in events.drain(..) {
-                    event.ack.resolve();
+                    event.claim.resolve();
                 }
                 return ControlFlow::Continue(());
             }
             Verdict::GiveUp => {
+                // A definite answer about this event: the endpoint works.
+                breaker.succeeded();
                 last_failure = Some(outcome);
                 break;
             }
@@ -258,11 +283,26 @@ async fn deliver(
         metrics.failures.failed(&endpoint.name, &outcome);
         tracing::debug!(subscription = %endpoint.name, attempt, failure = %outcome, "delivery failed");
         last_failure = Some(outcome);
+        if context.gate.request_failed() {
+            tracing::warn!(subscription = %endpoint.name, failures = attempts_made, "circuit open: the endpoint keeps failing; its events wait in walhook.backlog and one probe at a time tests it");
+        }
+        if spill_if_held_back(context, shared, events).await? {
+            return ControlFlow::Continue(());
+        }
         if attempt == max_attempts {
             break;
         }
         let wait = policy::backoff_delay(&shared.config.backoff, attempt, not_before);
-        retry::pause(wait, &shared.abandon).await?;
+        tokio::select! {
+            biased;
+            _ = shared.abandon.cancelled() => return ControlFlow::Break(()),
+            _ = tokio::time::sleep(wait) => {}
+            // Another lane opened the circuit, or an operator paused.
+            _ = until_held_back(context) => {}
+        }
+        if spill_if_held_back(context, shared, events).await? {
+            return ControlFlow::Continue(());
+        }
     }
     let parked = events.len() as u64;
     let (last_status, last_error) = match &last_failure {
@@ -318,9 +358,42 @@ async fn park_as_dead_letters(
             },
         )
         .await?;
-        event.ack.resolve();
+        event.claim.resolve();
     }
     ControlFlow::Continue(())
+}
+
+/// While the subscription is held back (circuit open, or paused) and has a
+/// backlog: hands `events` to it once the reader has switched to backlog
+/// mode (within its next tick), and says so. `Break` when abandoned.
+async fn spill_if_held_back(
+    context: &SubscriptionContext,
+    shared: &Shared,
+    events: &mut Vec<Outbound>,
+) -> ControlFlow<(), bool> {
+    if context.spill.is_none() || !context.gate.holds_back() {
+        return ControlFlow::Continue(false);
+    }
+    // The reader switches within a tick; until then new events still come
+    // the live way, and these must not go into the backlog behind them.
+    tokio::select! {
+        biased;
+        _ = shared.abandon.cancelled() => return ControlFlow::Break(()),
+        _ = context.gate.until(|gate| !gate.holds_back() || gate.is_backlogged()) => {}
+    }
+    if !context.spills() {
+        return ControlFlow::Continue(false);
+    }
+    context.spill_back(events.drain(..));
+    ControlFlow::Continue(true)
+}
+
+/// Resolves once the subscription is held back (never without a backlog).
+async fn until_held_back(context: &SubscriptionContext) {
+    if context.spill.is_none() {
+        return std::future::pending().await;
+    }
+    context.gate.until(Gate::holds_back).await;
 }
 
 #[cfg(test)]
@@ -339,7 +412,7 @@ mod tests {
             max_wait: Duration::MAX,
         };
         let mut events = Vec::new();
-        let held = fill_batch(&mut receiver, &mut VecDeque::new(), &mut events, batch).await;
+        let held = fill_batch(&mut receiver, &mut VecDeque::new(), &mut events, batch, 0).await;
         assert_eq!((held, events.len()), (0, 0));
     }
 }

@@ -1,12 +1,14 @@
 //! Delivery: POSTs each event to its subscription's URL, in order per lane,
-//! with retries, and resolves the event's checkpoint claim only once it is
-//! durable — answered 2xx, or stored as a dead letter.
+//! with retries, and resolves the event's claim only once it is durable —
+//! answered 2xx, stored as a dead letter, or committed to the subscription's
+//! backlog.
 //!
 //! Each subscription has lanes: one lane per ordering key bucket (`key`), a
 //! single lane (`strict`) or round-robin lanes (`none`). A lane sends one
 //! request (or one batch) at a time and retries it before moving on, which is
-//! what keeps per-key order. A shared semaphore caps requests in flight
-//! across all lanes at `delivery.concurrency`.
+//! what keeps per-key order. A semaphore per subscription caps its requests
+//! in flight at `delivery.concurrency`, so a slow endpoint cannot take
+//! another's share.
 //!
 //! Some events must wait for others of their subscription: under `key`, a
 //! key-changing update for its old key's lane, a barrier event (a TRUNCATE)
@@ -19,27 +21,33 @@
 //! Queues are bounded in bytes, per subscription: every queued or in-flight
 //! event holds its payload size (plus a fixed overhead) from its
 //! subscription's budget of [`SUBSCRIPTION_BUFFER_BYTES`] until it is
-//! resolved (held events too). When a subscription's budget is spent,
-//! [`Delivery::try_submit`] hands the event back and the reader waits for
-//! room, which stops reading the slot. So an
-//! endpoint that is down or slow does not stall the other subscriptions at
-//! once: they keep receiving while it absorbs up to its budget (tens of
-//! thousands of typical events); only then does backpressure reach the slot
-//! for all of them — which it must, since one slot serves every subscription
-//! and its confirmed position cannot pass the down endpoint's events anyway.
-//! Events reach a lane in chunks whose payloads share one buffer (trimmed to
-//! at most a quarter of spare room), so memory stays below `subscriptions ×
-//! SUBSCRIPTION_BUFFER_BYTES × 1.25` plus one request per lane.
+//! resolved (held events too). A subscription that cannot keep up — its
+//! budget stays spent, its circuit is open (`gate`), or it is paused — goes
+//! into backlog mode: its new events are appended to `walhook.backlog`
+//! (`spill`) and their claims resolve once committed there, so neither the
+//! reader nor the slot waits for it; its drainer (`drain`) feeds them back
+//! to the lanes in commit order, and once it has caught up the reader sends
+//! new events the live way again (docs/operations.md, "When an endpoint is
+//! down"). Without a usable backlog table (a schema from before it), a spent
+//! budget makes [`Delivery::try_submit`] hand the event back and the reader
+//! waits for room, as walhook did before the backlog. Events reach a lane in
+//! chunks whose payloads share one buffer (trimmed to at most a quarter of
+//! spare room), so memory stays below `subscriptions × (budget × 1.25 +
+//! spill budget)` plus one request per lane.
 //!
 //! It does not build payloads (`event`) or decide what confirms (`checkpoint`).
 
+mod drain;
+pub mod gate;
 pub mod http;
 mod lane;
 pub mod policy;
+mod spill;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -47,17 +55,34 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Ack;
-use crate::config::{DeliveryConfig, DeliveryOrder, MAX_CONCURRENCY, SubscriptionConfig};
+use crate::config::{
+    BatchConfig, DeliveryConfig, DeliveryOrder, MAX_CONCURRENCY, SubscriptionConfig,
+};
 use crate::event::EventId;
+use crate::pgconn::ConnectParams;
+use crate::store::backlog::{BacklogStore, Position, Summary};
 use crate::store::dead_letters::DeadLetters;
 use crate::telemetry::Metrics;
+pub use drain::BacklogClaim;
+use drain::{DrainMessage, Drainer};
+use gate::Gate;
 use http::Endpoint;
 use lane::{FailureLog, LaneMetrics, run_lane};
+use spill::SpillItem;
 
-/// Bytes of events one subscription may hold (queued or in flight) before
-/// `submit` waits: what a down endpoint may absorb before it stalls the
-/// reader, and so every other subscription.
+/// Bytes of events one subscription may hold in its lanes (queued or in
+/// flight): past it, once [`SPILL_PATIENCE`] passed without room, the
+/// subscription goes into backlog mode.
 pub const SUBSCRIPTION_BUFFER_BYTES: usize = 4 << 20;
+/// Bytes of events one subscription may have on their way into its backlog
+/// (not yet committed there); past it the reader waits, which is the one
+/// case where the backlog's database holds the stream back.
+const SPILL_BUFFER_BYTES: usize = 4 << 20;
+/// How long the reader waits for room in a live subscription's budget
+/// before sending its events to the backlog instead: long enough that a
+/// burst to a fast endpoint stays in memory, short enough that a slow one
+/// holds the others back only this once.
+const SPILL_PATIENCE: Duration = Duration::from_millis(500);
 /// What one queued event costs beyond its payload (the event, its id, its
 /// claim, the queue slot), so that many tiny events are bounded too.
 const EVENT_OVERHEAD_BYTES: usize = 256;
@@ -68,6 +93,8 @@ const MAX_LANES: usize = 256;
 #[derive(Debug)]
 pub struct Outbound {
     pub id: EventId,
+    /// Its place in the stream (the backlog's order).
+    pub position: Position,
     pub ordering_key: u64,
     /// Set when an update changed the row's key: the old key's hash.
     pub previous_ordering_key: Option<u64>,
@@ -84,7 +111,34 @@ pub struct Outbound {
     /// event of its subscription has resolved, and later events wait for it
     /// to resolve, so no row change overtakes it either way.
     pub barrier: bool,
-    pub ack: Ack,
+    pub claim: Claim,
+}
+
+/// What resolving an event settles.
+#[derive(Debug)]
+pub enum Claim {
+    /// A change read from the stream: its transaction may be confirmed once
+    /// all its claims are resolved.
+    Checkpoint(Ack),
+    /// An event read from the backlog: its row is deleted.
+    Backlog(BacklogClaim),
+}
+
+impl Outbound {
+    /// Whether it was read back by a drain pass that has ended since.
+    fn is_stale(&self, generation: u64) -> bool {
+        matches!(&self.claim, Claim::Backlog(claim) if claim.is_stale(generation))
+    }
+}
+
+impl Claim {
+    /// The event is durable elsewhere (delivered, or a dead letter).
+    pub fn resolve(self) {
+        match self {
+            Claim::Checkpoint(ack) => ack.resolve(),
+            Claim::Backlog(claim) => claim.resolve(),
+        }
+    }
 }
 
 /// The lanes of every subscription. Dropping it closes the lanes: they finish
@@ -95,25 +149,54 @@ pub struct Delivery {
     dirty: Vec<(usize, usize)>,
     /// Events held in all subscriptions' `held` queues.
     held_events: usize,
+    /// Events the drainers read back from their backlogs, for the lanes.
+    drained: Option<mpsc::Receiver<DrainMessage>>,
+    /// Cancelled when delivery is dropped: the drainers end.
+    closing: CancellationToken,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.closing.cancel();
+    }
+}
+
+/// Where delivery keeps what it cannot deliver now: the dead letters, and
+/// (when the schema has it) the backlogs.
+pub struct Stores {
+    pub dead_letters: DeadLetters,
+    pub backlog: Option<BacklogStart>,
+}
+
+/// Where the backlogs are, and what they held when delivery started.
+pub struct BacklogStart {
+    pub params: ConnectParams,
+    pub waiting: HashMap<String, Summary>,
 }
 
 /// What [`Delivery::try_submit`] did with an event.
 #[derive(Debug)]
 pub enum Submitted {
-    /// Queued for its lane, or held behind earlier events of its
-    /// subscription; either way delivery has it.
+    /// Queued for its lane, held behind earlier events of its subscription,
+    /// or on its way into the backlog; either way delivery has it.
     Accepted,
     /// Its subscription's budget is spent: acquire `cost` permits from
-    /// `budget`, forget them, then call [`Delivery::submit_paid`].
-    NeedsBudget(BudgetWait),
+    /// `budget`, forget them, then call [`Delivery::submit_paid`] — or, once
+    /// `patience` (when set) ran out, [`Delivery::spill_instead`].
+    NeedsBudget(Box<BudgetWait>),
 }
 
-/// An event waiting for room in its subscription's byte budget.
+/// An event waiting for room in a byte budget.
 #[derive(Debug)]
 pub struct BudgetWait {
     event: Outbound,
     pub budget: Arc<Semaphore>,
     pub cost: u32,
+    /// How long to wait before sending it to the backlog instead; `None`
+    /// when waiting is the only way (no backlog, or this is the backlog's
+    /// own budget).
+    pub patience: Option<Duration>,
+    to_backlog: bool,
 }
 
 /// The lanes the first held event waits for; see [`Delivery::held_waiter`].
@@ -136,12 +219,60 @@ struct Held {
     cost: u32,
 }
 
+/// What a subscription's lanes, spiller and drainer share.
+struct SubscriptionContext {
+    endpoint: Arc<Endpoint>,
+    metrics: LaneMetrics,
+    gate: Arc<Gate>,
+    /// The lanes' byte budget; see [`SUBSCRIPTION_BUFFER_BYTES`].
+    budget: Arc<Semaphore>,
+    /// Requests in flight, at most `delivery.concurrency`.
+    in_flight: Semaphore,
+    batch: BatchConfig,
+    /// The way into the backlog; `None` when there is no usable one.
+    spill: Option<mpsc::UnboundedSender<Vec<SpillItem>>>,
+}
+
+impl SubscriptionContext {
+    /// Whether the lanes should hand their events to the backlog rather
+    /// than send them (paused, or circuit open, with a backlog to hold them).
+    fn spills(&self) -> bool {
+        self.spill.is_some() && self.gate.holds_back()
+    }
+
+    /// Hands events a lane holds to the backlog: a change from the stream is
+    /// appended (its claim resolves once committed); an event read from the
+    /// backlog is still there, so it is only let go.
+    fn spill_back(&self, events: impl IntoIterator<Item = Outbound>) {
+        let mut items = Vec::new();
+        for event in events {
+            match event.claim {
+                Claim::Checkpoint(_) => items.push(SpillItem { event, cost: 0 }),
+                Claim::Backlog(_) => drop(event),
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
+        self.gate.spill_requested(items.len() as u64);
+        if let Some(spill) = &self.spill {
+            // A closed spiller means shutdown; the claims stay unresolved.
+            let _ = spill.send(items);
+        }
+    }
+}
+
 struct SubscriptionLanes {
     ordering: DeliveryOrder,
     lanes: Vec<Lane>,
     next_round_robin: usize,
-    /// The subscription's byte budget; see [`SUBSCRIPTION_BUFFER_BYTES`].
-    buffer: Arc<Semaphore>,
+    context: Arc<SubscriptionContext>,
+    /// The reader sends new events to the backlog (mirrored in the gate).
+    backlogged: bool,
+    /// Bytes of events on their way into the backlog.
+    spill_budget: Arc<Semaphore>,
+    /// Events for the backlog not yet handed to the spiller.
+    pending_spill: Vec<SpillItem>,
     /// The lane holding a barrier event (a TRUNCATE) that may not have
     /// resolved yet: later events wait until that lane is idle.
     barrier_lane: Option<usize>,
@@ -219,6 +350,20 @@ impl SubscriptionLanes {
             self.barrier_lane = None;
         }
     }
+
+    /// Switches the reader's path for this subscription, saying why.
+    fn set_backlogged(&mut self, backlogged: bool, why: &str) {
+        if self.backlogged == backlogged {
+            return;
+        }
+        self.backlogged = backlogged;
+        self.context.gate.set_backlogged(backlogged);
+        if backlogged {
+            tracing::warn!(subscription = %self.context.gate.name, reason = why, "subscription in backlog mode: its new events wait in walhook.backlog until its endpoint catches up");
+        } else {
+            tracing::info!(subscription = %self.context.gate.name, "backlog drained; subscription back to live delivery");
+        }
+    }
 }
 
 /// The sending side of one lane. The queue itself is unbounded: the
@@ -268,13 +413,17 @@ impl LaneLoad {
         }
     }
 
+    fn is_idle(&self) -> bool {
+        self.outstanding.load(AtomicOrdering::Acquire) == 0
+    }
+
     /// Waits until everything submitted so far is resolved.
     async fn wait_idle(&self) {
         loop {
             let idle = self.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
-            if self.outstanding.load(AtomicOrdering::Acquire) == 0 {
+            if self.is_idle() {
                 return;
             }
             idle.await;
@@ -285,7 +434,6 @@ impl LaneLoad {
 /// What every lane shares.
 struct Shared {
     client: reqwest::Client,
-    in_flight: Semaphore,
     config: DeliveryConfig,
     dead_letters: DeadLetters,
     /// Cancelled when in-flight work is to be abandoned (after the grace).
@@ -299,15 +447,22 @@ struct Shared {
 pub struct DeliveryClosed;
 
 impl Delivery {
-    /// Starts the lanes of every subscription into `tasks`.
+    /// Starts the lanes of every subscription into `tasks`, and with a
+    /// backlog, each one's spiller and drainer. `gates` are the
+    /// subscriptions' gates, in config order.
     pub fn start(
         config: &DeliveryConfig,
         subscriptions: &[SubscriptionConfig],
-        dead_letters: DeadLetters,
+        gates: &[Arc<Gate>],
+        stores: Stores,
         abandon: CancellationToken,
         metrics: Arc<Metrics>,
         tasks: &mut JoinSet<()>,
     ) -> Result<Delivery, http::EndpointError> {
+        let Stores {
+            dead_letters,
+            backlog,
+        } = stores;
         let client = http::build_client(config)?;
         // `Config::load` keeps it in range; this is for a config built
         // another way (a test, an embedder), where an absurd value would
@@ -315,35 +470,76 @@ impl Delivery {
         let concurrency = config.concurrency.clamp(1, MAX_CONCURRENCY);
         let shared = Arc::new(Shared {
             client,
-            in_flight: Semaphore::new(concurrency),
             config: config.clone(),
             dead_letters,
             abandon,
             metrics: Arc::clone(&metrics),
         });
+        let closing = CancellationToken::new();
+        let (drained_sender, drained) = mpsc::channel(drain::CHANNEL_EVENTS);
         let mut all = Vec::with_capacity(subscriptions.len());
         for (index, subscription) in subscriptions.iter().enumerate() {
             let endpoint = Arc::new(Endpoint::new(subscription)?);
-            let lane_metrics = Arc::new(LaneMetrics {
-                handles: metrics.subscription(index).cloned(),
-                failures: FailureLog::default(),
+            let gate = match gates.get(index) {
+                Some(gate) => Arc::clone(gate),
+                None => Arc::new(Gate::new(&subscription.name, config.breaker)),
+            };
+            let handles = metrics.subscription(index).cloned();
+            let buffer = Arc::new(Semaphore::new(SUBSCRIPTION_BUFFER_BYTES));
+            let spill_budget = Arc::new(Semaphore::new(SPILL_BUFFER_BYTES));
+            let mut spill = None;
+            let mut store = None;
+            if let Some(backlog) = &backlog {
+                let opened = Arc::new(BacklogStore::new(
+                    &subscription.name,
+                    backlog.params.clone(),
+                ));
+                let waiting = backlog.waiting.get(&subscription.name);
+                if let Some(handles) = &handles {
+                    let summary = waiting.cloned().unwrap_or_default();
+                    handles.backlog_events.set(summary.events);
+                    handles.backlog_bytes.set(summary.bytes);
+                }
+                // Whatever waits in the backlog goes before new events.
+                gate.set_backlogged(waiting.is_some_and(|summary| summary.events > 0));
+                let (sender, receiver) = mpsc::unbounded_channel();
+                tasks.spawn(spill::run_spiller(
+                    receiver,
+                    Arc::clone(&opened),
+                    Arc::clone(&gate),
+                    Arc::clone(&spill_budget),
+                    handles.clone(),
+                    Arc::clone(&shared),
+                ));
+                spill = Some(sender);
+                store = Some(opened);
+            } else {
+                gate.set_backlogged(false);
+            }
+            let context = Arc::new(SubscriptionContext {
+                endpoint,
+                metrics: LaneMetrics {
+                    handles,
+                    failures: FailureLog::default(),
+                },
+                gate: Arc::clone(&gate),
+                budget: Arc::clone(&buffer),
+                in_flight: Semaphore::new(concurrency),
+                batch: subscription.batch,
+                spill,
             });
             let lane_count = match subscription.ordering {
                 DeliveryOrder::Strict => 1,
                 DeliveryOrder::Key | DeliveryOrder::None => concurrency.min(MAX_LANES),
             };
-            let buffer = Arc::new(Semaphore::new(SUBSCRIPTION_BUFFER_BYTES));
             let mut lanes = Vec::with_capacity(lane_count);
             for _ in 0..lane_count {
                 let (sender, receiver) = mpsc::unbounded_channel();
                 let load = Arc::new(LaneLoad::default());
                 tasks.spawn(run_lane(
                     receiver,
-                    Arc::clone(&buffer),
                     Arc::clone(&load),
-                    Arc::clone(&endpoint),
-                    Arc::clone(&lane_metrics),
-                    subscription.batch,
+                    Arc::clone(&context),
                     Arc::clone(&shared),
                 ));
                 lanes.push(Lane {
@@ -353,11 +549,26 @@ impl Delivery {
                     payloads: Vec::new(),
                 });
             }
+            if let Some(store) = store {
+                let drainer = Drainer {
+                    subscription: index,
+                    store,
+                    context: Arc::clone(&context),
+                    shared: Arc::clone(&shared),
+                    to_reader: drained_sender.clone(),
+                    loads: lanes.iter().map(|lane| Arc::clone(&lane.load)).collect(),
+                    closing: closing.clone(),
+                };
+                tasks.spawn(drainer.run());
+            }
             all.push(SubscriptionLanes {
                 ordering: subscription.ordering,
                 lanes,
                 next_round_robin: 0,
-                buffer,
+                backlogged: gate.is_backlogged(),
+                context,
+                spill_budget,
+                pending_spill: Vec::new(),
                 barrier_lane: None,
                 held: VecDeque::new(),
             });
@@ -366,49 +577,183 @@ impl Delivery {
             subscriptions: all,
             dirty: Vec::new(),
             held_events: 0,
+            drained: backlog.is_some().then_some(drained),
+            closing,
         })
     }
 
-    /// Takes an event for subscription number `subscription`: when its
-    /// budget has room, the event is queued for its lane (reaching it at the
-    /// next [`Delivery::flush`]) or, when it must wait for earlier events of
-    /// its subscription (a key change, a TRUNCATE), held in the
-    /// subscription's own queue — never by stopping the reader, so other
-    /// subscriptions go on. When the budget is spent, the event comes back
-    /// with what to wait for ([`BudgetWait`]). The reader's common case
-    /// registers no future and no wake-up.
+    /// Takes an event for subscription number `subscription`. Live, when
+    /// its budget has room, the event is queued for its lane (reaching it at
+    /// the next [`Delivery::flush`]) or, when it must wait for earlier
+    /// events of its subscription (a key change, a TRUNCATE), held in the
+    /// subscription's own queue. In backlog mode it goes on its way into
+    /// the backlog. Never by stopping the reader, so other subscriptions go
+    /// on; when a budget is spent, the event comes back with what to wait
+    /// for ([`BudgetWait`]). The reader's common case registers no future
+    /// and no wake-up.
     pub fn try_submit(
         &mut self,
         subscription: usize,
         event: Outbound,
         payload: &[u8],
     ) -> Result<Submitted, DeliveryClosed> {
+        let target = self
+            .subscriptions
+            .get_mut(subscription)
+            .ok_or(DeliveryClosed)?;
+        if target.context.spill.is_some() {
+            if !target.backlogged && target.context.gate.holds_back() {
+                self.enter_backlog(subscription);
+            }
+            let target = self
+                .subscriptions
+                .get_mut(subscription)
+                .ok_or(DeliveryClosed)?;
+            if target.backlogged {
+                return Ok(self.try_spill(subscription, event, payload));
+            }
+        }
         let cost = budget_cost(payload);
         if !self.try_take_budget(subscription, cost)? {
             // Events not yet handed over count against the budget: hand
             // them over so the lanes can give some of it back.
             self.flush();
             let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
-            return Ok(Submitted::NeedsBudget(BudgetWait {
+            return Ok(Submitted::NeedsBudget(Box::new(BudgetWait {
                 event,
-                budget: Arc::clone(&target.buffer),
+                budget: Arc::clone(&target.context.budget),
                 cost,
-            }));
+                patience: target.context.spill.is_some().then_some(SPILL_PATIENCE),
+                to_backlog: false,
+            })));
         }
         self.place(subscription, event, payload, cost)?;
         Ok(Submitted::Accepted)
     }
 
     /// Takes an event whose budget share the caller acquired from
-    /// [`BudgetWait::budget`] (and forgot): queued or held as in
-    /// [`Delivery::try_submit`].
+    /// [`BudgetWait::budget`] (and forgot): queued, held or on its way into
+    /// the backlog as in [`Delivery::try_submit`].
     pub fn submit_paid(
         &mut self,
         subscription: usize,
-        wait: BudgetWait,
+        wait: Box<BudgetWait>,
         payload: &[u8],
     ) -> Result<(), DeliveryClosed> {
+        if wait.to_backlog {
+            return self.push_spill(subscription, wait.event, payload, wait.cost);
+        }
         self.place(subscription, wait.event, payload, wait.cost)
+    }
+
+    /// The subscription's budget stayed spent for [`BudgetWait::patience`]:
+    /// it goes into backlog mode, starting with this event.
+    pub fn spill_instead(
+        &mut self,
+        subscription: usize,
+        wait: Box<BudgetWait>,
+        payload: &[u8],
+    ) -> Result<Submitted, DeliveryClosed> {
+        // Gives back this event's share: it was never taken.
+        self.enter_backlog(subscription);
+        Ok(self.try_spill(subscription, wait.event, payload))
+    }
+
+    /// Switches a subscription to backlog mode. Its held events (which wait
+    /// for a barrier or a key change) go to the backlog first: once the
+    /// backlog holds anything, nothing may reach the endpoint except
+    /// through it, in commit order.
+    fn enter_backlog(&mut self, subscription: usize) {
+        let Some(target) = self.subscriptions.get_mut(subscription) else {
+            return;
+        };
+        if target.backlogged || target.context.spill.is_none() {
+            return;
+        }
+        let gate = &target.context.gate;
+        let why = if gate.is_paused() {
+            "paused"
+        } else if gate.breaker.is_open() {
+            "circuit open: its endpoint keeps failing"
+        } else {
+            "slower than the stream: its memory budget stayed full"
+        };
+        target.set_backlogged(true, why);
+        let held = std::mem::take(&mut target.held);
+        self.held_events -= held.len();
+        for held in held {
+            target.context.budget.add_permits(held.cost as usize);
+            let mut event = held.event;
+            event.body = Bytes::from(held.payload);
+            target.context.gate.spill_requested(1);
+            target.pending_spill.push(SpillItem { event, cost: 0 });
+        }
+    }
+
+    /// Switches to backlog mode each subscription whose gate holds it back
+    /// (paused, or its circuit opened) though no new event of it came: its
+    /// lanes wait for this to hand their events to the backlog. The reader
+    /// calls it on every tick.
+    pub fn follow_gates(&mut self) {
+        for subscription in 0..self.subscriptions.len() {
+            let Some(target) = self.subscriptions.get(subscription) else {
+                continue;
+            };
+            if !target.backlogged
+                && target.context.spill.is_some()
+                && target.context.gate.holds_back()
+            {
+                self.enter_backlog(subscription);
+            }
+        }
+    }
+
+    /// Sends an event towards the backlog if the spill budget has room.
+    fn try_spill(&mut self, subscription: usize, event: Outbound, payload: &[u8]) -> Submitted {
+        let Some(target) = self.subscriptions.get(subscription) else {
+            return Submitted::Accepted;
+        };
+        let cost = budget_cost(payload);
+        let budget = Arc::clone(&target.spill_budget);
+        let taken = budget
+            .try_acquire_many(cost)
+            .map(|share| share.forget())
+            .is_ok();
+        match taken {
+            true => {
+                // Only fails for a subscription that does not exist.
+                let _ = self.push_spill(subscription, event, payload, cost);
+                Submitted::Accepted
+            }
+            false => {
+                // What waits to be handed over counts against the budget.
+                self.flush();
+                Submitted::NeedsBudget(Box::new(BudgetWait {
+                    event,
+                    budget,
+                    cost,
+                    patience: None,
+                    to_backlog: true,
+                }))
+            }
+        }
+    }
+
+    fn push_spill(
+        &mut self,
+        subscription: usize,
+        mut event: Outbound,
+        payload: &[u8],
+        cost: u32,
+    ) -> Result<(), DeliveryClosed> {
+        let target = self
+            .subscriptions
+            .get_mut(subscription)
+            .ok_or(DeliveryClosed)?;
+        event.body = Bytes::copy_from_slice(payload);
+        target.context.gate.spill_requested(1);
+        target.pending_spill.push(SpillItem { event, cost });
+        Ok(())
     }
 
     /// Queues a paid-for event for its lane, or holds it behind the events
@@ -444,6 +789,48 @@ impl Delivery {
         }
         let lane = self.lane_for(subscription, &event)?;
         self.enqueue(subscription, lane, event, payload, cost)
+    }
+
+    /// The next message of a drainer (never, without backlogs). Cancel-safe.
+    pub async fn next_drained(&mut self) -> Option<DrainMessage> {
+        match &mut self.drained {
+            Some(drained) => drained.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Acts on a drainer's message: an event read back from the backlog is
+    /// placed like a live one (its budget share is paid); a drainer that
+    /// caught up lets the subscription go back to live delivery, if every
+    /// event the reader sent to the backlog was read back by then.
+    pub fn take_drained(&mut self, message: DrainMessage) -> Result<(), DeliveryClosed> {
+        match message {
+            DrainMessage::Event {
+                subscription,
+                event,
+                cost,
+            } => {
+                let payload = event.body.clone();
+                self.place(subscription, event, &payload, cost)
+            }
+            DrainMessage::CaughtUp {
+                subscription,
+                through,
+            } => {
+                let target = self
+                    .subscriptions
+                    .get_mut(subscription)
+                    .ok_or(DeliveryClosed)?;
+                if target.backlogged
+                    && target.pending_spill.is_empty()
+                    && !target.context.gate.holds_back()
+                    && target.context.gate.requested() == through
+                {
+                    target.set_backlogged(false, "caught up");
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Moves held events whose wait is over to their lanes, in order, each
@@ -500,7 +887,8 @@ impl Delivery {
     fn try_take_budget(&self, subscription: usize, cost: u32) -> Result<bool, DeliveryClosed> {
         let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
         Ok(target
-            .buffer
+            .context
+            .budget
             .try_acquire_many(cost)
             .map(|share| share.forget())
             .is_ok())
@@ -540,13 +928,22 @@ impl Delivery {
         Ok(())
     }
 
-    /// Hands every pending event to its lane. The reader calls this when it
-    /// has no more data at hand, so a burst of changes costs one wake-up per
-    /// lane, not one per event.
+    /// Hands every pending event to its lane, and every event for a backlog
+    /// to its spiller. The reader calls this when it has no more data at
+    /// hand, so a burst of changes costs one wake-up per lane, not one per
+    /// event.
     pub fn flush(&mut self) {
         if self.held_events > 0 {
             // Only fails for a subscription that does not exist.
             let _ = self.release_held();
+        }
+        for target in &mut self.subscriptions {
+            if !target.pending_spill.is_empty()
+                && let Some(spill) = &target.context.spill
+            {
+                // A closed spiller means shutdown; the claims stay unresolved.
+                let _ = spill.send(std::mem::take(&mut target.pending_spill));
+            }
         }
         for (subscription, lane) in self.dirty.drain(..) {
             if let Some(lane) = self
@@ -586,13 +983,17 @@ mod tests {
     fn event(checkpoint: &mut Checkpoint, ordinal: u32, ordering_key: u64) -> Outbound {
         Outbound {
             id: crate::event::event_id("s", Lsn(1), ordinal),
+            position: Position {
+                commit_lsn: 1,
+                ordinal,
+            },
             ordering_key,
             previous_ordering_key: None,
             body: Bytes::new(),
             commit_time_micros: 0,
             park: None,
             barrier: false,
-            ack: checkpoint.track_event(),
+            claim: Claim::Checkpoint(checkpoint.track_event()),
         }
     }
 
@@ -612,17 +1013,41 @@ mod tests {
                 }
             })
             .collect();
+        let config = crate::config::Config::from_toml(
+            std::path::Path::new("test.toml"),
+            "[source]\nurl = \"postgres://u@localhost/db\"\n\
+             [[subscriptions]]\nname = \"s\"\ntables = [\"public.t\"]\n\
+             url = \"http://127.0.0.1:9/\"\n",
+        )
+        .unwrap();
+        let context = Arc::new(SubscriptionContext {
+            endpoint: Arc::new(Endpoint::new(&config.subscriptions[0]).unwrap()),
+            metrics: LaneMetrics {
+                handles: None,
+                failures: FailureLog::default(),
+            },
+            gate: Arc::new(Gate::new("s", crate::config::BreakerConfig::default())),
+            budget: Arc::new(Semaphore::new(SUBSCRIPTION_BUFFER_BYTES)),
+            in_flight: Semaphore::new(1),
+            batch: BatchConfig::default(),
+            spill: None,
+        });
         let delivery = Delivery {
             subscriptions: vec![SubscriptionLanes {
                 ordering: DeliveryOrder::Key,
                 lanes,
                 next_round_robin: 0,
-                buffer: Arc::new(Semaphore::new(SUBSCRIPTION_BUFFER_BYTES)),
+                context,
+                backlogged: false,
+                spill_budget: Arc::new(Semaphore::new(SPILL_BUFFER_BYTES)),
+                pending_spill: Vec::new(),
                 barrier_lane: None,
                 held: VecDeque::new(),
             }],
             dirty: Vec::new(),
             held_events: 0,
+            drained: None,
+            closing: CancellationToken::new(),
         };
         (delivery, receivers)
     }

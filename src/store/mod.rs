@@ -1,6 +1,6 @@
 //! All SQL about walhook's own state in the database it reads: the
-//! `walhook` schema (created from `sql/`), its dead letters and its record of
-//! slots, the replication slot itself, and the publication. One home for
+//! `walhook` schema (created from `sql/`), its dead letters, backlogs, pause
+//! flags and record of slots, the replication slot itself, and the publication. One home for
 //! these statements so that what walhook keeps, and where, reads in one
 //! place; the modules that decide what to do with them (`setup`, `app`,
 //! `deliver`, `commands`) call in here.
@@ -8,10 +8,12 @@
 //! It does not look at the user's tables (`tables`, `rules::catalog_check`)
 //! and holds no policy: a caller decides what a missing slot means.
 
+pub mod backlog;
 pub mod dead_letters;
 pub mod publication;
 pub mod schema;
 pub mod slots;
+pub mod subscription_state;
 
 /// A statement walhook ran failed: which one, and the server's error.
 #[derive(Debug, thiserror::Error)]

@@ -239,6 +239,28 @@ impl TestDb {
             .unwrap()
             .get(0)
     }
+
+    /// How many events of `subscription` wait in `walhook.backlog` (0 while
+    /// that table does not exist yet).
+    pub async fn backlog_count(&self, subscription: &str) -> i64 {
+        let exists: bool = self
+            .client
+            .query_one("SELECT to_regclass('walhook.backlog') IS NOT NULL", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if !exists {
+            return 0;
+        }
+        self.client
+            .query_one(
+                "SELECT count(*) FROM walhook.backlog WHERE subscription = $1",
+                &[&subscription],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {
@@ -545,6 +567,38 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|line| {
         let rest = line.strip_prefix(series)?;
         rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+/// The value of the sample of `name` whose labels are exactly `labels`, in
+/// whatever order the text lists them, e.g. `walhook_subscription_mode` with
+/// `[("subscription", "orders"), ("mode", "live")]`. (Label values with a
+/// comma or an escaped quote are not parsed.)
+pub fn labeled_sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut wanted: Vec<String> = labels
+        .iter()
+        .map(|(label, value)| format!("{label}=\"{value}\""))
+        .collect();
+    wanted.sort();
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (found, value) = match rest.strip_prefix('{') {
+            Some(rest) => {
+                let end = rest.find('}')?;
+                (&rest[..end], &rest[end + 1..])
+            }
+            None => ("", rest),
+        };
+        let mut found: Vec<String> = found
+            .split(',')
+            .filter(|pair| !pair.is_empty())
+            .map(str::to_owned)
+            .collect();
+        found.sort();
+        if found != wanted {
+            return None;
+        }
+        value.strip_prefix(' ')?.trim().parse().ok()
     })
 }
 

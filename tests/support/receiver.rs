@@ -3,9 +3,10 @@
 //! time (optionally after a delay, to hang past walhook's timeout), or with
 //! scripted answers (status and headers) for the next requests, holds
 //! requests (all, or those whose events match) until the test releases them,
-//! and lets tests wait for a number of events with a deadline.
+//! answers chosen requests (those whose events match) with a status of their
+//! own, and lets tests wait for a number of events with a deadline.
 //! [`ResettingListener`] is the endpoint that accepts connections and resets
-//! them.
+//! them; [`RefusingPort`] the one that refuses them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -100,6 +101,9 @@ struct Inner {
     /// answered) until released.
     hold: Mutex<Option<HoldRule>>,
     released: Notify,
+    /// Statuses for the requests with an event a rule matches (the first
+    /// matching rule wins), before `status` applies.
+    answer_rules: Mutex<Vec<(u16, HoldRule)>>,
 }
 
 type HoldRule = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
@@ -205,6 +209,23 @@ impl Receiver {
     /// [`Receiver::arrived_events`].
     pub fn hold_where(&self, matches: impl Fn(&Value) -> bool + Send + Sync + 'static) {
         *self.inner.hold.lock().unwrap() = Some(Arc::new(matches));
+    }
+
+    /// Answers `status` to every following request that carries an event
+    /// `matches` (one of a batch is enough) — e.g. 422 to the one event a
+    /// receiver cannot take — while the others get the configured status.
+    /// Rules added earlier win; scripted answers ([`Receiver::answer_next`])
+    /// still come first.
+    pub fn respond_where(
+        &self,
+        status: u16,
+        matches: impl Fn(&Value) -> bool + Send + Sync + 'static,
+    ) {
+        self.inner
+            .answer_rules
+            .lock()
+            .unwrap()
+            .push((status, Arc::new(matches)));
     }
 
     /// Lets held requests (and later ones) be answered.
@@ -353,7 +374,7 @@ async fn record(
     let scripted = inner.script.lock().unwrap().pop_front();
     let mut status = match &scripted {
         Some(reply) => reply.status,
-        None => *inner.status.lock().unwrap(),
+        None => rule_status(&inner, &body).unwrap_or(*inner.status.lock().unwrap()),
     };
     let fail_first = *inner.fail_first.lock().unwrap();
     if fail_first > 0 {
@@ -408,6 +429,20 @@ async fn record(
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         answer,
     )
+}
+
+/// The status of the first answer rule one of the body's events matches.
+fn rule_status(inner: &Inner, body: &[u8]) -> Option<u16> {
+    let rules = inner.answer_rules.lock().unwrap().clone();
+    // Parsed only while there are rules: large tests send many.
+    if rules.is_empty() {
+        return None;
+    }
+    let events = events_of(body);
+    rules
+        .iter()
+        .find(|(_, matches)| events.iter().any(|event| matches(event)))
+        .map(|(status, _)| *status)
 }
 
 /// The events of a body: itself, or each of `{"events": [...]}`; none when
@@ -471,5 +506,35 @@ impl ResettingListener {
     pub async fn stop(self) {
         self.task.abort();
         let _ = self.task.await;
+    }
+}
+
+/// A port of 127.0.0.1 where nothing listens: the socket is bound (so no one
+/// else takes the port) but never listens, so every connection is refused at
+/// once. [`RefusingPort::open`] starts a [`Receiver`] there: the endpoint
+/// comes back on the same URL.
+pub struct RefusingPort {
+    pub addr: SocketAddr,
+    socket: tokio::net::TcpSocket,
+}
+
+impl RefusingPort {
+    pub fn bind() -> RefusingPort {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        RefusingPort { addr, socket }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Frees the port and starts a receiver on it.
+    pub async fn open(self) -> Receiver {
+        let addr = self.addr;
+        drop(self.socket);
+        Receiver::start_on(addr).await
     }
 }
