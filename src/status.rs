@@ -201,6 +201,20 @@ impl StatusReport {
 }
 
 impl SubscriptionStatus {
+    /// A subscription known only by its backlog (for `check`).
+    pub fn waiting(name: &str, backlog: &crate::store::backlog::Summary) -> SubscriptionStatus {
+        SubscriptionStatus {
+            name: name.to_owned(),
+            mode: String::new(),
+            backlog_events: backlog.events,
+            backlog_bytes: backlog.bytes,
+            backlog_oldest_seconds: backlog.oldest_seconds,
+            dead_letters: 0,
+            oldest_dead_letter: None,
+            warnings: Vec::new(),
+        }
+    }
+
     /// Warns when the backlog is past `limits`, saying what to do.
     pub fn warn_about_backlog(&mut self, limits: &BacklogConfig) {
         let old = self

@@ -145,6 +145,7 @@ pub async fn run(config_path: &Path) -> Result<CheckReport, CommandError> {
     check_publication(&client, &config, &tables, &mut report).await;
     check_slot(&client, &config, &mut report).await;
     check_dead_letters(&client, &role, &mut report).await;
+    check_backlogs(&client, &config, &role, &mut report).await;
     check_urls(&config.subscriptions, &mut report).await;
     println!("{}", report.summary());
     Ok(report)
@@ -803,6 +804,70 @@ async fn check_dead_letters(client: &tokio_postgres::Client, role: &str, report:
             ),
         );
     } else {
+        report.pass();
+    }
+}
+
+/// The backlog tables are there and writable (a warning when not: walhook
+/// runs without them, as before they existed), and no subscription is
+/// paused or has a backlog past `delivery.backlog`.
+async fn check_backlogs(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    role: &str,
+    report: &mut CheckReport,
+) {
+    match store::backlog::usable(client).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let role = quote_identifier(role);
+            report.warning(
+                "walhook.backlog or walhook.subscription_state is missing or not writable: a down \
+                 or slow endpoint will hold back every subscription and the slot once its 4 MiB \
+                 are spent, and `walhook pause` cannot work",
+                format!(
+                    "run `walhook setup`, or the files of sql/ as an administrator (GRANT SELECT, \
+                     INSERT, UPDATE, DELETE ON walhook.backlog, walhook.subscription_state TO {role})"
+                ),
+            );
+            return;
+        }
+        Err(error) => {
+            report.query_failed("the walhook schema", &error.source);
+            return;
+        }
+    }
+    let (backlogs, states) = match (
+        store::backlog::summaries(client).await,
+        store::subscription_state::all(client).await,
+    ) {
+        (Ok(backlogs), Ok(states)) => (backlogs, states),
+        (Err(error), _) | (_, Err(error)) => {
+            report.query_failed("walhook.backlog", &error.source);
+            return;
+        }
+    };
+    let mut clean = true;
+    for subscription in &config.subscriptions {
+        let name = &subscription.name;
+        if states.get(name).is_some_and(|state| state.paused) {
+            clean = false;
+            report.warning(
+                format!("subscription {name:?} is paused: its events wait in walhook.backlog"),
+                format!("walhook resume {name}"),
+            );
+        }
+        let Some(backlog) = backlogs.get(name) else {
+            continue;
+        };
+        let mut status = crate::status::SubscriptionStatus::waiting(name, backlog);
+        status.warn_about_backlog(&config.delivery.backlog);
+        for warning in status.warnings {
+            clean = false;
+            report.warning(format!("subscription {name:?}: {warning}"), "");
+        }
+    }
+    if clean {
         report.pass();
     }
 }
