@@ -319,7 +319,20 @@ async fn stream_until_stopped(
         streamed = true;
         failures = 0;
 
-        let backlog = backlog_start(&catalog, params, &mut warned_no_backlog).await;
+        let backlog = match backlog_start(&catalog, params, start, &mut warned_no_backlog).await {
+            Ok(backlog) => backlog,
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, "cannot read walhook.backlog; retrying");
+                if retry::pause(reconnect_wait(failures), shutdown)
+                    .await
+                    .is_break()
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
         if backlog.is_some() {
             // Before the first event: a paused subscription sends nothing.
             match subscription_state::paused(&catalog).await {
@@ -416,39 +429,34 @@ async fn stream_until_stopped(
 /// The backlogs, and what they hold, when this role can use them; without
 /// them (a schema from before the backlog) a down endpoint holds the reader
 /// back once its memory budget is spent, which is said once.
+/// A backlog that cannot be read is an error (the connection is tried
+/// again): starting without it would send new events ahead of waiting ones.
 async fn backlog_start(
     catalog: &tokio_postgres::Client,
     params: &ConnectParams,
+    resumes_at: Lsn,
     warned: &mut bool,
-) -> Option<BacklogStart> {
-    let waiting = match backlog::usable(catalog).await {
-        Ok(true) => backlog::summaries(catalog).await,
-        Ok(false) => {
+) -> Result<Option<BacklogStart>, crate::store::StatementError> {
+    let waiting = match backlog::usable(catalog).await? {
+        true => backlog::summaries(catalog).await?,
+        false => {
             if !*warned {
                 tracing::warn!(
                     "walhook.backlog is missing or not writable for this role: a down or slow endpoint will hold back every subscription and the slot once its memory budget is spent. Run `walhook setup` (or the files of sql/ as an administrator) to create it"
                 );
                 *warned = true;
             }
-            return None;
+            return Ok(None);
         }
-        Err(error) => Err(error),
     };
-    match waiting {
-        Ok(waiting) => {
-            for (subscription, summary) in &waiting {
-                tracing::info!(%subscription, events = summary.events, "events wait in the backlog; they go before new ones");
-            }
-            Some(BacklogStart {
-                params: params.clone(),
-                waiting,
-            })
-        }
-        Err(error) => {
-            tracing::warn!(%error, "cannot read walhook.backlog; running without it on this connection");
-            None
-        }
+    for (subscription, summary) in &waiting {
+        tracing::info!(%subscription, events = summary.events, "events wait in the backlog; they go before new ones");
     }
+    Ok(Some(BacklogStart {
+        params: params.clone(),
+        waiting,
+        resumes_at,
+    }))
 }
 
 async fn drain(lanes: &mut JoinSet<()>) {

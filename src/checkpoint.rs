@@ -81,6 +81,11 @@ impl Checkpoint {
         self.open.len()
     }
 
+    /// Whether a transaction is being read (between Begin and Commit).
+    pub fn is_reading(&self) -> bool {
+        self.reading.is_some()
+    }
+
     /// A transaction begins (pgoutput Begin, which carries its commit time).
     pub fn begin(&mut self, commit_time_micros: i64) {
         debug_assert!(self.reading.is_none(), "begin inside a transaction");

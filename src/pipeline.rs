@@ -163,6 +163,9 @@ impl Pipeline {
                 // PRIORITY 1: shutdown. Everything read so far is handed to
                 // delivery; the caller drains it and sends the final status.
                 _ = &mut cancelled => {
+                    // Lanes of a paused or failing subscription wait for
+                    // this to hand what they hold to its backlog.
+                    delivery.follow_gates();
                     delivery.flush();
                     return Ok(());
                 }
@@ -183,8 +186,7 @@ impl Pipeline {
                 // PRIORITY 4: events read back from a backlog, for their
                 // lanes (or word that a backlog caught up).
                 Some(drained) = delivery.next_drained() => {
-                    delivery.take_drained(drained)?;
-                    delivery.flush();
+                    delivery.take_all_drained(drained)?;
                 }
                 // PRIORITY 5: the next message from the walsender.
                 message = self.stream.next() => {
@@ -199,6 +201,9 @@ impl Pipeline {
                         ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                             self.reporter.received = self.reporter.received.max(wal_end);
                             self.checkpoint.skip_to(wal_end);
+                            if !self.checkpoint.is_reading() {
+                                delivery.read_up_to(wal_end);
+                            }
                             if reply_requested {
                                 self.report(true).await?;
                             }
@@ -322,6 +327,7 @@ impl Pipeline {
                 self.decoder.commit();
                 self.checkpoint.commit(end_lsn);
                 self.reporter.received = self.reporter.received.max(end_lsn);
+                delivery.read_up_to(end_lsn);
             }
             PgOutputMessage::Relation(relation) => {
                 let table = self.decoder.relation(relation, &self.catalog).await?;

@@ -9,6 +9,7 @@ mod support;
 
 mod admin;
 mod backlog;
+mod backlog_edges;
 mod check;
 mod cli;
 mod contract;

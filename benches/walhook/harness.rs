@@ -110,6 +110,22 @@ struct Scenario {
     batch: usize,
     ordering: &'static str,
     failure_percent: u32,
+    kind: Kind,
+}
+
+/// What a scenario measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// From start to the last row answered.
+    Deliver,
+    /// The endpoint is down from the start: from start until the slot
+    /// confirmed the whole backlog (every row committed to
+    /// `walhook.backlog`); the next scenario's figures come from the same
+    /// run.
+    BacklogWrite,
+    /// After `BacklogWrite`: from the first answered probe to the last row
+    /// delivered out of `walhook.backlog`.
+    BacklogDrain,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -118,24 +134,42 @@ const SCENARIOS: &[Scenario] = &[
         batch: 1,
         ordering: "key",
         failure_percent: 0,
+        kind: Kind::Deliver,
     },
     Scenario {
         name: "batch=1 ordering=none",
         batch: 1,
         ordering: "none",
         failure_percent: 0,
+        kind: Kind::Deliver,
     },
     Scenario {
         name: "batch=100 ordering=key",
         batch: 100,
         ordering: "key",
         failure_percent: 0,
+        kind: Kind::Deliver,
     },
     Scenario {
         name: "batch=1 ordering=key 1% HTTP 500",
         batch: 1,
         ordering: "key",
         failure_percent: 1,
+        kind: Kind::Deliver,
+    },
+    Scenario {
+        name: "backlog write, endpoint down",
+        batch: 1,
+        ordering: "key",
+        failure_percent: 0,
+        kind: Kind::BacklogWrite,
+    },
+    Scenario {
+        name: "backlog drain",
+        batch: 1,
+        ordering: "key",
+        failure_percent: 0,
+        kind: Kind::BacklogDrain,
     },
 ];
 
@@ -194,10 +228,11 @@ async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Repo
     let selected: Vec<bool> = SCENARIOS
         .iter()
         .map(|scenario| {
-            options
-                .only
-                .as_ref()
-                .is_none_or(|only| scenario.name.contains(only.as_str()))
+            scenario.kind != Kind::BacklogDrain
+                && options.only.as_ref().is_none_or(|only| {
+                    scenario.name.contains(only.as_str())
+                        || (scenario.kind == Kind::BacklogWrite && only.contains("backlog"))
+                })
         })
         .collect();
     every.backlog = vec![Vec::new(); SCENARIOS.len()];
@@ -238,9 +273,25 @@ async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Repo
                 continue;
             }
             eprintln!("bench: walhook {}…", scenario.name);
-            let mut result = measure_walhook(postgres, &database, scenario, options.rows).await?;
-            result.ratio_of_ceiling = ceiling.map(|ceiling| result.rows_per_second / ceiling);
-            every.backlog[index].push(result);
+            let results = match scenario.kind {
+                Kind::Deliver => {
+                    vec![measure_walhook(postgres, &database, scenario, options.rows).await?]
+                }
+                Kind::BacklogWrite => {
+                    let (write, drain) =
+                        measure_backlog(postgres, &client, &database, scenario, options.rows)
+                            .await?;
+                    vec![write, drain]
+                }
+                // Measured with the write, just before.
+                Kind::BacklogDrain => Vec::new(),
+            };
+            for (offset, mut result) in results.into_iter().enumerate() {
+                result.ratio_of_ceiling = ceiling.map(|ceiling| result.rows_per_second / ceiling);
+                if let Some(runs) = every.backlog.get_mut(index + offset) {
+                    runs.push(result);
+                }
+            }
         }
         for (index, &rate) in options.live_rates.iter().enumerate() {
             eprintln!(
@@ -451,6 +502,10 @@ struct Sink {
     events: AtomicUsize,
     requests: AtomicU64,
     failure_percent: u32,
+    /// While set, every request is answered 503.
+    down: std::sync::atomic::AtomicBool,
+    /// When the first request was answered 2xx.
+    first_success: std::sync::Mutex<Option<Instant>>,
     arrived: Notify,
     /// Live mode: arrival instants by row id.
     arrivals: Option<std::sync::Mutex<Vec<Option<Instant>>>>,
@@ -458,6 +513,12 @@ struct Sink {
 
 async fn receive(State(sink): State<Arc<Sink>>, body: Bytes) -> StatusCode {
     sink.requests.fetch_add(1, Ordering::Relaxed);
+    if sink.down.load(Ordering::Relaxed) {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    if let Ok(mut first) = sink.first_success.lock() {
+        first.get_or_insert_with(Instant::now);
+    }
     if sink.failure_percent > 0 && fastrand::u32(0..100) < sink.failure_percent {
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
@@ -500,6 +561,8 @@ async fn start_sink(
         events: AtomicUsize::new(0),
         requests: AtomicU64::new(0),
         failure_percent,
+        down: std::sync::atomic::AtomicBool::new(false),
+        first_success: std::sync::Mutex::new(None),
         arrived: Notify::new(),
         arrivals: live_rows.map(|rows| std::sync::Mutex::new(vec![None; rows + 1])),
     });
@@ -531,6 +594,7 @@ fn walhook_config(
         [delivery]
         concurrency = 64
         backoff = {{ initial = "10ms", max = "1s" }}
+        breaker = {{ failures = 5, probe_interval = "500ms" }}
         [admin]
         listen = ""
         [[subscriptions]]
@@ -649,6 +713,128 @@ async fn measure_walhook(
         requests,
         receiver_cpu_us_per_request: Some(receiver_cpu * 1e6 / requests.max(1) as f64),
     })
+}
+
+/// The endpoint is down while walhook reads the backlog loaded in the slot:
+/// every row goes into `walhook.backlog`. Then it comes back and the rows
+/// drain from there. Returns (write, drain) figures.
+async fn measure_backlog(
+    postgres: &TempPostgres,
+    client: &tokio_postgres::Client,
+    database: &str,
+    scenario: &Scenario,
+    rows: u64,
+) -> Result<(BacklogResult, BacklogResult), BenchError> {
+    client
+        .batch_execute(include_str!("../../sql/001_walhook_schema.sql"))
+        .await
+        .map_err(|error| bench_error("creating the walhook schema", error))?;
+    let end: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|error| bench_error("reading the WAL position", error))?
+        .get(0);
+    let (sink, url) = start_sink(0, None).await?;
+    sink.down.store(true, Ordering::Relaxed);
+    let before = children_usage();
+    let started = Instant::now();
+    let daemon = spawn_walhook(&walhook_config(postgres, database, &url, scenario))?;
+    let pid = daemon.child.id();
+    let peak = watch_peak_rss(pid);
+    let cpu_now = || pid.map_or(0.0, process_cpu_seconds);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let stored: i64 = client
+            .query_one(
+                "SELECT count(*) FROM walhook.backlog WHERE subscription = 'bench'",
+                &[],
+            )
+            .await
+            .map_err(|error| bench_error("counting the backlog", error))?
+            .get(0);
+        let confirmed: bool = client
+            .query_one(
+                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots \
+                 WHERE slot_name = $2",
+                &[&end, &database],
+            )
+            .await
+            .map_err(|error| bench_error("reading the slot", error))?
+            .get(0);
+        if stored as u64 >= rows && confirmed {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(bench_error(
+                "writing the backlog",
+                format!("{stored} of {rows} rows stored within 600 s"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let write_seconds = started.elapsed().as_secs_f64();
+    let write_cpu = cpu_now();
+    sink.down.store(false, Ordering::Relaxed);
+    wait_for_events(&sink, rows as usize, Duration::from_secs(600)).await?;
+    let drained_at = Instant::now();
+    let drain_started = sink
+        .first_success
+        .lock()
+        .ok()
+        .and_then(|first| *first)
+        .unwrap_or(drained_at);
+    let drain_seconds = drained_at.duration_since(drain_started).as_secs_f64();
+    let drain_cpu = cpu_now() - write_cpu;
+    let peak_kb = pid.map(read_peak_rss_kb).unwrap_or(0);
+    peak.abort();
+    let _ = stop_walhook(daemon, before).await?;
+    let figures = |name: &str, seconds: f64, cpu: f64| BacklogResult {
+        scenario: name.into(),
+        rows,
+        seconds,
+        rows_per_second: rows as f64 / seconds,
+        cpu_us_per_row: cpu * 1e6 / rows as f64,
+        peak_rss_mb: peak_kb as f64 / 1024.0,
+        ratio_of_ceiling: None,
+        requests: sink.requests.load(Ordering::Relaxed),
+        receiver_cpu_us_per_request: None,
+    };
+    Ok((
+        figures(scenario.name, write_seconds, write_cpu),
+        figures(
+            SCENARIOS
+                .iter()
+                .find(|candidate| candidate.kind == Kind::BacklogDrain)
+                .map_or("backlog drain", |drain| drain.name),
+            drain_seconds,
+            drain_cpu.max(0.0),
+        ),
+    ))
+}
+
+/// The CPU time (user and system) a running process has used so far, from
+/// /proc (a child's rusage counts only once it has been reaped).
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces), from field 3.
+    let Some((_, after_name)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 (indices 11 and 12 here).
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |ticks| ticks as f64);
+    (ticks(11) + ticks(12)) / per_second
 }
 
 /// Seconds of live load before the latency figures start.

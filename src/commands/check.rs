@@ -867,6 +867,27 @@ async fn check_backlogs(
             report.warning(format!("subscription {name:?}: {warning}"), "");
         }
     }
+    for (name, backlog) in &backlogs {
+        if !config
+            .subscriptions
+            .iter()
+            .any(|subscription| subscription.name == *name)
+        {
+            clean = false;
+            report.warning(
+                format!(
+                    "walhook.backlog holds {} events of subscription {name:?}, which the config \
+                     no longer has: nothing will deliver them",
+                    backlog.events
+                ),
+                format!(
+                    "add the subscription back, or delete them: DELETE FROM walhook.backlog \
+                     WHERE subscription = '{}'",
+                    name.replace('\'', "''")
+                ),
+            );
+        }
+    }
     if clean {
         report.pass();
     }

@@ -177,11 +177,16 @@ fn duplicate_subscription_names_are_rejected() {
 fn the_example_config_loads_with_the_documented_delivery_settings() {
     // It reads its database URL from DATABASE_URL; every other value is
     // literal, so it must load as written.
-    let text = include_str!("../../config/walhook.example.toml")
-        .replace("\"env:DATABASE_URL\"", "\"postgres://walhook@localhost/app\"");
+    let text = include_str!("../../config/walhook.example.toml").replace(
+        "\"env:DATABASE_URL\"",
+        "\"postgres://walhook@localhost/app\"",
+    );
     let config = load(&text).unwrap();
     assert_eq!(config.delivery.breaker.failures, 5);
-    assert_eq!(config.delivery.breaker.probe_interval, Duration::from_secs(10));
+    assert_eq!(
+        config.delivery.breaker.probe_interval,
+        Duration::from_secs(10)
+    );
     assert_eq!(config.delivery.backlog.warn_megabytes, 1024);
 }
 

@@ -28,16 +28,21 @@ use super::{Claim, LaneLoad, Outbound, Shared, SubscriptionContext, budget_cost}
 use crate::event::event_id;
 use crate::lsn::Lsn;
 use crate::retry;
-use crate::store::backlog::{BacklogStore, Position, StoredEvent};
+use crate::store::backlog::{BacklogError, BacklogStore, Position, StoredEvent};
 use crate::store::dead_letters::DeadLetter;
 use crate::telemetry::ResponseClass;
 
 /// Messages the drainers may have queued for the reader.
 pub(super) const CHANNEL_EVENTS: usize = 1024;
-/// Rows read per statement.
+/// Rows read per statement, at most…
 const PAGE_EVENTS: i64 = 1000;
+/// … and about this many payload bytes (the next page is sized by the
+/// last one's rows), so large payloads do not make a large page.
+const PAGE_BYTES: usize = 4 << 20;
 /// How long a caught-up drainer waits before it looks again unasked.
 const CAUGHT_UP_RECHECK: Duration = Duration::from_secs(1);
+/// How often a drainer waiting for the reader looks again.
+const HORIZON_POLL: Duration = Duration::from_millis(20);
 /// Waits after a failed backlog statement (the database is the source's:
 /// the stream fails too if it is gone).
 const STATEMENT_RETRY: Duration = Duration::from_secs(1);
@@ -61,6 +66,8 @@ pub enum DrainMessage {
 #[derive(Debug)]
 pub struct BacklogClaim {
     position: Position,
+    /// Its payload's size, for the backlog-bytes gauge.
+    bytes: usize,
     generation: u64,
     ledger: Arc<Ledger>,
     resolved: bool,
@@ -70,7 +77,7 @@ impl BacklogClaim {
     pub(super) fn resolve(mut self) {
         self.resolved = true;
         if let Ok(mut delivered) = self.ledger.delivered.lock() {
-            delivered.push(self.position);
+            delivered.push((self.position, self.bytes));
         }
         self.ledger.changed.notify_one();
     }
@@ -93,8 +100,8 @@ impl Drop for BacklogClaim {
 /// What became of the events a drainer handed out.
 #[derive(Debug, Default)]
 struct Ledger {
-    /// Delivered or parked, row not yet deleted.
-    delivered: Mutex<Vec<Position>>,
+    /// Delivered or parked, row not yet deleted (with payload sizes).
+    delivered: Mutex<Vec<(Position, usize)>>,
     /// Let go unsent (their rows stay).
     dropped: AtomicU64,
     changed: Notify,
@@ -109,6 +116,15 @@ pub(super) struct Drainer {
     pub(super) to_reader: mpsc::Sender<DrainMessage>,
     pub(super) loads: Vec<Arc<LaneLoad>>,
     pub(super) closing: CancellationToken,
+    /// The position of the newest event the backlog held when delivery
+    /// started (0: none). The slot may send changes again from before it
+    /// (their claims were in memory when walhook stopped): nothing is read
+    /// back until the reader has passed it and they are stored, or a
+    /// replayed change would arrive after a newer one of its key.
+    pub(super) horizon: u64,
+    /// How far the reader has read and handed everything to delivery (the
+    /// end of the last transaction, or an idle keepalive's position).
+    pub(super) reader_position: Arc<AtomicU64>,
 }
 
 /// Counts of one pass: rows handed out, and of those, deleted or dropped.
@@ -122,6 +138,7 @@ struct PassCount {
 impl Drainer {
     pub(super) async fn run(self) {
         let ledger = Arc::new(Ledger::default());
+        let mut caught_up_with_stream = false;
         loop {
             if self.closing.is_cancelled() || self.shared.abandon.is_cancelled() {
                 self.finish(&ledger).await;
@@ -133,12 +150,46 @@ impl Drainer {
                 self.wait_for_change(&ledger, None).await;
                 continue;
             }
+            if !caught_up_with_stream {
+                caught_up_with_stream = self.past_horizon(&ledger).await;
+                continue;
+            }
             if gate.breaker.is_open() {
                 self.probe(&ledger).await;
                 continue;
             }
             self.pass(&ledger).await;
+            if gate.holds_back() {
+                // What it handed out and was not sent is stale now: its
+                // rows stay for the next pass.
+                gate.next_generation();
+            }
         }
+    }
+
+    /// Whether the reader has passed [`Drainer::horizon`] and everything it
+    /// sent to the backlog up to then is stored; waits a little otherwise.
+    async fn past_horizon(&self, ledger: &Ledger) -> bool {
+        if self.reader_position.load(Ordering::Acquire) <= self.horizon {
+            self.wait_for_change(ledger, Some(HORIZON_POLL)).await;
+            return false;
+        }
+        self.all_spills_stored(ledger).await
+    }
+
+    /// Waits until every event sent to the backlog so far is stored (lanes
+    /// hand events back to it when the circuit opens; a pass must see them).
+    /// False when delivery closed first.
+    async fn all_spills_stored(&self, ledger: &Ledger) -> bool {
+        let gate = &self.context.gate;
+        let requested = gate.requested();
+        while gate.committed() < requested {
+            if self.closing.is_cancelled() || self.shared.abandon.is_cancelled() {
+                return false;
+            }
+            self.wait_for_change(ledger, Some(HORIZON_POLL)).await;
+        }
+        true
     }
 
     /// Waits until the gate or the ledger changes, delivery closes, or
@@ -154,35 +205,49 @@ impl Drainer {
         }
     }
 
-    /// Waits until every lane is idle; false when delivery closed first.
+    /// Waits until every lane is idle at once (an event may reach a lane
+    /// already looked at, so it sweeps until one sweep waited for none);
+    /// false when delivery closed first.
     async fn lanes_idle(&self) -> bool {
-        for load in &self.loads {
-            tokio::select! {
-                _ = self.closing.cancelled() => return false,
-                _ = self.shared.abandon.cancelled() => return false,
-                _ = load.wait_idle() => {}
+        loop {
+            let mut waited = false;
+            for load in &self.loads {
+                if load.is_idle() {
+                    continue;
+                }
+                waited = true;
+                tokio::select! {
+                    _ = self.closing.cancelled() => return false,
+                    _ = self.shared.abandon.cancelled() => return false,
+                    _ = load.wait_idle() => {}
+                }
+            }
+            if !waited {
+                return true;
             }
         }
-        true
     }
 
     /// Deletes the rows of delivered events; returns how many were deleted.
     async fn delete_delivered(&self, ledger: &Ledger) -> u64 {
-        let positions: Vec<Position> = match ledger.delivered.lock() {
+        let delivered: Vec<(Position, usize)> = match ledger.delivered.lock() {
             Ok(mut delivered) => std::mem::take(&mut *delivered),
             Err(_) => return 0,
         };
-        if positions.is_empty() {
+        if delivered.is_empty() {
             return 0;
         }
+        let positions: Vec<Position> = delivered.iter().map(|(position, _)| *position).collect();
+        let bytes: usize = delivered.iter().map(|(_, bytes)| bytes).sum();
         loop {
             match self.store.delete(&positions).await {
                 Ok(deleted) => {
                     if let Some(handles) = &self.context.metrics.handles {
                         handles.backlog_events.dec_by(deleted as i64);
-                        if handles.backlog_events.get() <= 0 {
-                            handles.backlog_events.set(0);
-                            handles.backlog_bytes.set(0);
+                        handles.backlog_bytes.dec_by(bytes as i64);
+                        if handles.backlog_events.get() <= 0 || handles.backlog_bytes.get() < 0 {
+                            handles.backlog_events.set(handles.backlog_events.get().max(0));
+                            handles.backlog_bytes.set(handles.backlog_bytes.get().max(0));
                         }
                     }
                     return positions.len() as u64;
@@ -215,27 +280,36 @@ impl Drainer {
     /// Reads the backlog from the start and hands every event out, until
     /// it has caught up and the reader went live, or the gate closes.
     async fn pass(&self, ledger: &Arc<Ledger>) {
-        if !self.lanes_idle().await {
+        let gate = &self.context.gate;
+        // Anything of an earlier pass still on its way is stale from here.
+        let generation = gate.next_generation();
+        if !self.lanes_idle().await || !self.all_spills_stored(ledger).await {
             return;
         }
-        let gate = &self.context.gate;
+        // Rows delivered by earlier passes go before this one reads.
+        self.delete_delivered(ledger).await;
         let mut count = PassCount {
             deleted: 0,
             handed: 0,
             dropped_at_start: ledger.dropped.load(Ordering::Acquire),
         };
-        count.deleted += self.delete_delivered(ledger).await;
-        let generation = gate.next_generation();
         let mut cursor: Option<Position> = None;
+        let mut page = PAGE_EVENTS;
+        // The next page, read while the last one was handed out, with the
+        // count of events committed to the backlog before that read began.
+        let mut prefetched: Option<(u64, Result<Vec<StoredEvent>, BacklogError>)> = None;
         loop {
             if self.closing.is_cancelled() || gate.holds_back() || !gate.is_backlogged() {
                 return;
             }
-            count.deleted += self.delete_delivered(ledger).await;
-            // Read before the rows: every event committed by then is in
-            // what the statement sees.
-            let committed = gate.committed();
-            let rows = match self.store.read_after(cursor, PAGE_EVENTS).await {
+            let (committed, read) = match prefetched.take() {
+                Some(prefetched) => prefetched,
+                None => {
+                    count.deleted += self.delete_delivered(ledger).await;
+                    self.read_page(cursor, page).await
+                }
+            };
+            let rows = match read {
                 Ok(rows) => rows,
                 Err(error) => {
                     tracing::warn!(subscription = %gate.name, %error, "cannot read walhook.backlog; retrying");
@@ -243,7 +317,7 @@ impl Drainer {
                     continue;
                 }
             };
-            if rows.is_empty() {
+            let Some(last) = rows.last().map(|row| row.position) else {
                 if let Some(position) = cursor
                     && self.missed_rows(position, &count, ledger).await
                 {
@@ -256,6 +330,14 @@ impl Drainer {
                     }
                     return;
                 }
+                if self.outstanding(&count, ledger) > 0 {
+                    // Going live now could let a new event of a key pass
+                    // a drained one not yet deleted (sent again after a
+                    // crash, after it): wait until they are gone.
+                    self.wait_for_change(ledger, Some(CAUGHT_UP_RECHECK)).await;
+                    count.deleted += self.delete_delivered(ledger).await;
+                    continue;
+                }
                 let caught_up = DrainMessage::CaughtUp {
                     subscription: self.subscription,
                     through: committed,
@@ -265,15 +347,54 @@ impl Drainer {
                 }
                 self.wait_for_change(ledger, Some(CAUGHT_UP_RECHECK)).await;
                 continue;
+            };
+            let bytes: usize = rows.iter().map(|row| row.payload.len()).sum();
+            page = next_page(rows.len(), bytes);
+            cursor = Some(last);
+            let handed = rows.len() as u64;
+            // The lanes get this page while the next one is read and the
+            // delivered rows are deleted: statements never leave the lanes
+            // without work.
+            let (handed_out, next, deleted) = tokio::join!(
+                self.hand_out_all(rows, generation, ledger),
+                self.read_page(cursor, page),
+                self.delete_delivered(ledger),
+            );
+            count.deleted += deleted;
+            if handed_out.is_break() {
+                return;
             }
-            for row in rows {
-                cursor = Some(row.position);
-                if self.hand_out(row, generation, ledger).await.is_break() {
-                    return;
-                }
-                count.handed += 1;
-            }
+            count.handed += handed;
+            prefetched = Some(next);
         }
+    }
+
+    /// Reads a page after `cursor`, with the count of events committed to
+    /// the backlog before the read began (all of them are in what it sees).
+    async fn read_page(
+        &self,
+        cursor: Option<Position>,
+        page: i64,
+    ) -> (u64, Result<Vec<StoredEvent>, BacklogError>) {
+        let committed = self.context.gate.committed();
+        (committed, self.store.read_after(cursor, page).await)
+    }
+
+    /// Hands out a page's events in order.
+    async fn hand_out_all(
+        &self,
+        rows: Vec<StoredEvent>,
+        generation: u64,
+        ledger: &Arc<Ledger>,
+    ) -> ControlFlow<()> {
+        let gate = &self.context.gate;
+        for row in rows {
+            if gate.holds_back() || !gate.is_backlogged() {
+                return ControlFlow::Break(());
+            }
+            self.hand_out(row, generation, ledger).await?;
+        }
+        ControlFlow::Continue(())
     }
 
     /// Events handed out in this pass whose rows are still there.
@@ -293,7 +414,9 @@ impl Drainer {
     async fn missed_rows(&self, cursor: Position, count: &PassCount, ledger: &Ledger) -> bool {
         match self.store.count_up_to(cursor).await {
             Ok(stored) => u64::try_from(stored).unwrap_or(0) > self.outstanding(count, ledger),
-            Err(_) => false,
+            // Unknown: read again from the start rather than go live past
+            // rows that may be there.
+            Err(_) => true,
         }
     }
 
@@ -344,22 +467,41 @@ impl Drainer {
     /// stays open until the next probe.
     async fn probe(&self, ledger: &Arc<Ledger>) {
         let gate = &self.context.gate;
+        let generation = gate.next_generation();
         let due = gate.breaker.next_probe_at();
         tokio::select! {
             _ = self.closing.cancelled() => return,
             _ = gate.changed() => return,
             _ = tokio::time::sleep_until(due) => {}
         }
-        if !gate.breaker.is_open() || gate.is_paused() || !self.lanes_idle().await {
+        if !gate.breaker.is_open()
+            || gate.is_paused()
+            || !self.lanes_idle().await
+            || !self.all_spills_stored(ledger).await
+        {
             return;
         }
         self.delete_delivered(ledger).await;
-        let oldest = match self.store.read_after(None, 1).await {
-            Ok(mut rows) => rows.pop(),
-            Err(error) => {
-                tracing::warn!(subscription = %gate.name, %error, "cannot read walhook.backlog for a probe; retrying");
-                gate.breaker.probed();
-                return;
+        let oldest = loop {
+            let row = match self.store.read_after(None, 1).await {
+                Ok(mut rows) => rows.pop(),
+                Err(error) => {
+                    tracing::warn!(subscription = %gate.name, %error, "cannot read walhook.backlog for a probe; retrying");
+                    gate.breaker.probed();
+                    return;
+                }
+            };
+            // An event to be parked is parked at its turn, never sent.
+            match row {
+                Some(row) if row.park_reason.is_some() => {
+                    let event = outbound(&gate.name, row, generation, ledger);
+                    let reason = event.park.clone().unwrap_or_default();
+                    if self.park(event, None, &reason).await.is_break() {
+                        return;
+                    }
+                    self.delete_delivered(ledger).await;
+                }
+                row => break row,
             }
         };
         let Some(row) = oldest else {
@@ -367,7 +509,7 @@ impl Drainer {
             gate.close_circuit();
             return;
         };
-        let event = outbound(&gate.name, row, gate.generation(), ledger);
+        let event = outbound(&gate.name, row, generation, ledger);
         let endpoint = &self.context.endpoint;
         let request = RequestBody::for_events(std::slice::from_ref(&event), endpoint.batched());
         let outcome = {
@@ -389,36 +531,23 @@ impl Drainer {
             Verdict::Delivered => {
                 if let Some(handles) = &self.context.metrics.handles {
                     handles.delivered.inc();
+                    let now = crate::pgtime::micros_since_2000(std::time::SystemTime::now());
+                    let latency = now.saturating_sub(event.commit_time_micros).max(0);
+                    handles.latency.observe(latency as f64 / 1e6);
                 }
                 tracing::info!(subscription = %gate.name, "endpoint answers again; draining its backlog");
                 event.claim.resolve();
             }
             Verdict::GiveUp => {
-                let letter = DeadLetter {
-                    subscription: &gate.name,
-                    event_id: event.id.as_str(),
-                    payload: &event.body,
-                    last_status: outcome.status(),
-                    last_error: &outcome.to_string(),
-                    attempts: 1,
-                    first_attempt_at: std::time::SystemTime::now(),
-                };
-                let stored = retry::until_ok(
-                    &self.shared.config.backoff,
-                    STATEMENT_RETRY,
-                    &self.shared.abandon,
-                    || self.shared.dead_letters.store(&letter),
-                    |error, _| tracing::error!(subscription = %gate.name, %error, "cannot store a dead letter"),
-                )
-                .await;
-                if stored.is_break() {
+                let failure = outcome.to_string();
+                tracing::warn!(subscription = %gate.name, event_id = %event.id, %failure, "the probe event was rejected; parked as a dead letter, and the endpoint, which answers, gets the rest");
+                if self
+                    .park(event, outcome.status(), &failure)
+                    .await
+                    .is_break()
+                {
                     return;
                 }
-                if let Some(handles) = &self.context.metrics.handles {
-                    handles.dead_lettered.inc();
-                }
-                tracing::warn!(subscription = %gate.name, event_id = %event.id, failure = %outcome, "the probe event was rejected; parked as a dead letter, and the endpoint, which answers, gets the rest");
-                event.claim.resolve();
             }
             Verdict::Retry { .. } => {
                 gate.breaker.probed();
@@ -429,6 +558,43 @@ impl Drainer {
         self.delete_delivered(ledger).await;
         gate.close_circuit();
     }
+
+    /// Stores `event` as a dead letter (retrying until it works) and
+    /// resolves its claim. `Break` when abandoned.
+    async fn park(&self, event: Outbound, status: Option<u16>, error: &str) -> ControlFlow<()> {
+        let gate = &self.context.gate;
+        let letter = DeadLetter {
+            subscription: &gate.name,
+            event_id: event.id.as_str(),
+            payload: &event.body,
+            last_status: status,
+            last_error: error,
+            attempts: u32::from(status.is_some()),
+            first_attempt_at: std::time::SystemTime::now(),
+        };
+        retry::until_ok(
+            &self.shared.config.backoff,
+            STATEMENT_RETRY,
+            &self.shared.abandon,
+            || self.shared.dead_letters.store(&letter),
+            |error, _| tracing::error!(subscription = %gate.name, %error, "cannot store a dead letter"),
+        )
+        .await?;
+        if let Some(handles) = &self.context.metrics.handles {
+            handles.dead_lettered.inc();
+        }
+        event.claim.resolve();
+        ControlFlow::Continue(())
+    }
+}
+
+/// How many rows to read next, after a page of `rows` rows and `bytes`
+/// payload bytes.
+fn next_page(rows: usize, bytes: usize) -> i64 {
+    let average = (bytes / rows.max(1)).max(1);
+    i64::try_from(PAGE_BYTES / average)
+        .unwrap_or(PAGE_EVENTS)
+        .clamp(1, PAGE_EVENTS)
 }
 
 /// An event read back from the backlog, for the lanes. Its id is made again
@@ -439,6 +605,7 @@ fn outbound(
     generation: u64,
     ledger: &Arc<Ledger>,
 ) -> Outbound {
+    let bytes = row.payload.len();
     Outbound {
         id: event_id(subscription, Lsn(row.position.commit_lsn), row.position.ordinal),
         position: row.position,
@@ -450,6 +617,7 @@ fn outbound(
         barrier: row.barrier,
         claim: Claim::Backlog(BacklogClaim {
             position: row.position,
+            bytes,
             generation,
             ledger: Arc::clone(ledger),
             resolved: false,
@@ -457,3 +625,16 @@ fn outbound(
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_shrink_for_large_payloads_and_never_vanish() {
+        assert_eq!(next_page(1000, 400_000), PAGE_EVENTS, "small rows: full pages");
+        assert_eq!(next_page(10, 10 << 20), 4, "1 MiB rows: four a page");
+        assert_eq!(next_page(1, 100 << 20), 1, "a huge row still gets read");
+        assert_eq!(next_page(0, 0), PAGE_EVENTS, "an empty page keeps the size");
+    }
+}

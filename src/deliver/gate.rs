@@ -128,6 +128,13 @@ impl Gate {
         }
     }
 
+    /// A new delivery starts: the spills of the last one are over (stored,
+    /// or abandoned and to be read again from the slot).
+    pub(super) fn reset_spill_counts(&self) {
+        self.spill_requested.store(0, Ordering::Release);
+        self.spill_committed.store(0, Ordering::Release);
+    }
+
     pub(super) fn spill_requested(&self, events: u64) {
         self.spill_requested.fetch_add(events, Ordering::AcqRel);
     }

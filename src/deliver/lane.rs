@@ -61,12 +61,28 @@ pub(super) async fn run_lane(
             load.finished(1);
             continue;
         }
-        if context.spills() {
-            // Paused, or the circuit is open: the backlog takes it, and the
-            // checkpoint may pass it once it is stored there.
-            budget.add_permits(first.cost as usize);
-            context.spill_back([first.event]);
-            load.finished(1);
+        if context.spill.is_some() && context.gate.holds_back() {
+            // Paused, or the circuit is open: the backlog takes it (once the
+            // reader sends new events there too), and the checkpoint may
+            // pass it once it is stored there.
+            let mut events = vec![first.event];
+            match spill_if_held_back(&context, &shared, &mut events).await {
+                ControlFlow::Break(()) => return,
+                ControlFlow::Continue(true) => {
+                    budget.add_permits(first.cost as usize);
+                    load.finished(1);
+                    continue;
+                }
+                ControlFlow::Continue(false) => {}
+            }
+            let Some(event) = events.pop() else {
+                continue;
+            };
+            queue.push_front(Queued {
+                event,
+                cost: first.cost,
+                payload: 0..0,
+            });
             continue;
         }
         if let Some(reason) = first.event.park.clone() {
@@ -283,7 +299,9 @@ async fn deliver(
         metrics.failures.failed(&endpoint.name, &outcome);
         tracing::debug!(subscription = %endpoint.name, attempt, failure = %outcome, "delivery failed");
         last_failure = Some(outcome);
-        if context.gate.request_failed() {
+        // Without a backlog there is nowhere to wait: the breaker stays
+        // out of it, and the retries go on as before.
+        if context.spill.is_some() && context.gate.request_failed() {
             tracing::warn!(subscription = %endpoint.name, failures = attempts_made, "circuit open: the endpoint keeps failing; its events wait in walhook.backlog and one probe at a time tests it");
         }
         if spill_if_held_back(context, shared, events).await? {
@@ -379,6 +397,7 @@ async fn spill_if_held_back(
     tokio::select! {
         biased;
         _ = shared.abandon.cancelled() => return ControlFlow::Break(()),
+        _ = context.closing.cancelled() => {}
         _ = context.gate.until(|gate| !gate.holds_back() || gate.is_backlogged()) => {}
     }
     if !context.spills() {

@@ -46,7 +46,7 @@ mod spill;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -59,6 +59,7 @@ use crate::config::{
     BatchConfig, DeliveryConfig, DeliveryOrder, MAX_CONCURRENCY, SubscriptionConfig,
 };
 use crate::event::EventId;
+use crate::lsn::Lsn;
 use crate::pgconn::ConnectParams;
 use crate::store::backlog::{BacklogStore, Position, Summary};
 use crate::store::dead_letters::DeadLetters;
@@ -153,6 +154,9 @@ pub struct Delivery {
     drained: Option<mpsc::Receiver<DrainMessage>>,
     /// Cancelled when delivery is dropped: the drainers end.
     closing: CancellationToken,
+    /// How far the reader has handed everything it read to delivery; see
+    /// [`Delivery::read_up_to`].
+    reader_position: Arc<AtomicU64>,
 }
 
 impl Drop for Delivery {
@@ -172,6 +176,8 @@ pub struct Stores {
 pub struct BacklogStart {
     pub params: ConnectParams,
     pub waiting: HashMap<String, Summary>,
+    /// Where the stream resumes (the slot's confirmed position).
+    pub resumes_at: Lsn,
 }
 
 /// What [`Delivery::try_submit`] did with an event.
@@ -231,13 +237,20 @@ struct SubscriptionContext {
     batch: BatchConfig,
     /// The way into the backlog; `None` when there is no usable one.
     spill: Option<mpsc::UnboundedSender<Vec<SpillItem>>>,
+    /// Cancelled once the reader has stopped (delivery dropped): no new
+    /// events come the live way any more.
+    closing: CancellationToken,
 }
 
 impl SubscriptionContext {
     /// Whether the lanes should hand their events to the backlog rather
-    /// than send them (paused, or circuit open, with a backlog to hold them).
+    /// than send them: paused, or circuit open, with a backlog to hold them,
+    /// and the reader already sending new events there too (or stopped) —
+    /// else a new event could go live ahead of them.
     fn spills(&self) -> bool {
-        self.spill.is_some() && self.gate.holds_back()
+        self.spill.is_some()
+            && self.gate.holds_back()
+            && (self.gate.is_backlogged() || self.closing.is_cancelled())
     }
 
     /// Hands events a lane holds to the backlog: a change from the stream is
@@ -477,6 +490,9 @@ impl Delivery {
         });
         let closing = CancellationToken::new();
         let (drained_sender, drained) = mpsc::channel(drain::CHANNEL_EVENTS);
+        let reader_position = Arc::new(AtomicU64::new(
+            backlog.as_ref().map_or(0, |backlog| backlog.resumes_at.0),
+        ));
         let mut all = Vec::with_capacity(subscriptions.len());
         for (index, subscription) in subscriptions.iter().enumerate() {
             let endpoint = Arc::new(Endpoint::new(subscription)?);
@@ -484,17 +500,20 @@ impl Delivery {
                 Some(gate) => Arc::clone(gate),
                 None => Arc::new(Gate::new(&subscription.name, config.breaker)),
             };
+            gate.reset_spill_counts();
             let handles = metrics.subscription(index).cloned();
             let buffer = Arc::new(Semaphore::new(SUBSCRIPTION_BUFFER_BYTES));
             let spill_budget = Arc::new(Semaphore::new(SPILL_BUFFER_BYTES));
             let mut spill = None;
             let mut store = None;
+            let mut horizon = 0;
             if let Some(backlog) = &backlog {
                 let opened = Arc::new(BacklogStore::new(
                     &subscription.name,
                     backlog.params.clone(),
                 ));
                 let waiting = backlog.waiting.get(&subscription.name);
+                horizon = waiting.map_or(0, |summary| summary.last_commit_lsn);
                 if let Some(handles) = &handles {
                     let summary = waiting.cloned().unwrap_or_default();
                     handles.backlog_events.set(summary.events);
@@ -527,6 +546,7 @@ impl Delivery {
                 in_flight: Semaphore::new(concurrency),
                 batch: subscription.batch,
                 spill,
+                closing: closing.clone(),
             });
             let lane_count = match subscription.ordering {
                 DeliveryOrder::Strict => 1,
@@ -558,6 +578,8 @@ impl Delivery {
                     to_reader: drained_sender.clone(),
                     loads: lanes.iter().map(|lane| Arc::clone(&lane.load)).collect(),
                     closing: closing.clone(),
+                    horizon,
+                    reader_position: Arc::clone(&reader_position),
                 };
                 tasks.spawn(drainer.run());
             }
@@ -579,6 +601,7 @@ impl Delivery {
             held_events: 0,
             drained: backlog.is_some().then_some(drained),
             closing,
+            reader_position,
         })
     }
 
@@ -791,6 +814,15 @@ impl Delivery {
         self.enqueue(subscription, lane, event, payload, cost)
     }
 
+    /// The reader has handed delivery every event of the stream before
+    /// `position` (a transaction's end, or an idle keepalive's position).
+    /// A drainer reads its backlog back only once the reader has passed
+    /// what the backlog held at start.
+    pub fn read_up_to(&self, position: Lsn) {
+        self.reader_position
+            .fetch_max(position.0, AtomicOrdering::AcqRel);
+    }
+
     /// The next message of a drainer (never, without backlogs). Cancel-safe.
     pub async fn next_drained(&mut self) -> Option<DrainMessage> {
         match &mut self.drained {
@@ -799,11 +831,30 @@ impl Delivery {
         }
     }
 
+    /// Takes `first` and every drainer message already waiting behind it,
+    /// then hands them to the lanes at once: one wake-up per lane for a
+    /// page of the backlog, as for a burst from the stream.
+    pub fn take_all_drained(&mut self, first: DrainMessage) -> Result<(), DeliveryClosed> {
+        self.take_drained(first)?;
+        for _ in 0..drain::CHANNEL_EVENTS {
+            let Some(next) = self
+                .drained
+                .as_mut()
+                .and_then(|drained| drained.try_recv().ok())
+            else {
+                break;
+            };
+            self.take_drained(next)?;
+        }
+        self.flush();
+        Ok(())
+    }
+
     /// Acts on a drainer's message: an event read back from the backlog is
     /// placed like a live one (its budget share is paid); a drainer that
     /// caught up lets the subscription go back to live delivery, if every
     /// event the reader sent to the backlog was read back by then.
-    pub fn take_drained(&mut self, message: DrainMessage) -> Result<(), DeliveryClosed> {
+    fn take_drained(&mut self, message: DrainMessage) -> Result<(), DeliveryClosed> {
         match message {
             DrainMessage::Event {
                 subscription,
@@ -1031,6 +1082,7 @@ mod tests {
             in_flight: Semaphore::new(1),
             batch: BatchConfig::default(),
             spill: None,
+            closing: CancellationToken::new(),
         });
         let delivery = Delivery {
             subscriptions: vec![SubscriptionLanes {
@@ -1048,6 +1100,7 @@ mod tests {
             held_events: 0,
             drained: None,
             closing: CancellationToken::new(),
+            reader_position: Arc::new(AtomicU64::new(0)),
         };
         (delivery, receivers)
     }

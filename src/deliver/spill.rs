@@ -90,10 +90,10 @@ pub(super) async fn run_spiller(
         gate.spill_committed(stored.len() as u64);
         if let Some(metrics) = &metrics {
             let bytes: usize = stored.iter().map(|event| event.payload.len()).sum();
-            // Events stored already (read again after a restart) add no row.
-            if added == stored.len() as u64 {
-                metrics.backlog_bytes.inc_by(bytes as i64);
-            }
+            // Events stored already (read again after a restart) add no
+            // row; their bytes are then counted once more, until the next
+            // start reads the sizes again.
+            metrics.backlog_bytes.inc_by(bytes as i64);
             metrics.backlog_events.inc_by(added as i64);
         }
     }

@@ -48,13 +48,29 @@ pub enum BacklogError {
     Payload,
 }
 
-/// One subscription's backlog, over a connection of its own (opened when
-/// first needed, so a subscription that never falls behind costs none).
+/// One subscription's backlog, over two connections of its own (each opened
+/// when first needed, so a subscription that never falls behind costs
+/// none): appends on one, reads and deletes on the other, each set up for
+/// its statements (see [`APPENDER_SETTINGS`], [`DRAINER_SETTINGS`]).
 pub struct BacklogStore {
     subscription: String,
     params: ConnectParams,
-    client: Mutex<Option<Arc<tokio_postgres::Client>>>,
+    appender: Mutex<Option<Arc<tokio_postgres::Client>>>,
+    drainer: Mutex<Option<Arc<tokio_postgres::Client>>>,
 }
+
+/// The appender's session: no JIT (a multi-row INSERT compiles for longer
+/// than it runs). Commits stay synchronous: an event's claim on the slot
+/// resolves once its row is committed, so the row must survive a crash.
+const APPENDER_SETTINGS: &str = "SET jit = off";
+
+/// The drainer's session. Its reads walk the primary key in order, which a
+/// planner without statistics for a backlog that just grew would not do (it
+/// sorted all of it, 50 ms a page), so other plans are off — and JIT, which
+/// the resulting costs would trigger. Its deletes need not be durable at
+/// once: a delete lost in a crash only sends an event again, with its id.
+const DRAINER_SETTINGS: &str = "SET jit = off; SET enable_seqscan = off; \
+     SET enable_bitmapscan = off; SET enable_sort = off; SET synchronous_commit = off";
 
 const APPEND: &str = "INSERT INTO walhook.backlog (subscription, commit_lsn, ordinal, event_id, \
          ordering_key, previous_ordering_key, barrier, park_reason, commit_time, payload) \
@@ -76,8 +92,11 @@ const READ: &str = "SELECT commit_lsn, ordinal, event_id, ordering_key, previous
      WHERE subscription = $1 AND (commit_lsn, ordinal) > ($2, $3) \
      ORDER BY commit_lsn, ordinal LIMIT $4";
 
-const DELETE: &str = "DELETE FROM walhook.backlog WHERE subscription = $1 \
-     AND (commit_lsn, ordinal) IN (SELECT * FROM unnest($2::bigint[], $3::bigint[]))";
+// A join on the primary key: one index probe per delivered event, never a
+// scan of the whole backlog.
+const DELETE: &str = "DELETE FROM walhook.backlog AS b \
+     USING unnest($2::bigint[], $3::bigint[]) AS d(commit_lsn, ordinal) \
+     WHERE b.subscription = $1 AND b.commit_lsn = d.commit_lsn AND b.ordinal = d.ordinal";
 
 const COUNT_UP_TO: &str = "SELECT count(*) FROM walhook.backlog \
      WHERE subscription = $1 AND (commit_lsn, ordinal) <= ($2, $3)";
@@ -100,22 +119,40 @@ impl BacklogStore {
         BacklogStore {
             subscription: subscription.to_owned(),
             params,
-            client: Mutex::new(None),
+            appender: Mutex::new(None),
+            drainer: Mutex::new(None),
         }
     }
 
-    /// The connection, opened if needed. Statements of the spiller and the
-    /// drainer share it (pipelined), each holding its own handle.
-    async fn client(&self) -> Result<Arc<tokio_postgres::Client>, BacklogError> {
-        let mut guard = self.client.lock().await;
+    /// The appender's connection, opened if needed.
+    async fn appender(&self) -> Result<Arc<tokio_postgres::Client>, BacklogError> {
+        self.connection(&self.appender, APPENDER_SETTINGS).await
+    }
+
+    /// The drainer's connection, opened if needed.
+    async fn drainer(&self) -> Result<Arc<tokio_postgres::Client>, BacklogError> {
+        self.connection(&self.drainer, DRAINER_SETTINGS).await
+    }
+
+    /// The connection in `slot`, opened with `settings` if there is none (or
+    /// it closed). Concurrent statements pipeline on it.
+    async fn connection(
+        &self,
+        slot: &Mutex<Option<Arc<tokio_postgres::Client>>>,
+        settings: &'static str,
+    ) -> Result<Arc<tokio_postgres::Client>, BacklogError> {
+        let mut guard = slot.lock().await;
         if let Some(client) = guard.as_ref().filter(|client| !client.is_closed()) {
             return Ok(Arc::clone(client));
         }
-        let client = Arc::new(
-            connect_sql(&self.params)
-                .await
-                .map_err(|error| BacklogError::Connect(error.to_string()))?,
-        );
+        let client = connect_sql(&self.params)
+            .await
+            .map_err(|error| BacklogError::Connect(error.to_string()))?;
+        client
+            .batch_execute(settings)
+            .await
+            .map_err(failed(settings))?;
+        let client = Arc::new(client);
         *guard = Some(Arc::clone(&client));
         Ok(client)
     }
@@ -144,7 +181,7 @@ impl BacklogStore {
             commit_times.push(event.commit_time_micros);
             payloads.push(std::str::from_utf8(&event.payload).map_err(|_| BacklogError::Payload)?);
         }
-        let client = self.client().await?;
+        let client = self.appender().await?;
         client
             .execute(
                 APPEND,
@@ -178,7 +215,7 @@ impl BacklogStore {
             None => (i64::MIN, i64::MIN),
         };
         // -2^63 sorts before every position.
-        let client = self.client().await?;
+        let client = self.drainer().await?;
         let rows = client
             .query(READ, &[&self.subscription, &lsn, &ordinal, &limit])
             .await
@@ -216,7 +253,7 @@ impl BacklogStore {
             .iter()
             .map(|position| i64::from(position.ordinal))
             .collect();
-        let client = self.client().await?;
+        let client = self.drainer().await?;
         client
             .execute(DELETE, &[&self.subscription, &lsns, &ordinals])
             .await
@@ -226,7 +263,7 @@ impl BacklogStore {
 
     /// How many events are stored at or before `position`.
     pub async fn count_up_to(&self, position: Position) -> Result<i64, BacklogError> {
-        let client = self.client().await?;
+        let client = self.drainer().await?;
         client
             .query_one(
                 COUNT_UP_TO,
@@ -282,6 +319,8 @@ pub async fn oldest_age_seconds(
 pub struct Summary {
     pub events: i64,
     pub bytes: i64,
+    /// The commit LSN of the newest waiting event.
+    pub last_commit_lsn: u64,
     /// Age of the oldest waiting event's commit, in seconds.
     pub oldest_seconds: Option<f64>,
 }
@@ -292,7 +331,7 @@ pub async fn summaries(
 ) -> Result<std::collections::HashMap<String, Summary>, StatementError> {
     const QUERY: &str = "SELECT subscription, count(*), \
              coalesce(sum(octet_length(payload::text)), 0)::bigint, \
-             extract(epoch FROM now() - min(commit_time))::float8 \
+             extract(epoch FROM now() - min(commit_time))::float8, max(commit_lsn) \
          FROM walhook.backlog GROUP BY subscription";
     client
         .query(QUERY, &[])
@@ -306,6 +345,7 @@ pub async fn summaries(
                             events: row.try_get(1)?,
                             bytes: row.try_get(2)?,
                             oldest_seconds: row.try_get(3)?,
+                            last_commit_lsn: from_bigint(row.try_get(4)?),
                         },
                     ))
                 })
