@@ -211,6 +211,8 @@ async fn bench_measures_a_small_backlog_and_live_load_twice_and_writes_its_repor
         json_path: json.clone(),
         only: Some("batch=100".into()),
         repeat: 2,
+        isolation_seconds: 1,
+        isolation_burst: 300,
     };
     tokio::time::timeout(Duration::from_secs(300), bench::run(options))
         .await
@@ -247,6 +249,11 @@ async fn bench_measures_a_small_backlog_and_live_load_twice_and_writes_its_repor
         assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{run}");
         assert!(run["cpu_us_per_row"].as_f64().unwrap() > 0.0, "{run}");
     }
+    // Isolation: the down endpoint got every event once it came back.
+    let isolation = &report["isolation"];
+    assert_eq!(isolation["burst_rows"], 300, "{isolation}");
+    assert_eq!(isolation["drained_events"], 320, "{isolation}");
+    assert!(isolation["healthy_p99_ms"].as_f64().unwrap() > 0.0);
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod support;
 
 mod admin;
 mod backlog;
+mod backlog_commands;
 mod backlog_edges;
 mod check;
 mod cli;

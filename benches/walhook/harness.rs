@@ -52,6 +52,33 @@ pub struct BenchOptions {
     pub only: Option<String>,
     /// How many times to run everything; the table shows medians.
     pub repeat: u32,
+    /// The isolation scenario: seconds of live load while one of two
+    /// endpoints is down (0 skips it), after a burst of this many rows.
+    pub isolation_seconds: u64,
+    pub isolation_burst: u64,
+}
+
+/// Two subscriptions on one table, one endpoint down (503) through a burst
+/// and `live_seconds` of live load at 20 rows/s, then back: what the
+/// healthy one saw, how soon the slot moved on, walhook's memory, and how
+/// long the backlog took to drain.
+#[derive(Debug, Clone, Serialize)]
+struct IsolationResult {
+    burst_rows: u64,
+    live_rows: u64,
+    /// Commit-to-arrival latency of the live rows at the healthy endpoint.
+    healthy_p50_ms: f64,
+    healthy_p99_ms: f64,
+    healthy_max_ms: f64,
+    /// From the burst's last commit to the slot confirming past it.
+    slot_past_burst_seconds: Option<f64>,
+    rss_mb_after_burst: f64,
+    rss_mb_after_live: f64,
+    /// Events waiting in the down subscription's backlog when it came back.
+    backlog_events: i64,
+    /// From its first answered probe to its last event delivered.
+    drain_seconds: f64,
+    drained_events: u64,
 }
 
 /// One backlog scenario's figures.
@@ -93,6 +120,8 @@ struct Report {
     ceiling: BacklogResult,
     backlog: Vec<BacklogResult>,
     live: Vec<LiveResult>,
+    /// The last run's (it is a scenario over time, not a rate to median).
+    isolation: Option<IsolationResult>,
     every_run: EveryRun,
 }
 
@@ -304,6 +333,22 @@ async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Repo
             every.live[index].push(result);
         }
     }
+    let mut isolation = None;
+    if options.isolation_seconds > 0 {
+        eprintln!(
+            "bench: isolation, one endpoint down: {} rows, then {}s at {ISOLATION_RATE} rows/s…",
+            options.isolation_burst, options.isolation_seconds
+        );
+        isolation = Some(
+            measure_isolation(
+                postgres,
+                "isolation",
+                options.isolation_burst,
+                options.isolation_seconds,
+            )
+            .await?,
+        );
+    }
     every
         .backlog
         .retain(|scenario_runs| !scenario_runs.is_empty());
@@ -325,6 +370,7 @@ async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Repo
             .iter()
             .filter_map(|runs| median_live(runs))
             .collect(),
+        isolation,
         every_run: every,
     })
 }
@@ -837,6 +883,175 @@ fn process_cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / per_second
 }
 
+/// Live rows a second in the isolation scenario.
+const ISOLATION_RATE: u64 = 20;
+
+async fn measure_isolation(
+    postgres: &TempPostgres,
+    database: &str,
+    burst: u64,
+    seconds: u64,
+) -> Result<IsolationResult, BenchError> {
+    let client = prepare_database(postgres, database).await?;
+    client
+        .batch_execute(include_str!("../../sql/001_walhook_schema.sql"))
+        .await
+        .map_err(|error| bench_error("creating the walhook schema", error))?;
+    let live_rows = ISOLATION_RATE * seconds;
+    let total = burst + live_rows;
+    let (healthy, healthy_url) = start_sink(0, Some(total as usize)).await?;
+    let (down, down_url) = start_sink(0, None).await?;
+    down.down.store(true, Ordering::Relaxed);
+    // walhook's default delivery settings.
+    let config = format!(
+        r#"
+        [source]
+        url = "{}"
+        slot = "{database}"
+        auto_setup = false
+        [admin]
+        listen = ""
+        [[subscriptions]]
+        name = "healthy"
+        tables = ["orders"]
+        url = "{healthy_url}"
+        [[subscriptions]]
+        name = "down"
+        tables = ["orders"]
+        url = "{down_url}"
+        "#,
+        postgres.url(database),
+    );
+    let before = children_usage();
+    let daemon = spawn_walhook(&config)?;
+    let pid = daemon.child.id();
+    wait_until_streaming(&client).await?;
+
+    load_backlog(&client, burst, 100).await?;
+    let burst_end: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|error| bench_error("reading the WAL position", error))?
+        .get(0);
+    let burst_done = Instant::now();
+    let slot_watch = {
+        let client = connect(&postgres.url(database)).await?;
+        let database = database.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let past = client
+                    .query_one(
+                        "SELECT confirmed_flush_lsn >= $1::text::pg_lsn \
+                         FROM pg_replication_slots WHERE slot_name = $2",
+                        &[&burst_end, &database],
+                    )
+                    .await
+                    .ok()
+                    .and_then(|row| row.try_get::<_, bool>(0).ok())
+                    .unwrap_or(false);
+                if past {
+                    return burst_done.elapsed().as_secs_f64();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let rss_after_burst = pid.map_or(0, current_rss_kb);
+
+    let insert = client
+        .prepare(
+            "INSERT INTO orders (id, customer, amount, status, note) \
+             VALUES ($1::bigint, 'customer-' || $1::bigint || '@example.com', \
+                     ($1::bigint % 10000) / 100.0, 'pending', repeat('x', 100))",
+        )
+        .await
+        .map_err(|error| bench_error("preparing the live insert", error))?;
+    let mut committed = vec![None; total as usize + 1];
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / ISOLATION_RATE as u32);
+    for id in burst + 1..=total {
+        ticks.tick().await;
+        client
+            .execute(&insert, &[&(id as i64)])
+            .await
+            .map_err(|error| bench_error("inserting live rows", error))?;
+        if let Some(slot) = committed.get_mut(id as usize) {
+            *slot = Some(Instant::now());
+        }
+    }
+    let rss_after_live = pid.map_or(0, current_rss_kb);
+    wait_for_events(&healthy, total as usize, Duration::from_secs(120)).await?;
+    let slot_past_burst_seconds = tokio::time::timeout(Duration::from_secs(60), slot_watch)
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let arrived = healthy
+        .arrivals
+        .as_ref()
+        .and_then(|arrivals| arrivals.lock().ok().map(|guard| guard.clone()))
+        .unwrap_or_default();
+    let mut latencies: Vec<f64> = committed
+        .iter()
+        .zip(&arrived)
+        .skip(burst as usize + 1)
+        .filter_map(|(commit, arrival)| match (commit, arrival) {
+            (Some(commit), Some(arrival)) => {
+                Some(arrival.saturating_duration_since(*commit).as_secs_f64() * 1e3)
+            }
+            _ => None,
+        })
+        .collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let backlog_events: i64 = client
+        .query_one(
+            "SELECT count(*) FROM walhook.backlog WHERE subscription = 'down'",
+            &[],
+        )
+        .await
+        .map_err(|error| bench_error("counting the backlog", error))?
+        .get(0);
+
+    down.down.store(false, Ordering::Relaxed);
+    wait_for_events(&down, total as usize, Duration::from_secs(600)).await?;
+    let drained_at = Instant::now();
+    let first_success = down
+        .first_success
+        .lock()
+        .ok()
+        .and_then(|first| *first)
+        .unwrap_or(drained_at);
+    let result = IsolationResult {
+        burst_rows: burst,
+        live_rows,
+        healthy_p50_ms: percentile(0.50),
+        healthy_p99_ms: percentile(0.99),
+        healthy_max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        slot_past_burst_seconds,
+        rss_mb_after_burst: rss_after_burst as f64 / 1024.0,
+        rss_mb_after_live: rss_after_live as f64 / 1024.0,
+        backlog_events,
+        drain_seconds: drained_at.duration_since(first_success).as_secs_f64(),
+        drained_events: down.events.load(Ordering::Relaxed) as u64,
+    };
+    stop_walhook(daemon, before).await?;
+    Ok(result)
+}
+
+/// A running process's resident memory now (VmRSS), in kB.
+fn current_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Seconds of live load before the latency figures start.
 const LIVE_WARM_UP_SECONDS: u64 = 1;
 
@@ -1059,6 +1274,33 @@ fn print_report(report: &Report) {
             result.peak_rss_mb,
             result.requests,
             receiver
+        );
+    }
+    if let Some(isolation) = &report.isolation {
+        println!(
+            "\nisolation — one of two endpoints down (503) through a {}-row burst and {} live \
+             rows at {ISOLATION_RATE}/s, walhook's default settings:",
+            isolation.burst_rows, isolation.live_rows
+        );
+        println!(
+            "  healthy endpoint, live rows: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            isolation.healthy_p50_ms, isolation.healthy_p99_ms, isolation.healthy_max_ms
+        );
+        println!(
+            "  slot confirmed past the burst {} after its last commit; RSS {:.1} MB after the \
+             burst, {:.1} MB after the live load",
+            isolation
+                .slot_past_burst_seconds
+                .map_or("not within 60 s".to_owned(), |seconds| format!(
+                    "{seconds:.1} s"
+                )),
+            isolation.rss_mb_after_burst,
+            isolation.rss_mb_after_live
+        );
+        println!(
+            "  the down endpoint back: {} events waited in its backlog; all {} arrived {:.1} s \
+             after the first answered probe",
+            isolation.backlog_events, isolation.drained_events, isolation.drain_seconds
         );
     }
     if !report.live.is_empty() {

@@ -41,6 +41,13 @@ struct BenchArgs {
     /// kind of machine varies by ±20% from run to run).
     #[arg(long, default_value_t = 1)]
     repeat: u32,
+    /// Seconds of live load (20 rows/s) while one of two endpoints is down;
+    /// 0 skips the isolation scenario.
+    #[arg(long, default_value_t = 30)]
+    isolation_seconds: u64,
+    /// Rows of the burst the isolation scenario starts with.
+    #[arg(long, default_value_t = 12_000)]
+    isolation_burst: u64,
 }
 
 impl BenchArgs {
@@ -57,6 +64,8 @@ impl BenchArgs {
             json_path: self.json,
             only: self.only,
             repeat: self.repeat.max(1),
+            isolation_seconds: self.isolation_seconds,
+            isolation_burst: self.isolation_burst.max(1),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! later reads it at start. A paused subscription's events wait in its
 //! backlog, in commit order, and drain after `resume`. Purge deletes waiting
 //! events without sending them (all of a subscription's, or those committed
-//! before `--older-than`): for an endpoint that will never want them.
+//! before `--older-than`): for an endpoint that will never want them, or a
+//! subscription removed from the config that left events behind.
 //!
 //! It talks to the database only; it never signals the daemon.
 
@@ -93,7 +94,13 @@ pub async fn purge(
     subscription: &str,
     older_than: Option<Duration>,
 ) -> Result<(), CommandError> {
-    let config = load(config_path, subscription)?;
+    // A subscription removed from the config may have left events behind:
+    // those can be purged too; a name that has none is a typo.
+    let config = Config::load(config_path)?;
+    let configured = config
+        .subscriptions
+        .iter()
+        .any(|candidate| candidate.name == subscription);
     let client = connect(&config).await?;
     let deleted = backlog::purge(
         &client,
@@ -102,6 +109,9 @@ pub async fn purge(
     )
     .await
     .map_err(explain)?;
+    if deleted == 0 && !configured {
+        load(config_path, subscription)?;
+    }
     println!(
         "{subscription}: deleted {deleted} waiting event(s) from walhook.backlog; they will not \
          be delivered."

@@ -881,9 +881,8 @@ async fn check_backlogs(
                     backlog.events
                 ),
                 format!(
-                    "add the subscription back, or delete them: DELETE FROM walhook.backlog \
-                     WHERE subscription = '{}'",
-                    name.replace('\'', "''")
+                    "add the subscription back, or delete them: walhook backlog purge \
+                     --subscription {name}"
                 ),
             );
         }
