@@ -25,15 +25,15 @@ use crate::support::{
 
 /// The circuit opens after 3 failed requests in a row and is probed every
 /// 500 ms, so the tests see it open and close quickly.
-const BREAKER: &str = r#"{ failures = 3, window = "30s", probe_interval = "500ms" }"#;
+pub(crate) const BREAKER: &str = r#"{ failures = 3, window = "30s", probe_interval = "500ms" }"#;
 
 /// `note` pads the payloads, so that a burst can outgrow a subscription's
 /// 4 MiB budget.
-const ITEMS: &str =
+pub(crate) const ITEMS: &str =
     "CREATE TABLE items (id int PRIMARY KEY, version int NOT NULL, note text NOT NULL)";
 
 /// Inserts and updates of `items`, in order per key.
-fn items(name: &str, url: &str) -> Subscription {
+pub(crate) fn items(name: &str, url: &str) -> Subscription {
     subscription(name, url)
         .tables(&["items"])
         .events(&["insert", "update"])
@@ -42,7 +42,7 @@ fn items(name: &str, url: &str) -> Subscription {
 
 /// The test config with the quick breaker (and the default
 /// `max_attempts`: an outage must not use it up into dead letters).
-fn configure(db: &TestDb) -> TestConfig {
+pub(crate) fn configure(db: &TestDb) -> TestConfig {
     db.configure().delivery("breaker", BREAKER)
 }
 
@@ -92,7 +92,7 @@ async fn wait_for_slot_past(db: &TestDb, what: &str, position: Lsn, deadline: Du
 }
 
 /// (row, version) of an event of `items`.
-fn change_of(event: &Value) -> (i64, i64) {
+pub(crate) fn change_of(event: &Value) -> (i64, i64) {
     let record = &event["record"];
     let row = record["id"]
         .as_i64()

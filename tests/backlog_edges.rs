@@ -10,32 +10,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::config::{Subscription, TestConfig, subscription};
+use crate::backlog::{ITEMS, change_of, configure, items};
+use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
 use crate::support::{TestDb, Walhook, WalhookBinary, wait_until};
-
-const BREAKER: &str = r#"{ failures = 3, window = "30s", probe_interval = "500ms" }"#;
-
-const ITEMS: &str =
-    "CREATE TABLE items (id int PRIMARY KEY, version int NOT NULL, note text NOT NULL)";
-
-fn items(name: &str, url: &str) -> Subscription {
-    subscription(name, url)
-        .tables(&["items"])
-        .events(&["insert", "update"])
-        .ordering("key")
-}
-
-fn configure(db: &TestDb) -> TestConfig {
-    db.configure().delivery("breaker", BREAKER)
-}
-
-fn change_of(event: &Value) -> (i64, i64) {
-    (
-        event["record"]["id"].as_i64().unwrap(),
-        event["record"]["version"].as_i64().unwrap(),
-    )
-}
 
 /// Rows whose versions first *arrived* (answered or not) out of commit
 /// order: (row, versions in first-arrival order).

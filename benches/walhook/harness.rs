@@ -883,6 +883,38 @@ fn process_cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / per_second
 }
 
+/// Commit-to-arrival latencies in milliseconds, sorted.
+struct Latencies(Vec<f64>);
+
+impl Latencies {
+    /// Of each row from `first` on that both committed and arrived (an
+    /// arrival can precede the client's view of its own commit: 0).
+    fn between(committed: &[Option<Instant>], arrived: &[Option<Instant>], first: usize) -> Self {
+        let mut latencies: Vec<f64> = committed
+            .iter()
+            .zip(arrived)
+            .skip(first)
+            .filter_map(|(commit, arrival)| match (commit, arrival) {
+                (Some(commit), Some(arrival)) => {
+                    Some(arrival.saturating_duration_since(*commit).as_secs_f64() * 1e3)
+                }
+                _ => None,
+            })
+            .collect();
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        Latencies(latencies)
+    }
+
+    fn percentile(&self, share: f64) -> f64 {
+        let index = ((self.0.len() as f64 * share) as usize).min(self.0.len().saturating_sub(1));
+        self.0.get(index).copied().unwrap_or(f64::NAN)
+    }
+
+    fn max(&self) -> f64 {
+        self.0.last().copied().unwrap_or(f64::NAN)
+    }
+}
+
 /// Live rows a second in the isolation scenario.
 const ISOLATION_RATE: u64 = 20;
 
@@ -989,24 +1021,7 @@ async fn measure_isolation(
         .as_ref()
         .and_then(|arrivals| arrivals.lock().ok().map(|guard| guard.clone()))
         .unwrap_or_default();
-    let mut latencies: Vec<f64> = committed
-        .iter()
-        .zip(&arrived)
-        .skip(burst as usize + 1)
-        .filter_map(|(commit, arrival)| match (commit, arrival) {
-            (Some(commit), Some(arrival)) => {
-                Some(arrival.saturating_duration_since(*commit).as_secs_f64() * 1e3)
-            }
-            _ => None,
-        })
-        .collect();
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let latencies = Latencies::between(&committed, &arrived, burst as usize + 1);
     let backlog_events: i64 = client
         .query_one(
             "SELECT count(*) FROM walhook.backlog WHERE subscription = 'down'",
@@ -1028,9 +1043,9 @@ async fn measure_isolation(
     let result = IsolationResult {
         burst_rows: burst,
         live_rows,
-        healthy_p50_ms: percentile(0.50),
-        healthy_p99_ms: percentile(0.99),
-        healthy_max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        healthy_p50_ms: latencies.percentile(0.50),
+        healthy_p99_ms: latencies.percentile(0.99),
+        healthy_max_ms: latencies.max(),
         slot_past_burst_seconds,
         rss_mb_after_burst: rss_after_burst as f64 / 1024.0,
         rss_mb_after_live: rss_after_live as f64 / 1024.0,
@@ -1128,32 +1143,14 @@ async fn measure_live(
         .as_ref()
         .and_then(|arrivals| arrivals.lock().ok().map(|guard| guard.clone()))
         .unwrap_or_default();
-    let mut latencies: Vec<f64> = committed
-        .iter()
-        .zip(&arrived)
-        .skip(warm_up_rows as usize + 1)
-        .filter_map(|(commit, arrival)| match (commit, arrival) {
-            // An arrival can precede the client's view of its own commit ack.
-            (Some(commit), Some(arrival)) => {
-                Some(arrival.saturating_duration_since(*commit).as_secs_f64() * 1e3)
-            }
-            _ => None,
-        })
-        .collect();
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let latencies = Latencies::between(&committed, &arrived, warm_up_rows as usize + 1);
     Ok(LiveResult {
         target_rows_per_second: rate,
         achieved_rows_per_second: rows as f64 / write_seconds,
         rows: rows - warm_up_rows,
-        p50_ms: percentile(0.50),
-        p99_ms: percentile(0.99),
-        max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        p50_ms: latencies.percentile(0.50),
+        p99_ms: latencies.percentile(0.99),
+        max_ms: latencies.max(),
         cpu_us_per_row: cpu * 1e6 / rows as f64,
     })
 }
