@@ -1,13 +1,14 @@
 //! The admin HTTP server on `admin.listen`: `/metrics` (Prometheus text),
 //! `/healthz` (the process answers), `/readyz` (the replication stream is
 //! connected and the checkpoint is not stalled) and `/status` (the facts of
-//! `walhook status`, as JSON).
+//! `walhook status`, as JSON, over one shared database connection).
 //!
 //! It only reads shared state and the database; it never changes the
 //! pipeline. Binding failure is a start-up error.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -28,6 +29,7 @@ pub struct AdminState {
     pub slot: String,
     pub subscriptions: Vec<String>,
     pub backlog_limits: BacklogConfig,
+    pub status: StatusSource,
 }
 
 /// Binds `listen` (a start-up error when it cannot) and serves until
@@ -79,24 +81,66 @@ async fn ready_endpoint(State(state): State<Arc<AdminState>>) -> (StatusCode, St
 }
 
 async fn status_endpoint(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
-    let report = async {
-        let client = connect_sql(&state.params)
-            .await
-            .map_err(|error| error.to_string())?;
-        let mut report = crate::status::collect(&client, &state.slot, &state.subscriptions, None)
-            .await
-            .map_err(|error| error.to_string())?;
-        report.warn_about_backlogs(&state.backlog_limits);
-        Ok::<_, String>(report)
-    }
-    .await;
-    match report
-        .and_then(|report| serde_json::to_string_pretty(&report).map_err(|error| error.to_string()))
-    {
+    let answer = state.status.answer(&state).await;
+    match answer {
         Ok(json) => (StatusCode::OK, json),
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({ "error": error }).to_string(),
         ),
     }
+}
+
+/// How long a computed `/status` answer is served again.
+const STATUS_FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// `/status` answers over one database connection, one computation at a
+/// time, each served again for [`STATUS_FRESH_FOR`]: a flood of requests
+/// waits its turn instead of opening a connection each (which once used up
+/// the database's `max_connections`, docs/security.md).
+#[derive(Default)]
+pub struct StatusSource {
+    inner: tokio::sync::Mutex<StatusCache>,
+}
+
+#[derive(Default)]
+struct StatusCache {
+    client: Option<tokio_postgres::Client>,
+    last: Option<(Instant, Result<String, String>)>,
+}
+
+impl StatusSource {
+    async fn answer(&self, state: &AdminState) -> Result<String, String> {
+        let mut cache = self.inner.lock().await;
+        if let Some((at, answer)) = &cache.last
+            && at.elapsed() < STATUS_FRESH_FOR
+        {
+            return answer.clone();
+        }
+        let answer = compute_status(&mut cache.client, state).await;
+        cache.last = Some((Instant::now(), answer.clone()));
+        answer
+    }
+}
+
+async fn compute_status(
+    client: &mut Option<tokio_postgres::Client>,
+    state: &AdminState,
+) -> Result<String, String> {
+    if client.as_ref().is_none_or(|client| client.is_closed()) {
+        *client = Some(
+            connect_sql(&state.params)
+                .await
+                .map_err(|error| error.to_string())?,
+        );
+    }
+    let Some(connected) = client.as_ref() else {
+        return Err("no database connection".to_owned());
+    };
+    let mut report =
+        crate::status::collect(connected, &state.slot, &state.subscriptions, None)
+            .await
+            .map_err(|error| error.to_string())?;
+    report.warn_about_backlogs(&state.backlog_limits);
+    serde_json::to_string_pretty(&report).map_err(|error| error.to_string())
 }

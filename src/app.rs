@@ -137,6 +137,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             slot: config.source.slot.clone(),
             subscriptions: names,
             backlog_limits: config.delivery.backlog,
+            status: admin::StatusSource::default(),
         };
         let (_, task) = admin::serve(&config.admin.listen, state, shutdown.clone())
             .await

@@ -20,6 +20,7 @@ mod delivery;
 mod failover_slots;
 mod faults;
 mod filters;
+mod hostile;
 mod least_privilege;
 mod lifecycle;
 mod listen;

@@ -119,10 +119,8 @@ impl Endpoint {
                     .get(RETRY_AFTER)
                     .and_then(|value| value.to_str().ok())
                     .and_then(policy::parse_retry_after);
-                // Reading the body lets the connection go back to the pool.
-                let body = response.bytes().await;
-                match body {
-                    Ok(_) => Attempt::Status {
+                match discard_body(response).await {
+                    Ok(()) => Attempt::Status {
                         status,
                         retry_after,
                     },
@@ -138,6 +136,26 @@ impl Endpoint {
             Err(error) => Attempt::Transport(describe(&error)),
         }
     }
+}
+
+/// The most of a response body walhook reads. The status says what
+/// happened; the body is read only so that the connection can be used
+/// again, and a receiver must not make walhook hold gigabytes
+/// (docs/security.md).
+pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// Reads and drops a response body, up to [`MAX_RESPONSE_BODY`]: a longer
+/// one is left unread and its connection closed instead of pooled.
+async fn discard_body(mut response: reqwest::Response) -> Result<(), reqwest::Error> {
+    let mut read = 0usize;
+    while let Some(chunk) = response.chunk().await? {
+        read += chunk.len();
+        if read > MAX_RESPONSE_BODY {
+            // Dropping a response with body left closes its connection.
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn describe(error: &reqwest::Error) -> String {
