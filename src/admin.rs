@@ -48,16 +48,65 @@ pub async fn serve(
         .route("/readyz", axum::routing::get(ready_endpoint))
         .route("/status", axum::routing::get(status_endpoint))
         .with_state(state);
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::warn!(%error, "admin server stopped");
-        }
-    });
+    let task = tokio::spawn(accept_until(listener, router, shutdown));
     tracing::info!(%addr, "admin server listening (/metrics, /healthz, /readyz, /status)");
     Ok((addr, task))
+}
+
+/// Connections the admin server serves at once…
+const MAX_CONNECTIONS: usize = 64;
+/// … and may hold waiting for one of those, up to [`HEADER_TIMEOUT`]; more
+/// are closed as they come, so that clients of the admin port cannot take
+/// the file descriptors delivery needs (docs/security.md).
+const MAX_WAITING: usize = 128;
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may stay open (keep-alive included).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Accepts connections until `shutdown`, each served with the limits
+/// above.
+async fn accept_until(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let held = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS + MAX_WAITING));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of descriptors, most likely: wait rather than spin.
+                tracing::warn!(%error, "admin server cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(holding) = Arc::clone(&held).try_acquire_owned() else {
+            tracing::debug!("admin server at its connection limit; closing a new one");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let slots = Arc::clone(&slots);
+        tokio::spawn(async move {
+            let Ok(Ok(slot)) =
+                tokio::time::timeout(HEADER_TIMEOUT, slots.acquire_owned()).await
+            else {
+                return;
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            drop((slot, holding));
+        });
+    }
 }
 
 async fn metrics_endpoint(State(state): State<Arc<AdminState>>) -> impl IntoResponse {

@@ -138,3 +138,62 @@ async fn a_flood_of_status_requests_shares_one_database_connection() {
         most - before
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_finish_their_headers_are_hung_up_on_and_deliveries_go_on() {
+    let db = TestDb::with_schema("CREATE TABLE items (id int PRIMARY KEY)").await;
+    let receiver = crate::support::receiver::Receiver::start().await;
+    let port = free_port();
+    let walhook = Walhook::start(
+        db.configure()
+            .admin(&format!("127.0.0.1:{port}"))
+            .subscription(subscription("rows", &receiver.url("/rows")).tables(&["items"]))
+            .build(),
+    );
+    db.wait_slot_active().await;
+    // Far more half-sent requests than the admin server serves at once,
+    // each held open by its client.
+    const CLIENTS: usize = 300;
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        // Refused writes mean walhook already closed it, which is fine.
+        let _ = client
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await;
+        clients.push(client);
+    }
+    // Deliveries do not wait for the admin side.
+    db.client
+        .batch_execute("INSERT INTO items VALUES (1)")
+        .await
+        .unwrap();
+    receiver.wait_for_delivered_count(1, DEADLINE).await;
+    // Every one of them is closed by walhook: at once beyond the cap, the
+    // others when their headers time out.
+    for (index, client) in clients.iter_mut().enumerate() {
+        let mut buffer = [0u8; 1024];
+        let closed = tokio::time::timeout(DEADLINE, async {
+            loop {
+                match client.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    // An error response (408) before the close is fine.
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "client {index} still open after {DEADLINE:?}"
+        );
+    }
+    // And the admin server answers again.
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{port}/healthz")).await.0,
+        200
+    );
+    walhook.stop().await.unwrap();
+}
