@@ -35,8 +35,13 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
+/// The shortest signing key accepted: 128 bits, so that a signature cannot
+/// be forged by guessing the key (docs/security.md).
+pub const MIN_KEY_BYTES: usize = 16;
+
 impl SigningKey {
-    /// Parses `whsec_<base64>` (the prefix may be left out).
+    /// Parses `whsec_<base64>` (the prefix may be left out); the key must be
+    /// at least [`MIN_KEY_BYTES`] long.
     pub fn from_secret(secret: &str) -> Result<Self, String> {
         let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
         let key = BASE64.decode(encoded.trim()).map_err(|_| {
@@ -46,6 +51,13 @@ impl SigningKey {
         })?;
         if key.is_empty() {
             return Err("is empty; expected whsec_ followed by base64".into());
+        }
+        if key.len() < MIN_KEY_BYTES {
+            return Err(format!(
+                "is {} bytes long: a signing key needs at least {MIN_KEY_BYTES} random bytes \
+                 (generate one with `openssl rand -base64 32`, and give it to the receiver too)",
+                key.len()
+            ));
         }
         Ok(SigningKey(key))
     }
@@ -142,6 +154,12 @@ mod tests {
     fn rejects_what_is_not_base64() {
         assert!(SigningKey::from_secret("whsec_not base64!").is_err());
         assert!(SigningKey::from_secret("whsec_").is_err());
-        assert!(!format!("{:?}", SigningKey::from_secret("whsec_AAAA").unwrap()).contains("AAAA"));
+        let key = "whsec_QUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+        assert!(!format!("{:?}", SigningKey::from_secret(key).unwrap()).contains("QUFB"));
+        // Three bytes, then fifteen: too short to resist guessing.
+        assert!(SigningKey::from_secret("whsec_AAAA").is_err());
+        let error = SigningKey::from_secret("whsec_QUFBQUFBQUFBQUFBQUFB").unwrap_err();
+        assert!(error.contains("15 bytes"), "{error}");
+        assert!(SigningKey::from_secret("whsec_QUFBQUFBQUFBQUFBQUFBQQ==").is_ok());
     }
 }

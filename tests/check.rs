@@ -40,9 +40,12 @@ async fn a_healthy_setup_exits_0_and_warns_about_a_table_without_replica_identit
     create_tables(&db).await;
     // check connects to each URL's port (no request is sent).
     let receiver = Receiver::start().await;
+    // Signed, so that the only warnings are about replica identity.
+    const SECRET: &str = "whsec_c2VjcmV0LWZvci10aGUtY2hlY2stdGVzdHM=";
     let orders = subscription("orders", &receiver.url("/hook"))
         .tables(&["public.orders"])
-        .events(&["insert", "update", "delete"]);
+        .events(&["insert", "update", "delete"])
+        .secret(SECRET);
     let config = db
         .configure()
         .subscription(&orders)
@@ -52,12 +55,14 @@ async fn a_healthy_setup_exits_0_and_warns_about_a_table_without_replica_identit
                 &receiver.url("/audit").replace("127.0.0.1", "localhost"),
             )
             .tables(&["audit"])
-            .events(&["insert", "update"]),
+            .events(&["insert", "update"])
+            .secret(SECRET),
         )
         .subscription(
             subscription("clicks", &receiver.url("/clicks"))
                 .tables(&["clicks"])
-                .events(&["insert"]),
+                .events(&["insert"])
+                .secret(SECRET),
         )
         .text();
     // setup refuses to publish updates for the key-less tables (PostgreSQL
@@ -296,4 +301,56 @@ async fn an_unresolvable_host_exits_1_a_closed_port_warns_and_a_bad_file_exits_2
     .await;
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(text.contains("listn"), "{text}");
+}
+
+#[tokio::test]
+async fn check_warns_about_unsigned_subscriptions_and_secrets_sent_in_clear_text() {
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY)").await;
+    let receiver = Receiver::start().await;
+    let config = db
+        .configure()
+        .subscription(subscription("unsigned", &receiver.url("/unsigned")).tables(&["orders"]))
+        // A signed subscription to another machine over http. The host is
+        // a documentation address (RFC 5737); check only warns about it.
+        .subscription(
+            subscription("exposed", "http://192.0.2.1:8080/hook")
+                .tables(&["orders"])
+                .secret("whsec_c2VjcmV0LWZvci10aGUtY2hlY2stdGVzdHM="),
+        )
+        // Signed, to this machine: nothing crosses a network.
+        .subscription(
+            subscription("local", &receiver.url("/local"))
+                .tables(&["orders"])
+                .secret("whsec_c2VjcmV0LWZvci10aGUtY2hlY2stdGVzdHM="),
+        )
+        .text();
+    let (output, text) = walhook(&["setup"], &config).await;
+    assert!(output.status.success(), "{text}");
+    let (_, text) = walhook(&["check"], &config).await;
+    let warnings = lines(&text, "warning:");
+    let about = |name: &str| {
+        warnings
+            .iter()
+            .filter(|line| line.contains(&format!("{name:?}")))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        about("unsigned")
+            .iter()
+            .any(|line| line.contains("no `secret`")),
+        "{text}"
+    );
+    assert!(
+        about("exposed")
+            .iter()
+            .any(|line| line.contains("plain http") && line.contains("https://")),
+        "{text}"
+    );
+    assert!(
+        about("local")
+            .iter()
+            .all(|line| !line.contains("plain http") && !line.contains("no `secret`")),
+        "{text}"
+    );
 }

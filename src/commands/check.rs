@@ -892,6 +892,51 @@ async fn check_backlogs(
     }
 }
 
+/// Warns about a subscription whose requests anyone could forge (no
+/// `secret`), or whose signature or Authorization header crosses the
+/// network in clear text (`http://` to a host that is not this machine).
+fn warn_about_exposure(
+    subscription: &SubscriptionConfig,
+    url: &url::Url,
+    host: &str,
+    report: &mut CheckReport,
+) {
+    let name = &subscription.name;
+    if subscription.signing_key.is_none() {
+        report.warning(
+            format!(
+                "subscription {name:?} has no `secret`: its receiver cannot tell walhook's \
+                 requests from anyone else's"
+            ),
+            "set `secret = \"env:…\"` to a whsec_ key (openssl rand -base64 32) the receiver \
+             verifies",
+        );
+    }
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback());
+    let authorization = subscription
+        .headers
+        .keys()
+        .any(|header| *header == reqwest::header::AUTHORIZATION);
+    if url.scheme() == "http" && !loopback && (subscription.signing_key.is_some() || authorization)
+    {
+        report.warning(
+            format!(
+                "subscription {name:?} sends its {} over plain http to {host}: anyone on the \
+                 way can read it (and replay the request)",
+                if authorization {
+                    "Authorization header"
+                } else {
+                    "signed requests"
+                }
+            ),
+            "use an https:// URL",
+        );
+    }
+}
+
 /// Each subscription URL's host resolves (a problem when it does not) and
 /// accepts a TCP connection (a warning when it does not: the receiver may
 /// not be up yet). No request is sent; with a proxy configured the
@@ -918,6 +963,7 @@ async fn check_urls(subscriptions: &[SubscriptionConfig], report: &mut CheckRepo
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
+        warn_about_exposure(subscription, &url, &host, report);
         let key = (host.clone(), port);
         let outcome = match reached.get(&key) {
             Some(outcome) => outcome.clone(),
