@@ -277,11 +277,36 @@ fn finish(outcome: Result<(), walhook::commands::CommandError>) -> ExitCode {
     }
 }
 
+/// Libraries whose debug logs hold statements with their parameters (row
+/// values, payloads) or whole requests: kept at `info` unless the filter
+/// names them, so `WALHOOK_LOG=debug` shows walhook's own detail only.
+const CHATTY_TARGETS: &[&str] = &[
+    "tokio_postgres",
+    "postgres_protocol",
+    "reqwest",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "rustls",
+    "axum",
+];
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WALHOOK_LOG")
+    use std::io::IsTerminal;
+    let wanted = std::env::var("WALHOOK_LOG").unwrap_or_else(|_| "info".to_owned());
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&wanted)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for target in CHATTY_TARGETS {
+        if !wanted.contains(target)
+            && let Ok(directive) = format!("{target}=info").parse()
+        {
+            filter = filter.add_directive(directive);
+        }
+    }
+    // Colours only for a person at a terminal, not for the journal or a file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -24,6 +24,7 @@ mod hostile;
 mod least_privilege;
 mod lifecycle;
 mod listen;
+mod logs;
 mod payloads;
 mod schema_changes;
 mod slot_progress;

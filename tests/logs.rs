@@ -1,0 +1,59 @@
+//! What walhook's logs hold: at `WALHOOK_LOG=debug` walhook's own detail,
+//! not the statements (with their row values) of the libraries it uses; and
+//! no colour codes when the log is not a terminal (the journal, a file).
+
+use std::time::Duration;
+
+use crate::support::config::subscription;
+use crate::support::receiver::Receiver;
+use crate::support::{TestDb, WalhookBinary};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_logs_hold_no_row_values_and_no_colour_codes_in_a_file() {
+    const VALUE: &str = "a-value-that-must-stay-out-of-the-logs";
+    let db = TestDb::with_schema("CREATE TABLE items (id int PRIMARY KEY, note text)").await;
+    let receiver = Receiver::start().await;
+    // Down: its events go through the backlog, whose statements carry the
+    // payloads as parameters.
+    receiver.respond_with(503);
+    let binary = WalhookBinary::new(
+        &db.configure()
+            .delivery(
+                "breaker",
+                r#"{ failures = 1, window = "30s", probe_interval = "500ms" }"#,
+            )
+            .subscription(subscription("rows", &receiver.url("/rows")).tables(&["items"]))
+            .text(),
+    );
+    let mut walhook = binary.spawn_run_with_env(&[("WALHOOK_LOG", "debug")]);
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute(&format!(
+            "INSERT INTO items SELECT g, '{VALUE}' FROM generate_series(1, 20) g"
+        ))
+        .await
+        .unwrap();
+    crate::support::wait_until(
+        "the rows in the backlog",
+        Duration::from_secs(30),
+        || async { db.backlog_count("rows").await == 20 },
+    )
+    .await;
+    receiver.respond_with(200);
+    receiver
+        .wait_for_delivered_count(20, Duration::from_secs(30))
+        .await;
+    walhook.kill().await.unwrap();
+    let log = binary.log();
+    assert!(log.contains("DEBUG"), "debug logging is on: {log}");
+    assert!(
+        !log.contains(VALUE),
+        "a row value reached the debug log:\n{}",
+        log.lines()
+            .filter(|line| line.contains(VALUE))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file");
+}
