@@ -111,6 +111,11 @@ pub enum ConnectParamsError {
         "the {part} in the PostgreSQL URL is not valid percent-encoded UTF-8; encode special characters as %XX"
     )]
     Encoding { part: &'static str },
+    #[error(
+        "the user or password in the PostgreSQL URL holds `/`, `?` or `#`; percent-encode \
+         them (%2F, %3F, %23; `@` as %40)"
+    )]
+    UnencodedCredentials,
     #[error("unknown parameter `{key}` in the PostgreSQL URL; walhook understands {URL_KEYS}")]
     UnknownKey { key: String },
     #[error("`{key}={value}` in the PostgreSQL URL is not valid; use {expected}")]
@@ -142,6 +147,15 @@ impl ConnectParams {
     /// `sslmode`, `sslrootcert`, `application_name` and `connect_timeout` are
     /// an error naming the key.
     pub fn from_url(text: &str) -> Result<ConnectParams, ConnectParamsError> {
+        // A `/`, `?` or `#` in the password would split the URL there and
+        // put the password's tail into a later error message.
+        if let Some((_, rest)) = text.trim().split_once("://") {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, after) = rest.split_at(end);
+            if !authority.contains('@') && after.contains('@') {
+                return Err(ConnectParamsError::UnencodedCredentials);
+            }
+        }
         let url = url::Url::parse(text.trim()).map_err(|error| ConnectParamsError::NotAUrl {
             reason: error.to_string(),
         })?;
@@ -566,6 +580,23 @@ mod tests {
 
     fn parse(url: &str) -> ConnectParams {
         ConnectParams::from_url(url).unwrap_or_else(|error| panic!("{url}: {error}"))
+    }
+
+    #[test]
+    fn a_password_that_splits_the_url_is_refused_without_echoing_it() {
+        for url in [
+            "postgres://walhook:5432?sslmode=SECRETTAIL@localhost/db",
+            "postgres://walhook:5432?SECRETTAIL@localhost/db",
+            "postgres://walhook:5432/SECRETTAIL@localhost/db",
+            "postgres://walhook:se#SECRETTAIL@localhost/db",
+        ] {
+            let error = ConnectParams::from_url(url).unwrap_err().to_string();
+            assert!(!error.contains("SECRET"), "{url}: {error}");
+            assert!(error.contains("percent-encode"), "{url}: {error}");
+        }
+        // Encoded, the same password works.
+        let params = parse("postgres://walhook:5432%3FSECRETTAIL@localhost/db");
+        assert_eq!(params.password.as_deref(), Some("5432?SECRETTAIL"));
     }
 
     #[test]

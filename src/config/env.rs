@@ -111,6 +111,28 @@ pub(super) fn env_overrides() -> Env {
     })
 }
 
+/// A TOML syntax error without the excerpt of the file it quotes (the line
+/// may hold a password): where it is, and what is wrong.
+fn without_excerpt(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+    let Some(first) = lines.next() else {
+        return String::new();
+    };
+    let is_excerpt = |line: &&str| {
+        line.starts_with('|')
+            || line.starts_with('^')
+            || line
+                .split_once('|')
+                .is_some_and(|(number, _)| number.trim().chars().all(|c| c.is_ascii_digit()))
+    };
+    let rest: Vec<&str> = lines.filter(|line| !is_excerpt(line)).collect();
+    if rest.is_empty() {
+        first.to_owned()
+    } else {
+        format!("{first}: {}", rest.join(" "))
+    }
+}
+
 pub(super) fn describe_figment_error(error: figment::Error) -> String {
     let mut messages = Vec::new();
     for error in error {
@@ -143,6 +165,7 @@ pub(super) fn describe_figment_error(error: figment::Error) -> String {
             figment::error::Kind::InvalidValue(_, expected) => {
                 format!("has a value that is not valid; expected {expected}")
             }
+            figment::error::Kind::Message(text) => without_excerpt(text),
             other => other.to_string(),
         };
         if key.is_empty() || matches!(error.kind, figment::error::Kind::MissingField(_)) {

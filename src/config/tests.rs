@@ -199,3 +199,11 @@ fn a_breaker_that_never_probes_is_refused() {
     let error = load(&text).unwrap_err();
     assert!(error.message.contains("probe_interval"), "{error}");
 }
+
+#[test]
+fn a_syntax_error_says_where_without_quoting_the_line() {
+    let text = "[source]\nurl = \"postgres://walhook:hunter2SECRET@localhost/db\n";
+    let error = load(text).unwrap_err();
+    assert!(!error.message.contains("hunter2"), "{error}");
+    assert!(error.message.contains("line 2"), "{error}");
+}
