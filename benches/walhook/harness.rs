@@ -988,6 +988,13 @@ async fn measure_isolation(
             }
         })
     };
+    // Once walhook has dealt with the burst (delivered to one, stored for
+    // the other), so that the live phase's memory is compared with that.
+    wait_for_events(&healthy, burst as usize, Duration::from_secs(120)).await?;
+    let slot_past_burst_seconds = tokio::time::timeout(Duration::from_secs(60), slot_watch)
+        .await
+        .ok()
+        .and_then(Result::ok);
     let rss_after_burst = pid.map_or(0, current_rss_kb);
 
     let insert = client
@@ -1012,10 +1019,6 @@ async fn measure_isolation(
     }
     let rss_after_live = pid.map_or(0, current_rss_kb);
     wait_for_events(&healthy, total as usize, Duration::from_secs(120)).await?;
-    let slot_past_burst_seconds = tokio::time::timeout(Duration::from_secs(60), slot_watch)
-        .await
-        .ok()
-        .and_then(Result::ok);
     let arrived = healthy
         .arrivals
         .as_ref()
