@@ -14,41 +14,44 @@ async fn psql_runs_the_sql_files_then_walhook_runs_as_the_least_privilege_role()
          CREATE TABLE secrets (id int PRIMARY KEY, token text);",
     )
     .await;
-    let mut sql = String::new();
-    let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "sql"))
-        .collect();
-    files.sort();
-    for file in &files {
-        sql.push_str(&std::fs::read_to_string(file).unwrap());
-        sql.push('\n');
-    }
-    let psql = tokio::process::Command::new("psql")
-        .args(["-X", "-q", "-v", "tables=public.orders"])
-        .args(["-v", "walhook_password=s3cret-pw"])
-        .arg(&db.url)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("psql is installed with the PostgreSQL client");
-    let output = {
-        let mut psql = psql;
-        let mut stdin = psql.stdin.take().unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut stdin, sql.as_bytes())
-            .await
-            .unwrap();
-        drop(stdin);
-        psql.wait_with_output().await.unwrap()
-    };
+    // A table list that smuggles in a statement is refused before anything
+    // is created.
+    let output = run_sql_files(&db, "public.orders; DROP TABLE secrets; --", "s3cret-pw").await;
+    assert!(!output.status.success(), "{}", both(&output));
     assert!(
-        output.status.success(),
-        "psql: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        both(&output).contains("must name an existing table"),
+        "{}",
+        both(&output)
     );
+    let secrets: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'secrets'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(secrets, 1, "the table survived");
+
+    let output = run_sql_files(&db, "public.orders", "s3cret-pw").await;
+    assert!(output.status.success(), "psql: {}", both(&output));
+    // A second run (another password given) changes nothing of the role:
+    // its password stays, and it is no more than LOGIN REPLICATION.
+    let output = run_sql_files(&db, "public.orders", "another-pw").await;
+    assert!(output.status.success(), "psql: {}", both(&output));
+    let row = db
+        .client
+        .query_one(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolbypassrls, rolreplication \
+             FROM pg_roles WHERE rolname = 'walhook'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let attributes: (bool, bool, bool, bool, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert_eq!(attributes, (false, false, false, false, true));
 
     // The role may read orders, and not the other table.
     let as_walhook = cluster().url_as("walhook", "s3cret-pw", &db.name);
@@ -86,4 +89,42 @@ async fn psql_runs_the_sql_files_then_walhook_runs_as_the_least_privilege_role()
     assert_eq!(events[0]["record"]["id"], 1);
     assert_eq!(events[1]["record"]["status"], "paid");
     walhook.stop().await.unwrap();
+}
+
+/// Every file of `sql/` through psql, as the README says to run them.
+async fn run_sql_files(db: &TestDb, tables: &str, password: &str) -> std::process::Output {
+    let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sql"))
+        .collect();
+    files.sort();
+    let mut sql = String::new();
+    for file in &files {
+        sql.push_str(&std::fs::read_to_string(file).unwrap());
+        sql.push('\n');
+    }
+    let mut psql = tokio::process::Command::new("psql")
+        .args(["-X", "-q", "-v", &format!("tables={tables}")])
+        .args(["-v", &format!("walhook_password={password}")])
+        .arg(&db.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql is installed with the PostgreSQL client");
+    let mut stdin = psql.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, sql.as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    psql.wait_with_output().await.unwrap()
+}
+
+fn both(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
