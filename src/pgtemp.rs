@@ -13,8 +13,11 @@
 //! is tested with do not all ship `pg_basebackup`.
 //!
 //! It is not a way to run a production database: durability is switched off
-//! (`fsync = off`) for speed, and authentication is `trust` on loopback
-//! except for the lines a caller adds.
+//! (`fsync = off`) for speed. It is not open to other users of the machine
+//! either: the superuser has a random password (scram-sha-256, on the TCP
+//! port and the socket alike), which [`TempPostgres::url`] carries — an
+//! open `trust` port once let any local user become superuser and run
+//! programs as the server (docs/security.md).
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -33,6 +36,8 @@ pub enum PgTempError {
         "running as root, but there is no `postgres` system user to run the server as; create one or run walhook as an ordinary user"
     )]
     NoPostgresUser,
+    #[error("cannot draw a random password for the throw-away cluster")]
+    Random,
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -81,6 +86,8 @@ pub struct TempPostgres {
     bindir: PathBuf,
     port: u16,
     run_as_postgres: bool,
+    /// The superuser's password, drawn at random for this cluster.
+    password: String,
 }
 
 /// The superuser of every throw-away cluster.
@@ -101,6 +108,7 @@ impl TempPostgres {
             bindir,
             port: 0,
             run_as_postgres,
+            password: random_password()?,
         };
         cluster.initdb(&options)?;
         cluster.start_on_a_free_port()?;
@@ -120,6 +128,8 @@ impl TempPostgres {
             bindir: self.bindir.clone(),
             port: 0,
             run_as_postgres: self.run_as_postgres,
+            // A copy of the primary's files: the same superuser password.
+            password: self.password.clone(),
         };
         self.stop()?;
         // As the server's user, so that the copy belongs to it too.
@@ -153,8 +163,9 @@ impl TempPostgres {
             ),
             // dbname: the slot sync worker connects to a database.
             format!(
-                "primary_conninfo = 'host=127.0.0.1 port={} user={SUPERUSER} dbname=postgres'",
-                self.port
+                "primary_conninfo = 'host=127.0.0.1 port={} user={SUPERUSER} password={} \
+                 dbname=postgres'",
+                self.port, self.password
             ),
             format!("primary_slot_name = '{}'", options.primary_slot),
             "hot_standby_feedback = on".to_owned(),
@@ -174,12 +185,19 @@ impl TempPostgres {
         self.port
     }
 
-    /// A connection URL for `database` as the superuser, without TLS.
+    /// A connection URL for `database` as the superuser (with its
+    /// password), without TLS.
     pub fn url(&self, database: &str) -> String {
         format!(
-            "postgres://{SUPERUSER}@127.0.0.1:{}/{database}?sslmode=disable",
-            self.port
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}?sslmode=disable",
+            self.password, self.port
         )
+    }
+
+    /// The superuser's password (for a client that takes it apart from a
+    /// URL, e.g. as `PGPASSWORD`).
+    pub fn password(&self) -> &str {
+        &self.password
     }
 
     /// A connection URL for `database` as `user` with `password`.
@@ -296,19 +314,30 @@ impl TempPostgres {
 
     fn initdb(&self, options: &TempPostgresOptions) -> Result<(), PgTempError> {
         let data = self.data_dir().display().to_string();
-        self.run(
+        // Readable by the server's user through the private directory; gone
+        // once initdb has read it.
+        let password_file = self.root.path().join("superuser-password");
+        std::fs::write(&password_file, &self.password)
+            .map_err(io_error("writing the superuser's password for initdb"))?;
+        std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o644))
+            .map_err(io_error("letting initdb read the password file"))?;
+        let password_arg = format!("--pwfile={}", password_file.display());
+        let initialised = self.run(
             "initdb",
             &[
                 "-D",
                 &data,
                 "-U",
                 SUPERUSER,
-                "--auth=trust",
+                &password_arg,
+                "--auth=scram-sha-256",
                 "--encoding=UTF8",
                 "--locale=C",
                 "--no-sync",
             ],
-        )?;
+        );
+        let _ = std::fs::remove_file(&password_file);
+        initialised?;
         let mut conf = vec![
             "listen_addresses = '127.0.0.1'".to_owned(),
             format!("unix_socket_directories = '{}'", self.root.path().display()),
@@ -331,9 +360,9 @@ impl TempPostgres {
         )?;
         // pg_hba.conf is matched top-down: the caller's lines go first.
         let mut hba = options.hba_lines.clone();
-        hba.push("local all all trust".into());
-        hba.push("host all all 127.0.0.1/32 trust".into());
-        hba.push("host replication all 127.0.0.1/32 trust".into());
+        hba.push("local all all scram-sha-256".into());
+        hba.push("host all all 127.0.0.1/32 scram-sha-256".into());
+        hba.push("host replication all 127.0.0.1/32 scram-sha-256".into());
         self.write("pg_hba.conf", &format!("{}\n", hba.join("\n")))
     }
 
@@ -412,6 +441,16 @@ impl Drop for TempPostgres {
             let _ = self.pg_ctl(&["stop", "-w", "-m", "immediate"]);
         }
     }
+}
+
+/// 24 random bytes as hex, from the operating system's generator.
+fn random_password() -> Result<String, PgTempError> {
+    let mut bytes = [0u8; 24];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| PgTempError::Random)?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
 /// A fresh private directory for a server's files, owned by the postgres

@@ -198,9 +198,7 @@ async fn a_role_without_replication_or_select_exits_1_with_the_grants() {
         .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'pw'"))
         .await
         .unwrap();
-    let role_url = db
-        .url
-        .replacen("postgres://postgres@", &format!("postgres://{role}:pw@"), 1);
+    let role_url = crate::support::cluster().url_as(&role, "pw", &db.name);
     assert_ne!(role_url, db.url, "the test URL has the expected shape");
     let config = db
         .configure()

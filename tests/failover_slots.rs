@@ -85,9 +85,9 @@ impl Forwarder {
         self.target.store(port, Ordering::SeqCst);
     }
 
-    fn url(&self, database: &str) -> String {
+    fn url(&self, database: &str, password: &str) -> String {
         format!(
-            "postgres://postgres@127.0.0.1:{}/{database}?sslmode=disable",
+            "postgres://postgres:{password}@127.0.0.1:{}/{database}?sslmode=disable",
             self.port
         )
     }
@@ -149,7 +149,7 @@ async fn walhook_follows_a_promoted_standby_through_its_failover_slot() {
     let receiver = Receiver::start().await;
     let binary = WalhookBinary::new(
         &db.configure()
-            .url(&forwarder.url(&db.name))
+            .url(&forwarder.url(&db.name, primary.password()))
             .subscription(
                 subscription("items", &receiver.url("/items"))
                     .tables(&["items"])

@@ -422,7 +422,8 @@ async fn tls_require_and_prefer_encrypt_both_connections() {
     for mode in ["require", "prefer"] {
         let app = format!("tls_{mode}_{}", db.name);
         let url = format!(
-            "postgres://{SUPERUSER}@127.0.0.1:{port}/{}?sslmode={mode}&application_name={app}",
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{port}/{}?sslmode={mode}&application_name={app}",
+            cluster().password(),
             db.name
         );
         let sql = connect_sql(&params(&url)).await.unwrap();
@@ -449,7 +450,8 @@ async fn tls_verify_full_checks_the_root_and_the_host_name() {
     let tls = tls_files();
     let url = |host: &str, mode: &str, root: &Path| {
         format!(
-            "postgres://{SUPERUSER}@{host}:{port}/{}?sslmode={mode}&sslrootcert={}",
+            "postgres://{SUPERUSER}:{}@{host}:{port}/{}?sslmode={mode}&sslrootcert={}",
+            cluster().password(),
             db.name,
             root.display()
         )
@@ -561,4 +563,32 @@ async fn logical_decoding_messages_arrive_from_postgresql_14_on() {
         assert_eq!(tags, "BIICBIC", "PostgreSQL {major}");
     }
     stream.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_throw_away_cluster_refuses_a_connection_without_its_password() {
+    // Any local user could reach the port; without the password they get
+    // nothing (the cluster used to trust everyone on 127.0.0.1).
+    let url = format!(
+        "postgres://{SUPERUSER}@127.0.0.1:{}/postgres?sslmode=disable",
+        cluster().port()
+    );
+    let refused = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("no connection without the password");
+    let wrong = format!(
+        "postgres://{SUPERUSER}:guess@127.0.0.1:{}/postgres?sslmode=disable",
+        cluster().port()
+    );
+    let denied = tokio_postgres::connect(&wrong, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("no connection with a wrong password");
+    assert!(
+        denied
+            .as_db_error()
+            .is_some_and(|db| db.code().code() == "28P01"),
+        "password authentication failed: {denied}; without one: {refused}"
+    );
 }

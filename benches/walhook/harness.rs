@@ -515,6 +515,7 @@ async fn measure_ceiling(
         .args(["-d", database, "--slot", slot, "--start", "--no-loop"])
         .args(["-o", "proto_version=1", "-o", "publication_names=walhook"])
         .args(["-f", "/dev/null", "--endpos", &end])
+        .env("PGPASSWORD", postgres.password())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
