@@ -371,3 +371,41 @@ async fn with_config_listen_takes_the_subscriptions_port_and_secret() {
     );
     assert!(listening.interrupt().await.success());
 }
+
+#[tokio::test]
+async fn what_a_request_carries_cannot_drive_the_terminal() {
+    let listening = Listening::start(None).await;
+    // Sequences that retitle the window, clear the screen (C1 CSI) and
+    // ring the bell, in a field, in a value and in a body that is not JSON.
+    let hostile = "owned\u{1b}]0;pwned\u{7}\u{9b}2J";
+    let event = serde_json::json!({
+        "id": "wh_1", "type": hostile, "schema": "public", "table": "t",
+        "record": {"note": hostile},
+    });
+    let answered = client()
+        .post(format!("{}/x", listening.base_url))
+        .header("content-type", "application/json")
+        .body(event.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(answered.status().is_success());
+    let answered = client()
+        .post(format!("{}/y", listening.base_url))
+        .body(format!("not json {hostile}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status().as_u16(), 400);
+    listening.wait_for_output("not json").await;
+    let output = listening.output();
+    assert!(
+        !output.chars().any(|c| c.is_control() && c != '\n'),
+        "a control character reached the terminal:\n{output:?}"
+    );
+    assert!(
+        output.contains("\\u{1b}]0;pwned"),
+        "shown escaped:\n{output}"
+    );
+    listening.interrupt().await;
+}

@@ -224,7 +224,13 @@ fn signing_key(secret: &str) -> Result<SigningKey, ConfigError> {
                 format!("reads the environment variable {variable}, which is not set"),
             )
         })?,
-        None => secret.to_owned(),
+        None => {
+            eprintln!(
+                "warning: a --secret on the command line is visible to every user of this \
+                 machine (ps, /proc); pass --secret env:NAME, or set {SECRET_VARIABLE}"
+            );
+            secret.to_owned()
+        }
     };
     SigningKey::from_secret(&value).map_err(|why| argument_error("--secret", why))
 }
@@ -314,7 +320,7 @@ async fn receive(
                 signature.describe(listener.colour),
                 status.as_u16()
             );
-            let _ = writeln!(out, "{}", String::from_utf8_lossy(&body));
+            let _ = writeln!(out, "{}", printable(&String::from_utf8_lossy(&body)));
         }
     }
     out.push('\n');
@@ -400,7 +406,7 @@ fn render(
 
 /// `UPDATE public.orders  wh_…` from a payload's own fields.
 fn event_title(event: &Value) -> String {
-    let text = |name: &str| event.get(name).and_then(Value::as_str).unwrap_or("?");
+    let text = |name: &str| printable(event.get(name).and_then(Value::as_str).unwrap_or("?"));
     format!(
         "{} {}.{}  {}",
         text("type"),
@@ -418,8 +424,8 @@ fn write_pretty(out: &mut String, value: &Value, colour: bool) {
         write_value(out, value, 0);
     } else {
         match serde_json::to_string_pretty(value) {
-            Ok(text) => out.push_str(&text),
-            Err(_) => out.push_str(&value.to_string()),
+            Ok(text) => out.push_str(&printable(&text)),
+            Err(_) => out.push_str(&printable(&value.to_string())),
         }
     }
     out.push('\n');
@@ -467,7 +473,26 @@ fn indent(out: &mut String, depth: usize) {
 }
 
 fn quoted(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| format!("{text:?}"))
+    printable(&serde_json::to_string(text).unwrap_or_else(|_| format!("{text:?}"))).into_owned()
+}
+
+/// `text` with every control character (C0, DEL, C1 — JSON escapes only
+/// C0) written as `\u{…}`, so that what a request carries cannot move the
+/// cursor, rewrite the screen or set the terminal's title: only walhook's
+/// own colour codes reach the terminal.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\n') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() && c != '\n' {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 const BOLD: &str = "\x1b[1m";
@@ -496,6 +521,18 @@ fn emit(text: &str) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn what_a_request_carries_cannot_drive_the_terminal() {
+        // ESC (a colour or cursor sequence), BEL, DEL and CSI (C1).
+        let hostile = "ok\u{1b}]0;owned\u{7}\u{7f}\u{9b}2J";
+        let shown = super::printable(hostile);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(shown, "ok\\u{1b}]0;owned\\u{7}\\u{7f}\\u{9b}2J");
+        assert_eq!(super::printable("plain\ntext"), "plain\ntext");
+        // JSON strings get the same, beyond what JSON escapes itself.
+        assert!(!super::quoted("a\u{9b}b").chars().any(char::is_control));
+    }
+
     use super::*;
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
