@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use rustls::pki_types::pem::PemObject;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -100,11 +101,11 @@ fn root_store(params: &ConnectParams) -> Result<RootCertStore, TlsSetupError> {
                 path: path.clone(),
                 source,
             })?;
-            let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            let certs = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| TlsSetupError::ReadRootCert {
+                .map_err(|error| TlsSetupError::ReadRootCert {
                     path: path.clone(),
-                    source,
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, error),
                 })?;
             let (added, _ignored) = roots.add_parsable_certificates(certs);
             if added == 0 {
