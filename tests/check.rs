@@ -302,7 +302,7 @@ async fn an_unresolvable_host_exits_1_a_closed_port_warns_and_a_bad_file_exits_2
 }
 
 #[tokio::test]
-async fn check_warns_about_unsigned_subscriptions_and_secrets_sent_in_clear_text() {
+async fn check_warns_about_unsigned_subscriptions_secrets_in_clear_text_and_metadata_urls() {
     let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY)").await;
     let receiver = Receiver::start().await;
     let config = db
@@ -312,6 +312,12 @@ async fn check_warns_about_unsigned_subscriptions_and_secrets_sent_in_clear_text
         // a documentation address (RFC 5737); check only warns about it.
         .subscription(
             subscription("exposed", "http://192.0.2.1:8080/hook")
+                .tables(&["orders"])
+                .secret("whsec_c2VjcmV0LWZvci10aGUtY2hlY2stdGVzdHM="),
+        )
+        // The cloud metadata address.
+        .subscription(
+            subscription("metadata", "http://169.254.169.254/latest/meta-data/")
                 .tables(&["orders"])
                 .secret("whsec_c2VjcmV0LWZvci10aGUtY2hlY2stdGVzdHM="),
         )
@@ -343,6 +349,12 @@ async fn check_warns_about_unsigned_subscriptions_and_secrets_sent_in_clear_text
         about("exposed")
             .iter()
             .any(|line| line.contains("plain http") && line.contains("https://")),
+        "{text}"
+    );
+    assert!(
+        about("metadata")
+            .iter()
+            .any(|line| line.contains("link-local address 169.254.169.254")),
         "{text}"
     );
     assert!(

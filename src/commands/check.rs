@@ -937,6 +937,44 @@ fn warn_about_exposure(
     }
 }
 
+/// Warns about a URL whose host is (or resolves to) a link-local address,
+/// where clouds serve instance metadata and credentials: events sent there
+/// are a configuration mistake at best.
+async fn warn_about_metadata_address(
+    subscription: &SubscriptionConfig,
+    host: &str,
+    port: u16,
+    report: &mut CheckReport,
+) {
+    let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let Some(addresses) = resolved else {
+        return;
+    };
+    let link_local = |address: std::net::IpAddr| match address {
+        std::net::IpAddr::V4(v4) => v4.is_link_local() || v4.octets() == [100, 100, 100, 200],
+        std::net::IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254]
+        }
+    };
+    if let Some(address) = addresses
+        .map(|address| address.ip())
+        .find(|ip| link_local(*ip))
+    {
+        report.warning(
+            format!(
+                "subscription {:?}: url host {host} is the link-local address {address}, where \
+                 clouds serve instance metadata and credentials",
+                subscription.name
+            ),
+            "correct `url`",
+        );
+    }
+}
+
 /// Each subscription URL's host resolves (a problem when it does not) and
 /// accepts a TCP connection (a warning when it does not: the receiver may
 /// not be up yet). No request is sent; with a proxy configured the
@@ -964,6 +1002,7 @@ async fn check_urls(subscriptions: &[SubscriptionConfig], report: &mut CheckRepo
             .trim_end_matches(']')
             .to_owned();
         warn_about_exposure(subscription, &url, &host, report);
+        warn_about_metadata_address(subscription, &host, port, report).await;
         let key = (host.clone(), port);
         let outcome = match reached.get(&key) {
             Some(outcome) => outcome.clone(),
