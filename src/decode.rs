@@ -311,9 +311,9 @@ fn fill_unchanged_toast(new: &mut Row, old: &Row) {
             continue;
         }
         if let Some(value) = old.value(index) {
-            let start = new.json.len() as u32;
+            let start = new.json.len();
             new.json.extend_from_slice(value);
-            new.cells[index] = Cell::Json(start..new.json.len() as u32);
+            new.cells[index] = Cell::Json(start..new.json.len());
         }
     }
 }

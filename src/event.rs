@@ -151,7 +151,10 @@ pub enum Cell {
     /// An unchanged TOAST value whose contents were not sent.
     UnchangedToast,
     /// The JSON text of the value (`null` included) in the row's buffer.
-    Json(Range<u32>),
+    /// Offsets are `usize`: a row's JSON may pass 4 GiB (five 1 GB values,
+    /// or one whose escaping multiplies it), where `u32` offsets wrapped
+    /// and cut other columns' text.
+    Json(Range<usize>),
 }
 
 /// A row whose values are rendered as JSON text, one [`Cell`] per column of
@@ -166,16 +169,16 @@ impl Row {
     /// The JSON text of column `index`, when it was sent.
     pub fn value(&self, index: usize) -> Option<&[u8]> {
         match self.cells.get(index)? {
-            Cell::Json(range) => self.json.get(range.start as usize..range.end as usize),
+            Cell::Json(range) => self.json.get(range.clone()),
             Cell::Absent | Cell::UnchangedToast => None,
         }
     }
 
     /// Appends a rendered value produced by `render` as the next cell.
     pub fn push_value(&mut self, render: impl FnOnce(&mut Vec<u8>)) {
-        let start = self.json.len() as u32;
+        let start = self.json.len();
         render(&mut self.json);
-        self.cells.push(Cell::Json(start..self.json.len() as u32));
+        self.cells.push(Cell::Json(start..self.json.len()));
     }
 }
 
