@@ -364,3 +364,42 @@ async fn check_warns_about_unsigned_subscriptions_secrets_in_clear_text_and_meta
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn check_warns_when_someone_else_owns_walhooks_state() {
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY)").await;
+    let receiver = Receiver::start().await;
+    let config = db
+        .configure()
+        .subscription(
+            subscription("orders", &receiver.url("/orders"))
+                .tables(&["orders"])
+                .secret("whsec_c2VjcmV0LWZvci10aGUtY2hlY2stdGVzdHM="),
+        )
+        .text();
+    let (output, text) = walhook(&["setup"], &config).await;
+    assert!(output.status.success(), "{text}");
+    let (_, text) = walhook(&["check"], &config).await;
+    assert!(
+        !text.contains("can rewrite what walhook stores"),
+        "set up by this role: {text}"
+    );
+    // Another, ordinary role takes the dead letters over.
+    let other = format!("{}_other", db.name);
+    db.client
+        .batch_execute(&format!(
+            "CREATE ROLE {other}; ALTER TABLE walhook.dead_letters OWNER TO {other}"
+        ))
+        .await
+        .unwrap();
+    let (_, text) = walhook(&["check"], &config).await;
+    let warning = lines(&text, "warning:")
+        .into_iter()
+        .find(|line| line.contains("table walhook.dead_letters "))
+        .unwrap_or_else(|| panic!("a warning about walhook.dead_letters: {text}"));
+    assert!(warning.contains(&format!("{other:?}")), "{warning}");
+    assert!(
+        warning.contains("ALTER TABLE walhook.dead_letters OWNER TO"),
+        "{warning}"
+    );
+}

@@ -146,6 +146,7 @@ pub async fn run(config_path: &Path) -> Result<CheckReport, CommandError> {
     check_slot(&client, &config, &mut report).await;
     check_dead_letters(&client, &role, &mut report).await;
     check_backlogs(&client, &config, &role, &mut report).await;
+    check_state_owners(&client, &role, &mut report).await;
     check_urls(&config.subscriptions, &mut report).await;
     println!("{}", report.summary());
     Ok(report)
@@ -889,6 +890,51 @@ async fn check_backlogs(
     }
     if clean {
         report.pass();
+    }
+}
+
+/// The `walhook` schema and its tables belong to this role or a superuser:
+/// whoever owns them can rewrite dead letters and backlogs, and so what
+/// walhook sends, signed, to the receivers (docs/security.md).
+async fn check_state_owners(client: &tokio_postgres::Client, role: &str, report: &mut CheckReport) {
+    const QUERY: &str = "SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, \
+                format('%I.%I', n.nspname, c.relname), r.rolname \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_roles r ON r.oid = c.relowner \
+         WHERE n.nspname = 'walhook' AND c.relkind IN ('r', 'p', 'S') \
+           AND r.rolname <> current_user AND NOT r.rolsuper \
+         UNION ALL \
+         SELECT 'SCHEMA', 'walhook', r.rolname FROM pg_namespace n \
+         JOIN pg_roles r ON r.oid = n.nspowner \
+         WHERE n.nspname = 'walhook' AND r.rolname <> current_user AND NOT r.rolsuper \
+         ORDER BY 1, 2";
+    let rows = match client.query(QUERY, &[]).await {
+        Ok(rows) => rows,
+        Err(error) => {
+            report.query_failed("the walhook schema's owners", &error);
+            return;
+        }
+    };
+    if rows.is_empty() {
+        report.pass();
+        return;
+    }
+    for row in rows {
+        let (Ok(kind), Ok(name), Ok(owner)) = (
+            row.try_get::<_, String>(0),
+            row.try_get::<_, String>(1),
+            row.try_get::<_, String>(2),
+        ) else {
+            continue;
+        };
+        report.warning(
+            format!(
+                "{} {name} belongs to role {owner:?}, neither this role ({role:?}) nor a \
+                 superuser: {owner:?} can rewrite what walhook stores, and so what it sends",
+                kind.to_lowercase()
+            ),
+            format!("ALTER {kind} {name} OWNER TO {}", quote_identifier(role)),
+        );
     }
 }
 
