@@ -710,6 +710,21 @@ async fn stop_walhook(mut daemon: Daemon, before: Usage) -> Result<f64, BenchErr
     Ok(children_usage().cpu_seconds - before.cpu_seconds)
 }
 
+/// Answers 2xx again and waits for `count` events: the seconds from the
+/// first answered request (walhook's probe) to the last event.
+async fn come_back_and_drain(sink: &Sink, count: usize) -> Result<f64, BenchError> {
+    sink.down.store(false, Ordering::Relaxed);
+    wait_for_events(sink, count, Duration::from_secs(600)).await?;
+    let drained_at = Instant::now();
+    let first_success = sink
+        .first_success
+        .lock()
+        .ok()
+        .and_then(|first| *first)
+        .unwrap_or(drained_at);
+    Ok(drained_at.duration_since(first_success).as_secs_f64())
+}
+
 async fn wait_for_events(sink: &Sink, count: usize, deadline: Duration) -> Result<(), BenchError> {
     let until = tokio::time::Instant::now() + deadline;
     loop {
@@ -821,16 +836,7 @@ async fn measure_backlog(
     }
     let write_seconds = started.elapsed().as_secs_f64();
     let write_cpu = cpu_now();
-    sink.down.store(false, Ordering::Relaxed);
-    wait_for_events(&sink, rows as usize, Duration::from_secs(600)).await?;
-    let drained_at = Instant::now();
-    let drain_started = sink
-        .first_success
-        .lock()
-        .ok()
-        .and_then(|first| *first)
-        .unwrap_or(drained_at);
-    let drain_seconds = drained_at.duration_since(drain_started).as_secs_f64();
+    let drain_seconds = come_back_and_drain(&sink, rows as usize).await?;
     let drain_cpu = cpu_now() - write_cpu;
     let peak_kb = pid.map(read_peak_rss_kb).unwrap_or(0);
     peak.abort();
@@ -1035,15 +1041,7 @@ async fn measure_isolation(
         .map_err(|error| bench_error("counting the backlog", error))?
         .get(0);
 
-    down.down.store(false, Ordering::Relaxed);
-    wait_for_events(&down, total as usize, Duration::from_secs(600)).await?;
-    let drained_at = Instant::now();
-    let first_success = down
-        .first_success
-        .lock()
-        .ok()
-        .and_then(|first| *first)
-        .unwrap_or(drained_at);
+    let drain_seconds = come_back_and_drain(&down, total as usize).await?;
     let result = IsolationResult {
         burst_rows: burst,
         live_rows,
@@ -1054,7 +1052,7 @@ async fn measure_isolation(
         rss_mb_after_burst: rss_after_burst as f64 / 1024.0,
         rss_mb_after_live: rss_after_live as f64 / 1024.0,
         backlog_events,
-        drain_seconds: drained_at.duration_since(first_success).as_secs_f64(),
+        drain_seconds,
         drained_events: down.events.load(Ordering::Relaxed) as u64,
     };
     stop_walhook(daemon, before).await?;
@@ -1063,12 +1061,7 @@ async fn measure_isolation(
 
 /// A running process's resident memory now (VmRSS), in kB.
 fn current_rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    proc_status_kb(pid, "VmRSS:")
 }
 
 /// Seconds of live load before the latency figures start.
@@ -1210,10 +1203,15 @@ fn cpu_seconds(who: nix::sys::resource::UsageWho) -> f64 {
 
 /// Peak resident set (VmHWM) of a live process, in kB.
 fn read_peak_rss_kb(pid: u32) -> u64 {
+    proc_status_kb(pid, "VmHWM:")
+}
+
+/// A `kB` figure of /proc/PID/status (0 when it cannot be read).
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }

@@ -7,9 +7,12 @@
 //! one at a time, every `probe_interval`, and the first one answered closes
 //! the circuit.
 //!
-//! A drain *pass* starts only when the subscription's lanes are idle (so
-//! whatever lanes handed back to the backlog is there), reads from the
-//! start, and ends when the circuit opens or an operator pauses. Events of
+//! A drain *pass* starts only when the subscription's lanes are idle and
+//! every event sent to the backlog is stored (so whatever lanes handed back
+//! is there), reads from the start, and ends when the circuit opens or an
+//! operator pauses. Rows are appended in commit order, and after a restart
+//! nothing is read before the changes the slot sends again are stored
+//! ([`Drainer::horizon`]), so no row ever lands behind a pass's cursor. Events of
 //! an ended pass that are still queued are dropped by the lanes, unsent;
 //! their rows stay for the next pass. It does not decide when a
 //! subscription goes into backlog mode (`deliver`), nor append (`spill`).
@@ -25,8 +28,6 @@ use tokio_util::sync::CancellationToken;
 use super::http::RequestBody;
 use super::policy::Verdict;
 use super::{Claim, LaneLoad, Outbound, Shared, SubscriptionContext, budget_cost};
-use crate::event::event_id;
-use crate::lsn::Lsn;
 use crate::retry;
 use crate::store::backlog::{BacklogError, BacklogStore, Position, StoredEvent};
 use crate::store::dead_letters::DeadLetter;
@@ -318,18 +319,6 @@ impl Drainer {
                 }
             };
             let Some(last) = rows.last().map(|row| row.position) else {
-                if let Some(position) = cursor
-                    && self.missed_rows(position, &count, ledger).await
-                {
-                    // Rows the pass went past (a change read again after a
-                    // restart, stored behind the cursor): start over once
-                    // what is out has resolved.
-                    while self.outstanding(&count, ledger) > 0 && !self.closing.is_cancelled() {
-                        self.wait_for_change(ledger, Some(CAUGHT_UP_RECHECK)).await;
-                        count.deleted += self.delete_delivered(ledger).await;
-                    }
-                    return;
-                }
                 if self.outstanding(&count, ledger) > 0 {
                     // Going live now could let a new event of a key pass
                     // a drained one not yet deleted (sent again after a
@@ -409,17 +398,6 @@ impl Drainer {
             .saturating_sub(dropped)
     }
 
-    /// Whether the backlog holds rows at or before `cursor` beyond those
-    /// handed out and not yet deleted.
-    async fn missed_rows(&self, cursor: Position, count: &PassCount, ledger: &Ledger) -> bool {
-        match self.store.count_up_to(cursor).await {
-            Ok(stored) => u64::try_from(stored).unwrap_or(0) > self.outstanding(count, ledger),
-            // Unknown: read again from the start rather than go live past
-            // rows that may be there.
-            Err(_) => true,
-        }
-    }
-
     /// Pays an event's budget share and sends it to the reader.
     async fn hand_out(
         &self,
@@ -436,7 +414,7 @@ impl Drainer {
             return ControlFlow::Break(());
         };
         share.forget();
-        let event = outbound(&self.context.gate.name, row, generation, ledger);
+        let event = outbound(row, generation, ledger);
         let sent = self
             .send(DrainMessage::Event {
                 subscription: self.subscription,
@@ -494,7 +472,7 @@ impl Drainer {
             // An event to be parked is parked at its turn, never sent.
             match row {
                 Some(row) if row.park_reason.is_some() => {
-                    let event = outbound(&gate.name, row, generation, ledger);
+                    let event = outbound(row, generation, ledger);
                     let reason = event.park.clone().unwrap_or_default();
                     if self.park(event, None, &reason).await.is_break() {
                         return;
@@ -509,7 +487,7 @@ impl Drainer {
             gate.close_circuit();
             return;
         };
-        let event = outbound(&gate.name, row, generation, ledger);
+        let event = outbound(row, generation, ledger);
         let endpoint = &self.context.endpoint;
         let request = RequestBody::for_events(std::slice::from_ref(&event), endpoint.batched());
         let outcome = {
@@ -597,17 +575,16 @@ fn next_page(rows: usize, bytes: usize) -> i64 {
         .clamp(1, PAGE_EVENTS)
 }
 
-/// An event read back from the backlog, for the lanes. Its id is made again
-/// from its place in the stream, as it was made live.
+/// An event read back from the backlog, for the lanes (its id was made
+/// again from its place in the stream, as it was made live).
 fn outbound(
-    subscription: &str,
     row: StoredEvent,
     generation: u64,
     ledger: &Arc<Ledger>,
 ) -> Outbound {
     let bytes = row.payload.len();
     Outbound {
-        id: event_id(subscription, Lsn(row.position.commit_lsn), row.position.ordinal),
+        id: row.event_id,
         position: row.position,
         ordering_key: row.ordering_key,
         previous_ordering_key: row.previous_ordering_key,

@@ -148,6 +148,8 @@ pub struct Delivery {
     subscriptions: Vec<SubscriptionLanes>,
     /// (subscription, lane) pairs with pending events.
     dirty: Vec<(usize, usize)>,
+    /// Subscriptions with events for their backlog not yet handed over.
+    spilling: Vec<usize>,
     /// Events held in all subscriptions' `held` queues.
     held_events: usize,
     /// Events the drainers read back from their backlogs, for the lanes.
@@ -598,6 +600,7 @@ impl Delivery {
         Ok(Delivery {
             subscriptions: all,
             dirty: Vec::new(),
+            spilling: Vec::new(),
             held_events: 0,
             drained: backlog.is_some().then_some(drained),
             closing,
@@ -704,6 +707,9 @@ impl Delivery {
         target.set_backlogged(true, why);
         let held = std::mem::take(&mut target.held);
         self.held_events -= held.len();
+        if !held.is_empty() && target.pending_spill.is_empty() {
+            self.spilling.push(subscription);
+        }
         for held in held {
             target.context.budget.add_permits(held.cost as usize);
             let mut event = held.event;
@@ -775,6 +781,9 @@ impl Delivery {
             .ok_or(DeliveryClosed)?;
         event.body = Bytes::copy_from_slice(payload);
         target.context.gate.spill_requested(1);
+        if target.pending_spill.is_empty() {
+            self.spilling.push(subscription);
+        }
         target.pending_spill.push(SpillItem { event, cost });
         Ok(())
     }
@@ -988,8 +997,9 @@ impl Delivery {
             // Only fails for a subscription that does not exist.
             let _ = self.release_held();
         }
-        for target in &mut self.subscriptions {
-            if !target.pending_spill.is_empty()
+        for subscription in self.spilling.drain(..) {
+            if let Some(target) = self.subscriptions.get_mut(subscription)
+                && !target.pending_spill.is_empty()
                 && let Some(spill) = &target.context.spill
             {
                 // A closed spiller means shutdown; the claims stay unresolved.
@@ -1097,6 +1107,7 @@ mod tests {
                 held: VecDeque::new(),
             }],
             dirty: Vec::new(),
+            spilling: Vec::new(),
             held_events: 0,
             drained: None,
             closing: CancellationToken::new(),

@@ -103,7 +103,7 @@ pub(super) async fn run_spiller(
 fn stored(event: &Outbound) -> StoredEvent {
     StoredEvent {
         position: event.position,
-        event_id: event.id.to_string(),
+        event_id: event.id,
         ordering_key: event.ordering_key,
         previous_ordering_key: event.previous_ordering_key,
         barrier: event.barrier,

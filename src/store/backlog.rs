@@ -13,13 +13,17 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use super::{StatementError, failed};
+use crate::event::{EventId, event_id};
+use crate::lsn::Lsn;
 use crate::pgconn::{ConnectParams, connect_sql};
 
 /// One event as stored in, or read back from, a backlog.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
     pub position: Position,
-    pub event_id: String,
+    /// Made from the subscription and the position, as live (the table's
+    /// `event_id` column is for people reading it; it is not read back).
+    pub event_id: EventId,
     pub ordering_key: u64,
     pub previous_ordering_key: Option<u64>,
     pub barrier: bool,
@@ -84,7 +88,7 @@ const APPEND: &str = "INSERT INTO walhook.backlog (subscription, commit_lsn, ord
               park_reason, commit_micros, payload) \
      ON CONFLICT (subscription, commit_lsn, ordinal) DO NOTHING";
 
-const READ: &str = "SELECT commit_lsn, ordinal, event_id, ordering_key, previous_ordering_key, \
+const READ: &str = "SELECT commit_lsn, ordinal, ordering_key, previous_ordering_key, \
          barrier, park_reason, \
          (extract(epoch FROM commit_time - timestamptz '2000-01-01 00:00:00+00') * 1000000)::bigint, \
          payload::text \
@@ -97,9 +101,6 @@ const READ: &str = "SELECT commit_lsn, ordinal, event_id, ordering_key, previous
 const DELETE: &str = "DELETE FROM walhook.backlog AS b \
      USING unnest($2::bigint[], $3::bigint[]) AS d(commit_lsn, ordinal) \
      WHERE b.subscription = $1 AND b.commit_lsn = d.commit_lsn AND b.ordinal = d.ordinal";
-
-const COUNT_UP_TO: &str = "SELECT count(*) FROM walhook.backlog \
-     WHERE subscription = $1 AND (commit_lsn, ordinal) <= ($2, $3)";
 
 const OLDEST_AGE: &str = "SELECT extract(epoch FROM now() - commit_time)::float8 \
      FROM walhook.backlog WHERE subscription = $1 ORDER BY commit_lsn, ordinal LIMIT 1";
@@ -223,18 +224,23 @@ impl BacklogStore {
         rows.iter()
             .map(|row| {
                 let ordinal: i64 = row.try_get(1)?;
-                let payload: String = row.try_get(8)?;
+                let payload: String = row.try_get(7)?;
+                let position = Position {
+                    commit_lsn: from_bigint(row.try_get(0)?),
+                    ordinal: u32::try_from(ordinal).unwrap_or_default(),
+                };
                 Ok(StoredEvent {
-                    position: Position {
-                        commit_lsn: from_bigint(row.try_get(0)?),
-                        ordinal: u32::try_from(ordinal).unwrap_or_default(),
-                    },
-                    event_id: row.try_get(2)?,
-                    ordering_key: from_bigint(row.try_get(3)?),
-                    previous_ordering_key: row.try_get::<_, Option<i64>>(4)?.map(from_bigint),
-                    barrier: row.try_get(5)?,
-                    park_reason: row.try_get(6)?,
-                    commit_time_micros: row.try_get(7)?,
+                    position,
+                    event_id: event_id(
+                        &self.subscription,
+                        Lsn(position.commit_lsn),
+                        position.ordinal,
+                    ),
+                    ordering_key: from_bigint(row.try_get(2)?),
+                    previous_ordering_key: row.try_get::<_, Option<i64>>(3)?.map(from_bigint),
+                    barrier: row.try_get(4)?,
+                    park_reason: row.try_get(5)?,
+                    commit_time_micros: row.try_get(6)?,
                     payload: bytes::Bytes::from(payload),
                 })
             })
@@ -261,23 +267,6 @@ impl BacklogStore {
             .map_err(BacklogError::from)
     }
 
-    /// How many events are stored at or before `position`.
-    pub async fn count_up_to(&self, position: Position) -> Result<i64, BacklogError> {
-        let client = self.drainer().await?;
-        client
-            .query_one(
-                COUNT_UP_TO,
-                &[
-                    &self.subscription,
-                    &to_bigint(position.commit_lsn),
-                    &i64::from(position.ordinal),
-                ],
-            )
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(failed(COUNT_UP_TO))
-            .map_err(BacklogError::from)
-    }
 }
 
 /// Whether this role can use the backlog (the table exists, and it may
