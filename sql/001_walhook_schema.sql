@@ -18,6 +18,11 @@ CREATE TABLE IF NOT EXISTS walhook.dead_letters (
     attempts         integer     NOT NULL,
     first_attempt_at timestamptz NOT NULL,
     last_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    -- The row's seal: a MAC of (subscription, event_id, payload) under a key
+    -- derived from the subscription's secret, which is not in the database.
+    -- `dead-letters replay` refuses a row whose seal does not match
+    -- (docs/security.md, "Rows walhook reads back").
+    mac              bytea,
     UNIQUE (subscription, event_id)
 );
 
@@ -52,6 +57,9 @@ CREATE TABLE IF NOT EXISTS walhook.backlog (
     commit_time           timestamptz NOT NULL,
     payload               json        NOT NULL,
     stored_at             timestamptz NOT NULL DEFAULT now(),
+    -- The row's seal, as in walhook.dead_letters: a row whose seal does not
+    -- match is parked as an unsealed dead letter instead of being sent.
+    mac                   bytea,
     PRIMARY KEY (subscription, commit_lsn, ordinal)
 );
 
@@ -64,3 +72,7 @@ CREATE TABLE IF NOT EXISTS walhook.subscription_state (
     mode         text,
     mode_since   timestamptz
 );
+
+-- Schemas made before rows were sealed gain the column (NULL in old rows).
+ALTER TABLE walhook.dead_letters ADD COLUMN IF NOT EXISTS mac bytea;
+ALTER TABLE walhook.backlog ADD COLUMN IF NOT EXISTS mac bytea;

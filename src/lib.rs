@@ -25,7 +25,7 @@
 //! `pgtime`, `value` (rendering, `value::escape`, `value::compare`),
 //! `event` (the change model and payload), `filter`, `webhook` (the Standard
 //! Webhooks scheme), `config` (every value parsed once), `retry` (waits),
-//! `catalog` (type facts), `mode` (a subscription's delivery mode),
+//! `catalog` (type facts), `seal` (MACs of stored rows), `mode` (a subscription's delivery mode),
 //! `telemetry`, `health`. Beside the stream: `tables`
 //! resolves the rules' tables in the catalog (oids, partitions, replica
 //! identity), `store` holds all SQL about walhook's own state (its schema,
@@ -68,5 +68,6 @@ macro_rules! internal {
 
 internal!(
     admin, catalog, checkpoint, control, decode, deliver, health, mode, oid, pgconn, pgoutput,
-    pgtime, pipeline, retry, rules, setup, source, status, store, tables, telemetry, value, watch,
+    pgtime, pipeline, retry, rules, seal, setup, source, status, store, tables, telemetry, value,
+    watch,
 );

@@ -99,6 +99,11 @@ enum DeadLettersCommand {
         config: ConfigArgs,
         #[command(flatten)]
         select: DeadLetterSelect,
+        /// Also send letters whose seal does not match (rows walhook did not
+        /// store under the subscription's current secret) — only for letters
+        /// you have checked and vouch for.
+        #[arg(long)]
+        trust_unsealed: bool,
     },
     /// Delete parked events without sending them.
     Purge {
@@ -257,9 +262,11 @@ async fn dead_letters(command: DeadLettersCommand) -> Result<(), walhook::comman
             };
             list(&config.config, &selector, json).await
         }
-        DeadLettersCommand::Replay { config, select } => {
-            replay(&config.config, &select.selector()).await
-        }
+        DeadLettersCommand::Replay {
+            config,
+            select,
+            trust_unsealed,
+        } => replay(&config.config, &select.selector(), trust_unsealed).await,
         DeadLettersCommand::Purge { config, select } => {
             purge(&config.config, &select.selector()).await
         }

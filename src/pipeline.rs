@@ -481,6 +481,7 @@ impl Pipeline {
                 previous_ordering_key: change.previous_ordering_key(),
                 commit_time_micros: change.transaction.commit_time_micros,
                 barrier: change.kind == EventKind::Truncate,
+                seal_failed: false,
                 park,
                 body: Bytes::new(),
                 claim: Claim::Checkpoint(self.checkpoint.track_event()),

@@ -387,6 +387,7 @@ mod tests {
         let limits = BacklogConfig {
             warn_age: Duration::from_secs(60),
             warn_megabytes: 1,
+            trust_unsealed: false,
         };
         subscription.warn_about_backlog(&limits);
         assert!(subscription.warnings.is_empty(), "young and small");

@@ -62,6 +62,12 @@ impl SigningKey {
         Ok(SigningKey(key))
     }
 
+    /// The key's bytes, for deriving other keys from it (`seal`); never for
+    /// printing.
+    pub(crate) fn key_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The `webhook-signature` header value for one request.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         // HMAC takes keys of any length; this cannot fail.

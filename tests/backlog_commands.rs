@@ -39,20 +39,10 @@ async fn down_receiver() -> Receiver {
     receiver
 }
 
-/// One transaction: rows `from..=to`.
-async fn insert_rows(db: &TestDb, from: i64, to: i64) {
-    db.client
-        .batch_execute(&format!(
-            "INSERT INTO items SELECT g, 'row ' || g FROM generate_series({from}, {to}) g"
-        ))
-        .await
-        .unwrap();
-}
-
 /// Inserts rows `1..=rows` and waits until each of `subscriptions` has
 /// exactly that many events waiting in `walhook.backlog`.
 async fn fill_backlogs(db: &TestDb, subscriptions: &[&str], rows: i64) {
-    insert_rows(db, 1, rows).await;
+    db.insert_items(1, rows).await;
     for name in subscriptions {
         wait_until(
             &format!("{rows} events of {name} in walhook.backlog"),
@@ -240,7 +230,7 @@ async fn backlog_purge_deletes_one_subscriptions_waiting_events_and_they_are_nev
     // purged ones (in strict order they would have come first), nor are
     // they dead letters.
     orders.respond_with(200);
-    insert_rows(&db, ROWS + 1, ROWS + 1).await;
+    db.insert_items(ROWS + 1, ROWS + 1).await;
     orders
         .wait_for_delivered_count(1, Duration::from_secs(20))
         .await;

@@ -805,7 +805,45 @@ async fn check_dead_letters(client: &tokio_postgres::Client, role: &str, report:
             ),
         );
     } else {
+        check_seal_columns(client, report).await;
+    }
+}
+
+/// Both tables of stored events have the `mac` column that holds row seals
+/// (a schema from before seals gains it when `walhook setup` runs as its
+/// owner; until then rows are stored and read back unchecked).
+async fn check_seal_columns(client: &tokio_postgres::Client, report: &mut CheckReport) {
+    let mut missing = Vec::new();
+    // A schema without the backlog table is reported by `check_backlogs`.
+    let has_backlog = matches!(store::backlog::usable(client).await, Ok(true));
+    let tables: &[&str] = if has_backlog {
+        &["dead_letters", "backlog"]
+    } else {
+        &["dead_letters"]
+    };
+    for table in tables {
+        match store::schema::has_seal_column(client, table).await {
+            Ok(true) => {}
+            Ok(false) => missing.push(format!("walhook.{table}")),
+            Err(error) => {
+                report.query_failed("the walhook schema", &error.source);
+                return;
+            }
+        }
+    }
+    if missing.is_empty() {
         report.pass();
+    } else {
+        report.warning(
+            format!(
+                "{} has no `mac` column (a schema from before row seals): rows there are not \
+                 sealed, so a row written by anyone with INSERT on the table would be sent as \
+                 walhook's",
+                missing.join(" and ")
+            ),
+            "run `walhook setup` as the walhook schema's owner (or sql/001_walhook_schema.sql \
+             with psql) to add it",
+        );
     }
 }
 

@@ -10,8 +10,11 @@
 //! Letters go in their original order (`walhook.dead_letters.id`); a row is
 //! deleted only after a 2xx. When one letter of a subscription fails, the
 //! rest of that subscription's letters wait for the next replay, so a key's
-//! changes never overtake each other. Purge deletes without sending and
-//! refuses to run without a selector.
+//! changes never overtake each other. A letter whose seal does not match
+//! (`seal`: a row walhook did not write, or one stored under an earlier
+//! secret) is refused unless `--trust-unsealed` vouches for it, and holds
+//! back the rest of its subscription's letters like a failure. Purge deletes
+//! without sending and refuses to run without a selector.
 //!
 //! It does not read the slot: dead letters are already confirmed there.
 
@@ -27,6 +30,7 @@ use crate::deliver::policy::Verdict;
 use crate::pgconn::connect_sql;
 pub use crate::store::dead_letters::Selector;
 use crate::store::dead_letters::{self as store, Letter};
+use crate::store::schema::has_seal_column;
 
 /// What went wrong in a dead-letter command.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,13 @@ pub enum DeadLetterError {
          keep their order); fix the receiver and run replay again"
     )]
     ReplayIncomplete { failed: usize, held: usize },
+    #[error(
+        "{refused} dead letter(s) were refused because their seal does not match, and are kept \
+         ({held} more held back to keep their order): walhook did not store them under their \
+         subscription's current secret. Check them with `walhook dead-letters list --json`; \
+         replay with --trust-unsealed only if you vouch for them (docs/security.md)"
+    )]
+    ReplayRefused { refused: usize, held: usize },
 }
 
 impl DeadLetterError {
@@ -170,7 +181,11 @@ fn shorten(text: &str, max: usize) -> String {
 
 /// `replay`: redelivers the selected letters in their original order,
 /// deleting each after a 2xx.
-pub async fn replay(config_path: &Path, selector: &Selector) -> Result<(), CommandError> {
+pub async fn replay(
+    config_path: &Path,
+    selector: &Selector,
+    trust_unsealed: bool,
+) -> Result<(), CommandError> {
     if selector.is_empty() {
         return Err(DeadLetterError::NoSelector { command: "replay" }.into());
     }
@@ -187,8 +202,17 @@ pub async fn replay(config_path: &Path, selector: &Selector) -> Result<(), Comma
     let letters = store::select(&client, selector)
         .await
         .map_err(DeadLetterError::from_query)?;
+    let sealed_table = has_seal_column(&client, "dead_letters")
+        .await
+        .map_err(|error| DeadLetterError::from_query(error.source))?;
+    if !sealed_table {
+        println!(
+            "warning: walhook.dead_letters has no `mac` column (a schema from before row seals), \
+             so no letter's seal can be checked; run `walhook setup` as the schema's owner"
+        );
+    }
     let mut stopped: BTreeSet<String> = BTreeSet::new();
-    let (mut replayed, mut failed, mut held) = (0usize, 0usize, 0usize);
+    let (mut replayed, mut failed, mut refused, mut held) = (0usize, 0usize, 0usize, 0usize);
     for letter in &letters {
         if stopped.contains(&letter.subscription) {
             held += 1;
@@ -206,6 +230,24 @@ pub async fn replay(config_path: &Path, selector: &Selector) -> Result<(), Comma
             stopped.insert(letter.subscription.clone());
             continue;
         };
+        let seal_matches = |seal: &crate::seal::RowSeal| {
+            seal.verify(
+                &letter.subscription,
+                &letter.event_id,
+                letter.payload.as_bytes(),
+                letter.mac.as_deref(),
+            )
+        };
+        let unsealed = sealed_table && endpoint.row_seal().is_some_and(|seal| !seal_matches(seal));
+        if unsealed && !trust_unsealed {
+            println!(
+                "refused  {} ({}): its seal does not match; kept",
+                letter.event_id, letter.subscription
+            );
+            refused += 1;
+            stopped.insert(letter.subscription.clone());
+            continue;
+        }
         // A batched subscription's receiver expects `{"events": [...]}`: the
         // letter goes as a batch of one, which carries the event's own id.
         let request = if endpoint.batched() {
@@ -242,9 +284,12 @@ pub async fn replay(config_path: &Path, selector: &Selector) -> Result<(), Comma
         }
     }
     println!(
-        "replayed {replayed}, failed {failed}, held back {held} of {} dead letter(s)",
+        "replayed {replayed}, failed {failed}, refused {refused}, held back {held} of {} dead letter(s)",
         letters.len()
     );
+    if refused > 0 {
+        return Err(DeadLetterError::ReplayRefused { refused, held }.into());
+    }
     if failed > 0 || held > 0 {
         return Err(DeadLetterError::ReplayIncomplete { failed, held }.into());
     }
@@ -299,6 +344,7 @@ mod tests {
             first_attempt_at: "2026-01-01T00:00:00Z".into(),
             last_attempt_at: "2026-01-01T00:00:01Z".into(),
             payload: "{}".into(),
+            mac: None,
         };
         let table = render_table(&[letter]);
         let lines: Vec<&str> = table.lines().collect();

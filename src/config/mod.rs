@@ -144,7 +144,8 @@ pub struct BreakerConfig {
     pub probe_interval: Duration,
 }
 
-/// Thresholds past which `check` and `status` warn about a backlog.
+/// Thresholds past which `check` and `status` warn about a backlog, and
+/// whether rows without a matching seal are sent.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BacklogConfig {
@@ -157,6 +158,12 @@ pub struct BacklogConfig {
         deserialize_with = "env::lenient_u64"
     )]
     pub warn_megabytes: u64,
+    /// Send backlog rows whose seal does not match instead of parking them
+    /// (the behaviour before row seals; for a backlog stored by an older
+    /// walhook). Off: such a row may have been written by anyone with
+    /// INSERT on `walhook.backlog` (docs/security.md).
+    #[serde(default, deserialize_with = "env::lenient_bool")]
+    pub trust_unsealed: bool,
 }
 
 /// `[admin]`: the metrics and health server.
@@ -278,6 +285,7 @@ impl Default for BacklogConfig {
         BacklogConfig {
             warn_age: default_backlog_warn_age(),
             warn_megabytes: default_backlog_warn_megabytes(),
+            trust_unsealed: false,
         }
     }
 }

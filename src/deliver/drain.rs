@@ -549,6 +549,7 @@ impl Drainer {
             last_error: error,
             attempts: u32::from(status.is_some()),
             first_attempt_at: std::time::SystemTime::now(),
+            mac: event.dead_letter_seal(&self.context.endpoint),
         };
         retry::until_ok(
             &self.shared.config.backoff,
@@ -592,6 +593,7 @@ fn outbound(
         commit_time_micros: row.commit_time_micros,
         park: row.park_reason.map(Arc::from),
         barrier: row.barrier,
+        seal_failed: row.seal_failed,
         claim: Claim::Backlog(BacklogClaim {
             position: row.position,
             bytes,

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::Outbound;
 use super::policy::{self, Verdict};
 use crate::config::{DeliveryConfig, SubscriptionConfig};
+use crate::seal::{RowSeal, SEAL_BYTES};
 use crate::webhook::{self, SigningKey};
 
 /// The endpoint could not be set up from its configuration.
@@ -41,6 +42,26 @@ pub fn build_client(config: &DeliveryConfig) -> Result<reqwest::Client, Endpoint
         .map_err(EndpointError::Client)
 }
 
+/// The seal key of a subscription's rows: from its signing secret, or else
+/// from its header values (the credentials its receiver checks), so that it
+/// changes when they do (docs/security.md).
+fn row_seal(subscription: &SubscriptionConfig) -> Option<RowSeal> {
+    if let Some(key) = &subscription.signing_key {
+        return RowSeal::derive([key.key_bytes()]);
+    }
+    let mut headers: Vec<(&str, &[u8])> = subscription
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .collect();
+    headers.sort();
+    RowSeal::derive(
+        headers
+            .into_iter()
+            .flat_map(|(name, value)| [name.as_bytes(), value]),
+    )
+}
+
 /// Where and how one subscription's requests go.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -48,6 +69,7 @@ pub struct Endpoint {
     url: reqwest::Url,
     headers: HeaderMap,
     key: Option<SigningKey>,
+    seal: Option<RowSeal>,
     batched: bool,
 }
 
@@ -74,9 +96,23 @@ impl Endpoint {
             name: subscription.name.clone(),
             url,
             headers,
+            seal: row_seal(subscription),
             key,
             batched: subscription.batch.max_events > 1,
         })
+    }
+
+    /// The key that seals this subscription's stored rows; `None` when it has
+    /// no secret to derive one from.
+    pub fn row_seal(&self) -> Option<&RowSeal> {
+        self.seal.as_ref()
+    }
+
+    /// The seal of one of this subscription's rows, if it has a seal key.
+    pub fn seal(&self, event_id: &str, payload: &[u8]) -> Option<[u8; SEAL_BYTES]> {
+        self.seal
+            .as_ref()
+            .map(|seal| seal.seal(&self.name, event_id, payload))
     }
 
     /// Whether requests carry `{"events": [...]}` rather than one event.

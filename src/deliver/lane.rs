@@ -365,6 +365,7 @@ async fn park_as_dead_letters(
             last_error,
             attempts,
             first_attempt_at,
+            mac: event.dead_letter_seal(endpoint),
         };
         retry::until_ok(
             &shared.config.backoff,

@@ -62,6 +62,7 @@ use crate::event::EventId;
 use crate::lsn::Lsn;
 use crate::pgconn::ConnectParams;
 use crate::store::backlog::{BacklogStore, Position, Summary};
+use crate::seal::SEAL_BYTES;
 use crate::store::dead_letters::DeadLetters;
 use crate::telemetry::Metrics;
 pub use drain::BacklogClaim;
@@ -112,6 +113,11 @@ pub struct Outbound {
     /// event of its subscription has resolved, and later events wait for it
     /// to resolve, so no row change overtakes it either way.
     pub barrier: bool,
+    /// Read back from the backlog with a seal that does not match (a row
+    /// walhook did not write, or one stored under another secret): it is
+    /// parked (`park` says why) and its dead letter is stored unsealed, so
+    /// no replay sends it as walhook's.
+    pub seal_failed: bool,
     pub claim: Claim,
 }
 
@@ -129,6 +135,16 @@ impl Outbound {
     /// Whether it was read back by a drain pass that has ended since.
     fn is_stale(&self, generation: u64) -> bool {
         matches!(&self.claim, Claim::Backlog(claim) if claim.is_stale(generation))
+    }
+
+    /// The seal its dead letter is stored with: none for an event whose own
+    /// seal failed, so that parking never vouches for it.
+    fn dead_letter_seal(&self, endpoint: &Endpoint) -> Option<[u8; SEAL_BYTES]> {
+        if self.seal_failed {
+            None
+        } else {
+            endpoint.seal(self.id.as_str(), &self.body)
+        }
     }
 }
 
@@ -513,6 +529,8 @@ impl Delivery {
                 let opened = Arc::new(BacklogStore::new(
                     &subscription.name,
                     backlog.params.clone(),
+                    endpoint.row_seal().cloned(),
+                    config.backlog.trust_unsealed,
                 ));
                 let waiting = backlog.waiting.get(&subscription.name);
                 horizon = waiting.map_or(0, |summary| summary.last_commit_lsn);
@@ -1054,6 +1072,7 @@ mod tests {
             commit_time_micros: 0,
             park: None,
             barrier: false,
+            seal_failed: false,
             claim: Claim::Checkpoint(checkpoint.track_event()),
         }
     }

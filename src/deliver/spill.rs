@@ -110,6 +110,7 @@ fn stored(event: &Outbound) -> StoredEvent {
         park_reason: event.park.as_deref().map(str::to_owned),
         commit_time_micros: event.commit_time_micros,
         payload: event.body.clone(),
+        seal_failed: event.seal_failed,
     }
 }
 

@@ -4,18 +4,22 @@
 //!
 //! [`BacklogStore`] appends events in batches (one multi-row INSERT per
 //! batch), reads them back in commit order and deletes them once delivered,
-//! over its own SQL connection that it reopens when lost. The functions
+//! over its own SQL connection that it reopens when lost. It seals each row
+//! it appends and checks each seal it reads (`seal`): a row that fails comes
+//! back marked, for `deliver` to park instead of send. The functions
 //! below read and change backlogs for `status`, `check` and the commands.
 //! Nothing here decides when an event goes into a backlog (`deliver`).
 
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
 
+use super::schema::has_seal_column;
 use super::{StatementError, failed};
 use crate::event::{EventId, event_id};
 use crate::lsn::Lsn;
 use crate::pgconn::{ConnectParams, connect_sql};
+use crate::seal::RowSeal;
 
 /// One event as stored in, or read back from, a backlog.
 #[derive(Debug, Clone)]
@@ -31,7 +35,15 @@ pub struct StoredEvent {
     /// Microseconds since 2000-01-01.
     pub commit_time_micros: i64,
     pub payload: bytes::Bytes,
+    /// Read back with a seal that does not match: `park_reason` says so.
+    pub seal_failed: bool,
 }
+
+/// Why a row whose seal does not match is parked, not sent.
+pub const SEAL_FAILED: &str = "the backlog row's seal does not match: walhook did not store it \
+     under this subscription's current secret (written by someone else, or before the secret \
+     or headers changed), so it was not sent; check it with `walhook dead-letters list`, and \
+     replay it with --trust-unsealed only if you vouch for it (docs/security.md)";
 
 /// An event's place in the stream: its transaction's commit LSN and its
 /// ordinal within the transaction. Ordered as the stream is.
@@ -59,6 +71,12 @@ pub enum BacklogError {
 pub struct BacklogStore {
     subscription: String,
     params: ConnectParams,
+    /// `None` for a subscription with nothing to derive a seal key from.
+    seal: Option<RowSeal>,
+    /// Rows whose seal fails are sent anyway (`delivery.backlog.trust_unsealed`).
+    trust_unsealed: bool,
+    /// Whether the table has the `mac` column, once a connection looked.
+    sealed_table: OnceCell<bool>,
     appender: Mutex<Option<Arc<tokio_postgres::Client>>>,
     drainer: Mutex<Option<Arc<tokio_postgres::Client>>>,
 }
@@ -77,7 +95,20 @@ const DRAINER_SETTINGS: &str = "SET jit = off; SET enable_seqscan = off; \
      SET enable_bitmapscan = off; SET enable_sort = off; SET synchronous_commit = off";
 
 const APPEND: &str = "INSERT INTO walhook.backlog (subscription, commit_lsn, ordinal, event_id, \
-         ordering_key, previous_ordering_key, barrier, park_reason, commit_time, payload) \
+         ordering_key, previous_ordering_key, barrier, park_reason, commit_time, payload, mac) \
+     SELECT $1, e.commit_lsn, e.ordinal, e.event_id, e.ordering_key, e.previous_ordering_key, \
+         e.barrier, e.park_reason, \
+         timestamptz '2000-01-01 00:00:00+00' + e.commit_micros * interval '1 microsecond', \
+         e.payload::json, e.mac \
+     FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::bool[], \
+                 $8::text[], $9::bigint[], $10::text[], $11::bytea[]) \
+         AS e(commit_lsn, ordinal, event_id, ordering_key, previous_ordering_key, barrier, \
+              park_reason, commit_micros, payload, mac) \
+     ON CONFLICT (subscription, commit_lsn, ordinal) DO NOTHING";
+
+/// [`APPEND`] for a table made before seals (no `mac` column).
+const APPEND_UNSEALED: &str = "INSERT INTO walhook.backlog (subscription, commit_lsn, ordinal, \
+         event_id, ordering_key, previous_ordering_key, barrier, park_reason, commit_time, payload) \
      SELECT $1, e.commit_lsn, e.ordinal, e.event_id, e.ordering_key, e.previous_ordering_key, \
          e.barrier, e.park_reason, \
          timestamptz '2000-01-01 00:00:00+00' + e.commit_micros * interval '1 microsecond', \
@@ -91,7 +122,16 @@ const APPEND: &str = "INSERT INTO walhook.backlog (subscription, commit_lsn, ord
 const READ: &str = "SELECT commit_lsn, ordinal, ordering_key, previous_ordering_key, \
          barrier, park_reason, \
          (extract(epoch FROM commit_time - timestamptz '2000-01-01 00:00:00+00') * 1000000)::bigint, \
-         payload::text \
+         payload::text, mac \
+     FROM walhook.backlog \
+     WHERE subscription = $1 AND (commit_lsn, ordinal) > ($2, $3) \
+     ORDER BY commit_lsn, ordinal LIMIT $4";
+
+/// [`READ`] for a table made before seals.
+const READ_UNSEALED: &str = "SELECT commit_lsn, ordinal, ordering_key, previous_ordering_key, \
+         barrier, park_reason, \
+         (extract(epoch FROM commit_time - timestamptz '2000-01-01 00:00:00+00') * 1000000)::bigint, \
+         payload::text, NULL::bytea \
      FROM walhook.backlog \
      WHERE subscription = $1 AND (commit_lsn, ordinal) > ($2, $3) \
      ORDER BY commit_lsn, ordinal LIMIT $4";
@@ -116,10 +156,20 @@ fn from_bigint(value: i64) -> u64 {
 }
 
 impl BacklogStore {
-    pub fn new(subscription: &str, params: ConnectParams) -> Self {
+    /// The backlog of `subscription`, sealing its rows with `seal`; rows
+    /// whose seal fails come back marked unless `trust_unsealed`.
+    pub fn new(
+        subscription: &str,
+        params: ConnectParams,
+        seal: Option<RowSeal>,
+        trust_unsealed: bool,
+    ) -> Self {
         BacklogStore {
             subscription: subscription.to_owned(),
             params,
+            seal,
+            trust_unsealed,
+            sealed_table: OnceCell::new(),
             appender: Mutex::new(None),
             drainer: Mutex::new(None),
         }
@@ -153,6 +203,12 @@ impl BacklogStore {
             .batch_execute(settings)
             .await
             .map_err(failed(settings))?;
+        if !self.sealed_table.initialized() {
+            let sealed = has_seal_column(&client, "backlog").await?;
+            if self.sealed_table.set(sealed).is_ok() && !sealed {
+                tracing::warn!(subscription = %self.subscription, "walhook.backlog has no `mac` column (a schema from before row seals): backlog rows are stored and sent unsealed. Run `walhook setup` as the schema's owner to add it (docs/security.md)");
+            }
+        }
         let client = Arc::new(client);
         *guard = Some(Arc::clone(&client));
         Ok(client)
@@ -171,6 +227,7 @@ impl BacklogStore {
         let mut park_reasons = Vec::with_capacity(events.len());
         let mut commit_times = Vec::with_capacity(events.len());
         let mut payloads = Vec::with_capacity(events.len());
+        let mut macs = Vec::with_capacity(events.len());
         for event in events {
             commit_lsns.push(to_bigint(event.position.commit_lsn));
             ordinals.push(i64::from(event.position.ordinal));
@@ -181,26 +238,35 @@ impl BacklogStore {
             park_reasons.push(event.park_reason.as_deref());
             commit_times.push(event.commit_time_micros);
             payloads.push(std::str::from_utf8(&event.payload).map_err(|_| BacklogError::Payload)?);
+            // An event whose own seal failed is stored unsealed again.
+            macs.push(self.seal.as_ref().filter(|_| !event.seal_failed).map(|seal| {
+                seal.seal(&self.subscription, event.event_id.as_str(), &event.payload)
+                    .to_vec()
+            }));
         }
         let client = self.appender().await?;
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &self.subscription,
+            &commit_lsns,
+            &ordinals,
+            &ids,
+            &keys,
+            &previous_keys,
+            &barriers,
+            &park_reasons,
+            &commit_times,
+            &payloads,
+        ];
+        let statement = if self.sealed_table.get().copied().unwrap_or(false) {
+            params.push(&macs);
+            APPEND
+        } else {
+            APPEND_UNSEALED
+        };
         client
-            .execute(
-                APPEND,
-                &[
-                    &self.subscription,
-                    &commit_lsns,
-                    &ordinals,
-                    &ids,
-                    &keys,
-                    &previous_keys,
-                    &barriers,
-                    &park_reasons,
-                    &commit_times,
-                    &payloads,
-                ],
-            )
+            .execute(statement, &params)
             .await
-            .map_err(failed(APPEND))
+            .map_err(failed(statement))
             .map_err(BacklogError::from)
     }
 
@@ -217,35 +283,57 @@ impl BacklogStore {
         };
         // -2^63 sorts before every position.
         let client = self.drainer().await?;
+        let sealed_table = self.sealed_table.get().copied().unwrap_or(false);
+        let statement = if sealed_table { READ } else { READ_UNSEALED };
         let rows = client
-            .query(READ, &[&self.subscription, &lsn, &ordinal, &limit])
+            .query(statement, &[&self.subscription, &lsn, &ordinal, &limit])
             .await
-            .map_err(failed(READ))?;
+            .map_err(failed(statement))?;
+        // Without the column nothing can be checked (warned at connect).
+        let seal = self
+            .seal
+            .as_ref()
+            .filter(|_| sealed_table && !self.trust_unsealed);
         rows.iter()
             .map(|row| {
                 let ordinal: i64 = row.try_get(1)?;
                 let payload: String = row.try_get(7)?;
+                let mac: Option<&[u8]> = row.try_get(8)?;
                 let position = Position {
                     commit_lsn: from_bigint(row.try_get(0)?),
                     ordinal: u32::try_from(ordinal).unwrap_or_default(),
                 };
+                let event_id = event_id(
+                    &self.subscription,
+                    Lsn(position.commit_lsn),
+                    position.ordinal,
+                );
+                let seal_failed = seal.is_some_and(|seal| {
+                    !seal.verify(
+                        &self.subscription,
+                        event_id.as_str(),
+                        payload.as_bytes(),
+                        mac,
+                    )
+                });
+                let mut park_reason: Option<String> = row.try_get(5)?;
+                if seal_failed {
+                    park_reason = Some(SEAL_FAILED.to_owned());
+                }
                 Ok(StoredEvent {
                     position,
-                    event_id: event_id(
-                        &self.subscription,
-                        Lsn(position.commit_lsn),
-                        position.ordinal,
-                    ),
+                    event_id,
                     ordering_key: from_bigint(row.try_get(2)?),
                     previous_ordering_key: row.try_get::<_, Option<i64>>(3)?.map(from_bigint),
                     barrier: row.try_get(4)?,
-                    park_reason: row.try_get(5)?,
+                    park_reason,
                     commit_time_micros: row.try_get(6)?,
                     payload: bytes::Bytes::from(payload),
+                    seal_failed,
                 })
             })
             .collect::<Result<_, tokio_postgres::Error>>()
-            .map_err(failed(READ))
+            .map_err(failed(statement))
             .map_err(BacklogError::from)
     }
 

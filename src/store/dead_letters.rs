@@ -12,8 +12,10 @@ use std::time::SystemTime;
 
 use tokio::sync::Mutex;
 
+use super::schema::has_seal_column;
 use super::{StatementError, failed};
 use crate::pgconn::{ConnectParams, connect_sql};
+use crate::seal::SEAL_BYTES;
 
 /// One undeliverable event.
 #[derive(Debug)]
@@ -25,12 +27,21 @@ pub struct DeadLetter<'a> {
     pub last_error: &'a str,
     pub attempts: u32,
     pub first_attempt_at: SystemTime,
+    /// The row's seal (`None` for a subscription without one, and for an
+    /// event that failed its own seal check: it is stored unsealed).
+    pub mac: Option<[u8; SEAL_BYTES]>,
 }
 
 /// Writes dead letters over its own SQL connection, reconnecting as needed.
 pub struct DeadLetters {
     params: ConnectParams,
-    client: Mutex<Option<tokio_postgres::Client>>,
+    client: Mutex<Option<Connection>>,
+}
+
+/// The open connection, and whether its table holds seals.
+struct Connection {
+    client: tokio_postgres::Client,
+    sealed: bool,
 }
 
 /// Storing a dead letter failed; the caller retries.
@@ -44,10 +55,23 @@ pub enum StoreError {
     Payload,
 }
 
+// A row stored again keeps its first attempt and counts the new ones; its
+// payload and seal are the event's (a row someone wrote first under the
+// event's id does not survive walhook storing the real one).
 const INSERT: &str = "INSERT INTO walhook.dead_letters \
+     (subscription, event_id, payload, last_status, last_error, attempts, first_attempt_at, mac) \
+     VALUES ($1, $2, $3::text::json, $4, $5, $6, to_timestamp($7::float8), $8) \
+     ON CONFLICT (subscription, event_id) DO UPDATE SET \
+       payload = EXCLUDED.payload, mac = EXCLUDED.mac, \
+       last_status = EXCLUDED.last_status, last_error = EXCLUDED.last_error, \
+       attempts = walhook.dead_letters.attempts + EXCLUDED.attempts, last_attempt_at = now()";
+
+/// [`INSERT`] for a table made before seals (no `mac` column).
+const INSERT_UNSEALED: &str = "INSERT INTO walhook.dead_letters \
      (subscription, event_id, payload, last_status, last_error, attempts, first_attempt_at) \
      VALUES ($1, $2, $3::text::json, $4, $5, $6, to_timestamp($7::float8)) \
      ON CONFLICT (subscription, event_id) DO UPDATE SET \
+       payload = EXCLUDED.payload, \
        last_status = EXCLUDED.last_status, last_error = EXCLUDED.last_error, \
        attempts = walhook.dead_letters.attempts + EXCLUDED.attempts, last_attempt_at = now()";
 
@@ -68,29 +92,43 @@ impl DeadLetters {
             .map(|elapsed| elapsed.as_secs_f64())
             .unwrap_or(0.0);
         let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(|client| client.is_closed()) {
+        if guard
+            .as_ref()
+            .is_none_or(|connection| connection.client.is_closed())
+        {
             let client = connect_sql(&self.params)
                 .await
                 .map_err(|error| StoreError::Connect(error.to_string()))?;
-            *guard = Some(client);
+            let sealed = has_seal_column(&client, "dead_letters")
+                .await
+                .map_err(|error| StoreError::Connect(error.to_string()))?;
+            if !sealed {
+                tracing::warn!("walhook.dead_letters has no `mac` column (a schema from before row seals): dead letters are stored unsealed. Run `walhook setup` as the schema's owner to add it (docs/security.md)");
+            }
+            *guard = Some(Connection { client, sealed });
         }
-        let Some(client) = guard.as_ref() else {
+        let Some(connection) = guard.as_ref() else {
             return Err(StoreError::Connect("no connection".into()));
         };
-        let result = client
-            .execute(
-                INSERT,
-                &[
-                    &letter.subscription,
-                    &letter.event_id,
-                    &payload,
-                    &letter.last_status.map(i32::from),
-                    &letter.last_error,
-                    &(letter.attempts as i32),
-                    &first_attempt,
-                ],
-            )
-            .await;
+        let status = letter.last_status.map(i32::from);
+        let attempts = letter.attempts as i32;
+        let mac = letter.mac.as_ref().map(|mac| mac.as_slice());
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &letter.subscription,
+            &letter.event_id,
+            &payload,
+            &status,
+            &letter.last_error,
+            &attempts,
+            &first_attempt,
+        ];
+        let statement = if connection.sealed {
+            params.push(&mac);
+            INSERT
+        } else {
+            INSERT_UNSEALED
+        };
+        let result = connection.client.execute(statement, &params).await;
         match result {
             Ok(_) => Ok(()),
             Err(error) => {
@@ -194,12 +232,16 @@ pub struct Letter {
     pub last_attempt_at: String,
     #[serde(skip)]
     pub payload: String,
+    /// Its stored seal; `None` when unsealed or the table has no column.
+    #[serde(skip)]
+    pub mac: Option<Vec<u8>>,
 }
 
+/// The columns of a [`Letter`], before the seal (see [`select`]).
 const SELECT: &str = "SELECT id, subscription, event_id, last_status, attempts, last_error, \
      to_char(first_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
      to_char(last_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-     payload::text FROM walhook.dead_letters";
+     payload::text";
 
 pub async fn select(
     client: &tokio_postgres::Client,
@@ -207,8 +249,16 @@ pub async fn select(
 ) -> Result<Vec<Letter>, tokio_postgres::Error> {
     let (clause, params) = selector.clause();
     let params: Vec<_> = params.iter().map(Param::as_sql).collect();
+    // A table from before seals has no column: its letters read as unsealed.
+    let sealed = has_seal_column(client, "dead_letters")
+        .await
+        .map_err(|error| error.source)?;
+    let mac = if sealed { "mac" } else { "NULL::bytea" };
     let rows = client
-        .query(&format!("{SELECT}{clause} ORDER BY id"), &params)
+        .query(
+            &format!("{SELECT}, {mac} FROM walhook.dead_letters{clause} ORDER BY id"),
+            &params,
+        )
         .await?;
     rows.iter()
         .map(|row| {
@@ -222,6 +272,7 @@ pub async fn select(
                 first_attempt_at: row.try_get(6)?,
                 last_attempt_at: row.try_get(7)?,
                 payload: row.try_get(8)?,
+                mac: row.try_get(9)?,
             })
         })
         .collect()

@@ -2,6 +2,8 @@
 //! idempotently by `setup` (and printed for an administrator to run with
 //! psql), and whether it is there.
 
+use super::{StatementError, failed};
+
 /// The SQL files of `sql/`, in the order they run.
 pub const SQL_FILES: &[(&str, &str)] = &[(
     "sql/001_walhook_schema.sql",
@@ -41,4 +43,23 @@ pub async fn install(
         }
     }
     Ok(())
+}
+
+/// Whether `walhook.<table>` has the `mac` column that holds row seals (a
+/// schema made before seals lacks it until `walhook setup` runs as its
+/// owner). False when the table is missing.
+pub async fn has_seal_column(
+    client: &tokio_postgres::Client,
+    table: &str,
+) -> Result<bool, StatementError> {
+    const QUERY: &str = "SELECT EXISTS (SELECT FROM pg_attribute a \
+         JOIN pg_class c ON c.oid = a.attrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'walhook' AND c.relname = $1 AND a.attname = 'mac' \
+           AND NOT a.attisdropped)";
+    client
+        .query_one(QUERY, &[&table])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(failed(QUERY))
 }

@@ -231,6 +231,17 @@ impl TestDb {
             .get(0)
     }
 
+    /// One transaction: rows `from..=to` into `items (id int, note text)`,
+    /// each noted `row <id>`.
+    pub async fn insert_items(&self, from: i64, to: i64) {
+        self.client
+            .batch_execute(&format!(
+                "INSERT INTO items SELECT g, 'row ' || g FROM generate_series({from}, {to}) g"
+            ))
+            .await
+            .unwrap();
+    }
+
     /// How many events are parked in `walhook.dead_letters`.
     pub async fn dead_letter_count(&self) -> i64 {
         self.client
