@@ -16,6 +16,7 @@
 //! (no Unix sockets, one host per URL). The password never appears in `Debug`,
 //! [`ConnectParams::redacted`] or an error message.
 
+mod auth;
 mod tls;
 
 use std::fmt;
@@ -24,7 +25,8 @@ use std::time::Duration;
 
 use crate::config::SourceConfig;
 
-pub(crate) use tls::server_name;
+pub use auth::{AuthGuard, AuthMethod, AuthMethods, AuthPolicy, AuthRefused, ChannelBinding};
+pub(crate) use tls::{end_point_hash, server_name};
 pub use tls::{TlsSetupError, tls_client_config};
 
 /// `sslmode` of the source URL, with libpq's meaning.
@@ -86,6 +88,10 @@ pub struct ConnectParams {
     /// Bounds the whole connection set-up (TCP, TLS, authentication), as
     /// libpq's `connect_timeout`.
     pub connect_timeout: Duration,
+    /// `require_auth`: the methods the server may use; `None` for the
+    /// default (see [`AuthPolicy::allowed`]).
+    pub require_auth: Option<AuthMethods>,
+    pub channel_binding: ChannelBinding,
 }
 
 /// The defaults a URL can override.
@@ -93,7 +99,8 @@ pub const DEFAULT_PORT: u16 = 5432;
 pub const DEFAULT_APPLICATION_NAME: &str = "walhook";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-const URL_KEYS: &str = "sslmode, sslrootcert, application_name, connect_timeout";
+const URL_KEYS: &str =
+    "sslmode, sslrootcert, require_auth, channel_binding, application_name, connect_timeout";
 
 /// The source URL could not be understood. Never contains the password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -196,6 +203,8 @@ impl ConnectParams {
             sslrootcert: None,
             application_name: DEFAULT_APPLICATION_NAME.to_owned(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            require_auth: None,
+            channel_binding: ChannelBinding::Prefer,
         };
         for pair in url
             .query()
@@ -228,6 +237,20 @@ impl ConnectParams {
                     ));
                 }
                 "sslrootcert" => params.sslrootcert = Some(PathBuf::from(value)),
+                "require_auth" => {
+                    params.require_auth = Some(AuthMethods::parse(&value).map_err(|_| {
+                        bad("a comma-separated list of password, md5, scram-sha-256 and none \
+                             (or of methods to refuse, each as !method)")
+                    })?);
+                }
+                "channel_binding" => {
+                    params.channel_binding = match value.as_str() {
+                        "disable" => ChannelBinding::Disable,
+                        "prefer" => ChannelBinding::Prefer,
+                        "require" => ChannelBinding::Require,
+                        _ => return Err(bad("disable, prefer or require")),
+                    }
+                }
                 "application_name" => params.application_name = value,
                 "connect_timeout" => {
                     let seconds: u64 = value
@@ -241,6 +264,23 @@ impl ConnectParams {
             }
         }
         Ok(params)
+    }
+
+    /// What both connections go along with when the server asks for a
+    /// password (docs/security.md, "The network").
+    pub fn auth_policy(&self) -> AuthPolicy {
+        AuthPolicy {
+            required: self.require_auth,
+            channel_binding: self.channel_binding,
+        }
+    }
+
+    /// Whether a TLS connection made with these parameters checks the
+    /// server's certificate chain (`verify-ca`, `verify-full`, or
+    /// `sslrootcert` given), so that a server in between is refused.
+    pub fn verifies_server(&self) -> bool {
+        matches!(self.sslmode, SslMode::VerifyCa | SslMode::VerifyFull)
+            || (self.sslmode != SslMode::Disable && self.sslrootcert.is_some())
     }
 
     /// `host:port`, with brackets around an IPv6 address, for messages.
@@ -275,6 +315,13 @@ impl ConnectParams {
                 self.connect_timeout.as_secs()
             ));
         }
+        if let Some(methods) = self.require_auth {
+            text.push_str(&format!("&require_auth={methods}"));
+        }
+        if self.channel_binding != ChannelBinding::Prefer {
+            text.push_str("&channel_binding=");
+            text.push_str(self.channel_binding.as_str());
+        }
         text
     }
 }
@@ -294,6 +341,8 @@ impl fmt::Debug for ConnectParams {
             .field("sslrootcert", &self.sslrootcert)
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
+            .field("require_auth", &self.require_auth)
+            .field("channel_binding", &self.channel_binding)
             .finish()
     }
 }
@@ -420,6 +469,17 @@ pub enum PgConnError {
     )]
     Timeout { addr: String, after: Duration },
     #[error(
+        "cannot reach PostgreSQL at {addr}: {source}; check that the server is running and \
+         accepts TCP connections on that address"
+    )]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("refused to authenticate to PostgreSQL: {0}")]
+    AuthRefused(AuthRefused),
+    #[error(
         "cannot connect to PostgreSQL at {addr} as user \"{user}\" to database \"{dbname}\": \
          {source}{}",
         pg_error_advice(source)
@@ -439,8 +499,9 @@ impl PgConnError {
     /// failures, a missing database, TLS and configuration problems.
     pub fn is_transient(&self) -> bool {
         match self {
-            PgConnError::Tls { .. } => false,
+            PgConnError::Tls { .. } | PgConnError::AuthRefused(_) => false,
             PgConnError::Timeout { .. } => true,
+            PgConnError::Unreachable { source, .. } => io_error_is_transient(source),
             PgConnError::Connect { source, .. } => pg_error_is_transient(source),
         }
     }
@@ -513,12 +574,9 @@ pub async fn connect_sql(params: &ConnectParams) -> Result<tokio_postgres::Clien
     })?;
     let mut config = tokio_postgres::Config::new();
     config
-        .host(&params.host)
-        .port(params.port)
         .user(&params.user)
         .dbname(&params.dbname)
         .application_name(&params.application_name)
-        .connect_timeout(params.connect_timeout)
         .ssl_mode(match params.sslmode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -526,20 +584,59 @@ pub async fn connect_sql(params: &ConnectParams) -> Result<tokio_postgres::Clien
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
                 tokio_postgres::config::SslMode::Require
             }
+        })
+        .channel_binding(match params.channel_binding {
+            ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+            ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+            ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
         });
     if let Some(password) = &params.password {
         config.password(password);
     }
+    let policy = params.auth_policy();
+    // The TCP connection is made here, not by tokio-postgres, so that the
+    // server's side of it passes through the policy's guard.
     let connect = async {
+        let tcp = tokio::net::TcpStream::connect((params.host.as_str(), params.port))
+            .await
+            .map_err(|source| PgConnError::Unreachable {
+                addr: addr.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let stream = AuthGuard::plain(tcp, policy, addr.clone());
+        let refused = |source: tokio_postgres::Error| match auth_refusal(&source) {
+            Some(refused) => PgConnError::AuthRefused(refused),
+            None => PgConnError::Connect {
+                addr: addr.clone(),
+                user: params.user.clone(),
+                dbname: params.dbname.clone(),
+                source,
+            },
+        };
         match tls {
             None => {
-                let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                let (client, connection) = config
+                    .connect_raw(stream, tokio_postgres::NoTls)
+                    .await
+                    .map_err(refused)?;
                 spawn_connection(addr.clone(), connection);
                 Ok(client)
             }
             Some(tls) => {
-                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
-                let (client, connection) = config.connect(tls).await?;
+                let name = server_name(&params.host).map_err(|source| PgConnError::Tls {
+                    addr: addr.clone(),
+                    source,
+                })?;
+                let tls = GuardedTls {
+                    connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)),
+                    name,
+                    policy,
+                    server_verified: params.verifies_server(),
+                    addr: addr.clone(),
+                };
+                let (client, connection) =
+                    config.connect_raw(stream, tls).await.map_err(refused)?;
                 spawn_connection(addr.clone(), connection);
                 Ok(client)
             }
@@ -550,13 +647,111 @@ pub async fn connect_sql(params: &ConnectParams) -> Result<tokio_postgres::Clien
             addr,
             after: params.connect_timeout,
         }),
-        Ok(Err(source)) => Err(PgConnError::Connect {
-            addr,
-            user: params.user.clone(),
-            dbname: params.dbname.clone(),
-            source,
-        }),
-        Ok(Ok(client)) => Ok(client),
+        Ok(result) => result,
+    }
+}
+
+/// The policy's refusal inside a tokio-postgres error, if that is what
+/// ended the connection.
+fn auth_refusal(error: &tokio_postgres::Error) -> Option<AuthRefused> {
+    let mut cause = std::error::Error::source(error);
+    while let Some(current) = cause {
+        if let Some(refused) = current.downcast_ref::<AuthRefused>() {
+            return Some(refused.clone());
+        }
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && let Some(refused) = io.get_ref().and_then(|inner| inner.downcast_ref::<AuthRefused>())
+        {
+            return Some(refused.clone());
+        }
+        cause = current.source();
+    }
+    None
+}
+
+/// The SQL connection's TLS: rustls with the shared configuration, the
+/// stream inside it guarded by the authentication policy.
+struct GuardedTls {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+    policy: AuthPolicy,
+    server_verified: bool,
+    addr: String,
+}
+
+/// A TLS stream to PostgreSQL, with what SCRAM channel binding needs.
+pub struct TlsSession<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S> tokio_postgres::tls::TlsConnect<S> for GuardedTls
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = AuthGuard<TlsSession<S>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Stream, std::io::Error>> + Send>,
+    >;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            let session = self.connector.connect(self.name, stream).await?;
+            Ok(AuthGuard::tls(
+                TlsSession(session),
+                self.policy,
+                self.server_verified,
+                self.addr,
+            ))
+        })
+    }
+}
+
+impl<S> tokio_postgres::tls::TlsStream for AuthGuard<TlsSession<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
+        match tls::end_point_hash(self.get_ref().0.get_ref().1) {
+            Some(hash) => tokio_postgres::tls::ChannelBinding::tls_server_end_point(hash),
+            None => tokio_postgres::tls::ChannelBinding::none(),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRead
+    for TlsSession<S>
+{
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite
+    for TlsSession<S>
+{
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 

@@ -6,7 +6,7 @@ use std::process::Output;
 
 use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
-use crate::support::{TestDb, WalhookBinary, stderr, stdout};
+use crate::support::{LOGICAL_ONLY_ROLE, TestDb, WalhookBinary, cluster, stderr, stdout};
 
 /// Runs `walhook <args> --config <file with text>`; returns the output and
 /// stdout + stderr as text.
@@ -402,4 +402,58 @@ async fn check_warns_when_someone_else_owns_walhooks_state() {
         warning.contains("ALTER TABLE walhook.dead_letters OWNER TO"),
         "{warning}"
     );
+}
+
+#[tokio::test]
+async fn check_warns_when_the_role_may_also_replicate_physically() {
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY)").await;
+    let receiver = Receiver::start().await;
+    let orders = subscription("orders", &receiver.url("/orders")).tables(&["orders"]);
+    // A REPLICATION role that may read the rules (so the check can see
+    // them): the cluster's `host replication all …` line lets it take a
+    // base backup.
+    let replicating = format!("{}_replicating", db.name);
+    let may_read_rules = |role: &str| {
+        format!(
+            "DROP ROLE IF EXISTS {role};
+             CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'pw';
+             GRANT SELECT ON pg_catalog.pg_hba_file_rules TO {role};
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO {role};"
+        )
+    };
+    db.client
+        .batch_execute(&may_read_rules(&replicating))
+        .await
+        .unwrap();
+    let config = db
+        .configure()
+        .url(&cluster().url_as(&replicating, "pw", &db.name))
+        .subscription(orders.clone())
+        .text();
+    let (_, text) = walhook(&["check"], &config).await;
+    let warning = lines(&text, "warning:")
+        .into_iter()
+        .find(|line| line.contains("physical replication"))
+        .unwrap_or_else(|| panic!("a warning about physical replication: {text}"));
+    assert!(warning.contains("pg_hba.conf line"), "{warning}");
+    assert!(warning.contains("pg_basebackup"), "{warning}");
+    assert!(
+        text.contains("replication") && text.contains("reject"),
+        "the fix: {text}"
+    );
+
+    // A role that pg_hba.conf refuses physical replication first: no
+    // warning.
+    db.client
+        .batch_execute(&may_read_rules(LOGICAL_ONLY_ROLE))
+        .await
+        .unwrap();
+    let config = db
+        .configure()
+        .url(&cluster().url_as(LOGICAL_ONLY_ROLE, "pw", &db.name))
+        .subscription(orders)
+        .text();
+    let (_, text) = walhook(&["check"], &config).await;
+    assert!(text.contains("walhook check:"), "it ran: {text}");
+    assert!(!text.contains("physical replication"), "{text}");
 }

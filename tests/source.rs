@@ -156,11 +156,13 @@ async fn trust_auth_streams_and_identifies_the_system() {
 
 /// Starts streaming as `role` with its password, and checks that the same
 /// role without a password is refused (so the method was really used).
-async fn password_auth(role: &str, encryption: &str) {
+/// Both connections authenticate `role` (whose password is stored as
+/// `encryption`) with `url_suffix` added to its URL.
+async fn password_auth(role: &str, encryption: &str, url_suffix: &str) {
     let db = TestDb::new().await;
     password_role(&db.client, role, encryption).await;
     publication_and_slot(&db).await;
-    let url = cluster().url_as(role, &format!("pw-{role}"), &db.name);
+    let url = cluster().url_as(role, &format!("pw-{role}"), &db.name) + url_suffix;
 
     let stream = start(&url, &db.name).await.unwrap();
     assert_eq!(stream.dbname(), Some(db.name.as_str()));
@@ -177,9 +179,47 @@ async fn password_auth(role: &str, encryption: &str) {
     assert!(error.to_string().contains("has none"), "{error}");
 }
 
+/// Both connections refuse to answer `role`'s password request over a
+/// connection whose server walhook did not verify, and say what to do.
+async fn password_request_refused(role: &str, encryption: &str, asked: &str, url_suffix: &str) {
+    let db = TestDb::new().await;
+    password_role(&db.client, role, encryption).await;
+    let url = cluster().url_as(role, &format!("pw-{role}"), &db.name) + url_suffix;
+    let error = start(&url, &db.name).await.unwrap_err();
+    assert!(matches!(error, SourceError::Auth { .. }), "{error:?}");
+    assert!(!error.is_transient(), "{error:?}");
+    let sql_error = connect_sql(&params(&url)).await.unwrap_err();
+    assert!(!sql_error.is_transient(), "{sql_error:?}");
+    for text in [error.to_string(), sql_error.to_string()] {
+        assert!(text.contains(asked), "{text}");
+        assert!(text.contains("verify-full"), "{text}");
+        assert!(text.contains("require_auth="), "{text}");
+        assert!(!text.contains(&format!("pw-{role}")), "{text}");
+    }
+}
+
 #[tokio::test]
 async fn md5_auth() {
-    password_auth("md5_user", "md5").await;
+    // Refused over plain TCP and over TLS whose certificate is not checked.
+    password_request_refused("md5_user", "md5", "MD5", "").await;
+    password_request_refused("md5_user", "md5", "MD5", "&sslmode=require").await;
+    // Allowed when the URL says so, or when the server is verified.
+    password_auth("md5_user", "md5", "&require_auth=md5").await;
+    let db = TestDb::new().await;
+    publication_and_slot(&db).await;
+    let verified = format!(
+        "postgres://md5_user:pw-md5_user@localhost:{}/{}?sslmode=verify-full&sslrootcert={}",
+        cluster().port(),
+        db.name,
+        tls_files().ca.display()
+    );
+    connect_sql(&params(&verified)).await.unwrap();
+    start(&verified, &db.name)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
     // The role's password really is an MD5 hash, so MD5 was negotiated.
     let client = connect_sql(&params(&cluster().url("postgres")))
         .await
@@ -197,12 +237,112 @@ async fn md5_auth() {
 
 #[tokio::test]
 async fn scram_auth() {
-    password_auth("scram_user", "scram-sha-256").await;
+    // Fine without a verified server: SCRAM never reveals the password.
+    password_auth("scram_user", "scram-sha-256", "").await;
+    // Unless the URL allows only something else.
+    let db = TestDb::new().await;
+    let url = cluster().url_as("scram_user", "pw-scram_user", &db.name) + "&require_auth=md5";
+    let error = connect_sql(&params(&url)).await.unwrap_err();
+    assert!(error.to_string().contains("require_auth=md5"), "{error}");
+    let error = start(&url, &db.name).await.unwrap_err();
+    assert!(error.to_string().contains("require_auth=md5"), "{error}");
 }
 
 #[tokio::test]
 async fn cleartext_password_auth() {
-    password_auth("clear_user", "scram-sha-256").await;
+    password_request_refused("clear_user", "scram-sha-256", "clear text", "").await;
+    password_auth("clear_user", "scram-sha-256", "&require_auth=password").await;
+}
+
+#[tokio::test]
+async fn scram_binds_to_the_tls_session_when_channel_binding_is_required() {
+    // Over TLS, both connections complete SCRAM-SHA-256-PLUS: the server
+    // proves it saw the same TLS session, so nothing in between relays it.
+    password_auth(
+        "scram_user",
+        "scram-sha-256",
+        "&sslmode=require&channel_binding=require",
+    )
+    .await;
+    // Without TLS there is nothing to bind to: both refuse.
+    let db = TestDb::new().await;
+    let url =
+        cluster().url_as("scram_user", "pw-scram_user", &db.name) + "&channel_binding=require";
+    let error = start(&url, &db.name).await.unwrap_err();
+    assert!(
+        error.to_string().contains("channel_binding=require"),
+        "{error}"
+    );
+    assert!(!error.is_transient());
+    assert!(connect_sql(&params(&url)).await.is_err());
+}
+
+/// A server that asks each of `clients` connecting clients for its password
+/// with `request` (an authentication message) and returns what each sent
+/// after it — nothing, when the client refused.
+async fn password_trap(
+    request: Vec<u8>,
+    clients: usize,
+) -> (u16, tokio::task::JoinHandle<Vec<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let trap = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        for _ in 0..clients {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let read_message = async |socket: &mut tokio::net::TcpStream| {
+                let length = socket.read_u32().await.unwrap() as usize;
+                let mut body = vec![0; length - 4];
+                socket.read_exact(&mut body).await.unwrap();
+                body
+            };
+            // An SSLRequest gets `N`; then the startup message.
+            let first = read_message(&mut socket).await;
+            if first == [0x04, 0xd2, 0x16, 0x2f] {
+                socket.write_all(b"N").await.unwrap();
+                read_message(&mut socket).await;
+            }
+            socket.write_all(&request).await.unwrap();
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(DEADLINE, socket.read_to_end(&mut answer)).await;
+            answers.push(answer);
+        }
+        answers
+    });
+    (port, trap)
+}
+
+#[tokio::test]
+async fn a_server_in_between_asking_for_the_password_gets_nothing() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cleartext = vec![b'R', 0, 0, 0, 8, 0, 0, 0, 3];
+    let md5 = vec![b'R', 0, 0, 0, 12, 0, 0, 0, 5, 1, 2, 3, 4];
+    for (request, asked) in [(cleartext, "clear text"), (md5, "MD5")] {
+        let (port, trap) = password_trap(request.clone(), 2).await;
+        let url = format!("postgres://walhook:s3cret@127.0.0.1:{port}/db?sslmode=prefer");
+        let error = start(&url, "slot").await.unwrap_err();
+        assert!(error.to_string().contains(asked), "{error}");
+        let error = connect_sql(&params(&url)).await.unwrap_err();
+        assert!(error.to_string().contains(asked), "{error}");
+        for answer in trap.await.unwrap() {
+            assert!(
+                answer.is_empty(),
+                "sent after the {asked} request: {answer:?}"
+            );
+        }
+
+        // The same server with require_auth allowing it does get an answer,
+        // so the emptiness above is the refusal's doing.
+        let method = if asked == "MD5" { "md5" } else { "password" };
+        let (port, trap) = password_trap(request, 1).await;
+        let url = format!(
+            "postgres://walhook:s3cret@127.0.0.1:{port}/db?sslmode=disable&require_auth={method}"
+        );
+        assert!(connect_sql(&params(&url)).await.is_err());
+        let answers = trap.await.unwrap();
+        assert_eq!(answers[0].first(), Some(&b'p'), "{answers:?}");
+    }
 }
 
 #[tokio::test]

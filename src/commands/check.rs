@@ -139,7 +139,9 @@ pub async fn run(config_path: &Path) -> Result<CheckReport, CommandError> {
         },
     );
     let mut report = CheckReport::default();
+    check_server_verification(&params, &mut report);
     let role = check_server_and_role(&client, &mut report).await;
+    check_physical_replication(&client, &role, &mut report).await;
     let tables = check_tables(&client, &config.subscriptions, &role, &mut report).await;
     check_rules(&client, &config.subscriptions, &tables, &mut report).await;
     check_publication(&client, &config, &tables, &mut report).await;
@@ -150,6 +152,97 @@ pub async fn run(config_path: &Path) -> Result<CheckReport, CommandError> {
     check_urls(&config.subscriptions, &mut report).await;
     println!("{}", report.summary());
     Ok(report)
+}
+
+/// Whether walhook checks it talks to the right server.
+fn check_server_verification(params: &crate::pgconn::ConnectParams, report: &mut CheckReport) {
+    match server_verification_warning(params) {
+        Some(what) => report.warning(
+            what,
+            "use sslmode=verify-full&sslrootcert=/path/to/root.crt (the CA that signed the \
+             server's certificate; sslrootcert=system for a public CA) in the source URL \
+             (docs/security.md)",
+        ),
+        None => report.pass(),
+    }
+}
+
+/// Below `verify-full` (chain and host name), something in between reads
+/// every change — for a host other than this machine.
+fn server_verification_warning(params: &crate::pgconn::ConnectParams) -> Option<String> {
+    use crate::pgconn::SslMode;
+    let loopback = params.host == "localhost"
+        || params
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback());
+    if loopback || params.sslmode == SslMode::VerifyFull {
+        return None;
+    }
+    let risk = match params.sslmode {
+        SslMode::VerifyCa => "checks the certificate's chain but not that it names this host",
+        _ if params.sslrootcert.is_some() => {
+            "checks the certificate's chain but not that it names this host"
+        }
+        SslMode::Require => "encrypts but does not check the server's certificate",
+        _ => "may not encrypt, and does not check the server's certificate",
+    };
+    Some(format!(
+        "the source URL's sslmode={} {risk}: something in between {} could read every change \
+         walhook streams",
+        params.sslmode,
+        params.address()
+    ))
+}
+
+/// Whether pg_hba.conf also lets a least-privilege role connect for
+/// physical replication (`pg_basebackup`: a copy of the whole cluster),
+/// where it may read `pg_hba_file_rules` (a grant; a superuser may do
+/// everything anyway). The first line that
+/// names the `replication` database and the role decides, as pg_hba.conf
+/// is read top-down (addresses are not compared).
+async fn check_physical_replication(
+    client: &tokio_postgres::Client,
+    role: &str,
+    report: &mut CheckReport,
+) {
+    const QUERY: &str = "SELECT h.line_number, h.type, h.auth_method \
+         FROM pg_hba_file_rules h, pg_roles r \
+         WHERE h.error IS NULL AND r.rolname = current_user \
+           AND r.rolreplication AND NOT r.rolsuper AND 'replication' = ANY(h.database) \
+           AND EXISTS (SELECT FROM unnest(h.user_name) u WHERE u = 'all' OR u = current_user \
+                       OR (left(u, 1) = '+' AND pg_has_role(current_user, substr(u, 2), 'MEMBER'))) \
+         ORDER BY h.line_number LIMIT 1";
+    let row = match client.query_opt(QUERY, &[]).await {
+        Ok(row) => row,
+        // Not readable for this role (the default below superuser): nothing
+        // can be seen, so nothing is said.
+        Err(_) => return,
+    };
+    let Some(row) = row else {
+        report.pass();
+        return;
+    };
+    let line: i32 = row.get(0);
+    let kind: String = row.get(1);
+    let method: String = row.get(2);
+    if method == "reject" {
+        report.pass();
+        return;
+    }
+    let role = quote_identifier(role);
+    report.warning(
+        format!(
+            "pg_hba.conf line {line} ({kind} replication … {method}) also lets role {role} \
+             connect for physical replication: with REPLICATION it could copy the whole cluster \
+             (pg_basebackup), every table of every database"
+        ),
+        format!(
+            "walhook needs only logical replication, which matches its database's own lines: \
+             put `{kind} replication {role} all reject` above line {line} (or narrow that line), \
+             then SELECT pg_reload_conf()"
+        ),
+    );
 }
 
 /// `wal_level` and the role's right to replicate. Returns the role's name.
@@ -1196,6 +1289,25 @@ fn names(subscriptions: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remote_server_below_verify_full_is_warned_about() {
+        let warning = |url: &str| {
+            server_verification_warning(&crate::pgconn::ConnectParams::from_url(url).unwrap())
+        };
+        let remote = warning("postgres://u@db.example.com/app?sslmode=require").unwrap();
+        assert!(remote.contains("sslmode=require"), "{remote}");
+        assert!(remote.contains("db.example.com:5432"), "{remote}");
+        assert!(warning("postgres://u@10.0.0.5/app").is_some(), "prefer");
+        assert!(
+            warning("postgres://u@db.example.com/app?sslmode=verify-ca&sslrootcert=ca.pem")
+                .is_some_and(|text| text.contains("names this host"))
+        );
+        assert!(warning("postgres://u@db.example.com/app?sslmode=verify-full").is_none());
+        assert!(warning("postgres://u@127.0.0.1/app?sslmode=disable").is_none());
+        assert!(warning("postgres://u@localhost/app").is_none());
+        assert!(warning("postgres://u@[::1]/app").is_none());
+    }
 
     #[test]
     fn exit_code_follows_problems_not_warnings() {

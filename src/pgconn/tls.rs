@@ -3,7 +3,8 @@
 //! (<https://www.postgresql.org/docs/current/libpq-ssl.html#LIBPQ-SSL-PROTECTION>).
 //!
 //! It decides what is verified (nothing, the chain, or the chain and the host
-//! name); it does not negotiate TLS with the server (tokio-postgres does for
+//! name), and gives the server certificate's hash for SCRAM channel binding;
+//! it does not negotiate TLS with the server (tokio-postgres does for
 //! the SQL connection, [`crate::source`] for the replication connection), and
 //! does not support client certificates or certificate revocation lists.
 
@@ -235,6 +236,48 @@ impl ServerCertVerifier for NoCertificateVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// The `tls-server-end-point` channel binding data of a TLS session (RFC
+/// 5929): the hash of the server's certificate, with the hash function of
+/// its signature (SHA-256 for MD5 and SHA-1). `None` when there is no
+/// certificate or its signature has no such hash (Ed25519, RSA-PSS), as in
+/// PostgreSQL's own `be_tls_get_certificate_hash`.
+pub(crate) fn end_point_hash(session: &rustls::ClientConnection) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    use x509_cert::der::Decode;
+    use x509_cert::der::oid::db::rfc5912;
+
+    let certificate = session.peer_certificates()?.first()?;
+    let parsed = x509_cert::Certificate::from_der(certificate.as_ref()).ok()?;
+    let algorithm = parsed.signature_algorithm.oid;
+    if [
+        rfc5912::MD_5_WITH_RSA_ENCRYPTION,
+        rfc5912::SHA_1_WITH_RSA_ENCRYPTION,
+        rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
+        rfc5912::ECDSA_WITH_SHA_256,
+        rfc5912::DSA_WITH_SHA_1,
+    ]
+    .contains(&algorithm)
+    {
+        Some(sha2::Sha256::digest(certificate.as_ref()).to_vec())
+    } else if [
+        rfc5912::SHA_384_WITH_RSA_ENCRYPTION,
+        rfc5912::ECDSA_WITH_SHA_384,
+    ]
+    .contains(&algorithm)
+    {
+        Some(sha2::Sha384::digest(certificate.as_ref()).to_vec())
+    } else if [
+        rfc5912::SHA_512_WITH_RSA_ENCRYPTION,
+        rfc5912::ECDSA_WITH_SHA_512,
+    ]
+    .contains(&algorithm)
+    {
+        Some(sha2::Sha512::digest(certificate.as_ref()).to_vec())
+    } else {
+        None
     }
 }
 

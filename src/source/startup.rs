@@ -1,6 +1,8 @@
 //! Opening a replication connection: TCP, the TLS negotiation `sslmode`
 //! asks for, the startup message with `replication=database`, password
-//! authentication (cleartext, MD5, SCRAM-SHA-256), `IDENTIFY_SYSTEM` and
+//! authentication (cleartext, MD5, SCRAM-SHA-256 with channel binding over
+//! TLS) as the URL's `require_auth` and `channel_binding` allow
+//! ([`crate::pgconn::AuthPolicy`]), `IDENTIFY_SYSTEM` and
 //! `START_REPLICATION ... LOGICAL`, up to the server's CopyBothResponse
 //! (<https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-START-UP>,
 //! <https://www.postgresql.org/docs/current/protocol-replication.html>).
@@ -10,22 +12,27 @@
 //! server does not know makes it refuse `START_REPLICATION`.
 //!
 //! It does not stream: once the server is in COPY BOTH mode the connection is
-//! handed to [`super::ReplicationStream`]. It does not do GSSAPI, SSPI,
-//! client certificates or SCRAM channel binding, and does not bound its own
-//! time (the caller applies `connect_timeout`).
+//! handed to [`super::ReplicationStream`]. It does not do GSSAPI, SSPI or
+//! client certificates, and does not bound its own time (the caller applies
+//! `connect_timeout`).
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256,
+};
 use postgres_protocol::message::{backend::Message, frontend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::lsn::Lsn;
-use crate::pgconn::{ConnectParams, server_name, tls_client_config};
+use crate::pgconn::{
+    AuthMethod, AuthRefused, ChannelBinding as BindingMode, ConnectParams, end_point_hash,
+    server_name, tls_client_config,
+};
 
 use super::error::{At, SourceError};
 use super::frame::Incoming;
@@ -53,9 +60,10 @@ pub(super) async fn open(
     start: Lsn,
     proto_version: u32,
 ) -> Result<Opened, SourceError> {
-    let (socket, tls) = connect(params, &at).await?;
+    let (socket, session) = connect(params, &at).await?;
+    let tls = session.is_some();
     let mut wire = Wire::new(socket, at);
-    authenticate(&mut wire, params).await?;
+    authenticate(&mut wire, params, session.as_ref()).await?;
     let server_major = wait_until_ready(&mut wire).await?;
     let identity = identify_system(&mut wire).await?;
     // A server that did not say which version it is (a proxy in between may
@@ -89,11 +97,18 @@ pub(super) async fn open(
     }
 }
 
+/// What authentication needs to know of a TLS session.
+struct TlsSession {
+    /// The `tls-server-end-point` channel binding data, when the server's
+    /// certificate has it.
+    end_point: Option<Vec<u8>>,
+}
+
 /// TCP, then TLS as `sslmode` asks (SSLRequest, exactly one byte of answer).
 async fn connect(
     params: &ConnectParams,
     peer: &At,
-) -> Result<(Box<dyn Socket>, bool), SourceError> {
+) -> Result<(Box<dyn Socket>, Option<TlsSession>), SourceError> {
     let tls = tls_client_config(params).map_err(|error| peer.tls_setup(error))?;
     let mut tcp = TcpStream::connect((params.host.as_str(), params.port))
         .await
@@ -101,7 +116,7 @@ async fn connect(
     // Status updates are small and must not wait for Nagle.
     let _ = tcp.set_nodelay(true);
     let Some(tls) = tls else {
-        return Ok((Box::new(tcp), false));
+        return Ok((Box::new(tcp), None));
     };
     let name = server_name(&params.host).map_err(|error| peer.tls_setup(error))?;
     let mut request = BytesMut::new();
@@ -118,17 +133,26 @@ async fn connect(
                 .connect(name, tcp)
                 .await
                 .map_err(|error| peer.tls(error))?;
-            Ok((Box::new(stream), true))
+            let session = TlsSession {
+                end_point: end_point_hash(stream.get_ref().1),
+            };
+            Ok((Box::new(stream), Some(session)))
         }
         b'N' if params.sslmode.requires_tls() => Err(peer.tls_refused(params.sslmode.as_str())),
-        b'N' => Ok((Box::new(tcp), false)),
+        b'N' => Ok((Box::new(tcp), None)),
         other => Err(peer.protocol(format!(
             "answered the SSL request with byte {other:#04x} instead of S or N"
         ))),
     }
 }
 
-async fn authenticate(wire: &mut Wire, params: &ConnectParams) -> Result<(), SourceError> {
+/// The startup message and the password exchange, as far as the URL's
+/// authentication policy allows: a refused request gets no answer.
+async fn authenticate(
+    wire: &mut Wire,
+    params: &ConnectParams,
+    tls: Option<&TlsSession>,
+) -> Result<(), SourceError> {
     let startup = [
         ("user", params.user.as_str()),
         ("database", params.dbname.as_str()),
@@ -149,15 +173,65 @@ async fn authenticate(wire: &mut Wire, params: &ConnectParams) -> Result<(), Sou
             )
         })
     };
+    let policy = params.auth_policy();
+    let verified = tls.is_some() && params.verifies_server();
+    let addr = wire.at.addr().to_owned();
+    let refused = |refusal: AuthRefused| peer.auth(&params.user, refusal.0);
+    // Only SCRAM can bind to the TLS session; everything else is refused
+    // when the URL requires binding.
+    let unbound = |what: &str| {
+        peer.auth(
+            &params.user,
+            format!(
+                "channel_binding=require in the source URL, but the server at {addr} {what}; \
+                 walhook sent nothing"
+            ),
+        )
+    };
+    let require_binding = policy.channel_binding == BindingMode::Require;
+    let mut asked = false;
     loop {
-        match wire.read().await? {
-            Incoming::Message(Message::AuthenticationOk) => return Ok(()),
+        let message = wire.read().await?;
+        if matches!(
+            message,
+            Incoming::Message(
+                Message::AuthenticationCleartextPassword
+                    | Message::AuthenticationMd5Password(_)
+                    | Message::AuthenticationSasl(_)
+            )
+        ) {
+            asked = true;
+        }
+        match message {
+            Incoming::Message(Message::AuthenticationOk) => {
+                if !asked {
+                    policy
+                        .check(AuthMethod::None, verified, &addr)
+                        .map_err(refused)?;
+                    if require_binding {
+                        return Err(unbound("asked for no password"));
+                    }
+                }
+                return Ok(());
+            }
             Incoming::Message(Message::AuthenticationCleartextPassword) => {
+                policy
+                    .check(AuthMethod::Password, verified, &addr)
+                    .map_err(refused)?;
+                if require_binding {
+                    return Err(unbound("asks for the password in clear text"));
+                }
                 let password = password()?.to_owned();
                 wire.queue(|buf| frontend::password_message(password.as_bytes(), buf))?;
                 wire.flush().await?;
             }
             Incoming::Message(Message::AuthenticationMd5Password(body)) => {
+                policy
+                    .check(AuthMethod::Md5, verified, &addr)
+                    .map_err(refused)?;
+                if require_binding {
+                    return Err(unbound("asks for an MD5 hash of the password"));
+                }
                 let hash = md5_hash(params.user.as_bytes(), password()?.as_bytes(), body.salt());
                 wire.queue(|buf| frontend::password_message(hash.as_bytes(), buf))?;
                 wire.flush().await?;
@@ -179,8 +253,31 @@ async fn authenticate(wire: &mut Wire, params: &ConnectParams) -> Result<(), Sou
                         ),
                     ));
                 }
+                policy
+                    .check(AuthMethod::ScramSha256, verified, &addr)
+                    .map_err(refused)?;
+                let end_point = tls
+                    .and_then(|session| session.end_point.clone())
+                    .filter(|_| policy.channel_binding != BindingMode::Disable);
+                let plus_offered = offered.iter().any(|mechanism| mechanism == SCRAM_SHA_256_PLUS);
+                let (mechanism, binding) = match end_point {
+                    Some(hash) if plus_offered => {
+                        (SCRAM_SHA_256_PLUS, ChannelBinding::tls_server_end_point(hash))
+                    }
+                    _ if require_binding => {
+                        return Err(unbound(if tls.is_none() {
+                            "is reached without TLS, so there is no session to bind to"
+                        } else {
+                            "does not offer SCRAM-SHA-256-PLUS for this TLS session"
+                        }));
+                    }
+                    // We could bind but the server did not offer to: say so,
+                    // so a server in between that removed the offer is caught.
+                    Some(_) => (SCRAM_SHA_256, ChannelBinding::unrequested()),
+                    None => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                };
                 let password = password()?.to_owned();
-                scram(wire, &params.user, &password).await?;
+                scram(wire, &params.user, &password, mechanism, binding).await?;
             }
             Incoming::Message(Message::ErrorResponse(body)) => return Err(wire.server_error(&body)),
             Incoming::Message(Message::NoticeResponse(body)) => wire.log_notice(&body),
@@ -207,10 +304,17 @@ async fn authenticate(wire: &mut Wire, params: &ConnectParams) -> Result<(), Sou
     }
 }
 
-/// SCRAM-SHA-256 without channel binding (RFC 5802, RFC 7677).
-async fn scram(wire: &mut Wire, user: &str, password: &str) -> Result<(), SourceError> {
-    let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-    wire.queue(|buf| frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), buf))?;
+/// SCRAM-SHA-256 (RFC 5802, RFC 7677), bound to the TLS session when
+/// `mechanism` is SCRAM-SHA-256-PLUS (RFC 5929 `tls-server-end-point`).
+async fn scram(
+    wire: &mut Wire,
+    user: &str,
+    password: &str,
+    mechanism: &str,
+    binding: ChannelBinding,
+) -> Result<(), SourceError> {
+    let mut scram = ScramSha256::new(password.as_bytes(), binding);
+    wire.queue(|buf| frontend::sasl_initial_response(mechanism, scram.message(), buf))?;
     wire.flush().await?;
     match wire.read().await? {
         Incoming::Message(Message::AuthenticationSaslContinue(body)) => {

@@ -38,6 +38,10 @@ pub const PASSWORD_ROLES: &[(&str, &str)] = &[
     ("wrongpw_user", "scram-sha-256"),
 ];
 
+/// A role the shared cluster's pg_hba.conf refuses physical replication
+/// (as docs/operations.md recommends for walhook's role).
+pub const LOGICAL_ONLY_ROLE: &str = "logical_only_user";
+
 /// The shared cluster and the certificates it serves TLS with.
 struct Shared {
     cluster: TempPostgres,
@@ -61,6 +65,7 @@ fn shared() -> &'static Shared {
             hba_lines: PASSWORD_ROLES
                 .iter()
                 .map(|(role, method)| format!("host all {role} 127.0.0.1/32 {method}"))
+                .chain([format!("host replication {LOGICAL_ONLY_ROLE} all reject")])
                 .collect(),
         })
         .expect("start the throw-away PostgreSQL");
