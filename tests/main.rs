@@ -26,6 +26,7 @@ mod lifecycle;
 mod listen;
 mod logs;
 mod payloads;
+mod receiver_tls;
 mod schema_changes;
 mod slot_progress;
 mod source;
