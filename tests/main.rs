@@ -17,6 +17,7 @@ mod contract;
 mod dead_letters;
 mod decoding_messages;
 mod delivery;
+mod destinations;
 mod failover_slots;
 mod faults;
 mod filters;
