@@ -24,7 +24,9 @@
 //! leaves that import nothing of walhook's or only each other: `lsn`, `oid`,
 //! `pgtime`, `value` (rendering, `value::escape`, `value::compare`),
 //! `event` (the change model and payload), `filter`, `webhook` (the Standard
-//! Webhooks scheme), `config` (every value parsed once), `retry` (waits),
+//! Webhooks scheme), `destination` (which addresses `deny_private`
+//! refuses), `config` (every value parsed once, TLS files read once),
+//! `retry` (waits),
 //! `catalog` (type facts), `mode` (a subscription's delivery mode),
 //! `telemetry`, `health`. Beside the stream: `tables`
 //! resolves the rules' tables in the catalog (oids, partitions, replica
