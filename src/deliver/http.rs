@@ -390,6 +390,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn subscriptions_with_the_same_tls_settings_share_a_client() {
+        let mut clients = Clients::new(&DeliveryConfig::default());
+        let delivery_wide = ReceiverTls::default();
+        clients.client(&delivery_wide).unwrap();
+        clients.client(&delivery_wide.clone()).unwrap();
+        assert_eq!(clients.built.len(), 1);
+        let own_ca = ReceiverTls {
+            ca: Some(std::sync::Arc::new(crate::config::CaFile {
+                path: "/etc/walhook/ca.pem".into(),
+                certificates: Vec::new(),
+            })),
+            identity: None,
+        };
+        clients.client(&own_ca).unwrap();
+        clients.client(&own_ca.clone()).unwrap();
+        assert_eq!(clients.built.len(), 2, "one more for the other settings");
+    }
+
+    #[test]
     fn a_batch_of_one_carries_its_events_id_and_a_larger_one_a_batch_id() {
         let one = RequestBody::batch([("wh_a", &b"{\"n\":1}"[..])].into_iter());
         assert_eq!(one.id, "wh_a");
