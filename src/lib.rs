@@ -24,8 +24,10 @@
 //! leaves that import nothing of walhook's or only each other: `lsn`, `oid`,
 //! `pgtime`, `value` (rendering, `value::escape`, `value::compare`),
 //! `event` (the change model and payload), `filter`, `webhook` (the Standard
-//! Webhooks scheme), `config` (every value parsed once), `retry` (waits),
-//! `catalog` (type facts), `seal` (MACs of stored rows), `mode` (a subscription's delivery mode),
+//! Webhooks scheme), `destination` (which addresses `deny_private`
+//! refuses), `config` (every value parsed once, TLS files read once),
+//! `retry` (waits), `catalog` (type facts), `seal` (MACs of stored rows),
+//! `mode` (a subscription's delivery mode),
 //! `telemetry`, `health`. Beside the stream: `tables`
 //! resolves the rules' tables in the catalog (oids, partitions, replica
 //! identity), `store` holds all SQL about walhook's own state (its schema,
@@ -67,7 +69,29 @@ macro_rules! internal {
 }
 
 internal!(
-    admin, catalog, checkpoint, control, decode, deliver, health, mode, oid, pgconn, pgoutput,
-    pgtime, pipeline, retry, rules, seal, setup, source, status, store, tables, telemetry, value,
+    admin,
+    catalog,
+    checkpoint,
+    control,
+    decode,
+    deliver,
+    destination,
+    health,
+    mode,
+    oid,
+    pgconn,
+    pgoutput,
+    pgtime,
+    pipeline,
+    retry,
+    rules,
+    seal,
+    setup,
+    source,
+    status,
+    store,
+    tables,
+    telemetry,
+    value,
     watch,
 );

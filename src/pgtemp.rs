@@ -346,7 +346,7 @@ impl TempPostgres {
             // slots (and walsenders' connections) behind, one per test
             // database: room for many.
             "max_wal_senders = 100".to_owned(),
-            "max_replication_slots = 100".to_owned(),
+            "max_replication_slots = 400".to_owned(),
             "max_connections = 300".to_owned(),
             "fsync = off".to_owned(),
             "full_page_writes = off".to_owned(),

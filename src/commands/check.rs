@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::commands::CommandError;
 use crate::config::{Config, SubscriptionConfig, TableName, TableSelector, quote_identifier};
+use crate::destination::DestinationPolicy;
 use crate::event::EventKind;
 use crate::pgconn::connect_sql;
 use crate::rules::catalog_check::{self, RuleError};
@@ -149,7 +150,12 @@ pub async fn run(config_path: &Path) -> Result<CheckReport, CommandError> {
     check_dead_letters(&client, &role, &mut report).await;
     check_backlogs(&client, &config, &role, &mut report).await;
     check_state_owners(&client, &role, &mut report).await;
-    check_urls(&config.subscriptions, &mut report).await;
+    check_urls(
+        &config.subscriptions,
+        &config.delivery.destination_policy(),
+        &mut report,
+    )
+    .await;
     println!("{}", report.summary());
     Ok(report)
 }
@@ -1152,11 +1158,54 @@ async fn warn_about_metadata_address(
     }
 }
 
+/// With `delivery.deny_private` on, a URL whose host is, or resolves only
+/// to, addresses the policy refuses is a problem: none of its events would
+/// be delivered, and it is not connected to either. (A host with some
+/// permitted addresses is used through those.) Returns whether it was
+/// refused.
+async fn check_destination_policy(
+    subscription: &SubscriptionConfig,
+    host: &str,
+    port: u16,
+    policy: &DestinationPolicy,
+    report: &mut CheckReport,
+) -> bool {
+    if !policy.is_active() {
+        return false;
+    }
+    let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    // A host that does not resolve is reported by `check_urls`.
+    let Some(addresses) = resolved else {
+        return false;
+    };
+    let addresses: Vec<std::net::IpAddr> = addresses.map(|address| address.ip()).collect();
+    match policy.refuse_all(host, &addresses) {
+        Some(refused) => {
+            report.problem(
+                format!("subscription {:?}: url host {refused}", subscription.name),
+                "",
+            );
+            true
+        }
+        None => {
+            report.pass();
+            false
+        }
+    }
+}
+
 /// Each subscription URL's host resolves (a problem when it does not) and
 /// accepts a TCP connection (a warning when it does not: the receiver may
 /// not be up yet). No request is sent; with a proxy configured the
 /// connection is not tried.
-async fn check_urls(subscriptions: &[SubscriptionConfig], report: &mut CheckReport) {
+async fn check_urls(
+    subscriptions: &[SubscriptionConfig],
+    policy: &DestinationPolicy,
+    report: &mut CheckReport,
+) {
     let mut reached: BTreeMap<(String, u16), Result<(), Unreachable>> = BTreeMap::new();
     for subscription in subscriptions {
         // Only the host is printed: the rest of a URL may hold a token.
@@ -1180,6 +1229,9 @@ async fn check_urls(subscriptions: &[SubscriptionConfig], report: &mut CheckRepo
             .to_owned();
         warn_about_exposure(subscription, &url, &host, report);
         warn_about_metadata_address(subscription, &host, port, report).await;
+        if check_destination_policy(subscription, &host, port, policy, report).await {
+            continue;
+        }
         let key = (host.clone(), port);
         let outcome = match reached.get(&key) {
             Some(outcome) => outcome.clone(),

@@ -25,7 +25,7 @@ use bytes::Bytes;
 
 use crate::commands::CommandError;
 use crate::config::Config;
-use crate::deliver::http::{Attempt, Endpoint, EndpointError, RequestBody, build_client};
+use crate::deliver::http::{Attempt, Clients, Endpoint, EndpointError, RequestBody};
 use crate::deliver::policy::Verdict;
 use crate::pgconn::connect_sql;
 pub use crate::store::dead_letters::Selector;
@@ -191,12 +191,12 @@ pub async fn replay(
     }
     let config = Config::load(config_path)?;
     let client = connect(&config).await?;
-    let http = build_client(&config.delivery).map_err(DeadLetterError::from)?;
+    let mut clients = Clients::new(&config.delivery);
     let mut endpoints = HashMap::new();
     for subscription in &config.subscriptions {
         endpoints.insert(
             subscription.name.clone(),
-            Endpoint::new(subscription).map_err(DeadLetterError::from)?,
+            Endpoint::new(subscription, &mut clients).map_err(DeadLetterError::from)?,
         );
     }
     let letters = store::select(&client, selector)
@@ -261,9 +261,7 @@ pub async fn replay(
                 body: Bytes::from(letter.payload.clone().into_bytes()),
             }
         };
-        let attempt = endpoint
-            .send(&http, &request, config.delivery.timeout)
-            .await;
+        let attempt = endpoint.send(&request, config.delivery.timeout).await;
         if attempt.verdict() == Verdict::Delivered {
             store::delete(&client, letter.id)
                 .await

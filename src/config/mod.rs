@@ -18,15 +18,19 @@ use serde::{Deserialize, Serialize};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::destination::{AddressRange, DestinationPolicy};
 use crate::event::EventKind;
 use crate::filter::Filter;
 use crate::webhook::SigningKey;
 
 mod env;
 mod names;
+mod tls;
 
 use env::{EnvReferences, describe_figment_error, env_overrides};
 pub use names::{TableName, TableSelector, quote_identifier};
+pub use tls::{CaFile, ClientIdentity, ReceiverTls};
+use tls::{TlsKeys, TlsLoader};
 
 /// The whole configuration, every value checked and parsed once: filters
 /// into [`Filter`]s, secrets into [`SigningKey`]s, headers into a
@@ -84,7 +88,7 @@ pub struct SourceConfig {
 }
 
 /// `[delivery]`: how webhooks are sent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// Requests in flight per subscription (and its ordering lanes).
@@ -113,6 +117,36 @@ pub struct DeliveryConfig {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Refuse to connect to private addresses (loopback, RFC 1918,
+    /// link-local, …) unless `allow` lists them; checked on the resolved
+    /// addresses at connect time.
+    #[serde(default, deserialize_with = "env::lenient_bool")]
+    pub deny_private: bool,
+    /// Networks and addresses allowed even with `deny_private`.
+    #[serde(default)]
+    pub allow: Vec<AddressRange>,
+    /// As written; [`DeliveryConfig::tls`] holds what they were loaded into.
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    client_cert: Option<PathBuf>,
+    #[serde(default)]
+    client_key: Option<PathBuf>,
+    /// The delivery-wide TLS settings towards receivers, from `ca_file`,
+    /// `client_cert` and `client_key`; each subscription's own are in
+    /// [`SubscriptionConfig::tls`].
+    #[serde(skip)]
+    pub tls: ReceiverTls,
+}
+
+impl DeliveryConfig {
+    /// `deny_private` and `allow`, as delivery and `check` apply them.
+    pub fn destination_policy(&self) -> DestinationPolicy {
+        DestinationPolicy {
+            deny_private: self.deny_private,
+            allow: self.allow.clone(),
+        }
+    }
 }
 
 /// Exponential backoff with full jitter between attempts.
@@ -195,6 +229,9 @@ pub struct SubscriptionConfig {
     pub headers: HeaderMap,
     pub ordering: DeliveryOrder,
     pub batch: BatchConfig,
+    /// The TLS settings towards its receiver: its own `ca_file` and client
+    /// certificate where it sets them, else the delivery-wide ones.
+    pub tls: ReceiverTls,
 }
 
 /// A `[[subscriptions]]` entry as written.
@@ -218,6 +255,12 @@ struct SubscriptionFile {
     ordering: DeliveryOrder,
     #[serde(default)]
     batch: BatchConfig,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    client_cert: Option<PathBuf>,
+    #[serde(default)]
+    client_key: Option<PathBuf>,
 }
 
 /// The largest `batch.max_events` accepted. A subscription holds at most
@@ -266,6 +309,12 @@ impl Default for DeliveryConfig {
             breaker: BreakerConfig::default(),
             backlog: BacklogConfig::default(),
             shutdown_grace: default_shutdown_grace(),
+            deny_private: false,
+            allow: Vec::new(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            tls: ReceiverTls::default(),
         }
     }
 }
@@ -474,13 +523,24 @@ impl Config {
 
 impl ConfigFile {
     /// Checks every value and parses each once.
-    fn parse(self) -> Result<Config, String> {
+    fn parse(mut self) -> Result<Config, String> {
         self.validate()?;
+        let mut loader = TlsLoader::default();
+        let delivery = &self.delivery;
+        self.delivery.tls = loader.load(
+            TlsKeys {
+                at: "delivery",
+                ca_file: delivery.ca_file.as_deref(),
+                client_cert: delivery.client_cert.as_deref(),
+                client_key: delivery.client_key.as_deref(),
+            },
+            &ReceiverTls::default(),
+        )?;
         let subscriptions = self
             .subscriptions
             .into_iter()
             .enumerate()
-            .map(|(index, subscription)| subscription.parse(index))
+            .map(|(index, subscription)| subscription.parse(index, &mut loader, &self.delivery.tls))
             .collect::<Result<_, _>>()?;
         Ok(Config {
             source: self.source,
@@ -573,7 +633,12 @@ impl ConfigFile {
 
 impl SubscriptionFile {
     /// Checks the entry and parses its values: the one place they are read.
-    fn parse(self, index: usize) -> Result<SubscriptionConfig, String> {
+    fn parse(
+        self,
+        index: usize,
+        loader: &mut TlsLoader,
+        delivery_tls: &ReceiverTls,
+    ) -> Result<SubscriptionConfig, String> {
         let at = subscription_key(index, &self.name);
         if self.tables.is_empty() {
             return Err(format!(
@@ -649,6 +714,15 @@ impl SubscriptionFile {
             })?),
             None => None,
         };
+        let tls = loader.load(
+            TlsKeys {
+                at: &at,
+                ca_file: self.ca_file.as_deref(),
+                client_cert: self.client_cert.as_deref(),
+                client_key: self.client_key.as_deref(),
+            },
+            delivery_tls,
+        )?;
         Ok(SubscriptionConfig {
             name: self.name,
             tables,
@@ -660,6 +734,7 @@ impl SubscriptionFile {
             headers,
             ordering: self.ordering,
             batch: self.batch,
+            tls,
         })
     }
 }

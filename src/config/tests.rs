@@ -207,3 +207,184 @@ fn a_syntax_error_says_where_without_quoting_the_line() {
     assert!(!error.message.contains("hunter2"), "{error}");
     assert!(error.message.contains("line 2"), "{error}");
 }
+
+/// A self-signed certificate and its key, and another key, as PEM files in
+/// a temporary directory.
+struct TlsFixture {
+    dir: tempfile::TempDir,
+}
+
+impl TlsFixture {
+    fn new() -> TlsFixture {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["walhook-client".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(dir.path().join("client.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("client.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("other.key"), other_key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("not.pem"), "just some text\n").unwrap();
+        TlsFixture { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// MINIMAL with `lines` added under `[delivery]`.
+    fn load(&self, lines: &str) -> Result<Config, ConfigError> {
+        load(&MINIMAL.replace("[source]", &format!("[delivery]\n{lines}\n[source]")))
+    }
+}
+
+#[test]
+fn tls_files_load_and_subscriptions_inherit_or_override_them() {
+    let files = TlsFixture::new();
+    let config = files
+        .load(&format!(
+            "ca_file = {:?}\nclient_cert = {:?}\nclient_key = {:?}",
+            files.path("client.crt"),
+            files.path("client.crt"),
+            files.path("client.key"),
+        ))
+        .unwrap();
+    let delivery = &config.delivery.tls;
+    assert_eq!(delivery.ca.as_ref().unwrap().certificates.len(), 1);
+    assert!(delivery.identity.is_some());
+    assert_eq!(&config.subscriptions[0].tls, delivery, "inherited");
+    // The key never prints.
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("PRIVATE KEY"), "{printed}");
+
+    let own_ca = MINIMAL.replace(
+        "url = \"http://127.0.0.1:8080/hook\"",
+        &format!(
+            "url = \"http://127.0.0.1:8080/hook\"\nca_file = {:?}",
+            files.path("client.crt")
+        ),
+    );
+    let config = load(&own_ca).unwrap();
+    assert!(config.delivery.tls.ca.is_none());
+    assert!(config.subscriptions[0].tls.ca.is_some());
+    assert_ne!(config.subscriptions[0].tls, config.delivery.tls);
+}
+
+#[test]
+fn a_missing_ca_file_names_the_key_the_path_and_the_fix() {
+    let files = TlsFixture::new();
+    let missing = files.path("missing.pem");
+    let error = files
+        .load(&format!("ca_file = {missing:?}"))
+        .unwrap_err()
+        .message;
+    assert!(error.contains("delivery.ca_file"), "{error}");
+    assert!(error.contains(&missing), "{error}");
+    assert!(error.contains("cannot read"), "{error}");
+    assert!(error.contains("PEM file of CA certificates"), "{error}");
+}
+
+#[test]
+fn a_ca_file_without_a_certificate_is_refused() {
+    let files = TlsFixture::new();
+    let error = files
+        .load(&format!("ca_file = {:?}", files.path("not.pem")))
+        .unwrap_err()
+        .message;
+    assert!(error.contains("delivery.ca_file"), "{error}");
+    assert!(error.contains(&files.path("not.pem")), "{error}");
+    assert!(error.contains("holds no PEM certificate"), "{error}");
+    // A key is not a certificate either.
+    let error = files
+        .load(&format!("ca_file = {:?}", files.path("client.key")))
+        .unwrap_err()
+        .message;
+    assert!(error.contains("holds no PEM certificate"), "{error}");
+}
+
+#[test]
+fn a_client_cert_without_its_key_is_refused() {
+    let files = TlsFixture::new();
+    let error = files
+        .load(&format!("client_cert = {:?}", files.path("client.crt")))
+        .unwrap_err()
+        .message;
+    assert!(
+        error.contains("`delivery.client_cert` is set without `delivery.client_key`"),
+        "{error}"
+    );
+    let error = files
+        .load(&format!("client_key = {:?}", files.path("client.key")))
+        .unwrap_err()
+        .message;
+    assert!(error.contains("give both"), "{error}");
+    // Per subscription too, named by its key.
+    let error = load(&MINIMAL.replace(
+        "url = \"http://127.0.0.1:8080/hook\"",
+        &format!(
+            "url = \"http://127.0.0.1:8080/hook\"\nclient_cert = {:?}",
+            files.path("client.crt")
+        ),
+    ))
+    .unwrap_err()
+    .message;
+    assert!(
+        error.contains("`subscriptions[0] (orders).client_cert`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_client_key_that_is_not_the_certificates_is_refused() {
+    let files = TlsFixture::new();
+    let error = files
+        .load(&format!(
+            "client_cert = {:?}\nclient_key = {:?}",
+            files.path("client.crt"),
+            files.path("other.key")
+        ))
+        .unwrap_err()
+        .message;
+    assert!(error.contains("delivery.client_key"), "{error}");
+    assert!(error.contains(&files.path("other.key")), "{error}");
+    assert!(error.contains("is not the private key"), "{error}");
+    // A file without a key at all.
+    let error = files
+        .load(&format!(
+            "client_cert = {:?}\nclient_key = {:?}",
+            files.path("client.crt"),
+            files.path("client.crt")
+        ))
+        .unwrap_err()
+        .message;
+    assert!(error.contains("holds no PEM private key"), "{error}");
+}
+
+#[test]
+fn the_destination_policy_is_off_by_default_and_parses_its_allow_list() {
+    let config = load(MINIMAL).unwrap();
+    assert!(!config.delivery.deny_private);
+    assert!(config.delivery.allow.is_empty());
+
+    let config = load(&MINIMAL.replace(
+        "[source]",
+        "[delivery]\ndeny_private = true\nallow = [\"10.1.0.0/16\", \"::1\"]\n[source]",
+    ))
+    .unwrap();
+    let policy = config.delivery.destination_policy();
+    assert!(policy.deny_private);
+    assert_eq!(policy.refuses("10.1.2.3".parse().unwrap()), None);
+    assert_eq!(policy.refuses("::1".parse().unwrap()), None);
+    assert!(policy.refuses("10.2.0.1".parse().unwrap()).is_some());
+
+    let error = load(&MINIMAL.replace(
+        "[source]",
+        "[delivery]\nallow = [\"10.1.0.0/16\", \"hooks.internal\"]\n[source]",
+    ))
+    .unwrap_err()
+    .message;
+    assert!(error.contains("delivery.allow"), "{error}");
+    assert!(error.contains("host names are not accepted"), "{error}");
+}

@@ -496,7 +496,7 @@ impl Drainer {
             };
             tokio::select! {
                 _ = self.shared.abandon.cancelled() => return,
-                outcome = endpoint.send(&self.shared.client, &request, self.shared.config.timeout) => outcome,
+                outcome = endpoint.send(&request, self.shared.config.timeout) => outcome,
             }
         };
         if let Some(handles) = &self.context.metrics.handles {

@@ -1,10 +1,14 @@
 //! One subscription's endpoint: the request walhook sends (URL, headers,
-//! Standard Webhooks signature) and what came back.
+//! Standard Webhooks signature), the HTTP client it goes through, and what
+//! came back.
 //!
 //! It sends exactly one request per call and judges nothing beyond turning
-//! the response into an [`Attempt`]; `policy` says what that means.
+//! the response into an [`Attempt`]; `policy` says what that means. Clients
+//! are shared: one for the delivery-wide TLS settings, and one more for each
+//! distinct per-subscription `ca_file` / client certificate ([`Clients`]).
 
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,7 +17,10 @@ use sha2::{Digest, Sha256};
 
 use super::Outbound;
 use super::policy::{self, Verdict};
-use crate::config::{DeliveryConfig, SubscriptionConfig};
+use super::resolve::PolicyResolver;
+use super::transport_error;
+use crate::config::{DeliveryConfig, ReceiverTls, SubscriptionConfig};
+use crate::destination::DestinationPolicy;
 use crate::seal::{RowSeal, SEAL_BYTES};
 use crate::webhook::{self, SigningKey};
 
@@ -22,24 +29,108 @@ use crate::webhook::{self, SigningKey};
 pub enum EndpointError {
     #[error("subscription {subscription}: {what}")]
     Invalid { subscription: String, what: String },
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
+    #[error("cannot build the HTTP client{tls}: {source}")]
+    Client {
+        /// Which TLS files it was built with, if any.
+        tls: String,
+        #[source]
+        source: reqwest::Error,
+    },
 }
 
-/// Builds the one HTTP client every lane shares: keep-alive pool as large as
-/// the in-flight bound, no redirects, rustls.
-pub fn build_client(config: &DeliveryConfig) -> Result<reqwest::Client, EndpointError> {
+/// The HTTP clients of one delivery: built on demand, one per distinct TLS
+/// setting, all with the same pool, timeouts, redirect policy, user agent
+/// and destination policy. Subscriptions that use the delivery-wide TLS
+/// settings share one client (and its connection pool).
+pub struct Clients {
+    config: DeliveryConfig,
+    policy: DestinationPolicy,
+    built: Vec<(ReceiverTls, reqwest::Client)>,
+}
+
+impl Clients {
+    pub fn new(config: &DeliveryConfig) -> Clients {
+        Clients {
+            config: config.clone(),
+            policy: config.destination_policy(),
+            built: Vec::new(),
+        }
+    }
+
+    /// The client for `tls`, built the first time it is asked for.
+    pub fn client(&mut self, tls: &ReceiverTls) -> Result<reqwest::Client, EndpointError> {
+        if let Some((_, client)) = self.built.iter().find(|(built, _)| built == tls) {
+            return Ok(client.clone());
+        }
+        let client = build_client(&self.config, &self.policy, tls)?;
+        self.built.push((tls.clone(), client.clone()));
+        Ok(client)
+    }
+
+    /// `delivery.deny_private` and `delivery.allow`.
+    pub fn policy(&self) -> &DestinationPolicy {
+        &self.policy
+    }
+}
+
+/// One HTTP client: keep-alive pool as large as the in-flight bound, no
+/// redirects, rustls with the system roots plus `tls`'s CA certificates and
+/// its client certificate, and, with `deny_private`, a resolver that drops
+/// refused addresses.
+fn build_client(
+    config: &DeliveryConfig,
+    policy: &DestinationPolicy,
+    tls: &ReceiverTls,
+) -> Result<reqwest::Client, EndpointError> {
     // reqwest panics without a process-wide TLS provider; `main` installs
     // one, but walhook used as a library (tests, embedders) may not have.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let failed = |source: reqwest::Error| EndpointError::Client {
+        tls: describe_tls_files(tls),
+        source,
+    };
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("walhook/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(config.concurrency.clamp(1, crate::config::MAX_CONCURRENCY))
         .connect_timeout(config.timeout)
-        .tcp_nodelay(true)
-        .build()
-        .map_err(EndpointError::Client)
+        .tcp_nodelay(true);
+    if let Some(ca) = &tls.ca {
+        // Added to the system roots, not instead of them.
+        let certificates = ca
+            .certificates
+            .iter()
+            .map(|certificate| reqwest::Certificate::from_der(certificate))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(failed)?;
+        builder = builder.tls_certs_merge(certificates);
+    }
+    if let Some(identity) = &tls.identity {
+        builder = builder.identity(reqwest::Identity::from_pem(identity.pem()).map_err(failed)?);
+    }
+    if policy.is_active() {
+        builder = builder.dns_resolver(PolicyResolver::new(policy.clone()));
+    }
+    builder.build().map_err(failed)
+}
+
+fn describe_tls_files(tls: &ReceiverTls) -> String {
+    let mut files = Vec::new();
+    if let Some(ca) = &tls.ca {
+        files.push(format!("ca_file {}", ca.path.display()));
+    }
+    if let Some(identity) = &tls.identity {
+        files.push(format!(
+            "client_cert {} and client_key {}",
+            identity.cert_path.display(),
+            identity.key_path.display()
+        ));
+    }
+    if files.is_empty() {
+        String::new()
+    } else {
+        format!(" with {}", files.join(", "))
+    }
 }
 
 /// The seal key of a subscription's rows: from its signing secret, or else
@@ -67,14 +158,27 @@ fn row_seal(subscription: &SubscriptionConfig) -> Option<RowSeal> {
 pub struct Endpoint {
     pub name: String,
     url: reqwest::Url,
+    /// The URL's host, the one part of it errors may show.
+    host: String,
     headers: HeaderMap,
     key: Option<SigningKey>,
     seal: Option<RowSeal>,
     batched: bool,
+    client: reqwest::Client,
+    /// Whether the client presents a certificate (for error messages).
+    client_certificate: bool,
+    /// Set when the URL's host is an IP address the destination policy
+    /// refuses: every attempt fails with it. (The client resolves no
+    /// literal address, so its resolver cannot refuse it.)
+    refused: Option<String>,
 }
 
 impl Endpoint {
-    pub fn new(subscription: &SubscriptionConfig) -> Result<Endpoint, EndpointError> {
+    /// The endpoint of `subscription`, with the client for its TLS settings.
+    pub fn new(
+        subscription: &SubscriptionConfig,
+        clients: &mut Clients,
+    ) -> Result<Endpoint, EndpointError> {
         let invalid = |what: String| EndpointError::Invalid {
             subscription: subscription.name.clone(),
             what,
@@ -92,13 +196,28 @@ impl Endpoint {
             headers.insert(name.clone(), value.clone());
         }
         let key = subscription.signing_key.clone();
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let refused = host.parse::<IpAddr>().ok().and_then(|address| {
+            clients
+                .policy()
+                .refuse_all(&host, &[address])
+                .map(|refused| format!("could not connect: {refused}"))
+        });
         Ok(Endpoint {
             name: subscription.name.clone(),
             url,
+            host,
             headers,
             seal: row_seal(subscription),
             key,
             batched: subscription.batch.max_events > 1,
+            client: clients.client(&subscription.tls)?,
+            client_certificate: subscription.tls.identity.is_some(),
+            refused,
         })
     }
 
@@ -115,19 +234,22 @@ impl Endpoint {
             .map(|seal| seal.seal(&self.name, event_id, payload))
     }
 
+    fn describe(&self, error: &reqwest::Error) -> String {
+        transport_error::describe(error, &self.host, self.client_certificate)
+    }
+
     /// Whether requests carry `{"events": [...]}` rather than one event.
     pub fn batched(&self) -> bool {
         self.batched
     }
 
     /// Sends one request and reports what happened.
-    pub async fn send(
-        &self,
-        client: &reqwest::Client,
-        request: &RequestBody,
-        timeout: Duration,
-    ) -> Attempt {
-        let mut builder = client
+    pub async fn send(&self, request: &RequestBody, timeout: Duration) -> Attempt {
+        if let Some(refused) = &self.refused {
+            return Attempt::Transport(refused.clone());
+        }
+        let mut builder = self
+            .client
             .post(self.url.clone())
             .headers(self.headers.clone())
             .timeout(timeout)
@@ -166,10 +288,10 @@ impl Endpoint {
                         status,
                         retry_after,
                     },
-                    Err(error) => Attempt::Transport(describe(&error)),
+                    Err(error) => Attempt::Transport(self.describe(&error)),
                 }
             }
-            Err(error) => Attempt::Transport(describe(&error)),
+            Err(error) => Attempt::Transport(self.describe(&error)),
         }
     }
 }
@@ -192,31 +314,6 @@ async fn discard_body(mut response: reqwest::Response) -> Result<(), reqwest::Er
         }
     }
     Ok(())
-}
-
-fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "could not connect"
-    } else if error.is_body() || error.is_decode() {
-        "response broke off"
-    } else {
-        "request failed"
-    };
-    // The source chain says why (refused, reset, TLS) without the URL's
-    // secrets, which reqwest's own Display would include.
-    let mut cause = String::new();
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        cause = inner.to_string();
-        source = inner.source();
-    }
-    if cause.is_empty() {
-        kind.to_owned()
-    } else {
-        format!("{kind}: {cause}")
-    }
 }
 
 /// The body and webhook id of one request.
@@ -327,6 +424,25 @@ impl fmt::Display for Attempt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subscriptions_with_the_same_tls_settings_share_a_client() {
+        let mut clients = Clients::new(&DeliveryConfig::default());
+        let delivery_wide = ReceiverTls::default();
+        clients.client(&delivery_wide).unwrap();
+        clients.client(&delivery_wide.clone()).unwrap();
+        assert_eq!(clients.built.len(), 1);
+        let own_ca = ReceiverTls {
+            ca: Some(std::sync::Arc::new(crate::config::CaFile {
+                path: "/etc/walhook/ca.pem".into(),
+                certificates: Vec::new(),
+            })),
+            identity: None,
+        };
+        clients.client(&own_ca).unwrap();
+        clients.client(&own_ca.clone()).unwrap();
+        assert_eq!(clients.built.len(), 2, "one more for the other settings");
+    }
 
     #[test]
     fn a_batch_of_one_carries_its_events_id_and_a_larger_one_a_batch_id() {

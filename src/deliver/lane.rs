@@ -254,7 +254,7 @@ async fn deliver(
             let outcome = tokio::select! {
                 biased;
                 _ = shared.abandon.cancelled() => None,
-                outcome = endpoint.send(&shared.client, &request, shared.config.timeout) => Some(outcome),
+                outcome = endpoint.send(&request, shared.config.timeout) => Some(outcome),
             };
             shared.metrics.requests_in_flight.dec();
             match outcome {

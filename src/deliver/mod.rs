@@ -42,7 +42,9 @@ pub mod gate;
 pub mod http;
 mod lane;
 pub mod policy;
+mod resolve;
 mod spill;
+mod transport_error;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -464,7 +466,6 @@ impl LaneLoad {
 
 /// What every lane shares.
 struct Shared {
-    client: reqwest::Client,
     config: DeliveryConfig,
     dead_letters: DeadLetters,
     /// Cancelled when in-flight work is to be abandoned (after the grace).
@@ -494,13 +495,12 @@ impl Delivery {
             dead_letters,
             backlog,
         } = stores;
-        let client = http::build_client(config)?;
+        let mut clients = http::Clients::new(config);
         // `Config::load` keeps it in range; this is for a config built
         // another way (a test, an embedder), where an absurd value would
         // make the semaphore panic.
         let concurrency = config.concurrency.clamp(1, MAX_CONCURRENCY);
         let shared = Arc::new(Shared {
-            client,
             config: config.clone(),
             dead_letters,
             abandon,
@@ -513,7 +513,7 @@ impl Delivery {
         ));
         let mut all = Vec::with_capacity(subscriptions.len());
         for (index, subscription) in subscriptions.iter().enumerate() {
-            let endpoint = Arc::new(Endpoint::new(subscription)?);
+            let endpoint = Arc::new(Endpoint::new(subscription, &mut clients)?);
             let gate = match gates.get(index) {
                 Some(gate) => Arc::clone(gate),
                 None => Arc::new(Gate::new(&subscription.name, config.breaker)),
@@ -1101,7 +1101,13 @@ mod tests {
         )
         .unwrap();
         let context = Arc::new(SubscriptionContext {
-            endpoint: Arc::new(Endpoint::new(&config.subscriptions[0]).unwrap()),
+            endpoint: Arc::new(
+                Endpoint::new(
+                    &config.subscriptions[0],
+                    &mut http::Clients::new(&config.delivery),
+                )
+                .unwrap(),
+            ),
             metrics: LaneMetrics {
                 handles: None,
                 failures: FailureLog::default(),

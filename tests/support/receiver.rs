@@ -152,15 +152,43 @@ impl Receiver {
         socket.bind(addr).unwrap();
         let listener = socket.listen(1024).unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = axum::Router::new()
-            .fallback(axum::routing::any(record))
-            // Tests send rows larger than axum's 2 MB default.
-            .layer(axum::extract::DefaultBodyLimit::disable())
-            .with_state(Arc::clone(&inner));
+        let router = router(Arc::clone(&inner));
         tokio::spawn(async move { axum::serve(listener, router).await });
         Receiver {
             inner,
             base_url: format!("http://{addr}"),
+        }
+    }
+
+    /// An HTTPS receiver on 127.0.0.1 serving `tls` (its certificate, and
+    /// whether it asks for a client's); its URLs name the host `localhost`.
+    /// A connection whose handshake fails is dropped, unrecorded.
+    pub async fn start_https(tls: rustls::ServerConfig) -> Receiver {
+        let inner = Arc::new(Inner {
+            status: Mutex::new(200),
+            ..Inner::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let router = router(Arc::clone(&inner));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            inner,
+            base_url: format!("https://localhost:{port}"),
         }
     }
 
@@ -340,6 +368,14 @@ impl Receiver {
         })
         .await;
     }
+}
+
+fn router(inner: Arc<Inner>) -> axum::Router {
+    axum::Router::new()
+        .fallback(axum::routing::any(record))
+        // Tests send rows larger than axum's 2 MB default.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(inner)
 }
 
 async fn record(
