@@ -76,3 +76,27 @@ CREATE TABLE IF NOT EXISTS walhook.subscription_state (
 -- Schemas made before rows were sealed gain the column (NULL in old rows).
 ALTER TABLE walhook.dead_letters ADD COLUMN IF NOT EXISTS mac bytea;
 ALTER TABLE walhook.backlog ADD COLUMN IF NOT EXISTS mac bytea;
+
+-- Backfills: requests to send the rows a table already has, as READ events
+-- (docs/backfills.md). `walhook backfill` adds a row per table; the running
+-- daemon takes them in id order, reads each table in primary-key chunks
+-- without pausing the stream, and records after each chunk the last key it
+-- reached, so a restart goes on from there. `condition` is the request's
+-- SQL condition (`--where`), run in read-only transactions.
+CREATE TABLE IF NOT EXISTS walhook.backfills (
+    id             bigserial   PRIMARY KEY,
+    subscription   text        NOT NULL,
+    table_name     text        NOT NULL,
+    condition      text,
+    chunk_rows     integer     NOT NULL DEFAULT 5000 CHECK (chunk_rows > 0),
+    state          text        NOT NULL DEFAULT 'pending'
+                   CHECK (state IN ('pending', 'running', 'done', 'cancelled', 'failed')),
+    rows_sent      bigint      NOT NULL DEFAULT 0,
+    estimated_rows bigint,
+    -- The key of the last row of the last completed chunk, as text.
+    last_key       text[],
+    error          text,
+    requested_at   timestamptz NOT NULL DEFAULT now(),
+    started_at     timestamptz,
+    finished_at    timestamptz
+);

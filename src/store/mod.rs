@@ -8,6 +8,7 @@
 //! It does not look at the user's tables (`tables`, `rules::catalog_check`)
 //! and holds no policy: a caller decides what a missing slot means.
 
+pub mod backfills;
 pub mod backlog;
 pub mod dead_letters;
 pub mod publication;
