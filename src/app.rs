@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
+
+use crate::backfill::window::Windows;
+use crate::backfill::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin;
@@ -369,6 +372,24 @@ async fn stream_until_stopped(
                 Vec::new()
             }
         };
+        // The backfill worker of this connection: it ends with it (a new
+        // one goes on from the last completed chunk).
+        let (chunk_sender, chunk_receiver) = tokio::sync::mpsc::unbounded_channel();
+        let worker_stop = shutdown.child_token();
+        let _stop_worker = worker_stop.clone().drop_guard();
+        tokio::spawn(
+            Worker {
+                params: params.clone(),
+                slot: config.source.slot.clone(),
+                subscriptions: config
+                    .subscriptions
+                    .iter()
+                    .map(|subscription| subscription.name.clone())
+                    .collect(),
+                chunks: chunk_sender,
+            }
+            .run(worker_stop),
+        );
         let mut pipeline = Pipeline::new(
             stream,
             catalog,
@@ -377,6 +398,7 @@ async fn stream_until_stopped(
             start,
             config.source.status_interval,
             observers.clone(),
+            Windows::new(&config.source.slot, chunk_receiver),
         );
         let outcome = match pipeline.preload_types(&relations).await {
             Ok(()) => pipeline.run(&mut delivery, shutdown).await,

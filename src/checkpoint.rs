@@ -32,6 +32,16 @@ pub struct Ack {
 }
 
 impl Ack {
+    /// A claim counted in `pending` rather than in a transaction: the rows
+    /// of a backfill chunk, which hold their chunk's progress record, not
+    /// the slot (a chunk not completed is read again after a restart).
+    pub fn counted(pending: &Arc<AtomicUsize>) -> Ack {
+        pending.fetch_add(1, Ordering::AcqRel);
+        Ack {
+            pending: Arc::clone(pending),
+        }
+    }
+
     /// The event is durable.
     pub fn resolve(self) {
         self.pending.fetch_sub(1, Ordering::AcqRel);

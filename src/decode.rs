@@ -125,6 +125,7 @@ impl Decoder {
             commit_lsn,
             commit_time: crate::pgtime::format_rfc3339(commit_time_micros),
             commit_time_micros,
+            backfill: None,
         }));
         self.next_ordinal = 0;
     }
@@ -248,6 +249,43 @@ impl Decoder {
             ordinal,
             transaction,
         })
+    }
+
+    /// Renders the rows of a backfill chunk (each column's text output, in
+    /// `table`'s column order) as the stream's rows are rendered, loading
+    /// their types first.
+    pub async fn backfill_rows(
+        &mut self,
+        catalog: &tokio_postgres::Client,
+        table: &TableInfo,
+        rows: &[Vec<Option<String>>],
+    ) -> Result<Vec<Row>, DecodeFailure> {
+        let oids: Vec<u32> = table.columns.iter().map(|column| column.type_oid).collect();
+        self.types
+            .ensure(catalog, &oids)
+            .await
+            .map_err(|error| DecodeFailure::Catalog {
+                table: format!("{}.{}", table.schema, table.name),
+                source: CatalogFailure::Types(error),
+            })?;
+        let rendered = rows
+            .iter()
+            .map(|row| {
+                let tuple = TupleData(
+                    row.iter()
+                        .map(|value| match value {
+                            Some(text) => TupleValue::Text(bytes::Bytes::copy_from_slice(
+                                text.as_bytes(),
+                            )),
+                            None => TupleValue::Null,
+                        })
+                        .collect(),
+                );
+                self.render(table, &tuple, false)
+            })
+            .collect();
+        self.text_fallbacks.clear();
+        Ok(rendered)
     }
 
     /// One TRUNCATE event per table.

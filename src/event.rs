@@ -28,6 +28,10 @@ pub enum EventKind {
     Update,
     Delete,
     Truncate,
+    /// A row a backfill read from the table (docs/backfills.md): never
+    /// published nor asked for in `events`; a backfill sends it.
+    #[serde(skip)]
+    Read,
 }
 
 impl EventKind {
@@ -46,6 +50,7 @@ impl EventKind {
             EventKind::Update => "update",
             EventKind::Delete => "delete",
             EventKind::Truncate => "truncate",
+            EventKind::Read => "read",
         }
     }
 
@@ -56,6 +61,7 @@ impl EventKind {
             EventKind::Update => "UPDATE",
             EventKind::Delete => "DELETE",
             EventKind::Truncate => "TRUNCATE",
+            EventKind::Read => "READ",
         }
     }
 }
@@ -141,6 +147,9 @@ pub struct TransactionInfo {
     pub commit_time: String,
     /// The same, as microseconds since 2000-01-01 UTC.
     pub commit_time_micros: i64,
+    /// Set for the rows of a backfill chunk: the backfill's id (the
+    /// "transaction" is the chunk, `commit_lsn` its high watermark's LSN).
+    pub backfill: Option<i64>,
 }
 
 /// One cell of a decoded row.
@@ -282,6 +291,16 @@ impl EventId {
         // Only ASCII is ever written into it.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
+
+    /// An id as `as_str` wrote it (`wh_` and 32 lowercase hex digits).
+    pub fn parse(text: &str) -> Option<EventId> {
+        let bytes: [u8; EVENT_ID_LEN] = text.as_bytes().try_into().ok()?;
+        (bytes.starts_with(b"wh_")
+            && bytes[3..]
+                .iter()
+                .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')))
+        .then_some(EventId(bytes))
+    }
 }
 
 impl std::fmt::Display for EventId {
@@ -352,6 +371,47 @@ pub fn write_payload(
     projection: Projection<'_>,
 ) -> EventId {
     let id = event_id(subscription, change.transaction.commit_lsn, change.ordinal);
+    write_payload_with_id(out, change, subscription, projection, id);
+    id
+}
+
+/// The id of a backfilled row for a subscription: the same for the same
+/// row (table and key) in the same backfill, whenever it is read, so that a
+/// chunk read again after a restart repeats ids rather than inventing them.
+pub fn backfill_event_id(
+    subscription: &str,
+    backfill: i64,
+    table: &TableInfo,
+    row: &Row,
+) -> EventId {
+    let mut hasher = Sha256::new();
+    hasher.update(b"backfill\0");
+    hasher.update(subscription.as_bytes());
+    hasher.update([0]);
+    hasher.update(backfill.to_be_bytes());
+    hasher.update(table.relation_id.to_be_bytes());
+    for &index in &table.key_columns {
+        let value = row.value(index).unwrap_or_default();
+        hasher.update((value.len() as u64).to_be_bytes());
+        hasher.update(value);
+    }
+    let digest = hasher.finalize();
+    let mut id = [0u8; EVENT_ID_LEN];
+    id[..3].copy_from_slice(b"wh_");
+    for (pair, &byte) in id[3..].chunks_exact_mut(2).zip(&digest[..16]) {
+        pair.copy_from_slice(&hex_pair(byte));
+    }
+    EventId(id)
+}
+
+/// Writes the payload of `change` for `subscription`, with the id given.
+pub fn write_payload_with_id(
+    out: &mut Vec<u8>,
+    change: &Change,
+    subscription: &str,
+    projection: Projection<'_>,
+    id: EventId,
+) {
     let table = &change.table;
     out.extend_from_slice(b"{\"id\":\"");
     // Hex digits need no escaping.
@@ -401,8 +461,12 @@ pub fn write_payload(
     out.extend_from_slice(itoa::Buffer::new().format(transaction.xid).as_bytes());
     out.extend_from_slice(b",\"commit_time\":\"");
     out.extend_from_slice(transaction.commit_time.as_bytes());
-    out.extend_from_slice(b"\"}}");
-    id
+    out.push(b'"');
+    if let Some(backfill) = transaction.backfill {
+        out.extend_from_slice(b",\"backfill\":");
+        out.extend_from_slice(itoa::Buffer::new().format(backfill).as_bytes());
+    }
+    out.extend_from_slice(b"}}");
 }
 
 fn write_row(out: &mut Vec<u8>, table: &TableInfo, row: Option<&Row>, projection: Projection<'_>) {
@@ -505,6 +569,7 @@ pub(crate) mod fixtures {
                 commit_lsn: Lsn(0x1A2B400),
                 commit_time: crate::pgtime::format_rfc3339(0),
                 commit_time_micros: 0,
+                backfill: None,
             }),
         }
     }

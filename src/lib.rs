@@ -70,6 +70,7 @@ macro_rules! internal {
 
 internal!(
     admin,
+    backfill,
     catalog,
     checkpoint,
     control,

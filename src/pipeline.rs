@@ -19,14 +19,19 @@ use bytes::Bytes;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::backfill::window::{Ready, Windows, key_bytes};
+use crate::backfill::{WATERMARK_PREFIX, Watermark};
 use crate::catalog::TypeRegistry;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Ack, Checkpoint};
 use crate::decode::{DecodeFailure, Decoder};
 use crate::deliver::{
     BudgetWait, Claim, Delivery, DeliveryClosed, HeldWait, Outbound, Submitted,
 };
 use crate::event::EventKind;
-use crate::event::{Change, Projection, TableInfo, write_payload};
+use crate::event::{
+    Change, Projection, TableInfo, TransactionInfo, backfill_event_id, write_payload,
+    write_payload_with_id,
+};
 use crate::health::Health;
 use crate::lsn::Lsn;
 use crate::oid::OidMap;
@@ -82,6 +87,8 @@ pub struct Pipeline {
     scratch: Vec<u8>,
     /// (relation, column) pairs whose malformed values were logged once.
     text_fallback_logged: std::collections::HashSet<(u32, usize)>,
+    /// Backfills: the keys changed around a chunk, and the chunks to send.
+    windows: Windows,
 }
 
 /// What the reader does with the changes of one relation, as its latest
@@ -120,6 +127,7 @@ impl Pipeline {
         start: Lsn,
         status_interval: Duration,
         observers: Observers,
+        windows: Windows,
     ) -> Pipeline {
         let mut ticks = tokio::time::interval(PROGRESS_REPORT_INTERVAL.min(status_interval));
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -140,6 +148,7 @@ impl Pipeline {
             observers,
             scratch: Vec::with_capacity(4096),
             text_fallback_logged: std::collections::HashSet::new(),
+            windows,
         }
     }
 
@@ -377,6 +386,18 @@ impl Pipeline {
                     }
                 }
             }
+            PgOutputMessage::Message {
+                prefix,
+                content,
+                lsn,
+                ..
+            } if prefix == WATERMARK_PREFIX => {
+                let ready = Watermark::parse(&content)
+                    .and_then(|watermark| self.windows.watermark(&watermark));
+                if let Some(ready) = ready {
+                    return self.send_chunk(ready, lsn, delivery, shutdown).await;
+                }
+            }
             PgOutputMessage::Origin { .. } | PgOutputMessage::Message { .. } => {}
         }
         Ok(ControlFlow::Continue(()))
@@ -441,6 +462,9 @@ impl Pipeline {
         if !self.decoder.text_fallbacks().is_empty() {
             self.count_text_fallbacks(&change);
         }
+        if self.windows.is_tracking() {
+            self.windows.note(&change);
+        }
         let Some(routing) = self.routes.get(&change.table.relation_id) else {
             return Ok(ControlFlow::Continue(()));
         };
@@ -494,6 +518,104 @@ impl Pipeline {
                 return Ok(ControlFlow::Break(()));
             }
         }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// Sends a backfill chunk's rows as READ events at its high watermark
+    /// (`lsn`), except the keys the stream changed around it; tells the
+    /// worker how many went once all are handed to delivery. Its events
+    /// hold the chunk's progress, not the slot.
+    async fn send_chunk(
+        &mut self,
+        ready: Ready,
+        lsn: Lsn,
+        delivery: &mut Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<ControlFlow<()>, PipelineError> {
+        let Ready {
+            chunk,
+            conflicts,
+            all_conflict,
+        } = ready;
+        let table = Arc::clone(&chunk.table);
+        let route = self
+            .rules
+            .routes_for(&table)
+            .into_iter()
+            .find(|route| route.subscription == chunk.subscription);
+        let mut sent = 0;
+        if let Some(route) = route.filter(|_| !all_conflict) {
+            let rows = self
+                .decoder
+                .backfill_rows(&self.catalog, &table, &chunk.rows)
+                .await?;
+            let now = crate::pgtime::micros_since_2000(std::time::SystemTime::now());
+            let transaction = Arc::new(TransactionInfo {
+                xid: 0,
+                commit_lsn: lsn,
+                commit_time: crate::pgtime::format_rfc3339(now),
+                commit_time_micros: now,
+                backfill: Some(chunk.backfill),
+            });
+            let name = self.rules.name(route.subscription).to_owned();
+            for (ordinal, row) in rows.into_iter().enumerate() {
+                if key_bytes(&table, &row).is_some_and(|key| conflicts.contains(&key)) {
+                    continue;
+                }
+                let change = Change {
+                    table: Arc::clone(&table),
+                    kind: EventKind::Read,
+                    new: Some(row),
+                    old: None,
+                    lsn,
+                    ordinal: ordinal as u32,
+                    transaction: Arc::clone(&transaction),
+                };
+                let park = match route.decide_backfilled(&change) {
+                    Decision::Skip => continue,
+                    Decision::Deliver => None,
+                    Decision::Park(reason) => Some(reason),
+                };
+                let projection = match &route.projection {
+                    Some(mask) => Projection::Only(mask),
+                    None => Projection::All,
+                };
+                let Some(new) = change.new.as_ref() else {
+                    continue;
+                };
+                let id = backfill_event_id(&name, chunk.backfill, &table, new);
+                self.scratch.clear();
+                write_payload_with_id(&mut self.scratch, &change, &name, projection, id);
+                let event = Outbound {
+                    id,
+                    position: Position {
+                        commit_lsn: lsn.0,
+                        ordinal: change.ordinal,
+                    },
+                    ordering_key: change.ordering_key(),
+                    previous_ordering_key: None,
+                    commit_time_micros: now,
+                    barrier: false,
+                    seal_failed: false,
+                    park,
+                    body: Bytes::new(),
+                    claim: Claim::Checkpoint(Ack::counted(&chunk.pending)),
+                };
+                sent += 1;
+                if self
+                    .submit(route.subscription, event, delivery, shutdown)
+                    .await?
+                    .is_break()
+                {
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+            delivery.flush();
+        }
+        tracing::debug!(backfill = chunk.backfill, rows = chunk.rows.len(), conflicts = conflicts.len(), all_conflict, sent, "backfill chunk handed to delivery");
+        // The worker's own count: the chunk is complete once its events are.
+        chunk.pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let _ = chunk.handed.send(sent);
         Ok(ControlFlow::Continue(()))
     }
 

@@ -666,6 +666,7 @@ async fn random_filters_agree_with_postgresql() {
                     commit_lsn: Lsn(1),
                     commit_time: String::new(),
                     commit_time_micros: 0,
+                    backfill: None,
                 }),
             },
         ));

@@ -162,7 +162,11 @@ fn column_value(change: &Change, column: BoundColumn) -> Value<'_> {
         (side, _) => side,
     };
     let (row, row_does_not_exist) = match side {
-        Side::Old => (change.old.as_ref(), change.kind == EventKind::Insert),
+        // A backfilled row has no old row, as an inserted one.
+        Side::Old => (
+            change.old.as_ref(),
+            matches!(change.kind, EventKind::Insert | EventKind::Read),
+        ),
         _ => (change.new.as_ref(), change.kind == EventKind::Delete),
     };
     match row {
@@ -273,13 +277,14 @@ fn like_chars(mut text: TextChars<'_>, pattern: &[PatternItem]) -> bool {
     }
 }
 
-/// `changed(col)`: true for an INSERT, false for a DELETE, and for an UPDATE
+/// `changed(col)`: true for an INSERT, false for a DELETE and a backfilled
+/// row (READ: nothing changed, it was read), and for an UPDATE
 /// whether the old and new values are distinct (numbers by value); unknown
 /// when either value was not sent.
 fn changed(change: &Change, index: usize) -> Truth {
     match change.kind {
         EventKind::Insert => Truth::True,
-        EventKind::Delete => Truth::False,
+        EventKind::Delete | EventKind::Read => Truth::False,
         EventKind::Truncate => Truth::Unknown,
         EventKind::Update => {
             let old = change.old.as_ref().and_then(|row| row.value(index));

@@ -96,6 +96,13 @@ impl Route {
         if change.kind == EventKind::Truncate {
             return Decision::Deliver;
         }
+        self.decide_backfilled(change)
+    }
+
+    /// Whether this subscription receives a backfilled row (a READ): its
+    /// filter decides, as for an insert; `events` does not (a backfill is
+    /// asked for explicitly).
+    pub fn decide_backfilled(&self, change: &Change) -> Decision {
         match &self.filter {
             RouteFilter::All => Decision::Deliver,
             RouteFilter::Bound(filter) if filter.matches(change) => Decision::Deliver,

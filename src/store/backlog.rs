@@ -25,8 +25,8 @@ use crate::seal::RowSeal;
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
     pub position: Position,
-    /// Made from the subscription and the position, as live (the table's
-    /// `event_id` column is for people reading it; it is not read back).
+    /// As it went out live: read back from the table's `event_id` column
+    /// (a backfilled row's id is not made from its position).
     pub event_id: EventId,
     pub ordering_key: u64,
     pub previous_ordering_key: Option<u64>,
@@ -122,7 +122,7 @@ const APPEND_UNSEALED: &str = "INSERT INTO walhook.backlog (subscription, commit
 const READ: &str = "SELECT commit_lsn, ordinal, ordering_key, previous_ordering_key, \
          barrier, park_reason, \
          (extract(epoch FROM commit_time - timestamptz '2000-01-01 00:00:00+00') * 1000000)::bigint, \
-         payload::text, mac \
+         payload::text, mac, event_id \
      FROM walhook.backlog \
      WHERE subscription = $1 AND (commit_lsn, ordinal) > ($2, $3) \
      ORDER BY commit_lsn, ordinal LIMIT $4";
@@ -131,7 +131,7 @@ const READ: &str = "SELECT commit_lsn, ordinal, ordering_key, previous_ordering_
 const READ_UNSEALED: &str = "SELECT commit_lsn, ordinal, ordering_key, previous_ordering_key, \
          barrier, park_reason, \
          (extract(epoch FROM commit_time - timestamptz '2000-01-01 00:00:00+00') * 1000000)::bigint, \
-         payload::text, NULL::bytea \
+         payload::text, NULL::bytea, event_id \
      FROM walhook.backlog \
      WHERE subscription = $1 AND (commit_lsn, ordinal) > ($2, $3) \
      ORDER BY commit_lsn, ordinal LIMIT $4";
@@ -303,11 +303,11 @@ impl BacklogStore {
                     commit_lsn: from_bigint(row.try_get(0)?),
                     ordinal: u32::try_from(ordinal).unwrap_or_default(),
                 };
-                let event_id = event_id(
-                    &self.subscription,
-                    Lsn(position.commit_lsn),
-                    position.ordinal,
-                );
+                let stored_id: String = row.try_get(9)?;
+                // The seal covers the id: a row whose id was edited fails it.
+                let event_id = EventId::parse(&stored_id).unwrap_or_else(|| {
+                    event_id(&self.subscription, Lsn(position.commit_lsn), position.ordinal)
+                });
                 let seal_failed = seal.is_some_and(|seal| {
                     !seal.verify(
                         &self.subscription,
