@@ -8,6 +8,7 @@
 mod support;
 
 mod admin;
+mod backfill_commands;
 mod backlog;
 mod backlog_commands;
 mod backlog_edges;
