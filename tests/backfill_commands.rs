@@ -153,6 +153,7 @@ async fn detach_records_a_pending_row_per_table_and_list_and_cancel_manage_them(
         );
     }
     assert_eq!(rows[0].6, Some(10), "customers' analyzed row count");
+    assert_eq!(rows[1].6, Some(0), "an empty table, never analyzed");
 
     // --table: only that one, with its chunk size.
     exits(

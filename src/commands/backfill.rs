@@ -363,17 +363,13 @@ impl<'a> FromSql<'a> for JsonText {
 /// condition goes on lines of its own so that a `--` comment in it ends
 /// with its line. Without a condition, `pg_class.reltuples` of the table
 /// (summed over its partitions) when `ANALYZE` has set it, else the plan's
-/// estimate.
+/// estimate. A table with no pages is estimated at 0 either way (the
+/// planner guesses ten pages' worth for a table it knows nothing of).
 async fn estimate(
     client: &tokio_postgres::Client,
     table: &str,
     condition: Option<&str>,
 ) -> Result<Option<i64>, tokio_postgres::Error> {
-    if condition.is_none()
-        && let Some(rows) = analyzed_rows(client, table).await?
-    {
-        return Ok(Some(rows));
-    }
     let statement = match condition {
         Some(condition) => {
             format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} WHERE (\n{condition}\n)")
@@ -385,21 +381,46 @@ async fn estimate(
     let rolled_back = client.batch_execute("ROLLBACK").await;
     let plan: JsonText = planned?.try_get(0)?;
     rolled_back?;
-    Ok(plan_rows(&plan.0))
+    let size = table_size(client, table).await?;
+    Ok(match (size, condition) {
+        (TableSize::Empty, _) => Some(0),
+        (TableSize::Analyzed(rows), None) => Some(rows),
+        _ => plan_rows(&plan.0),
+    })
 }
 
-/// `reltuples` of `table`'s leaves (itself, or its partitions), `None`
-/// when one was never analyzed (-1).
-async fn analyzed_rows(
+/// What the catalog knows of a table's size.
+enum TableSize {
+    /// It (each of its partitions) has no pages.
+    Empty,
+    /// `reltuples` summed over its leaves, each analyzed.
+    Analyzed(i64),
+    /// A leaf was never analyzed (`reltuples` is -1).
+    Unknown,
+}
+
+/// `table`'s size over its leaves (itself, or its partitions).
+async fn table_size(
     client: &tokio_postgres::Client,
     table: &str,
-) -> Result<Option<i64>, tokio_postgres::Error> {
-    const QUERY: &str = "SELECT CASE WHEN bool_or(c.reltuples < 0) THEN NULL \
-                ELSE sum(c.reltuples)::int8 END \
-         FROM (SELECT t.relid FROM pg_catalog.pg_partition_tree($1::text::regclass) t WHERE t.isleaf \
-               UNION SELECT $1::text::regclass) leaf \
+) -> Result<TableSize, tokio_postgres::Error> {
+    const QUERY: &str = "SELECT coalesce(sum(pg_catalog.pg_relation_size(c.oid)), 0)::int8, \
+                coalesce(bool_and(c.reltuples >= 0), true), \
+                coalesce(sum(greatest(c.reltuples, 0)), 0)::int8 \
+         FROM (SELECT t.relid FROM pg_catalog.pg_partition_tree($1::text::regclass) t \
+               WHERE t.isleaf UNION SELECT $1::text::regclass) leaf \
          JOIN pg_catalog.pg_class c ON c.oid = leaf.relid AND c.relkind = 'r'";
-    client.query_one(QUERY, &[&table]).await?.try_get(0)
+    let row = client.query_one(QUERY, &[&table]).await?;
+    let bytes: i64 = row.try_get(0)?;
+    let analyzed: bool = row.try_get(1)?;
+    let rows: i64 = row.try_get(2)?;
+    Ok(if bytes == 0 {
+        TableSize::Empty
+    } else if analyzed {
+        TableSize::Analyzed(rows)
+    } else {
+        TableSize::Unknown
+    })
 }
 
 /// The top plan's "Plan Rows" of `EXPLAIN (FORMAT JSON)` output.
