@@ -387,6 +387,7 @@ async fn stream_until_stopped(
                     .map(|subscription| subscription.name.clone())
                     .collect(),
                 chunks: chunk_sender,
+                metrics: Arc::clone(&observers.metrics),
             }
             .run(worker_stop),
         );
@@ -398,8 +399,8 @@ async fn stream_until_stopped(
             start,
             config.source.status_interval,
             observers.clone(),
-            Windows::new(&config.source.slot, chunk_receiver),
-        );
+        )
+        .with_backfills(Windows::new(&config.source.slot, chunk_receiver));
         let outcome = match pipeline.preload_types(&relations).await {
             Ok(()) => pipeline.run(&mut delivery, shutdown).await,
             Err(error) => Err(error),

@@ -55,6 +55,44 @@ enum Command {
     /// Inspect and trim the events waiting in walhook.backlog.
     #[command(subcommand)]
     Backlog(BacklogCommand),
+    /// Send rows a table already has as READ events while the stream goes
+    /// on (a running `walhook run` sends them); `--list` and `--cancel ID`
+    /// manage the requests.
+    Backfill(BackfillArgs),
+}
+
+#[derive(clap::Args)]
+struct BackfillArgs {
+    /// The subscription whose receiver gets the rows (every table it
+    /// selects, unless --table).
+    #[arg(required_unless_present_any = ["list", "cancel"], conflicts_with_all = ["list", "cancel"])]
+    subscription: Option<String>,
+    /// Only this table (`schema.table`, or `table` in public); one the
+    /// subscription selects. Repeatable.
+    #[arg(long)]
+    table: Vec<String>,
+    /// Only the rows meeting this SQL condition on the table's columns,
+    /// e.g. "country = 'DE'".
+    #[arg(long = "where", value_name = "SQL CONDITION")]
+    condition: Option<String>,
+    /// Rows read per chunk.
+    #[arg(long, default_value_t = walhook::commands::backfill::DEFAULT_CHUNK_ROWS,
+          value_parser = clap::value_parser!(i32).range(1..=i64::from(walhook::commands::backfill::MAX_CHUNK_ROWS)))]
+    chunk_rows: i32,
+    /// Print the backfill ids and return instead of following progress.
+    #[arg(long)]
+    detach: bool,
+    /// List every backfill and its progress.
+    #[arg(long, conflicts_with_all = ["cancel", "table", "condition", "detach"])]
+    list: bool,
+    /// With --list: a JSON array instead of a table.
+    #[arg(long, requires = "list")]
+    json: bool,
+    /// Cancel an active backfill (its id as --list shows it).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["table", "condition", "detach"])]
+    cancel: Option<i64>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(clap::Args)]
@@ -244,6 +282,7 @@ fn main() -> ExitCode {
                 subscription,
                 older_than,
             }) => finish(commands::backlog::purge(&config.config, &subscription, older_than).await),
+            Command::Backfill(args) => finish(backfill(args).await),
         }
     })
 }
@@ -271,6 +310,33 @@ async fn dead_letters(command: DeadLettersCommand) -> Result<(), walhook::comman
             purge(&config.config, &select.selector()).await
         }
     }
+}
+
+async fn backfill(args: BackfillArgs) -> Result<(), walhook::commands::CommandError> {
+    use commands::backfill::{Request, cancel, list, request};
+    let config = &args.config.config;
+    if args.list {
+        return list(config, args.json).await;
+    }
+    if let Some(id) = args.cancel {
+        return cancel(config, id).await;
+    }
+    let Some(subscription) = args.subscription else {
+        return Err(walhook::commands::CommandError::Usage(
+            "name the subscription to backfill (or use --list or --cancel ID)".to_owned(),
+        ));
+    };
+    request(
+        config,
+        Request {
+            subscription,
+            tables: args.table,
+            condition: args.condition,
+            chunk_rows: args.chunk_rows,
+            detach: args.detach,
+        },
+    )
+    .await
 }
 
 /// The exit code of a command's outcome, printing its error.

@@ -127,7 +127,6 @@ impl Pipeline {
         start: Lsn,
         status_interval: Duration,
         observers: Observers,
-        windows: Windows,
     ) -> Pipeline {
         let mut ticks = tokio::time::interval(PROGRESS_REPORT_INTERVAL.min(status_interval));
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -148,8 +147,15 @@ impl Pipeline {
             observers,
             scratch: Vec::with_capacity(4096),
             text_fallback_logged: std::collections::HashSet::new(),
-            windows,
+            windows: Windows::none(),
         }
+    }
+
+    /// Takes part in backfills: watermarks of `windows`' slot are acted on
+    /// and its chunks sent.
+    pub fn with_backfills(mut self, windows: Windows) -> Pipeline {
+        self.windows = windows;
+        self
     }
 
     /// Reads until `shutdown` or an error. On shutdown it returns with every

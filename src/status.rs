@@ -1,8 +1,8 @@
 //! What `walhook status` and the admin `/status` endpoint report, read from
 //! PostgreSQL itself: the slot's confirmed position and lag, the walsender
 //! serving it, and per subscription its mode (as the running daemon last
-//! recorded it), its backlog and its dead letters, with warnings for
-//! backlogs past the configured age or size.
+//! recorded it), its backlog, its dead letters and its active backfills,
+//! with warnings for backlogs past the configured age or size.
 //!
 //! It reads and reports; it changes nothing. For an inactive slot it may
 //! peek at the oldest waiting transaction (which does not move the slot).
@@ -58,9 +58,42 @@ pub struct SubscriptionStatus {
     pub backlog_oldest_seconds: Option<f64>,
     pub dead_letters: i64,
     pub oldest_dead_letter: Option<String>,
+    /// Its backfills still pending or running (none when the schema has no
+    /// `walhook.backfills`).
+    pub backfills: Vec<BackfillStatus>,
     /// What an operator should look at (a backlog past `delivery.backlog`'s
     /// age or size).
     pub warnings: Vec<String>,
+}
+
+/// One active backfill of a subscription (docs/backfills.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillStatus {
+    pub id: i64,
+    /// `"schema"."table"`, as recorded.
+    pub table: String,
+    /// `pending` (no walhook has taken it yet) or `running`.
+    pub state: String,
+    pub rows_sent: i64,
+    pub estimated_rows: Option<i64>,
+    /// Rows sent per second since it started.
+    pub rows_per_second: Option<f64>,
+}
+
+impl BackfillStatus {
+    fn of(backfill: &crate::store::backfills::Backfill) -> BackfillStatus {
+        BackfillStatus {
+            id: backfill.id,
+            table: backfill.table.clone(),
+            state: backfill.state.as_str().to_owned(),
+            rows_sent: backfill.rows_sent,
+            estimated_rows: backfill.estimated_rows,
+            rows_per_second: backfill
+                .elapsed_seconds
+                .filter(|seconds| *seconds > 0.0)
+                .map(|seconds| backfill.rows_sent as f64 / seconds),
+        }
+    }
 }
 
 /// How `status` peeks at an inactive slot, and what it found last time.
@@ -160,6 +193,17 @@ pub async fn collect(
     } else {
         Default::default()
     };
+    // A schema from before backfills has none to show.
+    let backfills = if crate::store::backfills::usable(client)
+        .await
+        .map_err(|error| error.source)?
+    {
+        crate::store::backfills::list(client, true)
+            .await
+            .map_err(|error| error.source)?
+    } else {
+        Vec::new()
+    };
     for name in subscriptions {
         let (count, oldest) = if has_dead_letters {
             crate::store::dead_letters::count(client, name)
@@ -185,6 +229,11 @@ pub async fn collect(
             backlog_oldest_seconds: backlog.oldest_seconds,
             dead_letters: count,
             oldest_dead_letter: oldest,
+            backfills: backfills
+                .iter()
+                .filter(|backfill| backfill.subscription == *name)
+                .map(BackfillStatus::of)
+                .collect(),
             warnings: Vec::new(),
         });
     }
@@ -211,6 +260,7 @@ impl SubscriptionStatus {
             backlog_oldest_seconds: backlog.oldest_seconds,
             dead_letters: 0,
             oldest_dead_letter: None,
+            backfills: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -337,6 +387,41 @@ impl StatusReport {
                 subscription.oldest_dead_letter.as_deref().unwrap_or("-")
             ));
         }
+        let backfills: Vec<(&str, &BackfillStatus)> = self
+            .subscriptions
+            .iter()
+            .flat_map(|subscription| {
+                subscription
+                    .backfills
+                    .iter()
+                    .map(|backfill| (subscription.name.as_str(), backfill))
+            })
+            .collect();
+        if !backfills.is_empty() {
+            out.push_str(&format!(
+                "\n{:<8} {:<24} {:<32} {:<8} {:>21}  {}\n",
+                "backfill", "subscription", "table", "state", "rows sent/estimated", "rate"
+            ));
+            for (name, backfill) in backfills {
+                out.push_str(&format!(
+                    "{:<8} {:<24} {:<32} {:<8} {:>21}  {}\n",
+                    backfill.id,
+                    name,
+                    backfill.table,
+                    backfill.state,
+                    format!(
+                        "{}/{}",
+                        backfill.rows_sent,
+                        backfill
+                            .estimated_rows
+                            .map_or("?".to_owned(), |rows| rows.to_string())
+                    ),
+                    backfill
+                        .rows_per_second
+                        .map_or("-".to_owned(), |rate| format!("{rate:.0} rows/s")),
+                ));
+            }
+        }
         for subscription in &self.subscriptions {
             for warning in &subscription.warnings {
                 out.push_str(&format!("warning: {}: {warning}\n", subscription.name));
@@ -382,6 +467,7 @@ mod tests {
             backlog_oldest_seconds: Some(30.0),
             dead_letters: 0,
             oldest_dead_letter: None,
+            backfills: Vec::new(),
             warnings: Vec::new(),
         };
         let limits = BacklogConfig {
@@ -396,5 +482,45 @@ mod tests {
         assert_eq!(subscription.warnings.len(), 1);
         assert!(subscription.warnings[0].contains("walhook pause orders"));
         assert_eq!(format_age(90.0), "2m");
+    }
+
+    #[test]
+    fn active_backfills_are_listed_under_the_subscriptions() {
+        let mut subscription = SubscriptionStatus::waiting(
+            "crm",
+            &crate::store::backlog::Summary::default(),
+        );
+        let report = |subscriptions| StatusReport {
+            slot: "walhook".into(),
+            exists: false,
+            active: false,
+            active_pid: None,
+            confirmed_flush_lsn: None,
+            restart_lsn: None,
+            current_wal_lsn: "0/0".into(),
+            lag_bytes: None,
+            retained_bytes: None,
+            lag_seconds: None,
+            oldest_waiting_commit: None,
+            wal_status: None,
+            subscriptions,
+        };
+        assert!(!report(vec![subscription.clone()]).render().contains("backfill"));
+        subscription.backfills.push(BackfillStatus {
+            id: 42,
+            table: "\"public\".\"customers\"".into(),
+            state: "running".into(),
+            rows_sent: 1500,
+            estimated_rows: Some(6000),
+            rows_per_second: Some(750.0),
+        });
+        let text = report(vec![subscription]).render();
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("42 "))
+            .unwrap_or_else(|| panic!("a line for backfill 42 in:\n{text}"));
+        for part in ["crm", "\"public\".\"customers\"", "running", "1500/6000", "750 rows/s"] {
+            assert!(line.contains(part), "{part} in {line}");
+        }
     }
 }

@@ -39,6 +39,7 @@ pub mod names {
     pub const BACKLOG_BYTES: &str = "backlog_bytes";
     pub const BACKLOG_OLDEST_SECONDS: &str = "backlog_oldest_seconds";
     pub const SUBSCRIPTION_MODE: &str = "subscription_mode";
+    pub const BACKFILL_ROWS: &str = "backfill_rows";
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +49,12 @@ struct SubscriptionLabel {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TableLabel {
+    table: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackfillLabel {
+    subscription: String,
     table: String,
 }
 
@@ -199,6 +206,7 @@ pub struct Metrics {
     changes_unrouted: Family<TableLabel, Counter>,
     values_as_text: Family<ColumnLabel, Counter>,
     rule_table_problems: Family<TableProblemLabel, Gauge>,
+    backfill_rows: Family<BackfillLabel, Counter>,
     subscriptions: Vec<SubscriptionMetrics>,
 }
 
@@ -293,6 +301,12 @@ impl Metrics {
              rendered as to_jsonb does (unknown or dropped type, unexpected text)",
             values_as_text.clone(),
         );
+        let backfill_rows = Family::<BackfillLabel, Counter>::default();
+        registry.register(
+            names::BACKFILL_ROWS,
+            "Rows backfills sent as READ events (delivered or stored), by subscription and table",
+            backfill_rows.clone(),
+        );
         let rule_table_problems = Family::<TableProblemLabel, Gauge>::default();
         registry.register(
             names::RULE_TABLE_PROBLEMS,
@@ -372,6 +386,7 @@ impl Metrics {
             changes_unrouted,
             values_as_text,
             rule_table_problems,
+            backfill_rows,
             subscriptions,
         })
     }
@@ -383,6 +398,16 @@ impl Metrics {
                 table: table.to_owned(),
             })
             .clone()
+    }
+
+    /// Counts the rows of a completed backfill chunk.
+    pub fn backfill_rows(&self, subscription: &str, table: &str, rows: u64) {
+        self.backfill_rows
+            .get_or_create(&BackfillLabel {
+                subscription: subscription.to_owned(),
+                table: table.to_owned(),
+            })
+            .inc_by(rows);
     }
 
     /// Counts `count` values of `table`.`column` sent as text.

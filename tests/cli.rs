@@ -213,6 +213,8 @@ async fn bench_measures_a_small_backlog_and_live_load_twice_and_writes_its_repor
         repeat: 2,
         isolation_seconds: 1,
         isolation_burst: 300,
+        backfill_rows: 500,
+        backfill_chunk: 200,
     };
     tokio::time::timeout(Duration::from_secs(300), bench::run(options))
         .await
@@ -235,6 +237,18 @@ async fn bench_measures_a_small_backlog_and_live_load_twice_and_writes_its_repor
         );
     }
     assert_eq!(report["every_run"]["ceiling"].as_array().unwrap().len(), 2);
+    // The backfill: every existing row arrived, and the live rows' latency
+    // was measured while it ran.
+    let backfill = &report["backfill"];
+    assert_eq!(backfill["rows"], 500, "{backfill}");
+    assert!(
+        backfill["rows_per_second"].as_f64().unwrap() > 0.0,
+        "{backfill}"
+    );
+    assert!(
+        backfill["live_p99_ms_during"].as_f64().is_some(),
+        "{backfill}"
+    );
     // Live: 200 rows a second for one second after the warm-up, each row's
     // commit-to-arrival latency measured.
     let live = report["every_run"]["live"][0].as_array().unwrap();

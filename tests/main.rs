@@ -9,6 +9,7 @@ mod support;
 
 mod admin;
 mod backfill;
+mod backfill_commands;
 mod backlog;
 mod backlog_commands;
 mod backlog_edges;

@@ -56,6 +56,9 @@ pub struct BenchOptions {
     /// endpoints is down (0 skips it), after a burst of this many rows.
     pub isolation_seconds: u64,
     pub isolation_burst: u64,
+    /// The backfill scenario: existing rows (0 skips it) and chunk size.
+    pub backfill_rows: u64,
+    pub backfill_chunk: i32,
 }
 
 /// Two subscriptions on one table, one endpoint down (503) through a burst
@@ -110,6 +113,27 @@ struct LiveResult {
     cpu_us_per_row: f64,
 }
 
+/// The backfill scenario: a table's existing rows backfilled into a fast
+/// receiver in batches, while live rows stream to another endpoint.
+#[derive(Debug, Clone, Serialize)]
+struct BackfillResult {
+    rows: u64,
+    chunk_rows: i32,
+    batch: usize,
+    /// From the request to its last READ event arriving.
+    seconds: f64,
+    rows_per_second: f64,
+    peak_rss_mb: f64,
+    /// Commit-to-arrival of live rows at BACKFILL_LIVE_RATE, before the
+    /// backfill and while it runs.
+    live_p99_ms_before: f64,
+    live_p99_ms_during: f64,
+    live_max_ms_during: f64,
+}
+
+/// Live rows per second while the backfill scenario runs.
+const BACKFILL_LIVE_RATE: u64 = 200;
+
 /// Medians over the runs, and every run.
 #[derive(Debug, Serialize)]
 struct Report {
@@ -122,6 +146,7 @@ struct Report {
     live: Vec<LiveResult>,
     /// The last run's (it is a scenario over time, not a rate to median).
     isolation: Option<IsolationResult>,
+    backfill: Option<BackfillResult>,
     every_run: EveryRun,
 }
 
@@ -349,6 +374,22 @@ async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Repo
             .await?,
         );
     }
+    let mut backfill = None;
+    if options.backfill_rows > 0 {
+        eprintln!(
+            "bench: backfill of {} existing rows, live rows at {BACKFILL_LIVE_RATE}/s…",
+            options.backfill_rows
+        );
+        backfill = Some(
+            measure_backfill(
+                postgres,
+                "backfill",
+                options.backfill_rows,
+                options.backfill_chunk,
+            )
+            .await?,
+        );
+    }
     every
         .backlog
         .retain(|scenario_runs| !scenario_runs.is_empty());
@@ -371,6 +412,7 @@ async fn run_all(postgres: &TempPostgres, options: &BenchOptions) -> Result<Repo
             .filter_map(|runs| median_live(runs))
             .collect(),
         isolation,
+        backfill,
         every_run: every,
     })
 }
@@ -1059,6 +1101,147 @@ async fn measure_isolation(
     Ok(result)
 }
 
+/// Backfills `rows` rows that exist before walhook starts, into a sink that
+/// takes batches of 100, while a second subscription gets live rows.
+async fn measure_backfill(
+    postgres: &TempPostgres,
+    database: &str,
+    rows: u64,
+    chunk_rows: i32,
+) -> Result<BackfillResult, BenchError> {
+    const BATCH: usize = 100;
+    const LIVE_SECONDS_BEFORE: u64 = 3;
+    let client = prepare_database(postgres, database).await?;
+    // The rows exist before the slot: it is made again after them.
+    client
+        .batch_execute(&format!("SELECT pg_drop_replication_slot('{database}')"))
+        .await
+        .map_err(|error| bench_error("dropping the slot", error))?;
+    load_backlog(&client, rows, 10_000).await?;
+    client
+        .batch_execute(&format!(
+            "SELECT pg_create_logical_replication_slot('{database}', 'pgoutput')"
+        ))
+        .await
+        .map_err(|error| bench_error("creating the slot", error))?;
+    client
+        .batch_execute(include_str!("../../sql/001_walhook_schema.sql"))
+        .await
+        .map_err(|error| bench_error("creating the walhook schema", error))?;
+    // Live rows get ids above the backfilled ones; the live sink keeps
+    // their arrival times.
+    let live_capacity = rows as usize + 1_000_000;
+    let (crm, crm_url) = start_sink(0, None).await?;
+    let (live, live_url) = start_sink(0, Some(live_capacity)).await?;
+    let config = format!(
+        r#"
+        [source]
+        url = "{}"
+        slot = "{database}"
+        auto_setup = false
+        [admin]
+        listen = ""
+        [[subscriptions]]
+        name = "crm"
+        tables = ["orders"]
+        events = ["insert"]
+        filter = "id <= {rows}"
+        url = "{crm_url}"
+        batch = {{ max_events = {BATCH} }}
+        [[subscriptions]]
+        name = "live"
+        tables = ["orders"]
+        events = ["insert"]
+        url = "{live_url}"
+        "#,
+        postgres.url(database),
+    );
+    let daemon = spawn_walhook(&config)?;
+    let pid = daemon.child.id();
+    wait_until_streaming(&client).await?;
+    let insert = client
+        .prepare(
+            "INSERT INTO orders (id, customer, amount, status, note) \
+             VALUES ($1::bigint, 'customer-' || $1::bigint || '@example.com', \
+                     ($1::bigint % 10000) / 100.0, 'pending', repeat('x', 100))",
+        )
+        .await
+        .map_err(|error| bench_error("preparing the live insert", error))?;
+    let mut committed: Vec<Option<Instant>> = vec![None; live_capacity + 1];
+    let mut next_id = rows + 1;
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / BACKFILL_LIVE_RATE as u32);
+    let live_row = async |committed: &mut Vec<Option<Instant>>, id: u64| {
+        client
+            .execute(&insert, &[&(id as i64)])
+            .await
+            .map_err(|error| bench_error("inserting live rows", error))?;
+        if let Some(slot) = committed.get_mut(id as usize) {
+            *slot = Some(Instant::now());
+        }
+        Ok::<_, BenchError>(())
+    };
+    for _ in 0..BACKFILL_LIVE_RATE * LIVE_SECONDS_BEFORE {
+        ticks.tick().await;
+        live_row(&mut committed, next_id).await?;
+        next_id += 1;
+    }
+    let first_during = next_id;
+    let started = Instant::now();
+    client
+        .execute(
+            "INSERT INTO walhook.backfills (subscription, table_name, chunk_rows) \
+             VALUES ('crm', 'public.orders', $1)",
+            &[&chunk_rows],
+        )
+        .await
+        .map_err(|error| bench_error("requesting the backfill", error))?;
+    while crm.events.load(Ordering::Relaxed) < rows as usize {
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(bench_error("backfill", "not done within 600 s"));
+        }
+        ticks.tick().await;
+        live_row(&mut committed, next_id).await?;
+        next_id += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // VmHWM: the most the process ever held, the backfill included.
+    let peak_rss_kb = pid.map_or(0, read_peak_rss_kb);
+    wait_for_events(
+        &live,
+        (next_id - rows - 1) as usize,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let arrived = live
+        .arrivals
+        .as_ref()
+        .and_then(|arrivals| arrivals.lock().ok().map(|guard| guard.clone()))
+        .unwrap_or_default();
+    let before = Latencies::between(
+        &committed[..first_during as usize],
+        &arrived[..first_during as usize],
+        rows as usize + 1,
+    );
+    let during = Latencies::between(
+        &committed[..next_id as usize],
+        &arrived[..next_id as usize],
+        first_during as usize,
+    );
+    let result = BackfillResult {
+        rows,
+        chunk_rows,
+        batch: BATCH,
+        seconds,
+        rows_per_second: rows as f64 / seconds,
+        peak_rss_mb: peak_rss_kb as f64 / 1024.0,
+        live_p99_ms_before: before.percentile(0.99),
+        live_p99_ms_during: during.percentile(0.99),
+        live_max_ms_during: during.max(),
+    };
+    stop_walhook(daemon, children_usage()).await?;
+    Ok(result)
+}
+
 /// A running process's resident memory now (VmRSS), in kB.
 fn current_rss_kb(pid: u32) -> u64 {
     proc_status_kb(pid, "VmRSS:")
@@ -1300,6 +1483,23 @@ fn print_report(report: &Report) {
             "  the down endpoint back: {} events waited in its backlog; all {} arrived {:.1} s \
              after the first answered probe",
             isolation.backlog_events, isolation.drained_events, isolation.drain_seconds
+        );
+    }
+    if let Some(backfill) = &report.backfill {
+        println!(
+            "\nbackfill — {} existing rows, chunks of {}, batches of {}, live rows at \
+             {BACKFILL_LIVE_RATE}/s to another endpoint:",
+            backfill.rows, backfill.chunk_rows, backfill.batch
+        );
+        println!(
+            "  {:.0} rows/s ({:.1} s); peak RSS {:.1} MB; live p99 {:.1} ms before, {:.1} ms \
+             during (max {:.1} ms)",
+            backfill.rows_per_second,
+            backfill.seconds,
+            backfill.peak_rss_mb,
+            backfill.live_p99_ms_before,
+            backfill.live_p99_ms_during,
+            backfill.live_max_ms_during
         );
     }
     if !report.live.is_empty() {

@@ -48,6 +48,12 @@ struct BenchArgs {
     /// Rows of the burst the isolation scenario starts with.
     #[arg(long, default_value_t = 12_000)]
     isolation_burst: u64,
+    /// Existing rows the backfill scenario backfills; 0 skips it.
+    #[arg(long, default_value_t = 100_000)]
+    backfill_rows: u64,
+    /// Rows per backfill chunk.
+    #[arg(long, default_value_t = 5_000)]
+    backfill_chunk: i32,
 }
 
 impl BenchArgs {
@@ -66,6 +72,8 @@ impl BenchArgs {
             repeat: self.repeat.max(1),
             isolation_seconds: self.isolation_seconds,
             isolation_burst: self.isolation_burst.max(1),
+            backfill_rows: self.backfill_rows,
+            backfill_chunk: self.backfill_chunk.clamp(1, 100_000),
         }
     }
 }

@@ -99,6 +99,63 @@ impl Watermark {
     }
 }
 
+/// Checks a backfill's `--where` condition before it is pasted into the
+/// chunk's SELECT: SQL from `walhook.backfills`, which whoever may write
+/// that table could fill. It must stay one condition: no `;`, no comments,
+/// no dollar quotes (which this check cannot follow), and parentheses that
+/// never close more than they opened (so nothing can end the WHERE and
+/// append, say, a UNION with another table). Quoted strings and names are
+/// skipped. The error says what to change.
+pub fn check_condition(condition: &str) -> Result<(), String> {
+    if condition.trim().is_empty() {
+        return Err("the condition is empty".into());
+    }
+    let mut depth = 0i64;
+    let mut quote: Option<char> = None;
+    let mut previous = '\0';
+    for character in condition.chars() {
+        match quote {
+            // A doubled quote closes and reopens: the same as staying in.
+            Some(open) if character == open => quote = None,
+            Some(_) => {}
+            None => match character {
+                '\'' | '"' => quote = Some(character),
+                ';' => return Err("the condition holds `;`: give one SQL condition".into()),
+                '$' => {
+                    return Err(
+                        "the condition holds `$`: dollar quotes and parameters are not accepted"
+                            .into(),
+                    );
+                }
+                '-' if previous == '-' => {
+                    return Err("the condition holds a `--` comment; leave it out".into());
+                }
+                '*' if previous == '/' => {
+                    return Err("the condition holds a `/*` comment; leave it out".into());
+                }
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth < 0 {
+                        return Err(
+                            "the condition closes a parenthesis it did not open".into(),
+                        );
+                    }
+                }
+                _ => {}
+            },
+        }
+        previous = character;
+    }
+    if quote.is_some() {
+        return Err("the condition leaves a quote open".into());
+    }
+    if depth != 0 {
+        return Err("the condition leaves a parenthesis open".into());
+    }
+    Ok(())
+}
+
 /// A chunk the worker read, for the reader to send at its high watermark.
 pub struct Chunk {
     pub backfill: i64,
@@ -122,6 +179,25 @@ pub struct Chunk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_condition_stays_one_condition() {
+        assert!(check_condition("country = 'DE'").is_ok());
+        assert!(check_condition("(a > 1 OR b < 2) AND note = 'it''s (odd'").is_ok());
+        assert!(check_condition("\"a)b\" IS NOT NULL").is_ok());
+        for hostile in [
+            "true) UNION SELECT * FROM secrets WHERE (true",
+            "a > 1; DELETE FROM items",
+            "a > 1 -- and the rest",
+            "a > 1 /* x */",
+            "$$ ' $$) OR (true",
+            "note = 'open",
+            "(a > 1",
+            "",
+        ] {
+            assert!(check_condition(hostile).is_err(), "{hostile}");
+        }
+    }
 
     #[test]
     fn watermarks_round_trip_and_nothing_else_parses() {

@@ -75,6 +75,12 @@ impl Windows {
         }
     }
 
+    /// Windows that never receive a chunk (a pipeline without backfills).
+    pub fn none() -> Windows {
+        let (_, chunks) = mpsc::unbounded_channel();
+        Windows::new("", chunks)
+    }
+
     /// Whether any table is being noted (so changes need looking at).
     pub fn is_tracking(&self) -> bool {
         !self.tracked.is_empty()

@@ -23,6 +23,7 @@ use super::{Chunk, Mark, WATERMARK_PREFIX, Watermark};
 use crate::event::{ColumnInfo, TableInfo};
 use crate::pgconn::{ConnectParams, connect_sql};
 use crate::store::backfills::{self, Backfill, BackfillState};
+use crate::telemetry::Metrics;
 
 /// The session's settings: values print as the replication connection's
 /// (`source::SESSION_OPTIONS`), so a row read here renders as the stream
@@ -47,6 +48,7 @@ pub struct Worker {
     /// The config's subscriptions, by index.
     pub subscriptions: Vec<String>,
     pub chunks: mpsc::UnboundedSender<Chunk>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a backfill cannot go on.
@@ -185,12 +187,8 @@ impl Worker {
             .iter()
             .position(|name| *name == backfill.subscription)
             .ok_or_else(|| Failure::Permanent("the subscription is not in the config".into()))?;
-        if let Some(condition) = &backfill.condition
-            && ["--", "/*", ";"].iter().any(|token| condition.contains(token))
-        {
-            return Err(Failure::Permanent(
-                "the condition holds a comment or `;`; give a plain SQL condition".into(),
-            ));
+        if let Some(condition) = &backfill.condition {
+            super::check_condition(condition).map_err(Failure::Permanent)?;
         }
         let source = load_source(client, &backfill.table).await?;
         if backfill.state == BackfillState::Pending {
@@ -270,6 +268,9 @@ impl Worker {
                     return Err(Failure::Stopped);
                 }
             }
+            let table_name = format!("{}.{}", source.table.schema, source.table.name);
+            self.metrics
+                .backfill_rows(&backfill.subscription, &table_name, sent as u64);
             if let Some(key) = &chunk_last_key {
                 let running = backfills::chunk_done(client, backfill.id, key, sent as i64).await?;
                 if !running {

@@ -149,6 +149,7 @@ pub async fn run(config_path: &Path) -> Result<CheckReport, CommandError> {
     check_slot(&client, &config, &mut report).await;
     check_dead_letters(&client, &role, &mut report).await;
     check_backlogs(&client, &config, &role, &mut report).await;
+    check_backfills(&client, &role, &mut report).await;
     check_state_owners(&client, &role, &mut report).await;
     check_urls(
         &config.subscriptions,
@@ -1027,6 +1028,27 @@ async fn check_backlogs(
     }
     if clean {
         report.pass();
+    }
+}
+
+/// `walhook.backfills` is there and writable (a warning when not: walhook
+/// streams without it, but `walhook backfill` cannot record a request and
+/// the daemon cannot take one).
+async fn check_backfills(client: &tokio_postgres::Client, role: &str, report: &mut CheckReport) {
+    match store::backfills::usable(client).await {
+        Ok(true) => report.pass(),
+        Ok(false) => {
+            let role = quote_identifier(role);
+            report.warning(
+                "walhook.backfills is missing or not writable: `walhook backfill` cannot record                  a request, and walhook cannot send a table's existing rows",
+                format!(
+                    "run `walhook setup`, or the files of sql/ as an administrator (GRANT SELECT, \
+                     INSERT, UPDATE ON walhook.backfills TO {role}; GRANT USAGE ON SEQUENCE \
+                     walhook.backfills_id_seq TO {role})"
+                ),
+            );
+        }
+        Err(error) => report.query_failed("walhook.backfills", &error.source),
     }
 }
 

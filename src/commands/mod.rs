@@ -1,6 +1,7 @@
 //! The commands behind the CLI: each loads what it needs, does one thing and
 //! returns a [`CommandError`], whose exit code `main` uses.
 
+pub mod backfill;
 pub mod backlog;
 pub mod check;
 pub mod dead_letters;

@@ -119,18 +119,30 @@ pub async fn usable(client: &tokio_postgres::Client) -> Result<bool, StatementEr
         .map_err(failed(QUERY))
 }
 
-/// Records a request for one table; returns its id.
+/// Records a request for one table; returns its id. `estimated_rows` is
+/// the planner's estimate at request time (`None`: unknown), which the
+/// worker may refine when it starts.
 pub async fn request(
     client: &tokio_postgres::Client,
     subscription: &str,
     table: &str,
     condition: Option<&str>,
     chunk_rows: i32,
+    estimated_rows: Option<i64>,
 ) -> Result<i64, StatementError> {
     const QUERY: &str = "INSERT INTO walhook.backfills (subscription, table_name, condition, \
-         chunk_rows) VALUES ($1, $2, $3, $4) RETURNING id";
+         chunk_rows, estimated_rows) VALUES ($1, $2, $3, $4, $5) RETURNING id";
     client
-        .query_one(QUERY, &[&subscription, &table, &condition, &chunk_rows])
+        .query_one(
+            QUERY,
+            &[
+                &subscription,
+                &table,
+                &condition,
+                &chunk_rows,
+                &estimated_rows,
+            ],
+        )
         .await
         .and_then(|row| row.try_get(0))
         .map_err(failed(QUERY))
