@@ -284,3 +284,43 @@ async fn writes_during_a_backfill_and_a_sigkill_leave_every_key_at_its_final_row
     eprintln!("TIMING consistent at {:?}", started.elapsed());
     drop(daemon_again);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_cancelled_while_it_runs_stops_after_its_chunk_in_flight() {
+    let db = TestDb::with_schema(ITEMS).await;
+    fill(&db, 1_000).await;
+    let receiver = Receiver::start().await;
+    // The first chunk's events wait at the receiver while the operator
+    // cancels.
+    receiver.hold();
+    let config = items("crm", &receiver);
+    let binary = WalhookBinary::new(&db.config_text(config.clone()));
+    let walhook = Walhook::start(db.config(config));
+    db.wait_slot_active().await;
+    let id = request(&db, "crm", None, 100).await;
+    receiver.wait_for_arrivals(1, Duration::from_secs(30)).await;
+    let cancelled = binary
+        .command(&["backfill", "--cancel", &id.to_string()])
+        .await;
+    assert!(cancelled.status.success(), "{cancelled:?}");
+    receiver.release();
+
+    // The chunk in flight is delivered; nothing after it is read.
+    wait_until(
+        "the first chunk to arrive",
+        Duration::from_secs(30),
+        || async { receiver.delivered_count() >= 100 },
+    )
+    .await;
+    // A later chunk would have been read within this time.
+    let settled = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < settled {
+        assert!(
+            receiver.delivered_count() <= 100,
+            "read on after the cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state(&db, id).await.0, "cancelled");
+    walhook.stop().await.unwrap();
+}

@@ -190,6 +190,15 @@ impl Worker {
         if let Some(condition) = &backfill.condition {
             super::check_condition(condition).map_err(Failure::Permanent)?;
         }
+        // Watermarks reach the reader only as pgoutput messages, which
+        // PostgreSQL sends from 14 on.
+        if crate::store::server_version(client).await? < 140_000 {
+            return Err(Failure::Permanent(
+                "backfills need PostgreSQL 14 or newer (its logical decoding messages carry \
+                 the watermarks)"
+                    .into(),
+            ));
+        }
         let source = load_source(client, &backfill.table).await?;
         if backfill.state == BackfillState::Pending {
             let estimate: Option<f32> = client
