@@ -129,15 +129,16 @@ async fn ready_endpoint(State(state): State<Arc<AdminState>>) -> (StatusCode, St
     }
 }
 
-async fn status_endpoint(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
+async fn status_endpoint(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     let answer = state.status.answer(&state).await;
-    match answer {
+    let (status, body) = match answer {
         Ok(json) => (StatusCode::OK, json),
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({ "error": error }).to_string(),
         ),
-    }
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
 }
 
 /// How long a computed `/status` answer is served again.

@@ -59,6 +59,17 @@ enum Command {
     /// on (a running `walhook run` sends them); `--list` and `--cancel ID`
     /// manage the requests.
     Backfill(BackfillArgs),
+    /// Print the SQL that `setup` runs (for an administrator's psql), or
+    /// with --least-privilege the script that makes walhook's own role.
+    Sql(SqlArgs),
+}
+
+#[derive(clap::Args)]
+struct SqlArgs {
+    /// The least-privilege role script (sql/002), for psql with
+    /// `-v tables=… -v walhook_password=…`.
+    #[arg(long)]
+    least_privilege: bool,
 }
 
 #[derive(clap::Args)]
@@ -253,6 +264,10 @@ fn main() -> ExitCode {
             }
             Command::Setup(args) => finish(commands::setup(&args.config).await),
             Command::Demo => finish(commands::demo::run().await),
+            Command::Sql(args) => {
+                print!("{}", commands::sql_text(args.least_privilege));
+                ExitCode::SUCCESS
+            }
             Command::Status(args) => {
                 finish(commands::status::run(&args.config.config, args.json, args.watch).await)
             }

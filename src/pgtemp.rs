@@ -347,6 +347,8 @@ impl TempPostgres {
             // database: room for many.
             "max_wal_senders = 100".to_owned(),
             "max_replication_slots = 400".to_owned(),
+            // As the README asks of every server walhook reads.
+            "max_slot_wal_keep_size = '10GB'".to_owned(),
             "max_connections = 300".to_owned(),
             "fsync = off".to_owned(),
             "full_page_writes = off".to_owned(),

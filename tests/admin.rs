@@ -91,7 +91,14 @@ async fn metrics_count_deliveries_exactly_and_readyz_follows_postgres() {
     }
     assert!(sample(&after, "walhook_confirmed_lsn").unwrap() > 0.0);
 
-    // /status carries the same facts as `walhook status`.
+    // /status carries the same facts as `walhook status`, as JSON.
+    let content_type = reqwest::get(format!("{base}/status"))
+        .await
+        .unwrap()
+        .headers()
+        .get("content-type")
+        .map(|value| value.to_str().unwrap().to_owned());
+    assert_eq!(content_type.as_deref(), Some("application/json"));
     let (status, report) = get(&format!("{base}/status")).await;
     assert_eq!(status, 200, "{report}");
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();

@@ -427,3 +427,53 @@ async fn a_taken_admin_address_exits_1_before_the_database_is_touched() {
     assert_eq!(made(&db, &db.name).await, 0, "{stderr}");
     drop(taken);
 }
+
+#[tokio::test]
+async fn walhook_sql_prints_what_setup_runs_and_the_role_script() {
+    // With only the binary: its SQL makes the schema in an empty database.
+    let db = TestDb::new().await;
+    let schema = run_binary(&[OsStr::new("sql")], &[]).await;
+    assert!(schema.status.success(), "{}", stderr(&schema));
+    db.client.batch_execute(&stdout(&schema)).await.unwrap();
+    for table in ["dead_letters", "backlog", "backfills", "subscription_state"] {
+        let exists: bool = db
+            .client
+            .query_one(
+                &format!("SELECT to_regclass('walhook.{table}') IS NOT NULL"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(exists, "walhook.{table}");
+    }
+    let role = run_binary(&[OsStr::new("sql"), OsStr::new("--least-privilege")], &[]).await;
+    assert!(role.status.success());
+    assert_eq!(
+        stdout(&role),
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/sql/002_least_privilege_role.sql"
+        ))
+        .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn setup_run_again_does_not_log_postgresql_notices() {
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY)").await;
+    let binary = WalhookBinary::new(
+        &db.config_text(subscription("orders", "http://127.0.0.1:9/orders").tables(&["orders"])),
+    );
+    for run in ["first", "second"] {
+        let output = binary.command(&["setup"]).await;
+        assert!(output.status.success(), "{run}: {}", stderr(&output));
+        // "schema \"walhook\" already exists, skipping" and the like: the
+        // files are idempotent, which needs no line on every start.
+        assert!(
+            !stderr(&output).contains("NOTICE"),
+            "{run}: {}",
+            stderr(&output)
+        );
+    }
+}

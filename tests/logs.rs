@@ -57,3 +57,30 @@ async fn debug_logs_hold_no_row_values_and_no_colour_codes_in_a_file() {
     );
     assert!(!log.contains('\u{1b}'), "colour codes in a log file");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_failed_attempt_is_logged_as_parking_not_as_a_retry() {
+    let db = TestDb::with_schema("CREATE TABLE items (id int PRIMARY KEY, note text)").await;
+    let receiver = Receiver::start().await;
+    receiver.respond_with(500);
+    let binary = WalhookBinary::new(
+        &db.configure()
+            .delivery("max_attempts", "1")
+            .delivery("breaker", r#"{ failures = 1000000, window = "1d" }"#)
+            .subscription(subscription("rows", &receiver.url("/rows")).tables(&["items"]))
+            .text(),
+    );
+    let mut walhook = binary.spawn_run();
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute("INSERT INTO items VALUES (1, 'one')")
+        .await
+        .unwrap();
+    binary
+        .wait_for_log("parking undeliverable events", Duration::from_secs(30))
+        .await;
+    walhook.kill().await.unwrap();
+    let log = binary.log();
+    assert!(log.contains("no attempts left"), "{log}");
+    assert!(!log.contains("retrying with backoff"), "{log}");
+}

@@ -161,6 +161,40 @@ pub async fn run(config_path: &Path) -> Result<CheckReport, CommandError> {
     Ok(report)
 }
 
+/// Whether a stopped walhook could fill the server's disk: with
+/// `max_slot_wal_keep_size = -1` (the default) the slot keeps every WAL
+/// segment from its position on, however long walhook is away.
+async fn check_wal_retention(client: &tokio_postgres::Client, report: &mut CheckReport) {
+    let setting = match client
+        .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
+        .await
+        .and_then(|row| row.try_get::<_, String>(0))
+    {
+        Ok(setting) => setting,
+        Err(error) => {
+            report.query_failed("max_slot_wal_keep_size", &error);
+            return;
+        }
+    };
+    match wal_retention_warning(&setting) {
+        Some(what) => report.warning(
+            what,
+            "set a limit the disk can hold, e.g. ALTER SYSTEM SET max_slot_wal_keep_size = \
+             '50GB'; SELECT pg_reload_conf() (docs/operations.md, \"Lag and slot safety\")",
+        ),
+        None => report.pass(),
+    }
+}
+
+/// The warning for a `max_slot_wal_keep_size` setting, if it deserves one.
+fn wal_retention_warning(setting: &str) -> Option<String> {
+    (setting.trim() == "-1").then(|| {
+        "max_slot_wal_keep_size is -1 (no limit): while walhook is stopped or behind, its slot \
+         keeps every WAL segment, until the server's disk is full"
+            .to_owned()
+    })
+}
+
 /// Whether walhook checks it talks to the right server.
 fn check_server_verification(params: &crate::pgconn::ConnectParams, report: &mut CheckReport) {
     match server_verification_warning(params) {
@@ -777,6 +811,7 @@ async fn check_publication(
 /// WAL; or, when missing, that it could be created; and that a WAL sender is
 /// free for walhook.
 async fn check_slot(client: &tokio_postgres::Client, config: &Config, report: &mut CheckReport) {
+    check_wal_retention(client, report).await;
     let slot = &config.source.slot;
     let limits = match client
         .query_one(
@@ -1363,6 +1398,13 @@ fn names(subscriptions: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unlimited_wal_retention_is_warned_about() {
+        assert!(wal_retention_warning("-1").is_some_and(|text| text.contains("disk")));
+        assert!(wal_retention_warning("50GB").is_none());
+        assert!(wal_retention_warning("10240MB").is_none());
+    }
 
     #[test]
     fn a_remote_server_below_verify_full_is_warned_about() {

@@ -70,6 +70,19 @@ pub async fn run(config_path: &Path) -> Result<(), CommandError> {
 }
 
 /// `walhook setup`: schema, publication and slot, then a one-line report.
+/// `walhook sql`: the files of `sql/` as the binary carries them, so that
+/// an administrator needs no copy of the repository: the schema (what
+/// `setup` runs), or the least-privilege role script.
+pub fn sql_text(least_privilege: bool) -> String {
+    if least_privilege {
+        return crate::store::schema::LEAST_PRIVILEGE_SQL.to_owned();
+    }
+    crate::store::schema::SQL_FILES
+        .iter()
+        .map(|(name, sql)| format!("-- {name}\n{sql}"))
+        .collect()
+}
+
 pub async fn setup(config_path: &Path) -> Result<(), CommandError> {
     let config = Config::load(config_path)?;
     let params = ConnectParams::from_source(&config.source)?;

@@ -197,7 +197,9 @@ struct FailureStreak {
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl FailureLog {
-    fn failed(&self, endpoint: &str, failure: &Attempt) {
+    /// Counts a failed request; `last` when no attempt follows (the events
+    /// are parked), which the log line says instead of a retry.
+    fn failed(&self, endpoint: &str, failure: &Attempt, last: bool) {
         let Ok(mut streak) = self.state.lock() else {
             return;
         };
@@ -207,7 +209,12 @@ impl FailureLog {
             .last_report
             .is_none_or(|last| last.elapsed() >= FAILURE_LOG_INTERVAL);
         if due {
-            tracing::warn!(subscription = %endpoint, %failure, failures = streak.unreported, total = streak.failures, "deliveries failing; retrying with backoff");
+            let next = if last {
+                "no attempts left: parking as dead letters"
+            } else {
+                "retrying with backoff"
+            };
+            tracing::warn!(subscription = %endpoint, %failure, failures = streak.unreported, total = streak.failures, "deliveries failing; {next}");
             streak.unreported = 0;
             streak.last_report = Some(std::time::Instant::now());
         }
@@ -296,7 +303,9 @@ async fn deliver(
             }
             Verdict::Retry { not_before } => not_before,
         };
-        metrics.failures.failed(&endpoint.name, &outcome);
+        metrics
+            .failures
+            .failed(&endpoint.name, &outcome, attempt == max_attempts);
         tracing::debug!(subscription = %endpoint.name, attempt, failure = %outcome, "delivery failed");
         last_failure = Some(outcome);
         // Without a backlog there is nowhere to wait: the breaker stays

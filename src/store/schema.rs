@@ -10,6 +10,10 @@ pub const SQL_FILES: &[(&str, &str)] = &[(
     include_str!("../../sql/001_walhook_schema.sql"),
 )];
 
+/// `sql/002_least_privilege_role.sql`: run by an administrator with psql
+/// (`walhook sql --least-privilege`), never by walhook.
+pub const LEAST_PRIVILEGE_SQL: &str = include_str!("../../sql/002_least_privilege_role.sql");
+
 /// Whether the schema's tables exist (an administrator may have run the
 /// files for a role that may not).
 pub async fn installed(client: &tokio_postgres::Client) -> bool {
@@ -26,6 +30,19 @@ pub async fn installed(client: &tokio_postgres::Client) -> bool {
 /// Runs every file of `sql/`; a file the role may not run is skipped when
 /// the schema is there already. The error names the file.
 pub async fn install(
+    client: &tokio_postgres::Client,
+) -> Result<(), (&'static str, tokio_postgres::Error)> {
+    // The files are idempotent: their NOTICEs (`… already exists,
+    // skipping`) say so on every start and are not worth a log line.
+    let _ = client
+        .batch_execute("SET client_min_messages = warning")
+        .await;
+    let outcome = run_files(client).await;
+    let _ = client.batch_execute("RESET client_min_messages").await;
+    outcome
+}
+
+async fn run_files(
     client: &tokio_postgres::Client,
 ) -> Result<(), (&'static str, tokio_postgres::Error)> {
     for (name, sql) in SQL_FILES {
