@@ -224,3 +224,52 @@ async fn check_warns_when_the_schema_predates_row_seals() {
         stdout(&again)
     );
 }
+
+#[tokio::test]
+async fn a_key_rolls_without_refusing_what_the_old_one_sealed() {
+    const NEW: &str = "whsec_bmV3LWtleS1mb3ItdGhlLXJvbGwtdGVzdA==";
+    let db = TestDb::with_schema(ITEMS).await;
+    let receiver = Receiver::start().await;
+    // Parked under the old key alone.
+    receiver.respond_with(422);
+    let old_only = items("rows", &receiver).to_string();
+    let walhook = Walhook::start(db.config(&old_only));
+    db.wait_slot_active().await;
+    db.insert_items(1, 1).await;
+    wait_until("a dead letter", Duration::from_secs(30), || async {
+        db.dead_letter_count().await == 1
+    })
+    .await;
+    walhook.stop().await.unwrap();
+    receiver.respond_with(200);
+
+    // The new key alone: the old seal does not verify, so it is refused.
+    let new_only = subscription("rows", &receiver.url("/rows"))
+        .tables(&["items"])
+        .events(&["insert"])
+        .secret(NEW)
+        .to_string();
+    let replay = WalhookBinary::new(&db.config_text(&new_only))
+        .command(&["dead-letters", "replay", "--all"])
+        .await;
+    assert_eq!(replay.status.code(), Some(1), "{}", stdout(&replay));
+    assert!(stdout(&replay).contains("refused"), "{}", stdout(&replay));
+
+    // While rolling, `secrets = [new, old]`: the old seal verifies, and the
+    // request carries both signatures, so a receiver on either key takes it.
+    let rolling = subscription("rows", &receiver.url("/rows"))
+        .tables(&["items"])
+        .events(&["insert"])
+        .with("secrets", &format!("[\"{NEW}\", \"{SECRET}\"]"))
+        .to_string();
+    let before = receiver.requests().len();
+    let replay = WalhookBinary::new(&db.config_text(&rolling))
+        .command(&["dead-letters", "replay", "--all"])
+        .await;
+    assert!(replay.status.success(), "{}", stdout(&replay));
+    let sent = &receiver.requests()[before..];
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].signature_verifies(NEW), "{:?}", sent[0].headers);
+    assert!(sent[0].signature_verifies(SECRET), "{:?}", sent[0].headers);
+    assert_eq!(db.dead_letter_count().await, 0);
+}

@@ -230,15 +230,13 @@ pub async fn replay(
             stopped.insert(letter.subscription.clone());
             continue;
         };
-        let seal_matches = |seal: &crate::seal::RowSeal| {
-            seal.verify(
-                &letter.subscription,
+        let unsealed = sealed_table
+            && !endpoint.row_seals().is_empty()
+            && !endpoint.seal_matches(
                 &letter.event_id,
                 letter.payload.as_bytes(),
                 letter.mac.as_deref(),
-            )
-        };
-        let unsealed = sealed_table && endpoint.row_seal().is_some_and(|seal| !seal_matches(seal));
+            );
         if unsealed && !trust_unsealed {
             println!(
                 "refused  {} ({}): its seal does not match; kept",

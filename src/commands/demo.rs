@@ -85,7 +85,7 @@ async fn run_with(url: &str) -> Result<(), CommandError> {
     let stop_receiver = CancellationToken::new();
     let receiver_task = tokio::spawn({
         let stop = stop_receiver.clone();
-        super::listen::serve(listener, Some(key), Some(arrivals), async move {
+        super::listen::serve(listener, vec![key], Some(arrivals), async move {
             stop.cancelled().await
         })
     });

@@ -59,18 +59,22 @@ pub async fn run(options: ListenOptions) -> Result<(), CommandError> {
     };
     // An explicit --secret wins; a stand-in uses its subscription's (a
     // WALHOOK_LISTEN_SECRET left in the shell must not override it).
-    let (key, checked_against) = match (&options.secret, &stand_in) {
-        (Some(secret), _) => (Some(signing_key(secret)?), "the given secret".to_owned()),
+    let (keys, checked_against) = match (&options.secret, &stand_in) {
+        (Some(secret), _) => (vec![signing_key(secret)?], "the given secret".to_owned()),
         (None, Some(stand_in)) => (
-            stand_in.key.clone(),
-            format!("subscription {:?}'s secret", stand_in.name),
+            stand_in.keys.clone(),
+            if stand_in.keys.len() > 1 {
+                format!("any of subscription {:?}'s secrets", stand_in.name)
+            } else {
+                format!("subscription {:?}'s secret", stand_in.name)
+            },
         ),
         (None, None) => match std::env::var(SECRET_VARIABLE) {
             Ok(secret) => (
-                Some(signing_key(&secret)?),
+                vec![signing_key(&secret)?],
                 format!("the secret in {SECRET_VARIABLE}"),
             ),
-            Err(_) => (None, String::new()),
+            Err(_) => (Vec::new(), String::new()),
         },
     };
     let port = match (options.port, &stand_in) {
@@ -97,13 +101,13 @@ pub async fn run(options: ListenOptions) -> Result<(), CommandError> {
             Some(stand_in) => format!("standing in for subscription {:?}\n", stand_in.name),
             None => String::new(),
         },
-        if key.is_some() {
+        if !keys.is_empty() {
             format!("signatures: checked against {checked_against} (a bad one is answered 401)")
         } else {
             "signatures: not checked (pass --secret whsec_… to check them)".to_owned()
         }
     ));
-    let received = serve(listener, key, None, super::stop_requested())
+    let received = serve(listener, keys, None, super::stop_requested())
         .await
         .map_err(|error| CommandError::Failed(format!("listen: the server stopped: {error}")))?;
     emit(&format!("stopped after {received} webhook request(s)\n"));
@@ -115,12 +119,12 @@ pub async fn run(options: ListenOptions) -> Result<(), CommandError> {
 /// `arrivals` (the demo counts them there).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    key: Option<SigningKey>,
+    keys: Vec<SigningKey>,
     arrivals: Option<tokio::sync::mpsc::UnboundedSender<()>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<u64, std::io::Error> {
     let receiver = Arc::new(Listener {
-        key,
+        keys,
         colour: std::io::stdout().is_terminal(),
         received: AtomicU64::new(0),
         arrivals,
@@ -139,7 +143,7 @@ pub async fn serve(
 struct StandIn {
     name: String,
     port: u16,
-    key: Option<SigningKey>,
+    keys: Vec<SigningKey>,
 }
 
 /// Reads `path` as `run` would and picks the subscription named `name` (or
@@ -207,11 +211,16 @@ fn stand_in_for(path: &Path, name: Option<&str>) -> Result<StandIn, ConfigError>
             ));
         }
     };
-    let key = subscription.signing_key.clone();
+    let keys = subscription
+        .signing_key
+        .iter()
+        .chain(&subscription.previous_keys)
+        .cloned()
+        .collect();
     Ok(StandIn {
         name: subscription.name.clone(),
         port,
-        key,
+        keys,
     })
 }
 
@@ -244,7 +253,8 @@ fn argument_error(argument: &str, message: String) -> ConfigError {
 }
 
 struct Listener {
-    key: Option<SigningKey>,
+    /// Any of them verifies a request (a subscription rolling its key).
+    keys: Vec<SigningKey>,
     colour: bool,
     received: AtomicU64,
     arrivals: Option<tokio::sync::mpsc::UnboundedSender<()>>,
@@ -292,7 +302,7 @@ async fn receive(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs() as i64)
         .unwrap_or(0);
-    let signature = verify(listener.key.as_ref(), &headers, &body, now);
+    let signature = verify(&listener.keys, &headers, &body, now);
     let parsed = serde_json::from_slice::<Value>(&body);
     let status = match (&signature, &parsed) {
         (Signature::Invalid(_), _) => StatusCode::UNAUTHORIZED,
@@ -335,21 +345,26 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
-/// Checks the Standard Webhooks headers against `key` (see
-/// [`webhook::verify`]); without a key, nothing is checked.
-fn verify(key: Option<&SigningKey>, headers: &HeaderMap, body: &[u8], now: i64) -> Signature {
+/// Checks the Standard Webhooks headers against `keys` (see
+/// [`webhook::verify`]): any of them may match; without a key, nothing is
+/// checked.
+fn verify(keys: &[SigningKey], headers: &HeaderMap, body: &[u8], now: i64) -> Signature {
     let signed = WebhookHeaders {
         id: header(headers, webhook::ID_HEADER),
         timestamp: header(headers, webhook::TIMESTAMP_HEADER),
         signature: header(headers, webhook::SIGNATURE_HEADER),
     };
-    let Some(key) = key else {
+    let mut refusals = keys
+        .iter()
+        .map(|key| webhook::verify(key, &signed, body, now));
+    let Some(first) = refusals.next() else {
         return Signature::NotChecked {
             signed: signed.signature.is_some(),
         };
     };
-    match webhook::verify(key, &signed, body, now) {
+    match first {
         Ok(()) => Signature::Verified,
+        Err(_) if refusals.any(|outcome| outcome.is_ok()) => Signature::Verified,
         Err(why) => Signature::Invalid(why),
     }
 }
@@ -559,28 +574,28 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            verify(Some(&key), &map, body, 1_000_010),
+            verify(std::slice::from_ref(&key), &map, body, 1_000_010),
             Signature::Verified
         );
         assert!(matches!(
-            verify(Some(&key), &map, b"{}", 1_000_010),
+            verify(std::slice::from_ref(&key), &map, b"{}", 1_000_010),
             Signature::Invalid(_)
         ));
         // Outside the five-minute tolerance, a good signature still fails.
         assert!(matches!(
-            verify(Some(&key), &map, body, 1_000_000 + 301),
+            verify(std::slice::from_ref(&key), &map, body, 1_000_000 + 301),
             Signature::Invalid(why) if why.contains("tolerance")
         ));
         assert_eq!(
-            verify(None, &map, body, 0),
+            verify(&[], &map, body, 0),
             Signature::NotChecked { signed: true }
         );
         assert!(matches!(
-            verify(Some(&key), &HeaderMap::new(), body, 0),
+            verify(std::slice::from_ref(&key), &HeaderMap::new(), body, 0),
             Signature::Invalid(_)
         ));
         assert_eq!(
-            verify(None, &HeaderMap::new(), body, 0).status(),
+            verify(&[], &HeaderMap::new(), body, 0).status(),
             StatusCode::NO_CONTENT
         );
     }
@@ -627,5 +642,25 @@ mod tests {
         assert!(out.starts_with("← batch of 2 events  whb_1 /hook  signature verified ✓  → 204"));
         assert!(out.contains("[1/2] INSERT public.t  wh_a"));
         assert!(out.contains("[2/2] DELETE public.t  wh_b"));
+    }
+
+    #[test]
+    fn any_of_a_rolling_subscriptions_keys_verifies() {
+        let old = SigningKey::from_secret(SECRET).unwrap();
+        let new = SigningKey::from_secret("whsec_bmV3LWtleS1mb3ItdGhlLXJvbGwtdGVzdA==").unwrap();
+        let body = br#"{"id":1}"#;
+        let mut map = HeaderMap::new();
+        map.insert(webhook::ID_HEADER, "wh_1".parse().unwrap());
+        map.insert(webhook::TIMESTAMP_HEADER, "1000000".parse().unwrap());
+        map.insert(
+            webhook::SIGNATURE_HEADER,
+            old.sign("wh_1", 1_000_000, body).parse().unwrap(),
+        );
+        let keys = [new.clone(), old];
+        assert_eq!(verify(&keys, &map, body, 1_000_010), Signature::Verified);
+        assert!(matches!(
+            verify(std::slice::from_ref(&new), &map, body, 1_000_010),
+            Signature::Invalid(_)
+        ));
     }
 }

@@ -223,8 +223,13 @@ pub struct SubscriptionConfig {
     pub columns: Option<Vec<String>>,
     /// An http(s) URL; secret, since it may carry a token.
     pub url: Secret,
-    /// From `secret = "whsec_<base64>"`: signs with Standard Webhooks headers.
+    /// From `secret = "whsec_<base64>"` (or the first of `secrets`): signs
+    /// with Standard Webhooks headers, and seals stored rows.
     pub signing_key: Option<SigningKey>,
+    /// The rest of `secrets = [newest, older…]`, while a receiver rolls its
+    /// key: each also signs every request (one `v1,` signature per key), and
+    /// rows sealed under them still verify.
+    pub previous_keys: Vec<SigningKey>,
     /// The configured headers, their values marked sensitive (never logged).
     pub headers: HeaderMap,
     pub ordering: DeliveryOrder,
@@ -249,6 +254,8 @@ struct SubscriptionFile {
     url: Secret,
     #[serde(default)]
     secret: Option<Secret>,
+    #[serde(default)]
+    secrets: Option<Vec<Secret>>,
     #[serde(default)]
     headers: BTreeMap<String, Secret>,
     #[serde(default)]
@@ -666,12 +673,38 @@ impl SubscriptionFile {
                 ));
             }
         }
-        let signing_key = match &self.secret {
-            Some(secret) => Some(
-                SigningKey::from_secret(secret.expose())
-                    .map_err(|why| format!("key `{at}.secret`: {why}"))?,
+        let (signing_key, previous_keys) = match (&self.secret, &self.secrets) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "key `{at}` has both `secret` and `secrets`; keep `secrets = [newest, older]` \
+                     while rolling a key, `secret` otherwise"
+                ));
+            }
+            (Some(secret), None) => (
+                Some(
+                    SigningKey::from_secret(secret.expose())
+                        .map_err(|why| format!("key `{at}.secret`: {why}"))?,
+                ),
+                Vec::new(),
             ),
-            None => None,
+            (None, Some(secrets)) if secrets.is_empty() => {
+                return Err(format!(
+                    "key `{at}.secrets` is empty; list the keys newest first, or leave it out"
+                ));
+            }
+            (None, Some(secrets)) => {
+                let mut keys = secrets
+                    .iter()
+                    .enumerate()
+                    .map(|(index, secret)| {
+                        SigningKey::from_secret(secret.expose())
+                            .map_err(|why| format!("key `{at}.secrets[{index}]`: {why}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let newest = keys.remove(0);
+                (Some(newest), keys)
+            }
+            (None, None) => (None, Vec::new()),
         };
         let mut headers = HeaderMap::new();
         for (name, value) in &self.headers {
@@ -731,6 +764,7 @@ impl SubscriptionFile {
             columns: self.columns,
             url: self.url,
             signing_key,
+            previous_keys,
             headers,
             ordering: self.ordering,
             batch: self.batch,

@@ -388,3 +388,30 @@ fn the_destination_policy_is_off_by_default_and_parses_its_allow_list() {
     assert!(error.contains("delivery.allow"), "{error}");
     assert!(error.contains("host names are not accepted"), "{error}");
 }
+
+#[test]
+fn secrets_roll_newest_first_and_not_beside_secret() {
+    const NEW: &str = "whsec_bmV3LWtleS1mb3ItdGhlLXJvbGwtdGVzdA==";
+    const OLD: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let rolling = format!("{MINIMAL}    secrets = [\"{NEW}\", \"{OLD}\"]\n");
+    let config = load(&rolling).unwrap();
+    let subscription = &config.subscriptions[0];
+    let sign = |key: &SigningKey| key.sign("wh_1", 1, b"{}");
+    assert_eq!(
+        subscription.signing_key.as_ref().map(sign),
+        Some(SigningKey::from_secret(NEW).unwrap())
+            .as_ref()
+            .map(sign),
+        "the newest signs first"
+    );
+    assert_eq!(subscription.previous_keys.len(), 1);
+
+    let both = format!("{MINIMAL}    secret = \"{OLD}\"\n    secrets = [\"{NEW}\"]\n");
+    let error = load(&both).unwrap_err().to_string();
+    assert!(error.contains("both `secret` and `secrets`"), "{error}");
+    let empty = format!("{MINIMAL}    secrets = []\n");
+    assert!(load(&empty).unwrap_err().to_string().contains("empty"));
+    let short = format!("{MINIMAL}    secrets = [\"{NEW}\", \"whsec_AAAA\"]\n");
+    let error = load(&short).unwrap_err().to_string();
+    assert!(error.contains("secrets[1]"), "{error}");
+}

@@ -136,9 +136,14 @@ fn describe_tls_files(tls: &ReceiverTls) -> String {
 /// The seal key of a subscription's rows: from its signing secret, or else
 /// from its header values (the credentials its receiver checks), so that it
 /// changes when they do (docs/security.md).
-fn row_seal(subscription: &SubscriptionConfig) -> Option<RowSeal> {
+fn row_seals(subscription: &SubscriptionConfig) -> Vec<RowSeal> {
     if let Some(key) = &subscription.signing_key {
-        return RowSeal::derive([key.key_bytes()]);
+        // The newest key seals; rows sealed under the older ones, while a
+        // key rolls, still verify.
+        return std::iter::once(key)
+            .chain(&subscription.previous_keys)
+            .filter_map(|key| RowSeal::derive([key.key_bytes()]))
+            .collect();
     }
     let mut headers: Vec<(&str, &[u8])> = subscription
         .headers
@@ -151,6 +156,8 @@ fn row_seal(subscription: &SubscriptionConfig) -> Option<RowSeal> {
             .into_iter()
             .flat_map(|(name, value)| [name.as_bytes(), value]),
     )
+    .into_iter()
+    .collect()
 }
 
 /// Where and how one subscription's requests go.
@@ -161,8 +168,10 @@ pub struct Endpoint {
     /// The URL's host, the one part of it errors may show.
     host: String,
     headers: HeaderMap,
-    key: Option<SigningKey>,
-    seal: Option<RowSeal>,
+    /// The newest key first; a request carries one signature per key.
+    keys: Vec<SigningKey>,
+    /// The newest first: it seals; any verifies.
+    seals: Vec<RowSeal>,
     batched: bool,
     client: reqwest::Client,
     /// Whether the client presents a certificate (for error messages).
@@ -195,7 +204,12 @@ impl Endpoint {
         for (name, value) in &subscription.headers {
             headers.insert(name.clone(), value.clone());
         }
-        let key = subscription.signing_key.clone();
+        let keys: Vec<SigningKey> = subscription
+            .signing_key
+            .iter()
+            .chain(&subscription.previous_keys)
+            .cloned()
+            .collect();
         let host = url
             .host_str()
             .unwrap_or_default()
@@ -212,8 +226,8 @@ impl Endpoint {
             url,
             host,
             headers,
-            seal: row_seal(subscription),
-            key,
+            seals: row_seals(subscription),
+            keys,
             batched: subscription.batch.max_events > 1,
             client: clients.client(&subscription.tls)?,
             client_certificate: subscription.tls.identity.is_some(),
@@ -223,15 +237,23 @@ impl Endpoint {
 
     /// The key that seals this subscription's stored rows; `None` when it has
     /// no secret to derive one from.
-    pub fn row_seal(&self) -> Option<&RowSeal> {
-        self.seal.as_ref()
+    pub fn row_seals(&self) -> &[RowSeal] {
+        &self.seals
     }
 
     /// The seal of one of this subscription's rows, if it has a seal key.
     pub fn seal(&self, event_id: &str, payload: &[u8]) -> Option<[u8; SEAL_BYTES]> {
-        self.seal
-            .as_ref()
+        self.seals
+            .first()
             .map(|seal| seal.seal(&self.name, event_id, payload))
+    }
+
+    /// Whether a stored row's seal is this subscription's (under any of its
+    /// keys); false for a subscription without seals.
+    pub fn seal_matches(&self, event_id: &str, payload: &[u8], stored: Option<&[u8]>) -> bool {
+        self.seals
+            .iter()
+            .any(|seal| seal.verify(&self.name, event_id, payload, stored))
     }
 
     fn describe(&self, error: &reqwest::Error) -> String {
@@ -254,18 +276,22 @@ impl Endpoint {
             .headers(self.headers.clone())
             .timeout(timeout)
             .body(request.body.clone());
-        if let Some(key) = &self.key {
+        if !self.keys.is_empty() {
             let timestamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|elapsed| elapsed.as_secs() as i64)
                 .unwrap_or(0);
+            // One `v1,` signature per key, space-separated, newest first: a
+            // receiver that knows any of them accepts the request.
+            let signatures: Vec<String> = self
+                .keys
+                .iter()
+                .map(|key| key.sign(&request.id, timestamp, &request.body))
+                .collect();
             builder = builder
                 .header(webhook::ID_HEADER, &request.id)
                 .header(webhook::TIMESTAMP_HEADER, timestamp.to_string())
-                .header(
-                    webhook::SIGNATURE_HEADER,
-                    key.sign(&request.id, timestamp, &request.body),
-                );
+                .header(webhook::SIGNATURE_HEADER, signatures.join(" "));
         } else {
             builder = builder.header(webhook::ID_HEADER, &request.id);
         }

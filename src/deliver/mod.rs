@@ -529,7 +529,7 @@ impl Delivery {
                 let opened = Arc::new(BacklogStore::new(
                     &subscription.name,
                     backlog.params.clone(),
-                    endpoint.row_seal().cloned(),
+                    endpoint.row_seals().to_vec(),
                     config.backlog.trust_unsealed,
                 ));
                 let waiting = backlog.waiting.get(&subscription.name);

@@ -71,8 +71,9 @@ pub enum BacklogError {
 pub struct BacklogStore {
     subscription: String,
     params: ConnectParams,
-    /// `None` for a subscription with nothing to derive a seal key from.
-    seal: Option<RowSeal>,
+    /// The first seals; any verifies (older keys while one rolls). Empty
+    /// for a subscription with nothing to derive a seal key from.
+    seals: Vec<RowSeal>,
     /// Rows whose seal fails are sent anyway (`delivery.backlog.trust_unsealed`).
     trust_unsealed: bool,
     /// Whether the table has the `mac` column, once a connection looked.
@@ -156,18 +157,19 @@ fn from_bigint(value: i64) -> u64 {
 }
 
 impl BacklogStore {
-    /// The backlog of `subscription`, sealing its rows with `seal`; rows
+    /// The backlog of `subscription`, sealing its rows with the first of
+    /// `seals` (any verifies); rows
     /// whose seal fails come back marked unless `trust_unsealed`.
     pub fn new(
         subscription: &str,
         params: ConnectParams,
-        seal: Option<RowSeal>,
+        seals: Vec<RowSeal>,
         trust_unsealed: bool,
     ) -> Self {
         BacklogStore {
             subscription: subscription.to_owned(),
             params,
-            seal,
+            seals,
             trust_unsealed,
             sealed_table: OnceCell::new(),
             appender: Mutex::new(None),
@@ -239,7 +241,7 @@ impl BacklogStore {
             commit_times.push(event.commit_time_micros);
             payloads.push(std::str::from_utf8(&event.payload).map_err(|_| BacklogError::Payload)?);
             // An event whose own seal failed is stored unsealed again.
-            macs.push(self.seal.as_ref().filter(|_| !event.seal_failed).map(|seal| {
+            macs.push(self.seals.first().filter(|_| !event.seal_failed).map(|seal| {
                 seal.seal(&self.subscription, event.event_id.as_str(), &event.payload)
                     .to_vec()
             }));
@@ -290,10 +292,7 @@ impl BacklogStore {
             .await
             .map_err(failed(statement))?;
         // Without the column nothing can be checked (warned at connect).
-        let seal = self
-            .seal
-            .as_ref()
-            .filter(|_| sealed_table && !self.trust_unsealed);
+        let check = sealed_table && !self.trust_unsealed && !self.seals.is_empty();
         rows.iter()
             .map(|row| {
                 let ordinal: i64 = row.try_get(1)?;
@@ -308,14 +307,10 @@ impl BacklogStore {
                 let event_id = EventId::parse(&stored_id).unwrap_or_else(|| {
                     event_id(&self.subscription, Lsn(position.commit_lsn), position.ordinal)
                 });
-                let seal_failed = seal.is_some_and(|seal| {
-                    !seal.verify(
-                        &self.subscription,
-                        event_id.as_str(),
-                        payload.as_bytes(),
-                        mac,
-                    )
-                });
+                let seal_failed = check
+                    && !self.seals.iter().any(|seal| {
+                        seal.verify(&self.subscription, event_id.as_str(), payload.as_bytes(), mac)
+                    });
                 let mut park_reason: Option<String> = row.try_get(5)?;
                 if seal_failed {
                     park_reason = Some(SEAL_FAILED.to_owned());
