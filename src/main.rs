@@ -226,6 +226,7 @@ struct ListenArgs {
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     // One TLS provider for both PostgreSQL connections and HTTP.
@@ -378,6 +379,27 @@ const CHATTY_TARGETS: &[&str] = &[
     "rustls",
     "axum",
 ];
+
+/// `walhook status --json | head -1`: once the reader of stdout is gone,
+/// Rust's `println!` panics on the broken pipe (it ignores SIGPIPE). That
+/// is the end of the output, not a failure: exit as a program killed by
+/// SIGPIPE would (141), without a panic message. Any other panic reports
+/// as usual.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
+}
 
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;

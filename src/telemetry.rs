@@ -40,6 +40,7 @@ pub mod names {
     pub const BACKLOG_OLDEST_SECONDS: &str = "backlog_oldest_seconds";
     pub const SUBSCRIPTION_MODE: &str = "subscription_mode";
     pub const BACKFILL_ROWS: &str = "backfill_rows";
+    pub const BUILD_INFO: &str = "build_info";
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,6 +51,11 @@ struct SubscriptionLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TableLabel {
     table: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -300,6 +306,18 @@ impl Metrics {
             "Values sent as a JSON string of their text because their type could not be \
              rendered as to_jsonb does (unknown or dropped type, unexpected text)",
             values_as_text.clone(),
+        );
+        // 1, labelled with the version: which walhook answers.
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register(
+            names::BUILD_INFO,
+            "Always 1; the label says which walhook version runs",
+            build_info,
         );
         let backfill_rows = Family::<BackfillLabel, Counter>::default();
         registry.register(

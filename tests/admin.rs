@@ -90,6 +90,15 @@ async fn metrics_count_deliveries_exactly_and_readyz_follows_postgres() {
         assert_eq!(sample(&after, series), Some(value), "{series}:\n{after}");
     }
     assert!(sample(&after, "walhook_confirmed_lsn").unwrap() > 0.0);
+    assert_eq!(
+        crate::support::labeled_sample(
+            &after,
+            "walhook_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0),
+        "which walhook answers:\n{after}"
+    );
 
     // /status carries the same facts as `walhook status`, as JSON.
     let content_type = reqwest::get(format!("{base}/status"))

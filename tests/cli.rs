@@ -477,3 +477,23 @@ async fn setup_run_again_does_not_log_postgresql_notices() {
         );
     }
 }
+
+#[tokio::test]
+async fn output_to_a_closed_pipe_ends_quietly_not_in_a_panic() {
+    // `walhook sql | head -0`: the reader is gone before walhook writes.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    // std's `output` keeps the stdout given (tokio's would pipe it).
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::support::walhook_binary())
+            .arg("sql")
+            .stdout(writer)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(141), "{stderr}");
+}
