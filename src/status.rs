@@ -341,8 +341,9 @@ impl StatusReport {
             if !self.exists {
                 "MISSING (run `walhook setup`)".to_owned()
             } else if self.active {
+                // The pid is the server's walsender process, not walhook's.
                 format!(
-                    "active (pid {})",
+                    "active (read by walsender pid {} on the server)",
                     self.active_pid
                         .map_or("?".to_owned(), |pid| pid.to_string())
                 )

@@ -100,6 +100,12 @@ async fn status_reports_the_lag_of_a_slot_held_back() {
     assert_eq!(report["subscriptions"][0]["name"], "orders");
     assert_eq!(report["subscriptions"][0]["dead_letters"], 1);
     assert_eq!(report["subscriptions"][1]["dead_letters"], 0);
+    // When the oldest letter was first tried, in ISO 8601 like the other
+    // times (not PostgreSQL's own text).
+    let oldest_letter = report["subscriptions"][0]["oldest_dead_letter"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{report}"));
+    humantime::parse_rfc3339(oldest_letter).unwrap_or_else(|_| panic!("RFC 3339: {oldest_letter}"));
 
     // The table form names the same facts.
     let output = walhook(&binary, &["status"]).await;

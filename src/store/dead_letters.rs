@@ -162,7 +162,9 @@ pub async fn count(
     client: &tokio_postgres::Client,
     subscription: &str,
 ) -> Result<(i64, Option<String>), StatementError> {
-    const QUERY: &str = "SELECT count(*), min(first_attempt_at)::text FROM walhook.dead_letters \
+    const QUERY: &str = "SELECT count(*), \
+         to_char(min(first_attempt_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+         FROM walhook.dead_letters \
                          WHERE subscription = $1";
     client
         .query_one(QUERY, &[&subscription])
