@@ -101,6 +101,10 @@ pub enum DaemonError {
          (changes in between are not delivered), and consider a larger max_slot_wal_keep_size"
     )]
     SlotInvalidated { slot: String, confirmed: String },
+    /// The server cannot serve this slot: `wal_level` below logical, or a
+    /// slot of the name in another database.
+    #[error("{0}")]
+    ServerNotReady(String),
 }
 
 impl DaemonError {
@@ -491,13 +495,23 @@ fn reconnect_wait(failures: u32) -> Duration {
     retry::backoff_delay(&RECONNECT_BACKOFF, failures, None).max(Duration::from_millis(50))
 }
 
-/// A slot PostgreSQL invalidated (`wal_status = 'lost'`) cannot stream:
-/// say so with the fix rather than relay the server's terse error.
+/// A slot PostgreSQL invalidated (`wal_status = 'lost'`) cannot stream, nor
+/// can one of another database: say so with the fix rather than relay the
+/// server's terse error (or stand by forever).
 async fn check_slot_not_lost(
     client: &tokio_postgres::Client,
     slot: &str,
 ) -> Result<(), DaemonError> {
-    match slots::find(client, slot).await {
+    let found = slots::find(client, slot).await;
+    if let (Ok(Some(found)), Ok(current)) = (&found, slots::current_database(client).await)
+        && let Some(problem) = slots::in_other_database(slot, found, &current)
+    {
+        return Err(DaemonError::ServerNotReady(problem));
+    }
+    if let Ok(Some(problem)) = slots::wal_level_problem(client).await {
+        return Err(DaemonError::ServerNotReady(problem));
+    }
+    match found {
         Ok(Some(found)) if found.is_lost() => Err(DaemonError::SlotInvalidated {
             slot: slot.to_owned(),
             confirmed: found

@@ -183,7 +183,17 @@ async fn ensure_slot(
     server_version: i32,
     report: &mut SetupReport,
 ) -> Result<(), SetupError> {
+    if let Some(problem) = slots::wal_level_problem(client).await? {
+        return Err(SetupError::other("wal_level", problem));
+    }
     if let Some(found) = slots::find(client, slot).await? {
+        let current = slots::current_database(client).await?;
+        if let Some(problem) = slots::in_other_database(slot, &found, &current) {
+            return Err(SetupError::other(
+                "the slot's database (pg_replication_slots)",
+                problem,
+            ));
+        }
         if !found.is_pgoutput() {
             return Err(SetupError::other(
                 "the slot's definition (pg_replication_slots)",

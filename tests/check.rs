@@ -457,3 +457,65 @@ async fn check_warns_when_the_role_may_also_replicate_physically() {
     assert!(text.contains("walhook check:"), "it ran: {text}");
     assert!(!text.contains("physical replication"), "{text}");
 }
+
+/// `setup`, `status` and `run` refuse what `check` reports, with its fix,
+/// instead of PostgreSQL's bare error, a report of the wrong slot, or a
+/// standby that waits forever.
+async fn setup_status_and_run_refuse(binary: &WalhookBinary, expected: &str) {
+    for args in [&["setup"][..], &["status"][..], &["run"][..]] {
+        let output = tokio::time::timeout(std::time::Duration::from_secs(60), binary.command(args))
+            .await
+            .unwrap_or_else(|_| panic!("walhook {args:?} did not stop"));
+        let text = format!("{}{}", stdout(&output), stderr(&output));
+        assert!(!output.status.success(), "walhook {args:?}: {text}");
+        assert!(text.contains(expected), "walhook {args:?}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_slot_of_the_same_name_in_another_database_is_refused_everywhere() {
+    let other = TestDb::new().await;
+    other
+        .client
+        .batch_execute(&format!(
+            "SELECT pg_create_logical_replication_slot('{}_shared', 'pgoutput')",
+            other.name
+        ))
+        .await
+        .unwrap();
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY)").await;
+    let binary = WalhookBinary::new(
+        &db.configure()
+            .slot(&format!("{}_shared", other.name))
+            .subscription(subscription("orders", "http://127.0.0.1:9/orders").tables(&["orders"]))
+            .text(),
+    );
+    setup_status_and_run_refuse(&binary, &format!("belongs to database \"{}\"", other.name)).await;
+}
+
+#[tokio::test]
+async fn wal_level_below_logical_is_refused_with_the_fix_everywhere() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        walhook::pgtemp::TempPostgres::start_with(walhook::pgtemp::TempPostgresOptions {
+            extra_conf: vec!["wal_level = replica".into()],
+            hba_lines: Vec::new(),
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let db = TestDb::on(&cluster).await;
+    db.client
+        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let binary = WalhookBinary::new(
+        &db.configure()
+            .subscription(subscription("orders", "http://127.0.0.1:9/orders").tables(&["orders"]))
+            .text(),
+    );
+    setup_status_and_run_refuse(&binary, "ALTER SYSTEM SET wal_level = logical").await;
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+}

@@ -23,6 +23,29 @@ pub async fn run(config_path: &Path, json: bool, watch: bool) -> Result<(), Comm
         .iter()
         .map(|subscription| subscription.name.clone())
         .collect();
+    // What would make every figure below misleading, said as `check` says it.
+    let refuse = |error: crate::store::StatementError| {
+        CommandError::Failed(format!("status: reading the catalog: {error}"))
+    };
+    if let Some(problem) = crate::store::slots::wal_level_problem(&client)
+        .await
+        .map_err(refuse)?
+    {
+        return Err(CommandError::Failed(problem));
+    }
+    if let Some(found) = crate::store::slots::find(&client, &config.source.slot)
+        .await
+        .map_err(refuse)?
+    {
+        let current = crate::store::slots::current_database(&client)
+            .await
+            .map_err(refuse)?;
+        if let Some(problem) =
+            crate::store::slots::in_other_database(&config.source.slot, &found, &current)
+        {
+            return Err(CommandError::Failed(problem));
+        }
+    }
     let mut peek = crate::status::Peek::through(&config.source.publication);
     loop {
         let mut report =

@@ -55,6 +55,51 @@ impl Slot {
     }
 }
 
+/// When `found` (the slot named `slot`) is a logical slot of another
+/// database than `current`: what is wrong and what to do, as `check` says
+/// it (every command that finds such a slot refuses it with this).
+pub fn in_other_database(slot: &str, found: &Slot, current: &str) -> Option<String> {
+    let database = found.database.as_deref()?;
+    (found.kind == "logical" && database != current).then(|| {
+        format!(
+            "slot {slot:?} belongs to database {database:?}, not {current:?} (slot names are \
+             per server): choose another source.slot, or drop that one with SELECT \
+             pg_drop_replication_slot('{}') while connected to {database:?} and run `walhook setup`",
+            slot.replace('\'', "''")
+        )
+    })
+}
+
+/// When the server cannot decode changes (`wal_level` below `logical`):
+/// what is wrong and what to do, as `check` says it.
+pub async fn wal_level_problem(
+    client: &tokio_postgres::Client,
+) -> Result<Option<String>, StatementError> {
+    const QUERY: &str = "SELECT current_setting('wal_level')";
+    let level: String = client
+        .query_one(QUERY, &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(failed(QUERY))?;
+    Ok((level != "logical").then(|| {
+        format!(
+            "wal_level is '{level}', so the server keeps no logical decoding information and no \
+             slot can stream: run ALTER SYSTEM SET wal_level = logical as a superuser, then \
+             restart PostgreSQL"
+        )
+    }))
+}
+
+/// The database this connection is to.
+pub async fn current_database(client: &tokio_postgres::Client) -> Result<String, StatementError> {
+    const QUERY: &str = "SELECT current_database()::text";
+    client
+        .query_one(QUERY, &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(failed(QUERY))
+}
+
 /// Everything about `slot`, or `None` when there is no such slot.
 pub async fn find(
     client: &tokio_postgres::Client,
