@@ -232,6 +232,7 @@ async fn stream_until_stopped(
     shutdown: &CancellationToken,
 ) -> Result<(), DaemonError> {
     let mut failures = 0u32;
+    let mut outage = OutageLog::default();
     // Whether this process has streamed from the slot (so a missing slot
     // means it vanished).
     let mut streamed = false;
@@ -274,7 +275,11 @@ async fn stream_until_stopped(
             }
             Err(error) if error.is_transient() => {
                 failures += 1;
-                tracing::warn!(%error, attempt = failures, "cannot open the replication connection; retrying");
+                if outage.due() {
+                    tracing::warn!(%error, attempt = failures, "cannot open the replication connection; retrying (said again every 30 s while it lasts)");
+                } else {
+                    tracing::debug!(%error, attempt = failures, "cannot open the replication connection; retrying");
+                }
                 if retry::pause(reconnect_wait(failures), shutdown)
                     .await
                     .is_break()
@@ -295,7 +300,11 @@ async fn stream_until_stopped(
             Ok(client) => client,
             Err(error) if error.is_transient() => {
                 failures += 1;
-                tracing::warn!(%error, "cannot open the catalog connection; retrying");
+                if outage.due() {
+                    tracing::warn!(%error, "cannot open the catalog connection; retrying (said again every 30 s while it lasts)");
+                } else {
+                    tracing::debug!(%error, "cannot open the catalog connection; retrying");
+                }
                 if retry::pause(reconnect_wait(failures), shutdown)
                     .await
                     .is_break()
@@ -319,13 +328,14 @@ async fn stream_until_stopped(
         observers.health.set_connected(true);
         if streamed {
             observers.metrics.reconnects.inc();
-            tracing::info!(slot = %config.source.slot, from = %start, server = %params.redacted(), "reconnected; resuming from the slot's confirmed position");
+            tracing::info!(slot = %config.source.slot, from = %start, server = %params.redacted(), attempts = failures, "reconnected; resuming from the slot's confirmed position");
         } else {
             tracing::info!(slot = %config.source.slot, from = %start, server = %params.redacted(), "streaming changes");
             slots::record_streamed(&catalog, &config.source.slot).await;
         }
         streamed = true;
         failures = 0;
+        outage = OutageLog::default();
 
         let backlog = match backlog_start(&catalog, params, start, &mut warned_no_backlog).await {
             Ok(backlog) => backlog,
@@ -485,6 +495,30 @@ async fn backlog_start(
         waiting,
         resumes_at,
     }))
+}
+
+/// How often a connection outage is logged at WARN while it lasts; the
+/// attempts in between go to DEBUG (one line per attempt filled the
+/// journal: ten in fourteen seconds).
+const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+/// When an outage was last logged at WARN.
+#[derive(Default)]
+struct OutageLog {
+    last_warned: Option<std::time::Instant>,
+}
+
+impl OutageLog {
+    /// Whether this failed attempt gets a WARN line.
+    fn due(&mut self) -> bool {
+        let due = self
+            .last_warned
+            .is_none_or(|last| last.elapsed() >= OUTAGE_LOG_INTERVAL);
+        if due {
+            self.last_warned = Some(std::time::Instant::now());
+        }
+        due
+    }
 }
 
 async fn drain(lanes: &mut JoinSet<()>) {

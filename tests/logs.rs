@@ -84,3 +84,61 @@ async fn the_last_failed_attempt_is_logged_as_parking_not_as_a_retry() {
     assert!(log.contains("no attempts left"), "{log}");
     assert!(!log.contains("retrying with backoff"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_logged_at_warn_once_not_per_attempt() {
+    let cluster = std::sync::Arc::new(
+        tokio::task::spawn_blocking(|| {
+            walhook::pgtemp::TempPostgres::start_with(walhook::pgtemp::TempPostgresOptions {
+                extra_conf: Vec::new(),
+                hba_lines: Vec::new(),
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap(),
+    );
+    let db = TestDb::on(&cluster).await;
+    db.client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    let binary = WalhookBinary::new(
+        &db.configure()
+            .subscription(subscription("rows", "http://127.0.0.1:9/rows").tables(&["items"]))
+            .text(),
+    );
+    let mut walhook = binary.spawn_run_with_env(&[("WALHOOK_LOG", "walhook=debug")]);
+    db.wait_slot_active().await;
+    let stopping = std::sync::Arc::clone(&cluster);
+    tokio::task::spawn_blocking(move || stopping.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    // Several attempts go by (the backoff starts at 200 ms)…
+    let attempts = |log: &str| {
+        log.lines()
+            .filter(|line| line.contains("cannot open the"))
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while attempts(&binary.log()) < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retries logged:\n{}",
+            binary.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    walhook.kill().await.unwrap();
+    // …but only the first says so at WARN.
+    let log = binary.log();
+    let warned = log
+        .lines()
+        .filter(|line| line.contains("cannot open the") && line.contains("WARN"))
+        .count();
+    assert_eq!(warned, 1, "{log}");
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+}
