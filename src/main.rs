@@ -153,6 +153,9 @@ enum DeadLettersCommand {
         /// you have checked and vouch for.
         #[arg(long)]
         trust_unsealed: bool,
+        /// Say what would be sent, send nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Delete parked events without sending them.
     Purge {
@@ -160,6 +163,19 @@ enum DeadLettersCommand {
         config: ConfigArgs,
         #[command(flatten)]
         select: DeadLetterSelect,
+        /// Say what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Purge --all without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// One dead letter whole: every field, its seal, its payload.
+    Show {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Its ID (as `list` shows) or its event id (`wh_…`).
+        id: String,
     },
 }
 
@@ -182,6 +198,7 @@ impl DeadLetterSelect {
             all: self.all,
             subscription: self.subscription,
             ids: self.id,
+            rows: Vec::new(),
         }
     }
 }
@@ -304,7 +321,7 @@ fn main() -> ExitCode {
 }
 
 async fn dead_letters(command: DeadLettersCommand) -> Result<(), walhook::commands::CommandError> {
-    use commands::dead_letters::{Selector, list, purge, replay};
+    use commands::dead_letters::{Selector, list, purge, replay, show};
     match command {
         DeadLettersCommand::List {
             config,
@@ -321,10 +338,15 @@ async fn dead_letters(command: DeadLettersCommand) -> Result<(), walhook::comman
             config,
             select,
             trust_unsealed,
-        } => replay(&config.config, &select.selector(), trust_unsealed).await,
-        DeadLettersCommand::Purge { config, select } => {
-            purge(&config.config, &select.selector()).await
-        }
+            dry_run,
+        } => replay(&config.config, &select.selector(), trust_unsealed, dry_run).await,
+        DeadLettersCommand::Purge {
+            config,
+            select,
+            dry_run,
+            yes,
+        } => purge(&config.config, &select.selector(), dry_run, yes).await,
+        DeadLettersCommand::Show { config, id } => show(&config.config, &id).await,
     }
 }
 

@@ -264,7 +264,79 @@ async fn purge_removes_only_what_it_selects_and_refuses_without_a_selector() {
         .await;
     assert!(stdout(&listed).contains("1 dead letter(s)"));
 
-    let purged = binary.command(&["dead-letters", "purge", "--all"]).await;
+    // Everything: only when confirmed (no terminal here, so --yes); a dry
+    // run says what would go and deletes nothing.
+    let unconfirmed = binary.command(&["dead-letters", "purge", "--all"]).await;
+    assert_eq!(unconfirmed.status.code(), Some(2), "{unconfirmed:?}");
+    assert!(String::from_utf8_lossy(&unconfirmed.stderr).contains("--yes"));
+    let dry = binary
+        .command(&["dead-letters", "purge", "--all", "--dry-run"])
+        .await;
+    assert!(
+        stdout(&dry).contains("would purge 1 dead letter(s)"),
+        "{dry:?}"
+    );
+    assert_eq!(db.dead_letter_count().await, 1);
+    let purged = binary
+        .command(&["dead-letters", "purge", "--all", "--yes"])
+        .await;
     assert!(stdout(&purged).contains("purged 1 dead letter(s)"));
     assert_eq!(db.dead_letter_count().await, 0);
+
+    // A selector that matches nothing says so and fails.
+    for command in ["purge", "replay"] {
+        let nothing = binary
+            .command(&["dead-letters", command, "--subscription", "first"])
+            .await;
+        assert_eq!(nothing.status.code(), Some(1), "{command}: {nothing:?}");
+        assert!(
+            String::from_utf8_lossy(&nothing.stderr).contains("no dead letter matches"),
+            "{command}: {nothing:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn show_prints_one_letter_whole_and_a_dry_replay_sends_nothing() {
+    let (db, receiver) = items_db().await;
+    let config = items("rows", &receiver).to_string();
+    park(&db, &receiver, &config, 1, 1).await;
+    let binary = WalhookBinary::new(&db.config_text(&config));
+    let (id, event_id): (i64, String) = db
+        .client
+        .query_one("SELECT id, event_id FROM walhook.dead_letters", &[])
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    let listed = stdout(&binary.command(&["dead-letters", "list"]).await);
+    assert!(
+        listed.contains("INSERT") && listed.contains("public.items"),
+        "{listed}"
+    );
+    for key in [id.to_string(), event_id.clone()] {
+        let shown = binary.command(&["dead-letters", "show", &key]).await;
+        let text = stdout(&shown);
+        assert!(shown.status.success(), "{shown:?}");
+        assert!(text.contains(&event_id), "{text}");
+        assert!(text.contains("422"), "{text}");
+        assert!(text.contains("seal          matches"), "{text}");
+        assert!(
+            text.contains("\"note\": \"row 1\"") || text.contains("row 1"),
+            "{text}"
+        );
+    }
+    let missing = binary
+        .command(&["dead-letters", "show", "wh_nothing"])
+        .await;
+    assert_eq!(missing.status.code(), Some(1));
+
+    let before = receiver.requests().len();
+    receiver.respond_with(200);
+    let dry = binary
+        .command(&["dead-letters", "replay", "--all", "--dry-run"])
+        .await;
+    assert!(dry.status.success(), "{dry:?}");
+    assert!(stdout(&dry).contains(&format!("would replay {event_id}")));
+    assert_eq!(receiver.requests().len(), before, "nothing sent");
+    assert_eq!(db.dead_letter_count().await, 1, "nothing deleted");
 }

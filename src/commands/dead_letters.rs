@@ -58,13 +58,22 @@ pub enum DeadLetterError {
          replay with --trust-unsealed only if you vouch for them (docs/security.md)"
     )]
     ReplayRefused { refused: usize, held: usize },
+    #[error("no dead letter matches {what}; `walhook dead-letters list` shows them")]
+    NothingSelected { what: String },
+    #[error(
+        "purge --all deletes every dead letter without sending it: confirm with --yes (asked \
+         at a terminal; needed in scripts)"
+    )]
+    PurgeAllUnconfirmed,
 }
 
 impl DeadLetterError {
     /// 2 when the command line or the config is wrong, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            DeadLetterError::NoSelector { .. } | DeadLetterError::Endpoint(_) => 2,
+            DeadLetterError::NoSelector { .. }
+            | DeadLetterError::Endpoint(_)
+            | DeadLetterError::PurgeAllUnconfirmed => 2,
             _ => 1,
         }
     }
@@ -122,19 +131,23 @@ fn render_table(letters: &[Letter]) -> String {
         "ID",
         "SUBSCRIPTION",
         "EVENT ID",
+        "TYPE",
+        "TABLE",
         "LAST STATUS",
         "ATTEMPTS",
         "LAST ERROR",
         "FIRST ATTEMPT",
         "LAST ATTEMPT",
     ];
-    let rows: Vec<[String; 8]> = letters
+    let rows: Vec<[String; 10]> = letters
         .iter()
         .map(|letter| {
             [
                 letter.id.to_string(),
                 letter.subscription.clone(),
                 letter.event_id.clone(),
+                letter.kind.clone().unwrap_or_else(|| "-".into()),
+                letter.table.clone().unwrap_or_else(|| "-".into()),
                 letter
                     .last_status
                     .map(|status| status.to_string())
@@ -185,6 +198,7 @@ pub async fn replay(
     config_path: &Path,
     selector: &Selector,
     trust_unsealed: bool,
+    dry_run: bool,
 ) -> Result<(), CommandError> {
     if selector.is_empty() {
         return Err(DeadLetterError::NoSelector { command: "replay" }.into());
@@ -202,6 +216,9 @@ pub async fn replay(
     let letters = store::select(&client, selector)
         .await
         .map_err(DeadLetterError::from_query)?;
+    if letters.is_empty() {
+        return Err(nothing_selected(selector).into());
+    }
     let sealed_table = has_seal_column(&client, "dead_letters")
         .await
         .map_err(|error| DeadLetterError::from_query(error.source))?;
@@ -246,6 +263,14 @@ pub async fn replay(
             stopped.insert(letter.subscription.clone());
             continue;
         }
+        if dry_run {
+            println!(
+                "would replay {} ({}) to its subscription's endpoint",
+                letter.event_id, letter.subscription
+            );
+            replayed += 1;
+            continue;
+        }
         // A batched subscription's receiver expects `{"events": [...]}`: the
         // letter goes as a batch of one, which carries the event's own id.
         let request = if endpoint.batched() {
@@ -280,7 +305,8 @@ pub async fn replay(
         }
     }
     println!(
-        "replayed {replayed}, failed {failed}, refused {refused}, held back {held} of {} dead letter(s)",
+        "{} {replayed}, failed {failed}, refused {refused}, held back {held} of {} dead letter(s)",
+        if dry_run { "would replay" } else { "replayed" },
         letters.len()
     );
     if refused > 0 {
@@ -308,12 +334,33 @@ async fn record_failure(
 }
 
 /// `purge`: deletes the selected letters without sending them.
-pub async fn purge(config_path: &Path, selector: &Selector) -> Result<(), CommandError> {
+pub async fn purge(
+    config_path: &Path,
+    selector: &Selector,
+    dry_run: bool,
+    yes: bool,
+) -> Result<(), CommandError> {
     if selector.is_empty() {
         return Err(DeadLetterError::NoSelector { command: "purge" }.into());
     }
     let config = Config::load(config_path)?;
     let client = connect(&config).await?;
+    let selected = store::select(&client, selector)
+        .await
+        .map_err(DeadLetterError::from_query)?;
+    if selected.is_empty() {
+        return Err(nothing_selected(selector).into());
+    }
+    if dry_run {
+        for letter in &selected {
+            println!("would purge {} ({})", letter.event_id, letter.subscription);
+        }
+        println!("would purge {} dead letter(s)", selected.len());
+        return Ok(());
+    }
+    if selector.all && !yes && !confirmed(selected.len())? {
+        return Err(DeadLetterError::PurgeAllUnconfirmed.into());
+    }
     let purged = store::purge(&client, selector)
         .await
         .map_err(DeadLetterError::from_query)?;
@@ -321,6 +368,115 @@ pub async fn purge(config_path: &Path, selector: &Selector) -> Result<(), Comman
         println!("purged   {event_id} ({subscription})");
     }
     println!("purged {} dead letter(s)", purged.len());
+    Ok(())
+}
+
+/// Asks at a terminal whether to purge `count` letters; false (not asked)
+/// when stdin is not one.
+fn confirmed(count: usize) -> Result<bool, CommandError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    print!("purge all {count} dead letter(s), without sending them? [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|error| CommandError::Failed(format!("reading the answer: {error}")))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// What a selector that matched nothing asked for, for its error.
+fn nothing_selected(selector: &Selector) -> DeadLetterError {
+    let mut what = Vec::new();
+    if let Some(subscription) = &selector.subscription {
+        what.push(format!("subscription {subscription:?}"));
+    }
+    if !selector.ids.is_empty() {
+        what.push(format!("event id(s) {}", selector.ids.join(", ")));
+    }
+    if !selector.rows.is_empty() {
+        let rows: Vec<String> = selector.rows.iter().map(i64::to_string).collect();
+        what.push(format!("id(s) {}", rows.join(", ")));
+    }
+    DeadLetterError::NothingSelected {
+        what: if what.is_empty() {
+            "--all (there are none)".to_owned()
+        } else {
+            what.join(" and ")
+        },
+    }
+}
+
+/// `show ID`: one letter whole — what `list` shortens, its seal, and its
+/// payload as it would be sent. ID is the `ID` column or the event id.
+pub async fn show(config_path: &Path, id: &str) -> Result<(), CommandError> {
+    let config = Config::load(config_path)?;
+    let client = connect(&config).await?;
+    let mut selector = Selector::default();
+    match id.parse::<i64>() {
+        Ok(row) => selector.rows.push(row),
+        Err(_) => selector.ids.push(id.to_owned()),
+    }
+    let letters = store::select(&client, &selector)
+        .await
+        .map_err(DeadLetterError::from_query)?;
+    let Some(letter) = letters.first() else {
+        return Err(nothing_selected(&selector).into());
+    };
+    let sealed_table = has_seal_column(&client, "dead_letters")
+        .await
+        .map_err(|error| DeadLetterError::from_query(error.source))?;
+    let mut clients = Clients::new(&config.delivery);
+    let endpoint = config
+        .subscriptions
+        .iter()
+        .find(|subscription| subscription.name == letter.subscription)
+        .map(|subscription| Endpoint::new(subscription, &mut clients))
+        .transpose()
+        .map_err(DeadLetterError::from)?;
+    let seal = match &endpoint {
+        None => "not checked: the subscription is not in the config".to_owned(),
+        Some(_) if !sealed_table => {
+            "not checked: the table has no `mac` column (run `walhook setup`)".to_owned()
+        }
+        Some(endpoint) if endpoint.row_seals().is_empty() => {
+            "none: the subscription has no secret or headers to seal with".to_owned()
+        }
+        Some(endpoint)
+            if endpoint.seal_matches(
+                &letter.event_id,
+                letter.payload.as_bytes(),
+                letter.mac.as_deref(),
+            ) =>
+        {
+            "matches: stored by walhook under this subscription's key".to_owned()
+        }
+        Some(_) => "DOES NOT MATCH: replay refuses it unless --trust-unsealed".to_owned(),
+    };
+    let payload = serde_json::from_str::<serde_json::Value>(&letter.payload)
+        .ok()
+        .and_then(|value| serde_json::to_string_pretty(&value).ok())
+        .unwrap_or_else(|| letter.payload.clone());
+    println!(
+        "dead letter {} (event {})\n  subscription  {}\n  type, table   {} {}\n  \
+         attempts      {} (first {}, last {})\n  last status   {}\n  last error    {}\n  \
+         seal          {seal}\npayload:\n{payload}",
+        letter.id,
+        letter.event_id,
+        letter.subscription,
+        letter.kind.as_deref().unwrap_or("-"),
+        letter.table.as_deref().unwrap_or("-"),
+        letter.attempts,
+        letter.first_attempt_at,
+        letter.last_attempt_at,
+        letter
+            .last_status
+            .map_or_else(|| "-".to_owned(), |status| status.to_string()),
+        letter.last_error.replace(['\n', '\r'], " "),
+    );
     Ok(())
 }
 
@@ -341,11 +497,13 @@ mod tests {
             last_attempt_at: "2026-01-01T00:00:01Z".into(),
             payload: "{}".into(),
             mac: None,
+            kind: Some("INSERT".into()),
+            table: Some("public.items".into()),
         };
         let table = render_table(&[letter]);
         let lines: Vec<&str> = table.lines().collect();
-        assert!(lines[0].starts_with("ID  SUBSCRIPTION  EVENT ID"));
-        assert!(lines[1].starts_with("7   orders        wh_abc"));
+        assert!(lines[0].starts_with("ID  SUBSCRIPTION  EVENT ID  TYPE    TABLE"));
+        assert!(lines[1].starts_with("7   orders        wh_abc    INSERT  public.items"));
         assert_eq!(lines[2], "1 dead letter(s)");
         assert_eq!(shorten("a\nb", 10), "a b");
         assert_eq!(shorten("abcdef", 4), "abc…");

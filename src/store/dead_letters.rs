@@ -180,11 +180,13 @@ pub struct Selector {
     pub subscription: Option<String>,
     /// Event ids (`wh_…`), as in `list`.
     pub ids: Vec<String>,
+    /// Row ids (the `ID` column of `list`).
+    pub rows: Vec<i64>,
 }
 
 impl Selector {
     pub fn is_empty(&self) -> bool {
-        !self.all && self.subscription.is_none() && self.ids.is_empty()
+        !self.all && self.subscription.is_none() && self.ids.is_empty() && self.rows.is_empty()
     }
 
     /// The WHERE clause and its parameters (`all` selects everything).
@@ -199,6 +201,10 @@ impl Selector {
             params.push(Param::List(self.ids.clone()));
             conditions.push(format!("event_id = ANY(${})", params.len()));
         }
+        if !self.rows.is_empty() {
+            params.push(Param::Numbers(self.rows.clone()));
+            conditions.push(format!("id = ANY(${})", params.len()));
+        }
         if conditions.is_empty() {
             (String::new(), params)
         } else {
@@ -210,6 +216,7 @@ impl Selector {
 enum Param {
     Text(String),
     List(Vec<String>),
+    Numbers(Vec<i64>),
 }
 
 impl Param {
@@ -217,6 +224,7 @@ impl Param {
         match self {
             Param::Text(text) => text,
             Param::List(list) => list,
+            Param::Numbers(numbers) => numbers,
         }
     }
 }
@@ -237,6 +245,10 @@ pub struct Letter {
     /// Its stored seal; `None` when unsealed or the table has no column.
     #[serde(skip)]
     pub mac: Option<Vec<u8>>,
+    /// The payload's `type` (INSERT, UPDATE, …) and `schema.table`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub table: Option<String>,
 }
 
 /// The columns of a [`Letter`], before the seal (see [`select`]).
@@ -258,7 +270,11 @@ pub async fn select(
     let mac = if sealed { "mac" } else { "NULL::bytea" };
     let rows = client
         .query(
-            &format!("{SELECT}, {mac} FROM walhook.dead_letters{clause} ORDER BY id"),
+            &format!(
+                "{SELECT}, {mac}, payload->>'type', \
+                 (payload->>'schema') || '.' || (payload->>'table') \
+                 FROM walhook.dead_letters{clause} ORDER BY id"
+            ),
             &params,
         )
         .await?;
@@ -275,6 +291,8 @@ pub async fn select(
                 last_attempt_at: row.try_get(7)?,
                 payload: row.try_get(8)?,
                 mac: row.try_get(9)?,
+                kind: row.try_get(10)?,
+                table: row.try_get(11)?,
             })
         })
         .collect()
