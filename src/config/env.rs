@@ -133,10 +133,37 @@ fn without_excerpt(text: &str) -> String {
     }
 }
 
+/// A key's path as the config writes it: `subscriptions[0].events[1]`, the
+/// same form the other config errors use.
+fn key_path(path: &[String]) -> String {
+    let mut out = String::new();
+    for part in path {
+        if part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty() {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// serde's names for what a key expected, in a config writer's words.
+fn plain_words(expected: &str) -> String {
+    match expected {
+        "a sequence" => "an array, e.g. [\"a\", \"b\"]".to_owned(),
+        "a map" => "a table, e.g. { key = \"value\" }".to_owned(),
+        "a duration" => "a duration such as \"10s\", \"500ms\" or \"5m\"".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
 pub(super) fn describe_figment_error(error: figment::Error) -> String {
     let mut messages = Vec::new();
     for error in error {
-        let key = error.path.join(".");
+        let key = key_path(&error.path);
         let origin = match &error.metadata {
             Some(metadata) if metadata.name.contains("environment") => {
                 let variable = format!("WALHOOK_{}", error.path.join("__").to_uppercase());
@@ -160,11 +187,23 @@ pub(super) fn describe_figment_error(error: figment::Error) -> String {
             // Not the value itself: an `env:` reference may have put a
             // secret there.
             figment::error::Kind::InvalidType(_, expected) => {
-                format!("has the wrong type; expected {expected}")
+                format!("has the wrong type; expected {}", plain_words(expected))
             }
             figment::error::Kind::InvalidValue(_, expected) => {
-                format!("has a value that is not valid; expected {expected}")
+                format!(
+                    "has a value that is not valid; expected {}",
+                    plain_words(expected)
+                )
             }
+            // Variant names are the config's own words, never a secret.
+            figment::error::Kind::UnknownVariant(found, expected) => format!(
+                "`{found}` is not one of {}",
+                expected
+                    .iter()
+                    .map(|variant| format!("`{variant}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             figment::error::Kind::Message(text) => without_excerpt(text),
             other => other.to_string(),
         };
@@ -207,9 +246,13 @@ pub(super) fn lenient_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result
     enum Flag {
         Bool(bool),
         Text(String),
+        // A number where a flag was expected: refused below by name.
+        Number(#[allow(dead_code)] f64),
     }
-    match Flag::deserialize(deserializer)? {
+    let untagged = |_| serde::de::Error::custom("expected true or false");
+    match Flag::deserialize(deserializer).map_err(untagged)? {
         Flag::Bool(flag) => Ok(flag),
+        Flag::Number(_) => Err(serde::de::Error::custom("expected true or false")),
         Flag::Text(text) => match text.to_ascii_lowercase().as_str() {
             "true" | "yes" | "on" | "1" => Ok(true),
             "false" | "no" | "off" | "0" => Ok(false),
@@ -241,10 +284,15 @@ where
     enum Number {
         Integer(u64),
         Text(String),
+        // Negative or fractional: named in the error below, not serde's
+        // "did not match any variant of untagged enum".
+        Other(#[allow(dead_code)] f64),
     }
-    let parsed = match Number::deserialize(deserializer)? {
+    let expected = || serde::de::Error::custom("expected a non-negative whole number, e.g. 12");
+    let parsed = match Number::deserialize(deserializer).map_err(|_: D::Error| expected())? {
         Number::Integer(number) => N::try_from(number).ok(),
         Number::Text(text) => text.trim().parse::<N>().ok(),
+        Number::Other(_) => None,
     };
-    parsed.ok_or_else(|| serde::de::Error::custom("expected a non-negative whole number"))
+    parsed.ok_or_else(expected)
 }

@@ -415,3 +415,27 @@ fn secrets_roll_newest_first_and_not_beside_secret() {
     let error = load(&short).unwrap_err().to_string();
     assert!(error.contains("secrets[1]"), "{error}");
 }
+
+#[test]
+fn type_errors_speak_the_configs_language_not_serdes() {
+    let said = |extra: &str| load(&format!("{MINIMAL}{extra}")).unwrap_err().to_string();
+    let negative = load(&MINIMAL.replace("[source]", "[delivery]\nmax_attempts = -1\n[source]"))
+        .unwrap_err()
+        .to_string();
+    assert!(negative.contains("non-negative whole number"), "{negative}");
+    assert!(!negative.contains("untagged"), "{negative}");
+    let duration = load(&MINIMAL.replace("[source]", "[delivery]\ntimeout = \"ten\"\n[source]"))
+        .unwrap_err()
+        .to_string();
+    assert!(duration.contains("\"10s\""), "{duration}");
+    let variant = said("    events = [\"upsert\"]\n");
+    assert!(variant.contains("subscriptions[0].events[0]"), "{variant}");
+    assert!(
+        variant.contains("`upsert` is not one of `insert`"),
+        "{variant}"
+    );
+    assert!(!variant.contains("``"), "{variant}");
+    let array = said("    columns = \"id\"\n");
+    assert!(array.contains("an array"), "{array}");
+    assert!(!array.contains("sequence"), "{array}");
+}
