@@ -540,10 +540,10 @@ async fn check_slot_not_lost(
     if let (Ok(Some(found)), Ok(current)) = (&found, slots::current_database(client).await)
         && let Some(problem) = slots::in_other_database(slot, found, &current)
     {
-        return Err(DaemonError::ServerNotReady(problem));
+        return Err(DaemonError::ServerNotReady(problem.to_string()));
     }
     if let Ok(Some(problem)) = slots::wal_level_problem(client).await {
-        return Err(DaemonError::ServerNotReady(problem));
+        return Err(DaemonError::ServerNotReady(problem.to_string()));
     }
     match found {
         Ok(Some(found)) if found.is_lost() => Err(DaemonError::SlotInvalidated {

@@ -184,14 +184,14 @@ async fn ensure_slot(
     report: &mut SetupReport,
 ) -> Result<(), SetupError> {
     if let Some(problem) = slots::wal_level_problem(client).await? {
-        return Err(SetupError::other("wal_level", problem));
+        return Err(SetupError::other("wal_level", problem.to_string()));
     }
     if let Some(found) = slots::find(client, slot).await? {
         let current = slots::current_database(client).await?;
         if let Some(problem) = slots::in_other_database(slot, &found, &current) {
             return Err(SetupError::other(
                 "the slot's database (pg_replication_slots)",
-                problem,
+                problem.to_string(),
             ));
         }
         if !found.is_pgoutput() {

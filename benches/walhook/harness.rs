@@ -1046,14 +1046,7 @@ async fn measure_isolation(
         .and_then(Result::ok);
     let rss_after_burst = pid.map_or(0, current_rss_kb);
 
-    let insert = client
-        .prepare(
-            "INSERT INTO orders (id, customer, amount, status, note) \
-             VALUES ($1::bigint, 'customer-' || $1::bigint || '@example.com', \
-                     ($1::bigint % 10000) / 100.0, 'pending', repeat('x', 100))",
-        )
-        .await
-        .map_err(|error| bench_error("preparing the live insert", error))?;
+    let insert = prepare_live_insert(&client).await?;
     let mut committed = vec![None; total as usize + 1];
     let mut ticks = tokio::time::interval(Duration::from_secs(1) / ISOLATION_RATE as u32);
     for id in burst + 1..=total {
@@ -1159,14 +1152,7 @@ async fn measure_backfill(
     let daemon = spawn_walhook(&config)?;
     let pid = daemon.child.id();
     wait_until_streaming(&client).await?;
-    let insert = client
-        .prepare(
-            "INSERT INTO orders (id, customer, amount, status, note) \
-             VALUES ($1::bigint, 'customer-' || $1::bigint || '@example.com', \
-                     ($1::bigint % 10000) / 100.0, 'pending', repeat('x', 100))",
-        )
-        .await
-        .map_err(|error| bench_error("preparing the live insert", error))?;
+    let insert = prepare_live_insert(&client).await?;
     let mut committed: Vec<Option<Instant>> = vec![None; live_capacity + 1];
     let mut next_id = rows + 1;
     let mut ticks = tokio::time::interval(Duration::from_secs(1) / BACKFILL_LIVE_RATE as u32);
@@ -1242,6 +1228,22 @@ async fn measure_backfill(
     Ok(result)
 }
 
+/// The insert of one live row (`$1` its id), prepared once: parsing and
+/// planning every insert would spend the 2 cores walhook shares with
+/// PostgreSQL on the load generator.
+async fn prepare_live_insert(
+    client: &tokio_postgres::Client,
+) -> Result<tokio_postgres::Statement, BenchError> {
+    client
+        .prepare(
+            "INSERT INTO orders (id, customer, amount, status, note) \
+             VALUES ($1::bigint, 'customer-' || $1::bigint || '@example.com', \
+                     ($1::bigint % 10000) / 100.0, 'pending', repeat('x', 100))",
+        )
+        .await
+        .map_err(|error| bench_error("preparing the live insert", error))
+}
+
 /// A running process's resident memory now (VmRSS), in kB.
 fn current_rss_kb(pid: u32) -> u64 {
     proc_status_kb(pid, "VmRSS:")
@@ -1277,16 +1279,7 @@ async fn measure_live(
     let mut writers = Vec::new();
     for writer in 0..WRITERS {
         let client = connect(&postgres.url(database)).await?;
-        // Prepared once: parsing and planning every insert would spend the
-        // 2 cores walhook shares with PostgreSQL on the load generator.
-        let insert = client
-            .prepare(
-                "INSERT INTO orders (id, customer, amount, status, note) \
-                 VALUES ($1::bigint, 'customer-' || $1::bigint || '@example.com', \
-                         ($1::bigint % 10000) / 100.0, 'pending', repeat('x', 100))",
-            )
-            .await
-            .map_err(|error| bench_error("preparing the live insert", error))?;
+        let insert = prepare_live_insert(&client).await?;
         let committed = Arc::clone(&committed);
         writers.push(tokio::spawn(async move {
             let interval = Duration::from_secs_f64(WRITERS as f64 / rate as f64);

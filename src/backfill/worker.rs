@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Chunk, Mark, WATERMARK_PREFIX, Watermark};
+use crate::config::quote_identifier;
 use crate::event::{ColumnInfo, TableInfo};
 use crate::pgconn::{ConnectParams, connect_sql};
 use crate::store::backfills::{self, Backfill, BackfillState};
@@ -320,10 +321,6 @@ async fn emit(client: &tokio_postgres::Client, watermark: &Watermark) -> Result<
         .await
         .map_err(|error| Failure::Transient(format!("writing a watermark: {error}")))?;
     Ok(())
-}
-
-fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The table of a request: its columns as pgoutput sends them (not

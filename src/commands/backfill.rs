@@ -215,19 +215,11 @@ async fn require_table(client: &tokio_postgres::Client) -> Result<(), CommandErr
 
 /// Says what a failed statement on walhook's tables means for the operator.
 fn explain(error: StatementError) -> CommandError {
-    let missing = error
-        .source
-        .code()
-        .is_some_and(|code| *code == tokio_postgres::error::SqlState::UNDEFINED_TABLE);
-    if missing {
-        CommandError::Failed(
-            "walhook.backfills is missing; run `walhook setup` (or the files of sql/ as an \
-             administrator) first"
-                .to_owned(),
-        )
-    } else {
-        CommandError::Failed(error.to_string())
-    }
+    super::explain_statement(
+        error,
+        "walhook.backfills is missing; run `walhook setup` (or the files of sql/ as an \
+             administrator) first",
+    )
 }
 
 /// The server's own message for a failed statement, without the driver's

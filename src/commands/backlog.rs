@@ -48,19 +48,11 @@ async fn connect(config: &Config) -> Result<tokio_postgres::Client, CommandError
 
 /// Says what a failed statement means for the operator.
 fn explain(error: StatementError) -> CommandError {
-    let missing = error
-        .source
-        .code()
-        .is_some_and(|code| *code == tokio_postgres::error::SqlState::UNDEFINED_TABLE);
-    if missing {
-        CommandError::Failed(
-            "the walhook schema has no backlog tables yet; run `walhook setup` (or the files of \
-             sql/ as an administrator) first"
-                .to_owned(),
-        )
-    } else {
-        CommandError::Failed(error.to_string())
-    }
+    super::explain_statement(
+        error,
+        "the walhook schema has no backlog tables yet; run `walhook setup` (or the files of \
+             sql/ as an administrator) first",
+    )
 }
 
 /// `walhook pause SUBSCRIPTION` / `walhook resume SUBSCRIPTION`.

@@ -309,15 +309,9 @@ async fn check_server_and_role(
     let role: String = row.get(1);
     let superuser: bool = row.get(2);
     let replication: bool = row.get(3);
-    if wal_level == "logical" {
-        report.pass();
-    } else {
-        report.problem(
-            format!(
-                "wal_level is '{wal_level}', so the server keeps no logical decoding information"
-            ),
-            "run ALTER SYSTEM SET wal_level = logical as a superuser, then restart PostgreSQL",
-        );
+    match store::slots::wal_level_problem_of(&wal_level) {
+        None => report.pass(),
+        Some(problem) => report.problem(problem.what, problem.fix),
     }
     if superuser || replication {
         report.pass();
@@ -877,14 +871,8 @@ async fn check_slot(client: &tokio_postgres::Client, config: &Config, report: &m
                     ),
                     drop_it,
                 );
-            } else if found.database.as_deref() != Some(database.as_str()) {
-                report.problem(
-                    format!(
-                        "slot {slot:?} belongs to database {:?}, not {database:?}",
-                        found.database.as_deref().unwrap_or_default()
-                    ),
-                    drop_it,
-                );
+            } else if let Some(problem) = store::slots::in_other_database(slot, &found, &database) {
+                report.problem(problem.what, problem.fix);
             } else if found.is_lost() {
                 report.problem(
                     format!(

@@ -70,6 +70,24 @@ pub async fn run(config_path: &Path) -> Result<(), CommandError> {
 }
 
 /// `walhook setup`: schema, publication and slot, then a one-line report.
+/// A failed statement on walhook's own tables, for the operator: `missing`
+/// when the table does not exist (a schema from before it), else the
+/// statement's error.
+pub(crate) fn explain_statement(
+    error: crate::store::StatementError,
+    missing: &str,
+) -> CommandError {
+    let undefined = error
+        .source
+        .code()
+        .is_some_and(|code| *code == tokio_postgres::error::SqlState::UNDEFINED_TABLE);
+    CommandError::Failed(if undefined {
+        missing.to_owned()
+    } else {
+        error.to_string()
+    })
+}
+
 /// `walhook sql`: the files of `sql/` as the binary carries them, so that
 /// an administrator needs no copy of the repository: the schema (what
 /// `setup` runs), or the least-privilege role script.

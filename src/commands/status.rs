@@ -31,7 +31,7 @@ pub async fn run(config_path: &Path, json: bool, watch: bool) -> Result<(), Comm
         .await
         .map_err(refuse)?
     {
-        return Err(CommandError::Failed(problem));
+        return Err(CommandError::Failed(problem.to_string()));
     }
     if let Some(found) = crate::store::slots::find(&client, &config.source.slot)
         .await
@@ -43,7 +43,7 @@ pub async fn run(config_path: &Path, json: bool, watch: bool) -> Result<(), Comm
         if let Some(problem) =
             crate::store::slots::in_other_database(&config.source.slot, &found, &current)
         {
-            return Err(CommandError::Failed(problem));
+            return Err(CommandError::Failed(problem.to_string()));
         }
     }
     let mut peek = crate::status::Peek::through(&config.source.publication);

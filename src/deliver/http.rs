@@ -282,16 +282,21 @@ impl Endpoint {
                 .map(|elapsed| elapsed.as_secs() as i64)
                 .unwrap_or(0);
             // One `v1,` signature per key, space-separated, newest first: a
-            // receiver that knows any of them accepts the request.
-            let signatures: Vec<String> = self
-                .keys
-                .iter()
+            // receiver that knows any of them accepts the request. Appended
+            // to the first: one string per request, as with a single key.
+            let mut keys = self.keys.iter();
+            let mut signatures = keys
+                .next()
                 .map(|key| key.sign(&request.id, timestamp, &request.body))
-                .collect();
+                .unwrap_or_default();
+            for key in keys {
+                signatures.push(' ');
+                signatures.push_str(&key.sign(&request.id, timestamp, &request.body));
+            }
             builder = builder
                 .header(webhook::ID_HEADER, &request.id)
                 .header(webhook::TIMESTAMP_HEADER, timestamp.to_string())
-                .header(webhook::SIGNATURE_HEADER, signatures.join(" "));
+                .header(webhook::SIGNATURE_HEADER, signatures);
         } else {
             builder = builder.header(webhook::ID_HEADER, &request.id);
         }

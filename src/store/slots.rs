@@ -55,39 +55,58 @@ impl Slot {
     }
 }
 
+/// Something about the server or the slot that stops walhook, in the two
+/// parts `check` prints them in; as one sentence (`Display`) for the
+/// commands that refuse with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerProblem {
+    pub what: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for ServerProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.fix)
+    }
+}
+
 /// When `found` (the slot named `slot`) is a logical slot of another
-/// database than `current`: what is wrong and what to do, as `check` says
-/// it (every command that finds such a slot refuses it with this).
-pub fn in_other_database(slot: &str, found: &Slot, current: &str) -> Option<String> {
+/// database than `current` (slot names are per server).
+pub fn in_other_database(slot: &str, found: &Slot, current: &str) -> Option<ServerProblem> {
     let database = found.database.as_deref()?;
-    (found.kind == "logical" && database != current).then(|| {
-        format!(
-            "slot {slot:?} belongs to database {database:?}, not {current:?} (slot names are \
-             per server): choose another source.slot, or drop that one with SELECT \
-             pg_drop_replication_slot('{}') while connected to {database:?} and run `walhook setup`",
+    (found.kind == "logical" && database != current).then(|| ServerProblem {
+        what: format!("slot {slot:?} belongs to database {database:?}, not {current:?}"),
+        fix: format!(
+            "choose another source.slot, or drop that one with SELECT \
+             pg_drop_replication_slot('{}') while connected to {database:?} and run \
+             `walhook setup`",
             slot.replace('\'', "''")
-        )
+        ),
     })
 }
 
-/// When the server cannot decode changes (`wal_level` below `logical`):
-/// what is wrong and what to do, as `check` says it.
+/// When a server whose `wal_level` is `level` cannot decode changes.
+pub fn wal_level_problem_of(level: &str) -> Option<ServerProblem> {
+    (level != "logical").then(|| ServerProblem {
+        what: format!(
+            "wal_level is '{level}', so the server keeps no logical decoding information"
+        ),
+        fix: "run ALTER SYSTEM SET wal_level = logical as a superuser, then restart PostgreSQL"
+            .to_owned(),
+    })
+}
+
+/// The server's `wal_level` problem, if it has one.
 pub async fn wal_level_problem(
     client: &tokio_postgres::Client,
-) -> Result<Option<String>, StatementError> {
+) -> Result<Option<ServerProblem>, StatementError> {
     const QUERY: &str = "SELECT current_setting('wal_level')";
     let level: String = client
         .query_one(QUERY, &[])
         .await
         .and_then(|row| row.try_get(0))
         .map_err(failed(QUERY))?;
-    Ok((level != "logical").then(|| {
-        format!(
-            "wal_level is '{level}', so the server keeps no logical decoding information and no \
-             slot can stream: run ALTER SYSTEM SET wal_level = logical as a superuser, then \
-             restart PostgreSQL"
-        )
-    }))
+    Ok(wal_level_problem_of(&level))
 }
 
 /// The database this connection is to.
