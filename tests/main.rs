@@ -13,6 +13,7 @@ mod backfill_commands;
 mod backlog;
 mod backlog_commands;
 mod backlog_edges;
+mod batching;
 mod check;
 mod cli;
 mod contract;

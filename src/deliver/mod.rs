@@ -43,6 +43,7 @@ pub mod http;
 mod lane;
 pub mod policy;
 mod resolve;
+mod route;
 mod spill;
 mod transport_error;
 
@@ -72,6 +73,7 @@ use drain::{DrainMessage, Drainer};
 use gate::Gate;
 use http::Endpoint;
 use lane::{FailureLog, LaneMetrics, run_lane};
+use route::{KeyConstraint, KeyOwners, Spread};
 use spill::SpillItem;
 
 /// Bytes of events one subscription may hold in its lanes (queued or in
@@ -298,7 +300,10 @@ impl SubscriptionContext {
 struct SubscriptionLanes {
     ordering: DeliveryOrder,
     lanes: Vec<Lane>,
-    next_round_robin: usize,
+    /// Under `key`: which lane holds each key's unresolved events.
+    owners: KeyOwners,
+    /// How events free to go to any lane are spread.
+    spread: Spread,
     context: Arc<SubscriptionContext>,
     /// The reader sends new events to the backlog (mirrored in the gate).
     backlogged: bool,
@@ -316,32 +321,33 @@ struct SubscriptionLanes {
 }
 
 impl SubscriptionLanes {
-    /// The lane an event goes to.
-    fn lane_for(&self, event: &Outbound) -> usize {
-        let lane_count = self.lanes.len().max(1);
+    /// The lane an event goes to (it may go: [`SubscriptionLanes::may_go`]).
+    fn lane_for(&mut self, event: &Outbound) -> usize {
         match self.ordering {
             DeliveryOrder::Strict => 0,
-            DeliveryOrder::Key => (event.ordering_key % lane_count as u64) as usize,
-            DeliveryOrder::None => (self.next_round_robin + 1) % lane_count,
+            DeliveryOrder::None => self.spread.next_lane(event.ordering_key, self.lanes.len()),
+            DeliveryOrder::Key => match self.owners.constraint(event, &self.lanes) {
+                KeyConstraint::Follow(lane) => lane,
+                KeyConstraint::Free | KeyConstraint::WaitFor(_) => {
+                    self.spread.next_lane(event.ordering_key, self.lanes.len())
+                }
+            },
         }
     }
 
     /// The lanes whose events must resolve before `event` may be queued:
-    /// under `key`, the old key's lane of a key-changing update (so the
-    /// receiver never sees the old key after the change), the lane of an
-    /// unresolved barrier, and for a barrier itself every lane. Idle lanes
-    /// are left out; none left means it may go.
+    /// under `key`, the old key's lane of a key-changing update whose new
+    /// key is in another lane (so the receiver never sees the old key after
+    /// the change), the lane of an unresolved barrier, and for a barrier
+    /// itself every lane. Idle lanes are left out; none left means it may
+    /// go.
     fn blocking_loads(&self, event: &Outbound) -> Vec<Arc<LaneLoad>> {
         if self.ordering != DeliveryOrder::Key {
             return Vec::new();
         }
-        let lane_count = self.lanes.len().max(1) as u64;
         let mut waits: Vec<usize> = Vec::new();
-        if let Some(previous) = event.previous_ordering_key {
-            let previous_lane = (previous % lane_count) as usize;
-            if previous_lane != self.lane_for(event) {
-                waits.push(previous_lane);
-            }
+        if let KeyConstraint::WaitFor(lane) = self.owners.constraint(event, &self.lanes) {
+            waits.push(lane);
         }
         waits.extend(self.barrier_lane);
         if event.barrier {
@@ -352,7 +358,7 @@ impl SubscriptionLanes {
         waits
             .into_iter()
             .filter_map(|lane| self.lanes.get(lane))
-            .filter(|lane| lane.load.outstanding.load(AtomicOrdering::Acquire) != 0)
+            .filter(|lane| !lane.load.is_idle())
             .map(|lane| Arc::clone(&lane.load))
             .collect()
     }
@@ -361,12 +367,16 @@ impl SubscriptionLanes {
     /// [`SubscriptionLanes::blocking_loads`] without allocating, for the
     /// common case.
     fn may_go(&self, event: &Outbound) -> bool {
-        if self.ordering != DeliveryOrder::Key
-            || (event.previous_ordering_key.is_none()
-                && self.barrier_lane.is_none()
-                && !event.barrier)
-        {
+        if self.ordering != DeliveryOrder::Key {
             return true;
+        }
+        if self.barrier_lane.is_none() && !event.barrier {
+            return match self.owners.constraint(event, &self.lanes) {
+                KeyConstraint::WaitFor(lane) => {
+                    self.lanes.get(lane).is_none_or(|lane| lane.load.is_idle())
+                }
+                KeyConstraint::Free | KeyConstraint::Follow(_) => true,
+            };
         }
         self.blocking_loads(event).is_empty()
     }
@@ -411,6 +421,9 @@ struct Lane {
     /// freed by the lane once it has delivered the chunk's last event,
     /// instead of one allocation per event freed on another thread.
     payloads: Vec<u8>,
+    /// Events ever given to this lane: a key whose last event was the
+    /// `n`th is free once the lane has finished `n` ([`LaneLoad`]).
+    enqueued: u64,
 }
 
 /// An event in a lane and the share of its subscription's budget it holds
@@ -432,15 +445,22 @@ fn budget_cost(payload: &[u8]) -> u32 {
     u32::try_from(cost).unwrap_or(u32::MAX)
 }
 
-/// Events submitted to a lane and not yet resolved or abandoned.
+/// Events submitted to a lane and not yet resolved or abandoned, and how
+/// many it has finished. A lane finishes its events in the order it got
+/// them, so the count says which keys it no longer holds.
 #[derive(Default)]
 struct LaneLoad {
     outstanding: AtomicUsize,
+    finished_total: AtomicU64,
     idle: Notify,
 }
 
 impl LaneLoad {
     fn finished(&self, events: usize) {
+        // Counted before `outstanding` drops: whoever sees the lane idle
+        // sees its keys free too.
+        self.finished_total
+            .fetch_add(events as u64, AtomicOrdering::AcqRel);
         if self.outstanding.fetch_sub(events, AtomicOrdering::AcqRel) == events {
             self.idle.notify_waiters();
         }
@@ -587,6 +607,7 @@ impl Delivery {
                     load,
                     pending: Vec::new(),
                     payloads: Vec::new(),
+                    enqueued: 0,
                 });
             }
             if let Some(store) = store {
@@ -606,7 +627,8 @@ impl Delivery {
             all.push(SubscriptionLanes {
                 ordering: subscription.ordering,
                 lanes,
-                next_round_robin: 0,
+                owners: KeyOwners::new(),
+                spread: Spread::new(subscription.ordering, subscription.batch.max_events),
                 backlogged: gate.is_backlogged(),
                 context,
                 spill_budget,
@@ -954,8 +976,11 @@ impl Delivery {
     }
 
     /// The lane an event goes to.
-    fn lane_for(&self, subscription: usize, event: &Outbound) -> Result<usize, DeliveryClosed> {
-        let target = self.subscriptions.get(subscription).ok_or(DeliveryClosed)?;
+    fn lane_for(&mut self, subscription: usize, event: &Outbound) -> Result<usize, DeliveryClosed> {
+        let target = self
+            .subscriptions
+            .get_mut(subscription)
+            .ok_or(DeliveryClosed)?;
         Ok(target.lane_for(event))
     }
 
@@ -985,14 +1010,19 @@ impl Delivery {
             .subscriptions
             .get_mut(subscription)
             .ok_or(DeliveryClosed)?;
-        if target.ordering == DeliveryOrder::None {
-            target.next_round_robin = lane;
-        }
         if event.barrier && target.ordering == DeliveryOrder::Key {
             target.barrier_lane = Some(lane);
         }
         let queue = target.lanes.get_mut(lane).ok_or(DeliveryClosed)?;
         queue.load.outstanding.fetch_add(1, AtomicOrdering::AcqRel);
+        queue.enqueued += 1;
+        let through = queue.enqueued;
+        if target.ordering == DeliveryOrder::Key {
+            target.owners.queued(&event, lane, through, &target.lanes);
+        }
+        let Some(queue) = target.lanes.get_mut(lane) else {
+            return Err(DeliveryClosed);
+        };
         if queue.pending.is_empty() {
             self.dirty.push((subscription, lane));
         }
@@ -1080,6 +1110,14 @@ mod tests {
     /// A `key` subscription with `lanes` lanes whose receiving ends the test
     /// holds, instead of lane tasks.
     fn delivery_with_lanes(lanes: usize) -> (Delivery, Vec<mpsc::UnboundedReceiver<Vec<Queued>>>) {
+        delivery_spreading(lanes, Spread::Hash)
+    }
+
+    /// [`delivery_with_lanes`] spreading free events by `spread`.
+    fn delivery_spreading(
+        lanes: usize,
+        spread: Spread,
+    ) -> (Delivery, Vec<mpsc::UnboundedReceiver<Vec<Queued>>>) {
         let mut receivers = Vec::new();
         let lanes = (0..lanes)
             .map(|_| {
@@ -1090,6 +1128,7 @@ mod tests {
                     load: Arc::new(LaneLoad::default()),
                     pending: Vec::new(),
                     payloads: Vec::new(),
+                    enqueued: 0,
                 }
             })
             .collect();
@@ -1123,7 +1162,8 @@ mod tests {
             subscriptions: vec![SubscriptionLanes {
                 ordering: DeliveryOrder::Key,
                 lanes,
-                next_round_robin: 0,
+                owners: KeyOwners::new(),
+                spread,
                 context,
                 backlogged: false,
                 spill_budget: Arc::new(Semaphore::new(SPILL_BUFFER_BYTES)),
@@ -1243,5 +1283,165 @@ mod tests {
             assert!(SUBSCRIPTION_BUFFER_BYTES <= Semaphore::MAX_PERMITS);
             assert!(SUBSCRIPTION_BUFFER_BYTES <= u32::MAX as usize);
         }
+    }
+
+    /// Submits `event` (which must be accepted) and hands it to its lane.
+    fn submit(delivery: &mut Delivery, event: Outbound) {
+        let submitted = delivery.try_submit(0, event, b"{}").unwrap();
+        assert!(matches!(submitted, Submitted::Accepted), "never blocks");
+        delivery.flush();
+    }
+
+    fn finish(delivery: &Delivery, lane: usize, events: usize) {
+        delivery.subscriptions[0].lanes[lane].load.finished(events);
+    }
+
+    #[test]
+    fn a_key_follows_its_unresolved_events_into_their_lane_even_when_batches_move_on() {
+        let mut checkpoint = Checkpoint::new(Lsn(0));
+        checkpoint.begin(0);
+        let batch = 2;
+        let (mut delivery, mut receivers) = delivery_spreading(
+            3,
+            Spread::Pack {
+                lane: 0,
+                taken: 0,
+                batch,
+            },
+        );
+        // Keys 10 and 11 fill lane 0's batch; key 12 starts lane 1's.
+        let first = [10, 11, 12].map(|key| event(&mut checkpoint, key as u32, key));
+        let first_ids = first.each_ref().map(|event| event.id);
+        for event in first {
+            let submitted = delivery.try_submit(0, event, b"{}").unwrap();
+            assert!(matches!(submitted, Submitted::Accepted));
+        }
+        delivery.flush();
+        assert_eq!(received(&mut receivers[0]), first_ids[..2]);
+        assert_eq!(received(&mut receivers[1]), first_ids[2..]);
+
+        // Key 10 is unresolved in lane 0: its next event goes there although
+        // lane 1 is the one filling.
+        let again = event(&mut checkpoint, 20, 10);
+        let again_id = again.id;
+        submit(&mut delivery, again);
+        assert_eq!(received(&mut receivers[0]), vec![again_id]);
+
+        // Once lane 0 finished all three, key 10 is free again: it goes to
+        // the lane that is filling (lane 1, which has room for one more).
+        finish(&delivery, 0, 3);
+        let free = event(&mut checkpoint, 21, 10);
+        let free_id = free.id;
+        submit(&mut delivery, free);
+        assert_eq!(received(&mut receivers[1]), vec![free_id]);
+        assert!(received(&mut receivers[0]).is_empty());
+    }
+
+    #[test]
+    fn a_key_changing_update_joins_its_old_keys_lane_and_takes_the_new_key_with_it() {
+        let mut checkpoint = Checkpoint::new(Lsn(0));
+        checkpoint.begin(0);
+        let (mut delivery, mut receivers) = delivery_with_lanes(2);
+        // Key 1 hashes to lane 1.
+        let insert = event(&mut checkpoint, 0, 1);
+        let insert_id = insert.id;
+        submit(&mut delivery, insert);
+        assert_eq!(received(&mut receivers[1]), vec![insert_id]);
+
+        // The update moves the row from key 1 to key 2 (which hashes to
+        // lane 0): it must not overtake the insert, so it joins lane 1.
+        let mut update = event(&mut checkpoint, 1, 2);
+        update.previous_ordering_key = Some(1);
+        let update_id = update.id;
+        submit(&mut delivery, update);
+        assert_eq!(received(&mut receivers[1]), vec![update_id]);
+        assert!(delivery.held_waiter().is_none(), "nothing had to wait");
+
+        // Key 2's next change follows the update; a new row taking key 1
+        // too.
+        let next = [event(&mut checkpoint, 2, 2), event(&mut checkpoint, 3, 1)];
+        let next_ids: Vec<_> = next.iter().map(|event| event.id).collect();
+        for event in next {
+            submit(&mut delivery, event);
+        }
+        let mut lane_one = received(&mut receivers[1]);
+        lane_one.extend(received(&mut receivers[1]));
+        assert_eq!(lane_one, next_ids);
+        assert!(received(&mut receivers[0]).is_empty());
+
+        // All resolved: key 2 goes to its own lane again.
+        finish(&delivery, 1, 4);
+        let later = event(&mut checkpoint, 4, 2);
+        let later_id = later.id;
+        submit(&mut delivery, later);
+        assert_eq!(received(&mut receivers[0]), vec![later_id]);
+    }
+
+    #[test]
+    fn an_update_whose_two_keys_are_in_different_lanes_waits_for_the_old_one() {
+        let mut checkpoint = Checkpoint::new(Lsn(0));
+        checkpoint.begin(0);
+        let (mut delivery, mut receivers) = delivery_with_lanes(2);
+        let old_key = event(&mut checkpoint, 0, 0);
+        let new_key = event(&mut checkpoint, 1, 1);
+        let mut update = event(&mut checkpoint, 2, 1);
+        update.previous_ordering_key = Some(0);
+        let after = event(&mut checkpoint, 3, 1);
+        let ids = [old_key.id, new_key.id, update.id, after.id];
+        for event in [old_key, new_key, update, after] {
+            submit(&mut delivery, event);
+        }
+        assert_eq!(received(&mut receivers[0]), vec![ids[0]]);
+        assert_eq!(received(&mut receivers[1]), vec![ids[1]]);
+        assert!(delivery.held_waiter().is_some(), "the update waits");
+
+        // The old key resolved: the update and what came after it go, in
+        // order, to the new key's lane.
+        finish(&delivery, 0, 1);
+        delivery.flush();
+        assert_eq!(received(&mut receivers[1]), vec![ids[2], ids[3]]);
+        assert!(received(&mut receivers[0]).is_empty());
+        assert!(delivery.held_waiter().is_none());
+    }
+
+    #[test]
+    fn free_events_fill_one_lane_at_a_time() {
+        let mut checkpoint = Checkpoint::new(Lsn(0));
+        checkpoint.begin(0);
+        let (mut delivery, mut receivers) = delivery_spreading(
+            4,
+            Spread::Pack {
+                lane: 0,
+                taken: 0,
+                batch: 3,
+            },
+        );
+        let events: Vec<_> = (0..8u32)
+            .map(|ordinal| event(&mut checkpoint, ordinal, u64::from(ordinal) * 7919))
+            .collect();
+        let ids: Vec<_> = events.iter().map(|event| event.id).collect();
+        for event in events {
+            let submitted = delivery.try_submit(0, event, b"{}").unwrap();
+            assert!(matches!(submitted, Submitted::Accepted));
+        }
+        delivery.flush();
+        assert_eq!(received(&mut receivers[0]), ids[0..3]);
+        assert_eq!(received(&mut receivers[1]), ids[3..6]);
+        assert_eq!(received(&mut receivers[2]), ids[6..8]);
+        assert!(received(&mut receivers[3]).is_empty());
+    }
+
+    #[test]
+    fn keys_whose_events_resolved_are_forgotten() {
+        let mut checkpoint = Checkpoint::new(Lsn(0));
+        checkpoint.begin(0);
+        let (mut delivery, _receivers) = delivery_with_lanes(1);
+        let total = 3 * route::MIN_PRUNE_AT as u32;
+        for ordinal in 0..total {
+            submit(&mut delivery, event(&mut checkpoint, ordinal, u64::from(ordinal)));
+            finish(&delivery, 0, 1);
+        }
+        let owners = delivery.subscriptions[0].owners.len();
+        assert!(owners <= route::MIN_PRUNE_AT, "{owners} keys still owned");
     }
 }

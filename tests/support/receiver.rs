@@ -269,6 +269,13 @@ impl Receiver {
         bodies.iter().flat_map(|body| events_of(body)).collect()
     }
 
+    /// The events of each request that arrived so far (answered, held or
+    /// still waiting), one list per request, in arrival order.
+    pub fn arrived_requests(&self) -> Vec<Vec<Value>> {
+        let bodies = self.inner.arrived_bodies.lock().unwrap().clone();
+        bodies.iter().map(|body| events_of(body)).collect()
+    }
+
     /// Waits until an event that `matches` has arrived (answered or not).
     pub async fn wait_for_arrival_of(
         &self,
