@@ -16,6 +16,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AG
 use sha2::{Digest, Sha256};
 
 use super::Outbound;
+use super::direct::{DirectError, DirectTarget, LaneConnection};
 use super::policy::{self, Verdict};
 use super::resolve::PolicyResolver;
 use super::transport_error;
@@ -180,6 +181,9 @@ pub struct Endpoint {
     /// refuses: every attempt fails with it. (The client resolves no
     /// literal address, so its resolver cannot refuse it.)
     refused: Option<String>,
+    /// Set for a plain-HTTP URL without a proxy: requests go on the lane's
+    /// own connection instead of the client's pool.
+    direct: Option<DirectTarget>,
 }
 
 impl Endpoint {
@@ -221,6 +225,7 @@ impl Endpoint {
                 .refuse_all(&host, &[address])
                 .map(|refused| format!("could not connect: {refused}"))
         });
+        let direct = DirectTarget::for_url(&url, clients.policy());
         Ok(Endpoint {
             name: subscription.name.clone(),
             url,
@@ -232,6 +237,7 @@ impl Endpoint {
             client: clients.client(&subscription.tls)?,
             client_certificate: subscription.tls.identity.is_some(),
             refused,
+            direct,
         })
     }
 
@@ -265,41 +271,54 @@ impl Endpoint {
         self.batched
     }
 
-    /// Sends one request and reports what happened.
+    /// Sends one request on a connection of its own and reports what
+    /// happened.
     pub async fn send(&self, request: &RequestBody, timeout: Duration) -> Attempt {
+        self.send_on(request, timeout, &mut LaneConnection::default())
+            .await
+    }
+
+    /// Sends one request and reports what happened. A plain-HTTP endpoint
+    /// sends it on `connection` (kept for the next request); the others
+    /// through the shared client's pool.
+    pub async fn send_on(
+        &self,
+        request: &RequestBody,
+        timeout: Duration,
+        connection: &mut LaneConnection,
+    ) -> Attempt {
         if let Some(refused) = &self.refused {
             return Attempt::Transport(refused.clone());
         }
-        let mut builder = self
+        let mut headers = self.headers.clone();
+        self.add_webhook_headers(&mut headers, request);
+        if let Some(direct) = &self.direct {
+            return match direct
+                .post(headers, request.body.clone(), timeout, connection)
+                .await
+            {
+                Ok(answer) => Attempt::Status {
+                    status: answer.status,
+                    retry_after: answer.retry_after,
+                },
+                // A 2xx whose body broke off still said 2xx.
+                Err(DirectError::Body {
+                    status,
+                    retry_after,
+                    ..
+                }) if (200..300).contains(&status) => Attempt::Status {
+                    status,
+                    retry_after,
+                },
+                Err(error) => Attempt::Transport(error.describe()),
+            };
+        }
+        let builder = self
             .client
             .post(self.url.clone())
-            .headers(self.headers.clone())
+            .headers(headers)
             .timeout(timeout)
             .body(request.body.clone());
-        if !self.keys.is_empty() {
-            let timestamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_secs() as i64)
-                .unwrap_or(0);
-            // One `v1,` signature per key, space-separated, newest first: a
-            // receiver that knows any of them accepts the request. Appended
-            // to the first: one string per request, as with a single key.
-            let mut keys = self.keys.iter();
-            let mut signatures = keys
-                .next()
-                .map(|key| key.sign(&request.id, timestamp, &request.body))
-                .unwrap_or_default();
-            for key in keys {
-                signatures.push(' ');
-                signatures.push_str(&key.sign(&request.id, timestamp, &request.body));
-            }
-            builder = builder
-                .header(webhook::ID_HEADER, &request.id)
-                .header(webhook::TIMESTAMP_HEADER, timestamp.to_string())
-                .header(webhook::SIGNATURE_HEADER, signatures);
-        } else {
-            builder = builder.header(webhook::ID_HEADER, &request.id);
-        }
         match builder.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -323,6 +342,37 @@ impl Endpoint {
                 }
             }
             Err(error) => Attempt::Transport(self.describe(&error)),
+        }
+    }
+
+    /// `webhook-id`, and with signing keys `webhook-timestamp` and
+    /// `webhook-signature`.
+    fn add_webhook_headers(&self, headers: &mut HeaderMap, request: &RequestBody) {
+        let id = HeaderValue::from_str(&request.id);
+        if let Ok(id) = id {
+            headers.insert(webhook::ID_HEADER, id);
+        }
+        if !self.keys.is_empty() {
+            let timestamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_secs() as i64)
+                .unwrap_or(0);
+            // One `v1,` signature per key, space-separated, newest first: a
+            // receiver that knows any of them accepts the request. Appended
+            // to the first: one string per request, as with a single key.
+            let mut keys = self.keys.iter();
+            let mut signatures = keys
+                .next()
+                .map(|key| key.sign(&request.id, timestamp, &request.body))
+                .unwrap_or_default();
+            for key in keys {
+                signatures.push(' ');
+                signatures.push_str(&key.sign(&request.id, timestamp, &request.body));
+            }
+            headers.insert(webhook::TIMESTAMP_HEADER, HeaderValue::from(timestamp));
+            if let Ok(signatures) = HeaderValue::from_str(&signatures) {
+                headers.insert(webhook::SIGNATURE_HEADER, signatures);
+            }
         }
     }
 }

@@ -37,6 +37,7 @@
 //!
 //! It does not build payloads (`event`) or decide what confirms (`checkpoint`).
 
+mod direct;
 mod drain;
 pub mod gate;
 pub mod http;

@@ -1,0 +1,368 @@
+//! The lean way to a plain-HTTP receiver: each lane keeps one HTTP/1.1
+//! connection of its own and drives it in its own task, with the request
+//! line, `Host` and fixed headers prepared once per endpoint. A lane sends
+//! one request at a time, so a connection per lane is all the pooling it
+//! needs, and one POST costs one write and one read with no hand-off to a
+//! connection task, no pool, and no URL parsed again per request
+//! (docs/benchmarks.md, "Where the per-row cost went").
+//!
+//! It covers `http://` receivers when no proxy is configured in the
+//! environment; HTTPS and proxies go through the shared reqwest client
+//! (`http`). It applies the destination policy to the addresses it
+//! connects to, as that client's resolver does. It does not sign, judge
+//! answers or retry (`http`, `policy`, `lane`).
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::header::{HOST, HeaderMap, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::http::MAX_RESPONSE_BODY;
+use super::policy;
+use crate::destination::DestinationPolicy;
+
+/// Where a plain-HTTP endpoint's requests go.
+#[derive(Debug)]
+pub struct DirectTarget {
+    /// The URL's host as resolved (no brackets around IPv6).
+    host: String,
+    port: u16,
+    /// `Host`: the URL's authority.
+    host_header: HeaderValue,
+    /// The request target: path and query.
+    path: Uri,
+    policy: DestinationPolicy,
+}
+
+/// The environment variables that give reqwest a proxy for plain HTTP.
+const PROXY_VARIABLES: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
+
+impl DirectTarget {
+    /// The direct target of `url`, or `None` when its requests must go
+    /// through the shared client: HTTPS, a proxy in the environment, or a
+    /// URL with credentials.
+    pub fn for_url(url: &reqwest::Url, policy: &DestinationPolicy) -> Option<DirectTarget> {
+        if url.scheme() != "http" || !url.username().is_empty() || url.password().is_some() {
+            return None;
+        }
+        let proxied = PROXY_VARIABLES
+            .iter()
+            .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()));
+        if proxied {
+            return None;
+        }
+        let host = url.host_str()?.trim_matches(['[', ']']).to_owned();
+        let port = url.port_or_known_default()?;
+        let authority = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str()?),
+            None => url.host_str()?.to_owned(),
+        };
+        let host_header = HeaderValue::from_str(&authority).ok()?;
+        let mut target = url.path().to_owned();
+        if let Some(query) = url.query() {
+            target.push('?');
+            target.push_str(query);
+        }
+        let path = target.parse::<Uri>().ok()?;
+        Some(DirectTarget {
+            host,
+            port,
+            host_header,
+            path,
+            policy: policy.clone(),
+        })
+    }
+
+    /// Sends one POST on `connection` (opening it when needed) within
+    /// `timeout`, reading at most [`MAX_RESPONSE_BODY`] of the answer.
+    pub async fn post(
+        &self,
+        headers: HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+        connection: &mut LaneConnection,
+    ) -> Result<Answer, DirectError> {
+        match tokio::time::timeout(timeout, self.exchange(headers, body, connection)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // Whatever the connection was in the middle of is unknown.
+                connection.open = None;
+                Err(DirectError::TimedOut)
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        headers: HeaderMap,
+        body: Bytes,
+        connection: &mut LaneConnection,
+    ) -> Result<Answer, DirectError> {
+        let reused = connection.take_usable();
+        let fresh = reused.is_none();
+        let mut open = match reused {
+            Some(open) => open,
+            None => self.connect().await?,
+        };
+        let request = self.request(headers.clone(), body.clone());
+        match open.round_trip(request).await {
+            Ok((answer, keep)) => {
+                if keep {
+                    connection.open = Some(open);
+                }
+                Ok(answer)
+            }
+            // A kept-alive connection the receiver closed meanwhile: the
+            // request never reached it, so it goes once more on a new one.
+            Err(RoundTripError::BeforeAnswer(_)) if !fresh => {
+                let mut open = self.connect().await?;
+                let request = self.request(headers, body);
+                let (answer, keep) = open.round_trip(request).await.map_err(DirectError::from)?;
+                if keep {
+                    connection.open = Some(open);
+                }
+                Ok(answer)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn request(&self, mut headers: HeaderMap, body: Bytes) -> Request<Full<Bytes>> {
+        headers.insert(HOST, self.host_header.clone());
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.path.clone();
+        *request.headers_mut() = headers;
+        request
+    }
+
+    /// Resolves the host, keeps the addresses the destination policy
+    /// permits, and connects to the first that answers.
+    async fn connect(&self) -> Result<Open, DirectError> {
+        let addresses: Vec<SocketAddr> = match self.host.parse::<IpAddr>() {
+            Ok(address) => vec![SocketAddr::new(address, self.port)],
+            Err(_) => tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await
+                .map_err(DirectError::Connect)?
+                .collect(),
+        };
+        let ips: Vec<IpAddr> = addresses.iter().map(SocketAddr::ip).collect();
+        if let Some(refused) = self.policy.refuse_all(&self.host, &ips) {
+            return Err(DirectError::Refused(refused.to_string()));
+        }
+        let mut last_error = None;
+        for address in addresses {
+            if self.policy.refuses(address.ip()).is_some() {
+                continue;
+            }
+            match TcpStream::connect(address).await {
+                Ok(stream) => {
+                    // Small requests go out at once, not after an ACK.
+                    let _ = stream.set_nodelay(true);
+                    let (sender, driver) = http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|error| DirectError::Request(error.to_string()))?;
+                    return Ok(Open {
+                        sender,
+                        driver: Box::pin(driver),
+                        ended: false,
+                    });
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(DirectError::Connect(last_error.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} has no address", self.host),
+            )
+        })))
+    }
+}
+
+/// A lane's connection to its endpoint, kept between requests.
+#[derive(Default)]
+pub struct LaneConnection {
+    open: Option<Open>,
+}
+
+impl LaneConnection {
+    /// The open connection, unless the receiver has closed it meanwhile.
+    fn take_usable(&mut self) -> Option<Open> {
+        let mut open = self.open.take()?;
+        // Lets the connection notice a close that arrived while it was idle.
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        if open.ended
+            || open.driver.as_mut().poll(&mut context).is_ready()
+            || open.sender.is_closed()
+        {
+            return None;
+        }
+        Some(open)
+    }
+}
+
+type Driver = Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+struct Open {
+    sender: SendRequest<Full<Bytes>>,
+    /// The connection's own future, polled while a request is out: it
+    /// writes the request and reads the answer in the lane's task.
+    driver: Pin<Box<Driver>>,
+    /// The connection's future has completed: it must not be polled again.
+    ended: bool,
+}
+
+/// What a receiver answered.
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+}
+
+enum RoundTripError {
+    /// Failed before any answer arrived.
+    BeforeAnswer(String),
+    /// The answer's body broke off (its status is known).
+    Body { status: u16, retry_after: Option<Duration>, error: String },
+}
+
+impl Open {
+    /// Sends `request` and reads the answer; `true` when the connection may
+    /// carry the next request.
+    async fn round_trip(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(Answer, bool), RoundTripError> {
+        let Open {
+            sender,
+            driver,
+            ended,
+        } = self;
+        let ready = std::future::poll_fn(|cx| sender.poll_ready(cx));
+        match drive(driver, ended, ready).await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => return Err(RoundTripError::BeforeAnswer(error.to_string())),
+            None => return Err(RoundTripError::BeforeAnswer("connection closed".to_owned())),
+        }
+        let response = match drive(driver, ended, sender.send_request(request)).await {
+            Some(Ok(response)) => response,
+            Some(Err(error)) => return Err(RoundTripError::BeforeAnswer(error.to_string())),
+            None => return Err(RoundTripError::BeforeAnswer("connection closed".to_owned())),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(policy::parse_retry_after);
+        let answer = Answer {
+            status,
+            retry_after,
+        };
+        let mut body = response.into_body();
+        let mut read = 0usize;
+        loop {
+            match drive(driver, ended, body.frame()).await {
+                Some(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        read += data.len();
+                        if read > MAX_RESPONSE_BODY {
+                            // Not read to its end: the connection goes.
+                            return Ok((answer, false));
+                        }
+                    }
+                }
+                Some(None) => break,
+                Some(Some(Err(error))) => {
+                    return Err(RoundTripError::Body {
+                        status,
+                        retry_after,
+                        error: error.to_string(),
+                    });
+                }
+                None => break,
+            }
+        }
+        Ok((answer, !*ended && !sender.is_closed()))
+    }
+}
+
+/// Polls `future` while driving the connection; `None` when the connection
+/// ended first.
+async fn drive<F: Future>(
+    driver: &mut Pin<Box<Driver>>,
+    ended: &mut bool,
+    future: F,
+) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(output));
+        }
+        if *ended {
+            return std::task::Poll::Ready(None);
+        }
+        if driver.as_mut().poll(cx).is_ready() {
+            *ended = true;
+            // The future may have completed with what the connection read
+            // last.
+            if let std::task::Poll::Ready(output) = future.as_mut().poll(cx) {
+                return std::task::Poll::Ready(Some(output));
+            }
+            return std::task::Poll::Ready(None);
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Why a direct request got no usable answer.
+#[derive(Debug)]
+pub enum DirectError {
+    TimedOut,
+    Connect(std::io::Error),
+    Refused(String),
+    Request(String),
+    /// The body broke off after a status.
+    Body { status: u16, retry_after: Option<Duration>, error: String },
+}
+
+impl From<RoundTripError> for DirectError {
+    fn from(error: RoundTripError) -> DirectError {
+        match error {
+            RoundTripError::BeforeAnswer(error) => DirectError::Request(error),
+            RoundTripError::Body {
+                status,
+                retry_after,
+                error,
+            } => DirectError::Body {
+                status,
+                retry_after,
+                error,
+            },
+        }
+    }
+}
+
+impl DirectError {
+    /// The sentence for the logs and `last_error`, in the shared client's
+    /// words.
+    pub fn describe(&self) -> String {
+        match self {
+            DirectError::TimedOut => "timed out".to_owned(),
+            DirectError::Connect(error) => format!("could not connect: {error}"),
+            DirectError::Refused(refused) => format!("could not connect: {refused}"),
+            DirectError::Request(error) => format!("request failed: {error}"),
+            DirectError::Body { error, .. } => format!("response broke off: {error}"),
+        }
+    }
+}
