@@ -303,3 +303,74 @@ async fn sighup_does_not_end_walhook_and_an_unchanged_file_changes_nothing() {
     assert_ne!(code, Some(129), "SIGHUP's default action ended it");
     assert_eq!(code, Some(0), "{}", binary.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_goes_on_across_a_reload_from_its_last_completed_chunk() {
+    const ROWS: i64 = 2_000;
+    const CHUNK: i32 = 100;
+    let db = TestDb::with_schema(&format!(
+        "CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY); \
+         INSERT INTO items SELECT generate_series(1, {ROWS});"
+    ))
+    .await;
+    let receiver = Receiver::start().await;
+    // Slow enough that the reload comes mid-way.
+    receiver.delay_responses(Duration::from_millis(20));
+    let config = db
+        .configure()
+        .subscription(subscription("crm", &receiver.url("/crm")).tables(&["items"]));
+    let binary = WalhookBinary::new(&config.text());
+    let child = binary.spawn_run();
+    binary.wait_for_log("streaming changes", DEADLINE).await;
+    let id: i64 = db
+        .client
+        .query_one(
+            "INSERT INTO walhook.backfills (subscription, table_name, chunk_rows) \
+             VALUES ('crm', 'public.items', $1) RETURNING id",
+            &[&CHUNK],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let progress = || async {
+        let row = db
+            .client
+            .query_one(
+                "SELECT state, rows_sent FROM walhook.backfills WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, String>(0), row.get::<_, i64>(1))
+    };
+    wait_until("the backfill to be under way", DEADLINE, || async {
+        progress().await.1 >= 3 * i64::from(CHUNK)
+    })
+    .await;
+    let added = config.subscription(subscription("b", &receiver.url("/b")).tables(&["other"]));
+    reload(&binary, &child, &added.text(), RELOADED).await;
+    let (state, sent) = progress().await;
+    assert!(state != "done" && sent < ROWS, "reloaded mid-way: {state} {sent}");
+
+    wait_until("the backfill to be done", Duration::from_secs(60), || async {
+        progress().await.0 == "done"
+    })
+    .await;
+    let reads: Vec<i64> = receiver
+        .delivered_to("/crm")
+        .iter()
+        .filter(|event| event["type"] == "READ")
+        .map(|event| event["record"]["id"].as_i64().unwrap())
+        .collect();
+    let distinct: BTreeSet<i64> = reads.iter().copied().collect();
+    assert_eq!(distinct.len() as i64, ROWS, "every row once at least");
+    // Resumed, not started over: at most the chunk in flight repeats.
+    let repeated = reads.len() - distinct.len();
+    assert!(
+        repeated <= CHUNK as usize,
+        "{repeated} rows sent twice; log:\n{}",
+        binary.log()
+    );
+    eprintln!("backfill of {ROWS} rows across a reload: {repeated} sent twice");
+    assert_eq!(stop(&binary, child).await, Some(0), "{}", binary.log());
+}
