@@ -10,6 +10,13 @@
 //! period, sends the final confirmed LSN, closes the replication connection
 //! (so a standby can take the slot at once) and returns.
 //!
+//! A reload (SIGHUP, through [`crate::reload`]) is that same stop followed
+//! by a new start in the same process: the new configuration is checked
+//! beside the running stream, and only one that holds stops it; then setup
+//! runs for the new rules and the stream goes on from the slot's confirmed
+//! position. The admin server, the process and whatever a subscription that
+//! did not change carries (its gate, its metrics) stay.
+//!
 //! A slot that vanishes is never silently replaced: a new slot starts at the
 //! current WAL position, so every change between the old slot's confirmed
 //! position and now would be skipped. walhook records each slot it streamed
@@ -248,9 +255,10 @@ pub(crate) async fn run_with_reloads(
                     prepared = ready;
                     tracing::info!(changes = %changes.summary(), "configuration reloaded");
                 }
-                // The stream goes on with the rules prepared before (a
-                // failed publication change leaves the publication as it
-                // was: each statement is atomic).
+                // The stream goes on with the rules prepared before. Each
+                // setup statement is atomic (one that failed changed
+                // nothing), and the catalog watch puts back, or names, any
+                // table of these rules the publication lacks.
                 Err(error) => {
                     tracing::error!(%error, "reload failed while applying it; walhook goes on with its running configuration");
                 }
@@ -360,6 +368,7 @@ async fn stream_and_listen(
         }
     }
 }
+
 /// Checks the rules against the catalog and, unless `auto_setup = false`,
 /// runs the `setup` steps; returns the rules and the tables they selected.
 async fn prepare(config: &Config, params: &ConnectParams) -> Result<Prepared, DaemonError> {
@@ -545,7 +554,8 @@ async fn stream_until_stopped(
         failures = 0;
         outage = OutageLog::default();
 
-        let backlog = match backlog_start(&catalog, params, start, &mut state.warned_no_backlog).await {
+        let warned = &mut state.warned_no_backlog;
+        let backlog = match backlog_start(&catalog, params, start, warned).await {
             Ok(backlog) => backlog,
             Err(error) => {
                 failures += 1;

@@ -236,7 +236,11 @@ pub async fn review(path: &Path, running: &Config) -> Verdict {
         );
     }
     if !changes.restarts_stream() {
-        tracing::info!(config = %path.display(), "configuration unchanged; nothing to reload");
+        let except = match changes.admin_listen {
+            Some(_) => " apart from admin.listen",
+            None => "",
+        };
+        tracing::info!(config = %path.display(), "configuration unchanged{except}; nothing to reload");
         return Verdict::Keep;
     }
     if let Err(problem) = check_rules(&config).await {

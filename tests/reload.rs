@@ -213,7 +213,11 @@ async fn a_subscription_moved_to_another_url_loses_nothing_committed_around_the_
     let missing: Vec<i64> = (1..=last).filter(|id| !by_row.contains_key(id)).collect();
     assert!(missing.is_empty(), "lost rows {missing:?}");
     for (row, ids) in &by_row {
-        assert_eq!(ids.len(), 1, "row {row} arrived with different ids: {ids:?}");
+        assert_eq!(
+            ids.len(),
+            1,
+            "row {row} arrived with different ids: {ids:?}"
+        );
     }
     let at_old = rows_at(&old);
     let at_new = rows_at(&new);
@@ -243,7 +247,9 @@ async fn a_reload_that_is_rejected_keeps_the_running_configuration() {
 
     const REJECTED: &str = "reload rejected";
     // A file that does not load: the message `walhook check` gives.
-    let broken = config.text().replace("[delivery]\n", "[delivery]\nretries = 3\n");
+    let broken = config
+        .text()
+        .replace("[delivery]\n", "[delivery]\nretries = 3\n");
     let log = reload(&binary, &child, &broken, REJECTED).await;
     let check = binary.command(&["check"]).await;
     let problem = crate::support::stderr(&check);
@@ -350,11 +356,16 @@ async fn a_backfill_goes_on_across_a_reload_from_its_last_completed_chunk() {
     let added = config.subscription(subscription("b", &receiver.url("/b")).tables(&["other"]));
     reload(&binary, &child, &added.text(), RELOADED).await;
     let (state, sent) = progress().await;
-    assert!(state != "done" && sent < ROWS, "reloaded mid-way: {state} {sent}");
+    assert!(
+        state != "done" && sent < ROWS,
+        "reloaded mid-way: {state} {sent}"
+    );
 
-    wait_until("the backfill to be done", Duration::from_secs(60), || async {
-        progress().await.0 == "done"
-    })
+    wait_until(
+        "the backfill to be done",
+        Duration::from_secs(60),
+        || async { progress().await.0 == "done" },
+    )
     .await;
     let reads: Vec<i64> = receiver
         .delivered_to("/crm")
