@@ -27,9 +27,16 @@ pub struct AdminState {
     /// Where `/status` reads the slot and the subscriptions' state.
     pub params: ConnectParams,
     pub slot: String,
+    /// What `/status` reports on; a reload sends the new configuration's.
+    pub scope: tokio::sync::watch::Receiver<StatusScope>,
+    pub status: StatusSource,
+}
+
+/// The subscriptions `/status` lists and the backlog limits it warns at.
+#[derive(Debug, Clone)]
+pub struct StatusScope {
     pub subscriptions: Vec<String>,
     pub backlog_limits: BacklogConfig,
-    pub status: StatusSource,
 }
 
 /// Binds `listen` (a start-up error when it cannot) and serves until
@@ -187,10 +194,10 @@ async fn compute_status(
     let Some(connected) = client.as_ref() else {
         return Err("no database connection".to_owned());
     };
-    let mut report =
-        crate::status::collect(connected, &state.slot, &state.subscriptions, None)
-            .await
-            .map_err(|error| error.to_string())?;
-    report.warn_about_backlogs(&state.backlog_limits);
+    let scope = state.scope.borrow().clone();
+    let mut report = crate::status::collect(connected, &state.slot, &scope.subscriptions, None)
+        .await
+        .map_err(|error| error.to_string())?;
+    report.warn_about_backlogs(&scope.backlog_limits);
     serde_json::to_string_pretty(&report).map_err(|error| error.to_string())
 }

@@ -10,6 +10,13 @@
 //! period, sends the final confirmed LSN, closes the replication connection
 //! (so a standby can take the slot at once) and returns.
 //!
+//! A reload (SIGHUP, through [`crate::reload`]) is that same stop followed
+//! by a new start in the same process: the new configuration is checked
+//! beside the running stream, and only one that holds stops it; then setup
+//! runs for the new rules and the stream goes on from the slot's confirmed
+//! position. The admin server, the process and whatever a subscription that
+//! did not change carries (its gate, its metrics) stay.
+//!
 //! A slot that vanishes is never silently replaced: a new slot starts at the
 //! current WAL position, so every change between the old slot's confirmed
 //! position and now would be skipped. walhook records each slot it streamed
@@ -26,7 +33,7 @@ use crate::backfill::window::Windows;
 use crate::backfill::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin;
+use crate::admin::{self, StatusScope};
 use crate::catalog::TypeRegistry;
 use crate::config::{BackoffConfig, Config};
 use crate::control::Control;
@@ -36,6 +43,7 @@ use crate::health::Health;
 use crate::lsn::Lsn;
 use crate::pgconn::{ConnectParams, ConnectParamsError, PgConnError, connect_sql};
 use crate::pipeline::{Observers, Pipeline, PipelineError};
+use crate::reload::{self, Plan, Reloads, Verdict};
 use crate::retry;
 use crate::rules::Rules;
 use crate::rules::catalog_check::{self, RuleError};
@@ -59,6 +67,12 @@ const RECONNECT_BACKOFF: BackoffConfig = BackoffConfig {
 
 /// How often a standby checks whether the slot has become free.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
+
+/// After a reload, how long the slot may stay held (by the walsender of the
+/// stream that just stopped) before this walhook stands by as for another
+/// process; and how often it looks meanwhile.
+const RELOAD_HANDOVER: Duration = Duration::from_secs(10);
+const RELOAD_HANDOVER_POLL: Duration = Duration::from_millis(50);
 
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
@@ -122,16 +136,29 @@ impl DaemonError {
 
 /// Runs the daemon until `shutdown` is cancelled or a fatal error.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
-    let params = ConnectParams::from_source(&config.source)?;
-    let names: Vec<String> = config
-        .subscriptions
-        .iter()
-        .map(|subscription| subscription.name.clone())
-        .collect();
-    let observers = Observers {
+    run_with_reloads(config, shutdown, Reloads::never()).await
+}
+
+/// [`run`], applying each configuration `reloads` brings that loads and
+/// holds against the catalog: the stream stops at a confirmed position as
+/// on shutdown, the publication follows the new rules, and the stream goes
+/// on with them in the same process (docs/operations.md, "Reloading the
+/// configuration"). One that does not is logged and changes nothing.
+pub(crate) async fn run_with_reloads(
+    config: Config,
+    shutdown: CancellationToken,
+    mut reloads: Reloads,
+) -> Result<(), DaemonError> {
+    let mut params = ConnectParams::from_source(&config.source)?;
+    let names = subscription_names(&config);
+    let mut observers = Observers {
         metrics: Metrics::new(&names),
         health: Arc::new(Health::default()),
     };
+    let (scope, scope_view) = tokio::sync::watch::channel(StatusScope {
+        subscriptions: names,
+        backlog_limits: config.delivery.backlog,
+    });
     // Bound before the database is touched: an address that is taken is a
     // start-up error that leaves the slot and publication as they were.
     let admin_task = if config.admin.listen.is_empty() {
@@ -142,8 +169,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             health: Arc::clone(&observers.health),
             params: params.clone(),
             slot: config.source.slot.clone(),
-            subscriptions: names,
-            backlog_limits: config.delivery.backlog,
+            scope: scope_view,
             status: admin::StatusSource::default(),
         };
         let (_, task) = admin::serve(&config.admin.listen, state, shutdown.clone())
@@ -154,49 +180,198 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             })?;
         Some(task)
     };
-    // Kept across reconnections: an endpoint stays down, and a subscription
+    // Kept across reconnections, and across reloads for the subscriptions
+    // they leave as they were: an endpoint stays down, and a subscription
     // paused, while the replication connection is re-opened.
-    let gates: Vec<Arc<Gate>> = config
-        .subscriptions
-        .iter()
-        .map(|subscription| Arc::new(Gate::new(&subscription.name, config.delivery.breaker)))
-        .collect();
-    let control = Control {
-        params: params.clone(),
-        gates: gates.clone(),
-        metrics: Arc::clone(&observers.metrics),
-    };
-    let control_task = tokio::spawn(control.run(shutdown.clone()));
-    let mut watch_task = None;
+    let mut gates = carry_gates(&config, &config, &[]);
+    let mut running = config;
+    let mut stream_state = StreamState::default();
     let outcome = async {
-        let (rules, resolution) = prepare(&config, &params).await?;
-        let watch = CatalogWatch {
-            params: params.clone(),
-            publication: config.source.publication.clone(),
-            auto_setup: config.source.auto_setup,
-            interval: config.source.catalog_watch_interval,
-            rules: Arc::clone(&rules),
-            metrics: Arc::clone(&observers.metrics),
-        };
-        watch_task = Some(tokio::spawn(watch.run(resolution, shutdown.clone())));
-        stream_until_stopped(&config, &params, &rules, &gates, &observers, &shutdown).await
+        let mut prepared = prepare(&running, &params).await?;
+        loop {
+            // Everything below runs with this configuration, until it stops
+            // for a reload (`stop`) or for good (`shutdown`, a child of it).
+            let stop = shutdown.child_token();
+            let mut helpers = JoinSet::new();
+            helpers.spawn(
+                Control {
+                    params: params.clone(),
+                    gates: gates.clone(),
+                    metrics: Arc::clone(&observers.metrics),
+                }
+                .run(stop.clone()),
+            );
+            helpers.spawn(
+                CatalogWatch {
+                    params: params.clone(),
+                    publication: running.source.publication.clone(),
+                    auto_setup: running.source.auto_setup,
+                    interval: running.source.catalog_watch_interval,
+                    rules: Arc::clone(&prepared.rules),
+                    metrics: Arc::clone(&observers.metrics),
+                }
+                .run(prepared.resolution.clone(), stop.clone()),
+            );
+            let next = stream_and_listen(
+                Streaming {
+                    config: &running,
+                    params: &params,
+                    rules: &prepared.rules,
+                    gates: &gates,
+                    observers: &observers,
+                },
+                &stop,
+                &mut stream_state,
+                &mut reloads,
+            )
+            .await;
+            stop.cancel();
+            helpers.abort_all();
+            let plan = match next {
+                Next::Stopped(outcome) => return outcome,
+                Next::Reload(plan) => plan,
+            };
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let Plan { config, changes } = *plan;
+            let applied = match ConnectParams::from_source(&config.source) {
+                Ok(new_params) => prepare(&config, &new_params)
+                    .await
+                    .map(|ready| (new_params, ready)),
+                Err(error) => Err(error.into()),
+            };
+            match applied {
+                Ok((new_params, ready)) => {
+                    gates = carry_gates(&running, &config, &gates);
+                    let names = subscription_names(&config);
+                    observers.metrics = observers.metrics.rebind(&names);
+                    scope.send_replace(StatusScope {
+                        subscriptions: names,
+                        backlog_limits: config.delivery.backlog,
+                    });
+                    running = config;
+                    params = new_params;
+                    prepared = ready;
+                    tracing::info!(changes = %changes.summary(), "configuration reloaded");
+                }
+                // The stream goes on with the rules prepared before. Each
+                // setup statement is atomic (one that failed changed
+                // nothing), and the catalog watch puts back, or names, any
+                // table of these rules the publication lacks.
+                Err(error) => {
+                    tracing::error!(%error, "reload failed while applying it; walhook goes on with its running configuration");
+                }
+            }
+        }
     }
     .await;
-    for task in [admin_task, watch_task, Some(control_task)]
-        .into_iter()
-        .flatten()
-    {
+    if let Some(task) = admin_task {
         task.abort();
     }
     outcome
 }
 
+/// The subscriptions' names, in the config's order (the index every stage
+/// numbers them by).
+fn subscription_names(config: &Config) -> Vec<String> {
+    config
+        .subscriptions
+        .iter()
+        .map(|subscription| subscription.name.clone())
+        .collect()
+}
+
+/// The gates of `new`'s subscriptions: a subscription `running` has with
+/// the same settings (and the same breaker settings) keeps its gate, so its
+/// circuit and mode carry over; any other gets a fresh one.
+fn carry_gates(running: &Config, new: &Config, gates: &[Arc<Gate>]) -> Vec<Arc<Gate>> {
+    new.subscriptions
+        .iter()
+        .map(|subscription| {
+            let kept = (running.delivery.breaker == new.delivery.breaker)
+                .then(|| {
+                    running
+                        .subscriptions
+                        .iter()
+                        .zip(gates)
+                        .find(|(old, _)| reload::same_subscription(old, subscription))
+                })
+                .flatten();
+            match kept {
+                Some((_, gate)) => Arc::clone(gate),
+                None => Arc::new(Gate::new(&subscription.name, new.delivery.breaker)),
+            }
+        })
+        .collect()
+}
+
+/// What one configuration streams with.
+struct Streaming<'a> {
+    config: &'a Config,
+    params: &'a ConnectParams,
+    rules: &'a Arc<Rules>,
+    gates: &'a [Arc<Gate>],
+    observers: &'a Observers,
+}
+
+/// How [`stream_and_listen`] ended.
+enum Next {
+    /// Shutdown, or a fatal error.
+    Stopped(Result<(), DaemonError>),
+    /// The stream stopped at a confirmed position for this configuration.
+    Reload(Box<Plan>),
+}
+
+/// Streams until shutdown or a fatal error, meanwhile reviewing each
+/// reload request beside the stream; a configuration to apply stops the
+/// stream the way shutdown does (in-flight requests finish within the
+/// grace period, the final position is confirmed) and is returned.
+async fn stream_and_listen(
+    streaming: Streaming<'_>,
+    stop: &CancellationToken,
+    state: &mut StreamState,
+    reloads: &mut Reloads,
+) -> Next {
+    let config = streaming.config.clone();
+    let stream = stream_until_stopped(streaming, stop, state);
+    tokio::pin!(stream);
+    let mut reviews = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            // PRIORITY 1: the stream ended: shutdown or a fatal error.
+            outcome = &mut stream => return Next::Stopped(outcome),
+            // PRIORITY 2: a reviewed configuration (the review logged why
+            // one is kept).
+            Some(reviewed) = reviews.join_next() => match reviewed {
+                Ok(Verdict::Apply(plan)) => {
+                    tracing::info!(changes = %plan.changes.summary(), "applying the new configuration: stopping the stream at a confirmed position");
+                    stop.cancel();
+                    return match stream.await {
+                        Ok(()) => Next::Reload(plan),
+                        Err(error) => Next::Stopped(Err(error)),
+                    };
+                }
+                Ok(Verdict::Keep) => {}
+                Err(error) => {
+                    tracing::error!(%error, "reload rejected: reviewing the configuration failed; walhook goes on with its running configuration");
+                }
+            },
+            // PRIORITY 3: a reload request, one at a time (more wait, and
+            // read the file when their turn comes). The review reads the
+            // catalog, so it runs beside the stream, not in its way.
+            path = reloads.requested(), if reviews.is_empty() => {
+                let running = config.clone();
+                reviews.spawn(async move { reload::review(&path, &running).await });
+            }
+        }
+    }
+}
+
 /// Checks the rules against the catalog and, unless `auto_setup = false`,
 /// runs the `setup` steps; returns the rules and the tables they selected.
-async fn prepare(
-    config: &Config,
-    params: &ConnectParams,
-) -> Result<(Arc<Rules>, Resolution), DaemonError> {
+async fn prepare(config: &Config, params: &ConnectParams) -> Result<Prepared, DaemonError> {
     let client = connect_sql(params).await?;
     let resolution = catalog_check::check(&client, &config.subscriptions).await?;
     let mut rules = Rules::new(&config.subscriptions);
@@ -219,29 +394,55 @@ async fn prepare(
         }
     }
     drop(client);
-    Ok((Arc::new(rules), resolution))
+    Ok(Prepared {
+        rules: Arc::new(rules),
+        resolution,
+    })
+}
+
+/// The rules bound to the catalog, and the tables they selected.
+struct Prepared {
+    rules: Arc<Rules>,
+    resolution: Resolution,
+}
+
+/// What outlives one replication connection, and one configuration.
+#[derive(Default)]
+struct StreamState {
+    /// Whether this process has streamed from the slot (so a missing slot
+    /// means it vanished).
+    streamed: bool,
+    /// A type dropped while walhook reconnected is still known.
+    types: TypeRegistry,
+    warned_no_backlog: bool,
 }
 
 /// Streams, reconnecting as needed, until shutdown or a fatal error.
+/// `shutdown` here is whatever ends this configuration's stream: the
+/// daemon's shutdown, or a reload.
 async fn stream_until_stopped(
-    config: &Config,
-    params: &ConnectParams,
-    rules: &Arc<Rules>,
-    gates: &[Arc<Gate>],
-    observers: &Observers,
+    streaming: Streaming<'_>,
     shutdown: &CancellationToken,
+    state: &mut StreamState,
 ) -> Result<(), DaemonError> {
+    let Streaming {
+        config,
+        params,
+        rules,
+        gates,
+        observers,
+    } = streaming;
     let mut failures = 0u32;
     let mut outage = OutageLog::default();
-    // Whether this process has streamed from the slot (so a missing slot
-    // means it vanished).
-    let mut streamed = false;
     // Whether another process held the slot at the last attempt.
     let mut standing_by = false;
-    // Kept across connections: a type dropped while walhook reconnected is
-    // still known.
-    let mut types = TypeRegistry::new();
-    let mut warned_no_backlog = false;
+    // After a reload, the walsender of the stream just closed may hold the
+    // slot a moment longer: that is waited for quietly, not stood by for.
+    let reload_handover = state
+        .streamed
+        .then(|| tokio::time::Instant::now() + RELOAD_HANDOVER);
+    // No connection of this configuration yet: the first is not a reconnect.
+    let mut connected_before = false;
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -256,6 +457,19 @@ async fn stream_until_stopped(
         .await
         {
             Ok(stream) => stream,
+            Err(error)
+                if error.is_slot_in_use()
+                    && reload_handover.is_some_and(|until| tokio::time::Instant::now() < until) =>
+            {
+                tracing::debug!(slot = %config.source.slot, reason = %error, "waiting for the previous stream's walsender to release the slot");
+                if retry::pause(RELOAD_HANDOVER_POLL, shutdown)
+                    .await
+                    .is_break()
+                {
+                    return Ok(());
+                }
+                continue;
+            }
             Err(error) if error.is_slot_in_use() => {
                 if !standing_by {
                     tracing::info!(slot = %config.source.slot, reason = %error, "slot is active in another process; standing by");
@@ -266,7 +480,7 @@ async fn stream_until_stopped(
                 }
                 continue;
             }
-            Err(error) if error.is_slot_missing() && streamed => {
+            Err(error) if error.is_slot_missing() && state.streamed => {
                 tracing::error!(slot = %config.source.slot, %error, "the replication slot vanished while walhook was running");
                 return Err(DaemonError::SlotVanished {
                     slot: config.source.slot.clone(),
@@ -326,18 +540,22 @@ async fn stream_until_stopped(
             standing_by = false;
         }
         observers.health.set_connected(true);
-        if streamed {
+        if connected_before {
             observers.metrics.reconnects.inc();
             tracing::info!(slot = %config.source.slot, from = %start, server = %params.redacted(), attempts = failures, "reconnected; resuming from the slot's confirmed position");
+        } else if state.streamed {
+            tracing::info!(slot = %config.source.slot, from = %start, "streaming changes with the new configuration from the slot's confirmed position");
         } else {
             tracing::info!(slot = %config.source.slot, from = %start, server = %params.redacted(), "streaming changes");
             slots::record_streamed(&catalog, &config.source.slot).await;
         }
-        streamed = true;
+        state.streamed = true;
+        connected_before = true;
         failures = 0;
         outage = OutageLog::default();
 
-        let backlog = match backlog_start(&catalog, params, start, &mut warned_no_backlog).await {
+        let warned = &mut state.warned_no_backlog;
+        let backlog = match backlog_start(&catalog, params, start, warned).await {
             Ok(backlog) => backlog,
             Err(error) => {
                 failures += 1;
@@ -409,7 +627,7 @@ async fn stream_until_stopped(
             stream,
             catalog,
             Arc::clone(rules),
-            std::mem::take(&mut types),
+            std::mem::take(&mut state.types),
             start,
             config.source.status_interval,
             observers.clone(),
@@ -419,7 +637,7 @@ async fn stream_until_stopped(
             Ok(()) => pipeline.run(&mut delivery, shutdown).await,
             Err(error) => Err(error),
         };
-        types = pipeline.take_types();
+        state.types = pipeline.take_types();
         observers.health.set_connected(false);
         // Closing the lanes lets them finish what they hold.
         drop(delivery);

@@ -34,7 +34,8 @@
 //! dead letters, backlogs, pause flags, the slot, the publication), `setup`
 //! makes the database ready, `watch` follows renamed, dropped and re-created
 //! tables while the daemon runs, and `control` applies `walhook pause` /
-//! `resume` to a running daemon and records each subscription's mode. `app` owns the tasks; `commands` (the CLI) sit on top.
+//! `resume` to a running daemon and records each subscription's mode, and
+//! `reload` judges a configuration read again on SIGHUP. `app` owns the tasks; `commands` (the CLI) sit on top.
 //!
 //! Guarantees: at-least-once (the confirmed LSN never passes a change some
 //! matching subscription has neither received with a 2xx nor stored as a dead
@@ -84,6 +85,7 @@ internal!(
     pgoutput,
     pgtime,
     pipeline,
+    reload,
     retry,
     rules,
     seal,

@@ -199,10 +199,16 @@ impl SubscriptionMetrics {
     }
 }
 
+/// The buckets of `delivery_latency_seconds`: 0.5 ms to about 65 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
 /// Every metric of one walhook process.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    /// Shared with the [`Metrics`] a reload makes ([`Metrics::rebind`]).
+    registry: Arc<Registry>,
     pub changes_decoded: Counter,
     pub requests_in_flight: Gauge,
     pub replication_lag_bytes: Gauge,
@@ -213,7 +219,88 @@ pub struct Metrics {
     values_as_text: Family<ColumnLabel, Counter>,
     rule_table_problems: Family<TableProblemLabel, Gauge>,
     backfill_rows: Family<BackfillLabel, Counter>,
+    families: SubscriptionFamilies,
+    /// The subscriptions' names, in the order of `subscriptions`.
+    names: Vec<String>,
     subscriptions: Vec<SubscriptionMetrics>,
+}
+
+/// The labelled families behind [`SubscriptionMetrics`], kept to make the
+/// handles of subscriptions a reload adds and to drop those it removes.
+#[derive(Debug, Clone)]
+struct SubscriptionFamilies {
+    matched: Family<SubscriptionLabel, Counter>,
+    delivered: Family<SubscriptionLabel, Counter>,
+    dead_lettered: Family<SubscriptionLabel, Counter>,
+    retries: Family<SubscriptionLabel, Counter>,
+    responses: Family<ResponseLabel, Counter>,
+    latency: Family<SubscriptionLabel, Histogram, fn() -> Histogram>,
+    backlog_events: Family<SubscriptionLabel, Gauge>,
+    backlog_bytes: Family<SubscriptionLabel, Gauge>,
+    backlog_oldest: Family<SubscriptionLabel, Gauge<f64, AtomicU64>>,
+    modes: Family<ModeLabel, Gauge>,
+}
+
+impl SubscriptionFamilies {
+    /// The handles of subscription `name` (its series, created if new).
+    fn handles(&self, name: &str) -> SubscriptionMetrics {
+        let label = SubscriptionLabel {
+            subscription: name.to_owned(),
+        };
+        SubscriptionMetrics {
+            matched: self.matched.get_or_create(&label).clone(),
+            delivered: self.delivered.get_or_create(&label).clone(),
+            dead_lettered: self.dead_lettered.get_or_create(&label).clone(),
+            retries: self.retries.get_or_create(&label).clone(),
+            responses: ResponseClass::ALL.map(|class| {
+                self.responses
+                    .get_or_create(&ResponseLabel {
+                        subscription: name.to_owned(),
+                        class: class.label(),
+                    })
+                    .clone()
+            }),
+            latency: self.latency.get_or_create(&label).clone(),
+            backlog_events: self.backlog_events.get_or_create(&label).clone(),
+            backlog_bytes: self.backlog_bytes.get_or_create(&label).clone(),
+            backlog_oldest_seconds: self.backlog_oldest.get_or_create(&label).clone(),
+            modes: Mode::ALL.map(|mode| {
+                self.modes
+                    .get_or_create(&ModeLabel {
+                        subscription: name.to_owned(),
+                        mode: mode.label(),
+                    })
+                    .clone()
+            }),
+        }
+    }
+
+    /// Removes subscription `name`'s series from the exposition.
+    fn forget(&self, name: &str) {
+        let label = SubscriptionLabel {
+            subscription: name.to_owned(),
+        };
+        self.matched.remove(&label);
+        self.delivered.remove(&label);
+        self.dead_lettered.remove(&label);
+        self.retries.remove(&label);
+        self.latency.remove(&label);
+        self.backlog_events.remove(&label);
+        self.backlog_bytes.remove(&label);
+        self.backlog_oldest.remove(&label);
+        for class in ResponseClass::ALL {
+            self.responses.remove(&ResponseLabel {
+                subscription: name.to_owned(),
+                class: class.label(),
+            });
+        }
+        for mode in Mode::ALL {
+            self.modes.remove(&ModeLabel {
+                subscription: name.to_owned(),
+                mode: mode.label(),
+            });
+        }
+    }
 }
 
 impl Metrics {
@@ -256,9 +343,9 @@ impl Metrics {
             "HTTP outcomes by status class (error: no answer)",
             responses.clone(),
         );
-        let latency = Family::<SubscriptionLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0005, 2.0, 18))
-        });
+        let latency = Family::<SubscriptionLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
         registry.register(
             names::DELIVERY_LATENCY_SECONDS,
             "From the transaction's commit to the 2xx answer",
@@ -356,45 +443,27 @@ impl Metrics {
             "1 for the subscription's delivery mode: live, backlog, paused or circuit_open",
             modes.clone(),
         );
-        let subscriptions = subscription_names
+        let families = SubscriptionFamilies {
+            matched,
+            delivered,
+            dead_lettered,
+            retries,
+            responses,
+            latency,
+            backlog_events,
+            backlog_bytes,
+            backlog_oldest,
+            modes,
+        };
+        let subscriptions: Vec<SubscriptionMetrics> = subscription_names
             .iter()
-            .map(|name| {
-                let label = SubscriptionLabel {
-                    subscription: name.clone(),
-                };
-                SubscriptionMetrics {
-                    matched: matched.get_or_create(&label).clone(),
-                    delivered: delivered.get_or_create(&label).clone(),
-                    dead_lettered: dead_lettered.get_or_create(&label).clone(),
-                    retries: retries.get_or_create(&label).clone(),
-                    responses: ResponseClass::ALL.map(|class| {
-                        responses
-                            .get_or_create(&ResponseLabel {
-                                subscription: name.clone(),
-                                class: class.label(),
-                            })
-                            .clone()
-                    }),
-                    latency: latency.get_or_create(&label).clone(),
-                    backlog_events: backlog_events.get_or_create(&label).clone(),
-                    backlog_bytes: backlog_bytes.get_or_create(&label).clone(),
-                    backlog_oldest_seconds: backlog_oldest.get_or_create(&label).clone(),
-                    modes: Mode::ALL.map(|mode| {
-                        modes
-                            .get_or_create(&ModeLabel {
-                                subscription: name.clone(),
-                                mode: mode.label(),
-                            })
-                            .clone()
-                    }),
-                }
-            })
-            .collect::<Vec<SubscriptionMetrics>>();
+            .map(|name| families.handles(name))
+            .collect();
         for subscription in &subscriptions {
             subscription.set_mode(Mode::Live);
         }
         Arc::new(Metrics {
-            registry,
+            registry: Arc::new(registry),
             changes_decoded,
             requests_in_flight,
             replication_lag_bytes,
@@ -405,6 +474,46 @@ impl Metrics {
             values_as_text,
             rule_table_problems,
             backfill_rows,
+            families,
+            names: subscription_names.to_vec(),
+            subscriptions,
+        })
+    }
+
+    /// The same metrics (one registry, every series kept) with handles for
+    /// `subscription_names`, for the configuration a reload applies: a
+    /// subscription that stays keeps its counts, a new one starts at zero
+    /// (in `live` mode), and one no longer named leaves the exposition.
+    pub fn rebind(&self, subscription_names: &[String]) -> Arc<Metrics> {
+        for gone in &self.names {
+            if !subscription_names.contains(gone) {
+                self.families.forget(gone);
+            }
+        }
+        let subscriptions: Vec<SubscriptionMetrics> = subscription_names
+            .iter()
+            .map(|name| {
+                let handles = self.families.handles(name);
+                if !self.names.contains(name) {
+                    handles.set_mode(Mode::Live);
+                }
+                handles
+            })
+            .collect();
+        Arc::new(Metrics {
+            registry: Arc::clone(&self.registry),
+            changes_decoded: self.changes_decoded.clone(),
+            requests_in_flight: self.requests_in_flight.clone(),
+            replication_lag_bytes: self.replication_lag_bytes.clone(),
+            replication_lag_seconds: self.replication_lag_seconds.clone(),
+            confirmed_lsn: self.confirmed_lsn.clone(),
+            reconnects: self.reconnects.clone(),
+            changes_unrouted: self.changes_unrouted.clone(),
+            values_as_text: self.values_as_text.clone(),
+            rule_table_problems: self.rule_table_problems.clone(),
+            backfill_rows: self.backfill_rows.clone(),
+            families: self.families.clone(),
+            names: subscription_names.to_vec(),
             subscriptions,
         })
     }
@@ -489,5 +598,27 @@ mod tests {
             "{text}"
         );
         assert!(metrics.subscription(1).is_none());
+    }
+
+    #[test]
+    fn rebind_keeps_the_counts_of_a_staying_subscription_and_drops_a_removed_one() {
+        let metrics = Metrics::new(&["orders".to_owned(), "signups".to_owned()]);
+        metrics.subscription(0).unwrap().delivered.inc_by(3);
+        metrics.subscription(1).unwrap().delivered.inc_by(5);
+        metrics.confirmed_lsn.set(42);
+        let rebound = metrics.rebind(&["refunds".to_owned(), "orders".to_owned()]);
+        rebound.subscription(1).unwrap().delivered.inc();
+        let text = rebound.render();
+        assert!(
+            text.contains("walhook_events_delivered_total{subscription=\"orders\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("walhook_events_delivered_total{subscription=\"refunds\"} 0"),
+            "{text}"
+        );
+        assert!(!text.contains("signups"), "{text}");
+        assert!(text.contains("walhook_confirmed_lsn 42"), "{text}");
+        assert_eq!(text, metrics.render(), "one registry behind both");
     }
 }

@@ -25,8 +25,9 @@ pub const SIGNATURE_HEADER: &str = "webhook-signature";
 /// Standard Webhooks reference libraries.
 pub const TIMESTAMP_TOLERANCE_SECS: i64 = 5 * 60;
 
-/// A decoded signing key. Its `Debug` never shows the key.
-#[derive(Clone)]
+/// A decoded signing key. Its `Debug` never shows the key; equality is
+/// for comparing configurations (a reload), not for checking signatures.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SigningKey(Vec<u8>);
 
 impl std::fmt::Debug for SigningKey {

@@ -31,6 +31,7 @@ mod listen;
 mod logs;
 mod payloads;
 mod receiver_tls;
+mod reload;
 mod row_seals;
 mod schema_changes;
 mod slot_progress;

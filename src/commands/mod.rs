@@ -61,12 +61,41 @@ impl CommandError {
     }
 }
 
-/// `walhook run`: the daemon, until SIGINT or SIGTERM.
+/// `walhook run`: the daemon, until SIGINT or SIGTERM; SIGHUP reloads the
+/// config file.
 pub async fn run(config_path: &Path) -> Result<(), CommandError> {
+    // First: from here on SIGHUP no longer ends the process.
+    let reloads = reload_on_hangup(config_path);
     let config = Config::load(config_path)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    Ok(app::run(config, shutdown).await?)
+    Ok(app::run_with_reloads(config, shutdown, reloads).await?)
+}
+
+/// Turns each SIGHUP into a request to reload `config_path`; requests that
+/// come while one waits are one request (the file is read when it is
+/// handled).
+fn reload_on_hangup(config_path: &Path) -> crate::reload::Reloads {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (requests, reloads) = tokio::sync::mpsc::channel(1);
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            let path = config_path.display().to_string();
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!(config = %path, "reload requested (SIGHUP)");
+                    match requests.try_send(()) {
+                        Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {}
+                        Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => return,
+                    }
+                }
+            });
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP: the configuration cannot be reloaded; restart walhook to change it");
+        }
+    }
+    crate::reload::Reloads::from_file(config_path.to_owned(), reloads)
 }
 
 /// `walhook setup`: schema, publication and slot, then a one-line report.

@@ -35,7 +35,7 @@ use tls::{TlsKeys, TlsLoader};
 /// The whole configuration, every value checked and parsed once: filters
 /// into [`Filter`]s, secrets into [`SigningKey`]s, headers into a
 /// [`HeaderMap`], table entries into [`TableSelector`]s.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub source: SourceConfig,
     pub delivery: DeliveryConfig,
@@ -57,7 +57,7 @@ struct ConfigFile {
 }
 
 /// `[source]`: where the changes come from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// A `postgres://` URL; usually `"env:DATABASE_URL"` since it may hold a
@@ -88,7 +88,7 @@ pub struct SourceConfig {
 }
 
 /// `[delivery]`: how webhooks are sent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// Requests in flight per subscription (and its ordering lanes).
@@ -150,7 +150,7 @@ impl DeliveryConfig {
 }
 
 /// Exponential backoff with full jitter between attempts.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
@@ -161,7 +161,7 @@ pub struct BackoffConfig {
 
 /// The circuit breaker of each subscription (docs/operations.md, "When an
 /// endpoint is down").
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     /// Consecutive failed requests that open the circuit.
@@ -180,7 +180,7 @@ pub struct BreakerConfig {
 
 /// Thresholds past which `check` and `status` warn about a backlog, and
 /// whether rows without a matching seal are sent.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BacklogConfig {
     /// The oldest waiting event's age.
@@ -201,7 +201,7 @@ pub struct BacklogConfig {
 }
 
 /// `[admin]`: the metrics and health server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `host:port`; empty disables the admin server.
@@ -213,7 +213,7 @@ pub struct AdminConfig {
 }
 
 /// One `[[subscriptions]]` entry: which changes go to which URL.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SubscriptionConfig {
     pub name: String,
     /// Tables, and schemas taken whole.
@@ -294,7 +294,7 @@ pub enum DeliveryOrder {
 }
 
 /// `batch = { max_events, max_wait }`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     #[serde(
