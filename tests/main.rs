@@ -17,6 +17,7 @@ mod check;
 mod cli;
 mod contract;
 mod dead_letters;
+mod examples;
 mod decoding_messages;
 mod delivery;
 mod destinations;

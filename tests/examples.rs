@@ -1,0 +1,712 @@
+//! The receivers of `examples/` (notify, integrate, automate) end to end:
+//! each example's own `schema.sql` and `walhook.toml`, the walhook binary
+//! running that file, and the example's binary as the receiver, then what a
+//! user of the example would check — the chat message, the copied rows, the
+//! stock. Exactly-once on the receiver's side is proven with real
+//! redeliveries: a [`Relay`] between walhook and the receiver loses one 2xx
+//! answer on its way back, so walhook sends the same webhook again, and the
+//! test replays a delivered request once more itself. Each test also runs
+//! `walhook check` on the example's file. What the receivers' code looks
+//! like is the examples' business; these tests hold them to their READMEs.
+//!
+//! The example binaries are built by `cargo test` (it builds examples); a
+//! run that selects this test binary alone (`cargo test --test integration
+//! examples`) builds the ones that are missing or older than their sources.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+
+use crate::support::receiver::Receiver;
+use crate::support::{TestDb, WalhookBinary, run_binary, stderr, stdout, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A signing secret for the examples' subscriptions.
+fn secret() -> String {
+    format!("whsec_{}", STANDARD.encode([0x5a; 32]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_posts_a_chat_message_for_each_real_signup() {
+    let db = TestDb::with_schema(&example_file("notify", "schema.sql")).await;
+    let secret = secret();
+    let authorization = "Bearer notify-test-token";
+    // The chat service: records what it gets, and fails each message's first
+    // attempt, which walhook must retry through the receiver.
+    let chat = Receiver::start().await;
+    chat.fail_first_attempts(1);
+    let chat_url = chat.url("/services/T000/B000/XXXX");
+    let notify = ExampleReceiver::start(
+        "notify",
+        &[
+            ("NOTIFY_WEBHOOK_SECRET", secret.as_str()),
+            ("NOTIFY_AUTHORIZATION", authorization),
+            ("CHAT_WEBHOOK_URL", chat_url.as_str()),
+        ],
+    )
+    .await;
+
+    let walhook = ExampleWalhook::new("notify", &db);
+    let env = [
+        ("NOTIFY_RECEIVER_URL", notify.url.as_str()),
+        ("NOTIFY_WEBHOOK_SECRET", secret.as_str()),
+        ("NOTIFY_AUTHORIZATION", authorization),
+    ];
+    let _run = walhook.run(&env);
+    db.wait_slot_active().await;
+    walhook.check(&env).await;
+
+    for (email, name, is_test) in [
+        ("qa-bot@team.test", "QA bot", true),
+        ("ada@example.com", "Ada Lovelace", false),
+        ("grace@example.com", "Grace Hopper", false),
+    ] {
+        db.client
+            .execute(
+                "INSERT INTO signups (email, name, is_test) VALUES ($1, $2, $3)",
+                &[&email, &name, &is_test],
+            )
+            .await
+            .unwrap();
+    }
+    let last_commit = db.current_wal().await;
+    wait_for_confirmed(&db, last_commit, || walhook.log() + &notify.log()).await;
+
+    // Each real signup once, in Slack's format; not the test account.
+    let messages = chat_messages(&chat);
+    assert_eq!(
+        messages,
+        [
+            json!({"text": "New signup: Ada Lovelace <ada@example.com>"}),
+            json!({"text": "New signup: Grace Hopper <grace@example.com>"}),
+        ],
+        "receiver log:\n{}",
+        notify.log()
+    );
+    let failed = chat.requests().iter().filter(|r| r.status == 503).count();
+    assert_eq!(failed, 2, "each message's first attempt failed");
+    assert!(chat.requests().iter().all(|request| {
+        request.headers.get("content-type").map(String::as_str) == Some("application/json")
+    }));
+
+    // The receiver's own checks, with a request it accepts as the control.
+    chat.fail_first_attempts(0);
+    let body = json!({"type": "INSERT", "record": {"name": "Edsger", "email": "ew@example.com"}})
+        .to_string();
+    let now = unix_now();
+    let accepted = post_signed(&notify.url, &secret, now, &body, Some(authorization)).await;
+    assert_eq!(accepted, 204);
+    let rejected = [
+        (
+            "no Authorization",
+            post_signed(&notify.url, &secret, now, &body, None).await,
+        ),
+        (
+            "another Authorization",
+            post_signed(&notify.url, &secret, now, &body, Some("Bearer guess")).await,
+        ),
+        (
+            "another secret",
+            post_signed(&notify.url, &other_secret(), now, &body, Some(authorization)).await,
+        ),
+        (
+            "a timestamp ten minutes old",
+            post_signed(&notify.url, &secret, now - 600, &body, Some(authorization)).await,
+        ),
+    ];
+    for (what, status) in rejected {
+        assert_eq!(status, 401, "{what}");
+    }
+    assert_eq!(chat_messages(&chat).len(), 3, "only the accepted one posted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrate_mirrors_orders_into_a_second_database_exactly_once() {
+    let db = TestDb::with_schema(&example_file("integrate", "schema.sql")).await;
+    let target = TestDb::with_schema(&example_file("integrate", "target.sql")).await;
+    let secret = secret();
+    let integrate = ExampleReceiver::start(
+        "integrate",
+        &[
+            ("INTEGRATE_WEBHOOK_SECRET", secret.as_str()),
+            ("TARGET_DATABASE_URL", target.url.as_str()),
+        ],
+    )
+    .await;
+    // The receiver's 2xx for the update is lost on the way back: walhook
+    // sends it again, after the receiver committed it.
+    let relay = Relay::start(&integrate.url).await;
+    relay.lose_answer_to(|event| event["type"] == "UPDATE");
+
+    let walhook = ExampleWalhook::new("integrate", &db);
+    let env = [
+        ("INTEGRATE_RECEIVER_URL", relay.url.as_str()),
+        ("INTEGRATE_WEBHOOK_SECRET", secret.as_str()),
+    ];
+    let _run = walhook.run(&env);
+    db.wait_slot_active().await;
+    walhook.check(&env).await;
+
+    db.client
+        .batch_execute(
+            "INSERT INTO orders VALUES (1, 'ada', 12.50, 'pending'), (2, 'grace', 99.99, 'pending'), \
+                                       (3, 'linus', 0.10, 'pending');
+             UPDATE orders SET status = 'paid', amount = 100.00 WHERE id = 2;
+             DELETE FROM orders WHERE id = 3;
+             INSERT INTO orders VALUES (4, 'edsger', 7.00, 'pending');",
+        )
+        .await
+        .unwrap();
+    let last_commit = db.current_wal().await;
+    wait_for_confirmed(&db, last_commit, || walhook.log() + &integrate.log()).await;
+
+    // The copy is the orders, digits and all.
+    let orders = "SELECT coalesce(jsonb_agg(to_jsonb(o) ORDER BY id), '[]')::text FROM orders o";
+    let copied: String = target.client.query_one(orders, &[]).await.unwrap().get(0);
+    let source: String = db.client.query_one(orders, &[]).await.unwrap().get(0);
+    assert_eq!(copied, source, "receiver log:\n{}", integrate.log());
+    assert!(copied.contains("\"amount\": 100.00"), "{copied}");
+
+    // The update reached the receiver twice, with one id, and counted once.
+    let updates = relay.exchanges_where(|event| event["type"] == "UPDATE");
+    assert!(updates.len() >= 2, "{updates:?}");
+    assert!(updates.iter().all(|update| update.id() == updates[0].id()));
+    assert!(updates.iter().all(|update| update.receiver_status == 204));
+    let processed: i64 = target
+        .client
+        .query_one("SELECT count(*) FROM processed_webhooks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(processed, 6, "4 inserts, 1 update, 1 delete");
+
+    // Sent again now, the insert of the deleted order 3 changes nothing.
+    let insert_3 = relay.exchanges_where(|event| {
+        event["type"] == "INSERT" && event["record"]["id"] == 3
+    });
+    assert_eq!(relay.replay(&insert_3[0]).await, 204);
+    let copied_after: String = target.client.query_one(orders, &[]).await.unwrap().get(0);
+    assert_eq!(copied_after, source);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automate_takes_stock_once_per_paid_order_despite_redeliveries() {
+    let db = TestDb::with_schema(&example_file("automate", "schema.sql")).await;
+    db.client
+        .batch_execute("INSERT INTO inventory VALUES ('widget', 10), ('gadget', 5)")
+        .await
+        .unwrap();
+    let secret = secret();
+    let automate = ExampleReceiver::start(
+        "automate",
+        &[
+            ("AUTOMATE_WEBHOOK_SECRET", secret.as_str()),
+            ("INVENTORY_DATABASE_URL", db.url.as_str()),
+        ],
+    )
+    .await;
+    // The receiver's 2xx for order 2 is lost on the way back: walhook sends
+    // it again, after the stock was taken.
+    let relay = Relay::start(&automate.url).await;
+    relay.lose_answer_to(|event| event["record"]["id"] == 2);
+
+    let walhook = ExampleWalhook::new("automate", &db);
+    let env = [
+        ("AUTOMATE_RECEIVER_URL", relay.url.as_str()),
+        ("AUTOMATE_WEBHOOK_SECRET", secret.as_str()),
+    ];
+    let _run = walhook.run(&env);
+    db.wait_slot_active().await;
+    walhook.check(&env).await;
+
+    db.client
+        .batch_execute(
+            "INSERT INTO orders VALUES (1, 'widget', 2, 'pending'), (2, 'gadget', 1, 'pending');
+             UPDATE orders SET status = 'paid' WHERE id IN (1, 2);
+             INSERT INTO orders VALUES (3, 'widget', 3, 'paid');
+             -- Neither becomes paid: no webhook.
+             UPDATE orders SET status = 'paid' WHERE id = 1;
+             UPDATE orders SET status = 'shipped' WHERE id = 3;
+             INSERT INTO orders VALUES (4, 'widget', 1, 'paid');",
+        )
+        .await
+        .unwrap();
+    let last_commit = db.current_wal().await;
+    wait_for_confirmed(&db, last_commit, || walhook.log() + &automate.log()).await;
+
+    let expected_stock = [("gadget".to_owned(), 4), ("widget".to_owned(), 10 - 2 - 3 - 1)];
+    assert_eq!(stock(&db).await, expected_stock, "{}", automate.log());
+    let mut paid: Vec<i64> = relay
+        .exchanges_where(|_| true)
+        .iter()
+        .map(|exchange| exchange.event()["record"]["id"].as_i64().unwrap())
+        .collect();
+    paid.sort_unstable();
+    paid.dedup();
+    assert_eq!(paid, [1, 2, 3, 4], "one webhook per order that became paid");
+
+    // Order 2 reached the receiver twice, with one id, answered 2xx both
+    // times (walhook saw the first answer lost).
+    let order_2 = relay.exchanges_where(|event| event["record"]["id"] == 2);
+    assert!(order_2.len() >= 2, "{order_2:?}");
+    assert!(order_2.iter().all(|exchange| exchange.id() == order_2[0].id()));
+    assert!(order_2.iter().all(|exchange| exchange.receiver_status == 204));
+    assert_eq!(order_2[0].answered, 503);
+
+    // Order 1's request sent once more: 2xx, and the stock stays.
+    let order_1 = relay.exchanges_where(|event| event["record"]["id"] == 1);
+    assert_eq!(relay.replay(&order_1[0]).await, 204);
+    assert_eq!(stock(&db).await, expected_stock);
+
+    // An order for an item the inventory does not know is refused (4xx):
+    // parked as a dead letter, replayed once the item exists.
+    db.client
+        .batch_execute("INSERT INTO orders VALUES (5, 'gizmo', 1, 'paid')")
+        .await
+        .unwrap();
+    wait_until("order 5 parked as a dead letter", DEADLINE, || async {
+        db.dead_letter_count().await == 1
+    })
+    .await;
+    db.client
+        .batch_execute("INSERT INTO inventory VALUES ('gizmo', 3)")
+        .await
+        .unwrap();
+    let replayed = walhook
+        .command(&["dead-letters", "replay", "--all"], &env)
+        .await;
+    assert!(replayed.status.success(), "{replayed:?}");
+    let gizmo: i32 = db
+        .client
+        .query_one("SELECT stock FROM inventory WHERE sku = 'gizmo'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(gizmo, 2);
+}
+
+/// `inventory`, by sku.
+async fn stock(db: &TestDb) -> Vec<(String, i32)> {
+    db.client
+        .query("SELECT sku, stock FROM inventory ORDER BY sku", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+/// Waits until the slot's confirmed position reaches `lsn`: every change
+/// committed before it was answered 2xx or parked.
+async fn wait_for_confirmed(db: &TestDb, lsn: walhook::lsn::Lsn, log: impl Fn() -> String) {
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while db.confirmed_flush().await.is_none_or(|confirmed| confirmed < lsn) {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "walhook did not confirm {lsn} within {DEADLINE:?}; logs:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The bodies of the chat messages answered 2xx, sorted by text.
+fn chat_messages(chat: &Receiver) -> Vec<Value> {
+    let mut messages: Vec<Value> = chat
+        .requests()
+        .iter()
+        .filter(|request| request.status == 200)
+        .map(|request| request.json())
+        .collect();
+    messages.sort_by_key(|message| message["text"].as_str().map(str::to_owned));
+    messages
+}
+
+fn other_secret() -> String {
+    format!("whsec_{}", STANDARD.encode([0x17; 32]))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// POSTs `body` to `url` signed with `secret` at `timestamp` (computed here
+/// from the Standard Webhooks scheme), with `authorization` if any; the
+/// status.
+async fn post_signed(
+    url: &str,
+    secret: &str,
+    timestamp: u64,
+    body: &str,
+    authorization: Option<&str>,
+) -> u16 {
+    let key = STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    let id = "wh_test_request";
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    let signature = STANDARD.encode(mac.finalize().into_bytes());
+    let mut request = http_client()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        // Two signatures, as while a secret is rolled: one that fits is
+        // enough.
+        .header(
+            "webhook-signature",
+            format!("v1,{} v1,{signature}", STANDARD.encode([0u8; 32])),
+        )
+        .body(body.to_owned());
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// `examples/<example>/<file>`'s text.
+fn example_file(example: &str, file: &str) -> String {
+    let path = examples_dir().join(example).join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+/// walhook with an example's `walhook.toml` as it is: the test gives the
+/// variables its `env:` values read, and overrides (`WALHOOK_…`) the slot
+/// and publication — per test database, since the cluster's slots are
+/// shared — and the admin address (off), as a user may.
+struct ExampleWalhook {
+    binary: WalhookBinary,
+    overrides: Vec<(String, String)>,
+}
+
+impl ExampleWalhook {
+    fn new(example: &str, db: &TestDb) -> ExampleWalhook {
+        ExampleWalhook {
+            binary: WalhookBinary::new(&example_file(example, "walhook.toml")),
+            overrides: vec![
+                ("DATABASE_URL".into(), db.url.clone()),
+                ("WALHOOK_SOURCE__SLOT".into(), db.name.clone()),
+                ("WALHOOK_SOURCE__PUBLICATION".into(), db.name.clone()),
+                ("WALHOOK_SOURCE__STATUS_INTERVAL".into(), "1s".into()),
+                ("WALHOOK_ADMIN__LISTEN".into(), String::new()),
+                ("WALHOOK_DELIVERY__BACKOFF__INITIAL".into(), "50ms".into()),
+            ],
+        }
+    }
+
+    fn env<'a>(&'a self, env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        self.overrides
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .chain(env.iter().copied())
+            .collect()
+    }
+
+    /// `walhook run`, killed when dropped.
+    fn run(&self, env: &[(&str, &str)]) -> tokio::process::Child {
+        self.binary.spawn_run_with_env(&self.env(env))
+    }
+
+    /// `walhook <args> --config <the example's file>`, to completion.
+    async fn command(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        all.extend([OsStr::new("--config"), self.binary.config_path.as_os_str()]);
+        let env: Vec<(&str, Option<&str>)> = self
+            .env(env)
+            .into_iter()
+            .map(|(name, value)| (name, Some(value)))
+            .collect();
+        run_binary(&all, &env).await
+    }
+
+    /// `walhook check` passes on the example's file.
+    async fn check(&self, env: &[(&str, &str)]) {
+        let checked = self.command(&["check"], env).await;
+        assert!(
+            checked.status.success(),
+            "walhook check:\n{}\n{}",
+            stdout(&checked),
+            stderr(&checked)
+        );
+    }
+
+    fn log(&self) -> String {
+        format!("walhook:\n{}\n", self.binary.log())
+    }
+}
+
+/// An example's receiver binary, listening on a free port of 127.0.0.1;
+/// killed when dropped.
+struct ExampleReceiver {
+    pub url: String,
+    name: &'static str,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+    log_path: PathBuf,
+}
+
+impl ExampleReceiver {
+    async fn start(name: &'static str, env: &[(&str, &str)]) -> ExampleReceiver {
+        let binary = example_binary(name).await;
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("receiver.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = tokio::process::Command::new(&binary);
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        // The chat service of the tests is local: no proxy.
+        for (variable, _) in std::env::vars_os() {
+            if variable.to_string_lossy().to_ascii_lowercase().ends_with("_proxy") {
+                command.env_remove(variable);
+            }
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("start {}: {error}", binary.display()));
+        // It says where it listens once it does.
+        let marker = format!("{name}: listening on ");
+        let until = tokio::time::Instant::now() + DEADLINE;
+        let url = loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(line) = log.lines().find_map(|line| line.strip_prefix(&marker)) {
+                break format!("{line}/");
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the {name} example exited ({status}) before listening:\n{log}");
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "the {name} example did not listen within {DEADLINE:?}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        ExampleReceiver {
+            url,
+            name,
+            _child: child,
+            _dir: dir,
+            log_path,
+        }
+    }
+
+    fn log(&self) -> String {
+        format!(
+            "{} example:\n{}\n",
+            self.name,
+            std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        )
+    }
+}
+
+/// The example's binary beside this test binary's (`target/<profile>/
+/// examples/<name>`), built first if it is missing or older than its
+/// sources (a run of this test binary alone does not build examples).
+async fn example_binary(name: &str) -> PathBuf {
+    let test_binary = std::env::current_exe().unwrap();
+    // target/<profile>/deps/integration-… → target/<profile>
+    let profile_dir = test_binary
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_owned();
+    let binary = profile_dir.join("examples").join(name);
+    let built_at = std::fs::metadata(&binary).and_then(|meta| meta.modified()).ok();
+    let sources_changed_at = [examples_dir().join(name), examples_dir().join("common")]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).unwrap())
+        .filter_map(|entry| entry.ok()?.metadata().ok()?.modified().ok())
+        .max();
+    if built_at.is_some_and(|built| sources_changed_at.is_none_or(|changed| built >= changed)) {
+        return binary;
+    }
+    build_example(name, &profile_dir).await;
+    assert!(
+        binary.exists(),
+        "no {} after building it; run `cargo build --examples`",
+        binary.display()
+    );
+    binary
+}
+
+/// `cargo build --example <name>` into the target directory of this test
+/// binary, one build at a time.
+async fn build_example(name: &str, profile_dir: &Path) {
+    static BUILDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = BUILDING.lock().await;
+    let profile = match profile_dir.file_name().and_then(OsStr::to_str) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let target_dir = profile_dir.parent().unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = tokio::time::timeout(
+        Duration::from_secs(600),
+        tokio::process::Command::new(cargo)
+            .args(["build", "--example", name, "--profile", profile, "--target-dir"])
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("building the {name} example took over 10 minutes"))
+    .unwrap();
+    assert!(
+        built.status.success(),
+        "cargo build --example {name}:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
+/// One request walhook sent through the [`Relay`], and the answers.
+#[derive(Debug, Clone)]
+struct Exchange {
+    headers: HeaderMap,
+    body: Bytes,
+    /// What the example receiver answered.
+    receiver_status: u16,
+    /// What walhook was answered.
+    answered: u16,
+}
+
+impl Exchange {
+    fn id(&self) -> &str {
+        self.headers["webhook-id"].to_str().unwrap()
+    }
+
+    fn event(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+type EventMatch = Box<dyn Fn(&Value) -> bool + Send + Sync>;
+
+struct RelayState {
+    target: String,
+    http: reqwest::Client,
+    exchanges: Mutex<Vec<Exchange>>,
+    /// The next exchange whose event matches, answered 2xx by the
+    /// receiver, is answered 503 to walhook instead (once).
+    lose_answer: Mutex<Option<EventMatch>>,
+}
+
+/// A forwarding proxy between walhook and an example receiver: records each
+/// request and both answers, and can lose one 2xx answer on its way back to
+/// walhook — the case at-least-once delivery resends, which the receiver
+/// must absorb.
+struct Relay {
+    url: String,
+    state: Arc<RelayState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: &str) -> Relay {
+        let state = Arc::new(RelayState {
+            target: target.to_owned(),
+            http: http_client(),
+            exchanges: Mutex::new(Vec::new()),
+            lose_answer: Mutex::new(None),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let router = axum::Router::new()
+            .fallback(axum::routing::post(relay))
+            .with_state(Arc::clone(&state));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Relay { url, state, task }
+    }
+
+    fn lose_answer_to(&self, matches: impl Fn(&Value) -> bool + Send + Sync + 'static) {
+        *self.state.lose_answer.lock().unwrap() = Some(Box::new(matches));
+    }
+
+    /// The exchanges so far whose event matches, in arrival order.
+    fn exchanges_where(&self, matches: impl Fn(&Value) -> bool) -> Vec<Exchange> {
+        self.state
+            .exchanges
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|exchange| matches(&exchange.event()))
+            .cloned()
+            .collect()
+    }
+
+    /// Sends `exchange`'s request to the receiver again, headers and body
+    /// unchanged; its status.
+    async fn replay(&self, exchange: &Exchange) -> u16 {
+        forward(&self.state, &exchange.headers, exchange.body.clone()).await
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(State(state): State<Arc<RelayState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let receiver_status = forward(&state, &headers, body.clone()).await;
+    let mut answered = receiver_status;
+    if (200..300).contains(&receiver_status) {
+        let mut lose_answer = state.lose_answer.lock().unwrap();
+        let event = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if lose_answer.as_ref().is_some_and(|matches| matches(&event)) {
+            *lose_answer = None;
+            answered = 503;
+        }
+    }
+    state.exchanges.lock().unwrap().push(Exchange {
+        headers,
+        body,
+        receiver_status,
+        answered,
+    });
+    StatusCode::from_u16(answered).unwrap()
+}
+
+/// POSTs the request to the receiver with walhook's headers; its status (0
+/// when it did not answer).
+async fn forward(state: &RelayState, headers: &HeaderMap, body: Bytes) -> u16 {
+    let mut request = state.http.post(&state.target).body(body);
+    for (name, value) in headers {
+        if !matches!(name.as_str(), "host" | "content-length" | "connection") {
+            request = request.header(name, value);
+        }
+    }
+    match request.send().await {
+        Ok(answer) => answer.status().as_u16(),
+        Err(_) => 0,
+    }
+}
