@@ -118,7 +118,14 @@ async fn notify_posts_a_chat_message_for_each_real_signup() {
         ),
         (
             "another secret",
-            post_signed(&notify.url, &other_secret(), now, &body, Some(authorization)).await,
+            post_signed(
+                &notify.url,
+                &other_secret(),
+                now,
+                &body,
+                Some(authorization),
+            )
+            .await,
         ),
         (
             "a timestamp ten minutes old",
@@ -128,7 +135,11 @@ async fn notify_posts_a_chat_message_for_each_real_signup() {
     for (what, status) in rejected {
         assert_eq!(status, 401, "{what}");
     }
-    assert_eq!(chat_messages(&chat).len(), 3, "only the accepted one posted");
+    assert_eq!(
+        chat_messages(&chat).len(),
+        3,
+        "only the accepted one posted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,9 +203,8 @@ async fn integrate_mirrors_orders_into_a_second_database_exactly_once() {
     assert_eq!(processed, 6, "4 inserts, 1 update, 1 delete");
 
     // Sent again now, the insert of the deleted order 3 changes nothing.
-    let insert_3 = relay.exchanges_where(|event| {
-        event["type"] == "INSERT" && event["record"]["id"] == 3
-    });
+    let insert_3 =
+        relay.exchanges_where(|event| event["type"] == "INSERT" && event["record"]["id"] == 3);
     assert_eq!(relay.replay(&insert_3[0]).await, 204);
     let copied_after: String = target.client.query_one(orders, &[]).await.unwrap().get(0);
     assert_eq!(copied_after, source);
@@ -245,7 +255,10 @@ async fn automate_takes_stock_once_per_paid_order_despite_redeliveries() {
     let last_commit = db.current_wal().await;
     wait_for_confirmed(&db, last_commit, || walhook.log() + &automate.log()).await;
 
-    let expected_stock = [("gadget".to_owned(), 4), ("widget".to_owned(), 10 - 2 - 3 - 1)];
+    let expected_stock = [
+        ("gadget".to_owned(), 4),
+        ("widget".to_owned(), 10 - 2 - 3 - 1),
+    ];
     assert_eq!(stock(&db).await, expected_stock, "{}", automate.log());
     let mut paid: Vec<i64> = relay
         .exchanges_where(|_| true)
@@ -260,8 +273,16 @@ async fn automate_takes_stock_once_per_paid_order_despite_redeliveries() {
     // times (walhook saw the first answer lost).
     let order_2 = relay.exchanges_where(|event| event["record"]["id"] == 2);
     assert!(order_2.len() >= 2, "{order_2:?}");
-    assert!(order_2.iter().all(|exchange| exchange.id() == order_2[0].id()));
-    assert!(order_2.iter().all(|exchange| exchange.receiver_status == 204));
+    assert!(
+        order_2
+            .iter()
+            .all(|exchange| exchange.id() == order_2[0].id())
+    );
+    assert!(
+        order_2
+            .iter()
+            .all(|exchange| exchange.receiver_status == 204)
+    );
     assert_eq!(order_2[0].answered, 503);
 
     // Order 1's request sent once more: 2xx, and the stock stays.
@@ -311,7 +332,11 @@ async fn stock(db: &TestDb) -> Vec<(String, i32)> {
 /// committed before it was answered 2xx or parked.
 async fn wait_for_confirmed(db: &TestDb, lsn: walhook::lsn::Lsn, log: impl Fn() -> String) {
     let until = tokio::time::Instant::now() + DEADLINE;
-    while db.confirmed_flush().await.is_none_or(|confirmed| confirmed < lsn) {
+    while db
+        .confirmed_flush()
+        .await
+        .is_none_or(|confirmed| confirmed < lsn)
+    {
         assert!(
             tokio::time::Instant::now() < until,
             "walhook did not confirm {lsn} within {DEADLINE:?}; logs:\n{}",
@@ -484,7 +509,11 @@ impl ExampleReceiver {
             .kill_on_drop(true);
         // The chat service of the tests is local: no proxy.
         for (variable, _) in std::env::vars_os() {
-            if variable.to_string_lossy().to_ascii_lowercase().ends_with("_proxy") {
+            if variable
+                .to_string_lossy()
+                .to_ascii_lowercase()
+                .ends_with("_proxy")
+            {
                 command.env_remove(variable);
             }
         }
@@ -538,7 +567,9 @@ async fn example_binary(name: &str) -> PathBuf {
         .unwrap()
         .to_owned();
     let binary = profile_dir.join("examples").join(name);
-    let built_at = std::fs::metadata(&binary).and_then(|meta| meta.modified()).ok();
+    let built_at = std::fs::metadata(&binary)
+        .and_then(|meta| meta.modified())
+        .ok();
     let sources_changed_at = [examples_dir().join(name), examples_dir().join("common")]
         .iter()
         .flat_map(|dir| std::fs::read_dir(dir).unwrap())
@@ -567,18 +598,43 @@ async fn build_example(name: &str, profile_dir: &Path) {
     };
     let target_dir = profile_dir.parent().unwrap();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let built = tokio::time::timeout(
-        Duration::from_secs(600),
-        tokio::process::Command::new(cargo)
-            .args(["build", "--example", name, "--profile", profile, "--target-dir"])
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("building the {name} example took over 10 minutes"))
-    .unwrap();
+    let mut command = tokio::process::Command::new(cargo);
+    command
+        .args([
+            "build",
+            "--example",
+            name,
+            "--profile",
+            profile,
+            "--target-dir",
+        ])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .kill_on_drop(true);
+    // What cargo sets for this test process, not for a build: some build
+    // scripts (ring's) track CARGO_MANIFEST_DIR, so passing it on would
+    // make this build and the next `cargo test` rebuild them.
+    for (variable, _) in std::env::vars_os() {
+        let variable_name = variable.to_string_lossy();
+        let set_for_the_test = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "OUT_DIR",
+        ]
+        .iter()
+        .any(|prefix| variable_name.starts_with(prefix));
+        if set_for_the_test {
+            command.env_remove(&variable);
+        }
+    }
+    let built = tokio::time::timeout(Duration::from_secs(600), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("building the {name} example took over 10 minutes"))
+        .unwrap();
     assert!(
         built.status.success(),
         "cargo build --example {name}:\n{}",
@@ -676,7 +732,11 @@ impl Drop for Relay {
     }
 }
 
-async fn relay(State(state): State<Arc<RelayState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn relay(
+    State(state): State<Arc<RelayState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let receiver_status = forward(&state, &headers, body.clone()).await;
     let mut answered = receiver_status;
     if (200..300).contains(&receiver_status) {

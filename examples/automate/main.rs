@@ -108,7 +108,10 @@ async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
         Ok(Outcome::UnknownSku) => {
             // Permanent: parked as a dead letter, to replay once the item
             // exists (`walhook dead-letters replay`).
-            eprintln!("automate: order {}: no inventory row for {}", order.id, order.sku);
+            eprintln!(
+                "automate: order {}: no inventory row for {}",
+                order.id, order.sku
+            );
             StatusCode::UNPROCESSABLE_ENTITY
         }
         // Retryable: walhook sends the same order again later.

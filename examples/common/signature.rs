@@ -68,7 +68,11 @@ impl Verifier {
             .filter_map(|encoded| STANDARD.decode(encoded).ok())
             // verify_slice compares in constant time.
             .any(|signature| mac.clone().verify_slice(&signature).is_ok());
-        if matches { Ok(id) } else { Err(Rejected::Signature) }
+        if matches {
+            Ok(id)
+        } else {
+            Err(Rejected::Signature)
+        }
     }
 }
 
@@ -84,7 +88,9 @@ impl std::fmt::Display for Rejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rejected::MissingHeader(name) => write!(f, "no {name} header"),
-            Rejected::Timestamp => write!(f, "webhook-timestamp is not within {TOLERANCE:?} of now"),
+            Rejected::Timestamp => {
+                write!(f, "webhook-timestamp is not within {TOLERANCE:?} of now")
+            }
             Rejected::Signature => write!(f, "no webhook-signature matches the secret"),
         }
     }
