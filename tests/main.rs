@@ -21,6 +21,7 @@ mod dead_letters;
 mod decoding_messages;
 mod delivery;
 mod destinations;
+mod examples;
 mod failover_slots;
 mod faults;
 mod filters;

@@ -5,7 +5,9 @@
 #![allow(dead_code)]
 
 pub mod config;
+pub mod examples;
 pub mod receiver;
+pub mod relay;
 pub mod tls;
 pub mod zero_sign;
 
