@@ -29,7 +29,7 @@ use crate::telemetry::Metrics;
 /// The session's settings: values print as the replication connection's
 /// (`source::SESSION_OPTIONS`), so a row read here renders as the stream
 /// renders it, and keys compare equal.
-const SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
+pub(crate) const SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
      SET IntervalStyle = postgres; SET extra_float_digits = 1; SET bytea_output = hex; \
      SET standard_conforming_strings = on; SET jit = off";
 
