@@ -32,6 +32,7 @@ mod payloads;
 mod receiver_tls;
 mod row_seals;
 mod schema_changes;
+mod send_test;
 mod slot_progress;
 mod source;
 mod status;

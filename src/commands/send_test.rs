@@ -30,6 +30,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::catalog::TypeRegistry;
+use crate::backfill::worker::output_text;
 use crate::commands::CommandError;
 use crate::config::{Config, SubscriptionConfig, TableName, quote_identifier};
 use crate::decode::Decoder;
@@ -136,21 +137,20 @@ pub async fn run(config_path: &Path, options: Options) -> Result<(), CommandErro
         .into_iter()
         .find(|route| route.subscription == index);
     let verdict = match &route {
-        None => "the subscription does not select this table".to_owned(),
+        None => "not applied: the subscription does not select this table".to_owned(),
         Some(route) if !route.wants(options.kind) => format!(
-            "a real {} would not be sent: the subscription's events do not list {}",
+            "not applied: the subscription's events do not list {}, so a real {} would not \
+             be sent",
+            options.kind.sql_operation(),
             options.kind.payload_type(),
-            options.kind.sql_operation()
         ),
         Some(route) => match route.decide(&change) {
             Decision::Deliver if subscription.filter.is_some() => {
-                "the filter is true for this event: a real one would be sent".to_owned()
+                "true for this event; a real one would be sent".to_owned()
             }
-            Decision::Deliver => "no filter: a real one would be sent".to_owned(),
-            Decision::Skip => {
-                "the filter is not true for this event: a real one would not be sent".to_owned()
-            }
-            Decision::Park(reason) => format!("the filter cannot be evaluated: {reason}"),
+            Decision::Deliver => "none; a real one would be sent".to_owned(),
+            Decision::Skip => "not true for this event; a real one would not be sent".to_owned(),
+            Decision::Park(reason) => format!("cannot be evaluated: {reason}"),
         },
     };
     let mask = route.as_ref().and_then(|route| route.projection.clone());
@@ -410,7 +410,7 @@ async fn read_row(
     }
     let select: Vec<String> = columns
         .iter()
-        .map(|column| format!("{}::text", quote_identifier(&column.name)))
+        .map(|column| output_text(&quote_identifier(&column.name)))
         .collect();
     let matches: Vec<String> = shape
         .key

@@ -37,7 +37,9 @@ pub(super) async fn texts(
             continue;
         };
         // The type name comes from format_type: quoted where it needs to be.
-        let cast = format!("SELECT $1::text::{type_name}::text");
+        // `concat` prints it with the type's output function, as the
+        // walsender would (a cast to text differs for some types).
+        let cast = format!("SELECT concat($1::text::{type_name})");
         match client.query_one(&cast, &[&candidate]).await {
             Ok(row) => samples.push(row.try_get(0)?),
             // The type refused the candidate: null, as a column may be.
