@@ -765,7 +765,10 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(body["id"], id.as_str());
         assert_eq!(body["source"]["test"], true);
-        assert_eq!(body["record"], serde_json::json!({"id": 1, "status": "a", "note": null}));
+        assert_eq!(
+            body["record"],
+            serde_json::json!({"id": 1, "status": "a", "note": null})
+        );
         let mut real = Vec::new();
         write_payload_with_id(&mut real, &change, "s", Projection::All, id);
         let real: serde_json::Value = serde_json::from_slice(&real).unwrap();

@@ -63,7 +63,9 @@ async fn as_to_jsonb(db: &TestDb, table: &str, record: &Value) -> Value {
     let row = db
         .client
         .query_one(
-            &format!("SELECT to_jsonb(jsonb_populate_record(NULL::{table}, $1::text::jsonb))::text"),
+            &format!(
+                "SELECT to_jsonb(jsonb_populate_record(NULL::{table}, $1::text::jsonb))::text"
+            ),
             &[&record.to_string()],
         )
         .await
@@ -94,19 +96,20 @@ async fn untouched(db: &TestDb, slot_before: Option<walhook::lsn::Lsn>) {
         .unwrap()
         .get(0);
     assert_eq!(backlog, 0);
-    assert_eq!(db.confirmed_flush().await, slot_before, "the slot did not move");
+    assert_eq!(
+        db.confirmed_flush().await,
+        slot_before,
+        "the slot did not move"
+    );
 }
 
 #[tokio::test]
 async fn a_sample_event_has_the_tables_columns_typed_signed_and_marked_test() {
     let db = TestDb::with_schema(SCHEMA).await;
     let receiver = Receiver::start().await;
-    let binary = WalhookBinary::new(
-        &db.config_text(
-            signed("orders", &receiver, &["orders"], &["insert", "update"])
-                .filter("status = 'paid'"),
-        ),
-    );
+    let binary = WalhookBinary::new(&db.config_text(
+        signed("orders", &receiver, &["orders"], &["insert", "update"]).filter("status = 'paid'"),
+    ));
     let setup = binary.command(&["setup"]).await;
     assert!(setup.status.success(), "{setup:?}");
     let slot_before = db.confirmed_flush().await;
@@ -168,7 +171,10 @@ async fn a_sample_event_has_the_tables_columns_typed_signed_and_marked_test() {
     assert_eq!(record["feeling"], "happy", "the enum's first label");
     assert_eq!(record["code"], "sam", "cut to varchar(3)");
     assert_eq!(record["grade"], "samp", "cut to char(4)");
-    assert_eq!(record["origin"], "192.0.2.1", "inet's output, not its cast to text");
+    assert_eq!(
+        record["origin"], "192.0.2.1",
+        "inet's output, not its cast to text"
+    );
     assert_eq!(record["ref"].as_str().unwrap().len(), 36);
     let placed_at = record["placed_at"].as_str().unwrap();
     assert!(
@@ -225,7 +231,10 @@ async fn from_row_sends_the_row_with_the_old_record_its_identity_gives() {
     assert_eq!(event["record"], expected("orders", "id = 7").await);
     assert_eq!(event["record"]["status"], "paid");
     assert_eq!(event["record"]["paid"], true);
-    assert_eq!(event["record"]["grade"], "ab  ", "char(4) keeps its padding");
+    assert_eq!(
+        event["record"]["grade"], "ab  ",
+        "char(4) keeps its padding"
+    );
     assert_eq!(event["record"]["origin"], "10.0.0.1");
     assert_eq!(event["source"]["test"], true);
 
@@ -295,17 +304,27 @@ async fn from_row_sends_the_row_with_the_old_record_its_identity_gives() {
     assert_eq!(several.status.code(), Some(2), "{several:?}");
     let said = stderr(&several);
     assert!(
-        said.contains("--table") && said.contains("public.accounts") && said.contains("public.orders"),
+        said.contains("--table")
+            && said.contains("public.accounts")
+            && said.contains("public.orders"),
         "{said}"
     );
     let other = binary
         .command(&["send-test", "all", "--table", "nosuch"])
         .await;
     assert_eq!(other.status.code(), Some(2), "{other:?}");
-    assert!(stderr(&other).contains("public.nosuch"), "{}", stderr(&other));
+    assert!(
+        stderr(&other).contains("public.nosuch"),
+        "{}",
+        stderr(&other)
+    );
     let unknown = binary.command(&["send-test", "nobody"]).await;
     assert_eq!(unknown.status.code(), Some(2), "{unknown:?}");
-    assert!(stderr(&unknown).contains("\"nobody\""), "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("\"nobody\""),
+        "{}",
+        stderr(&unknown)
+    );
     let missing = binary
         .command(&["send-test", "all", "--table", "orders", "--from-row", "999"])
         .await;
@@ -331,11 +350,13 @@ async fn a_failing_endpoint_exits_non_zero_and_shows_its_answer() {
     receiver.answer_next([Reply::status(500)
         .header("x-trace", "abc123")
         .body("database on fire")]);
-    let binary = WalhookBinary::new(&db.config_text(
-        signed("orders", &receiver, &["orders"], &["insert"])
-            .columns(&["id", "status"])
-            .with("batch", "{ max_events = 10 }"),
-    ));
+    let binary = WalhookBinary::new(
+        &db.config_text(
+            signed("orders", &receiver, &["orders"], &["insert"])
+                .columns(&["id", "status"])
+                .with("batch", "{ max_events = 10 }"),
+        ),
+    );
     let setup = binary.command(&["setup"]).await;
     assert!(setup.status.success(), "{setup:?}");
     let slot_before = db.confirmed_flush().await;
@@ -355,7 +376,10 @@ async fn a_failing_endpoint_exits_non_zero_and_shows_its_answer() {
     assert!(request.signature_verifies(SECRET));
     let events = request.events();
     assert_eq!(events.len(), 1);
-    assert_eq!(request.headers["webhook-id"], events[0]["id"].as_str().unwrap());
+    assert_eq!(
+        request.headers["webhook-id"],
+        events[0]["id"].as_str().unwrap()
+    );
     assert_eq!(
         events[0]["record"],
         serde_json::json!({"id": 1, "status": "sample"})

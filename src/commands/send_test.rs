@@ -29,8 +29,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::catalog::TypeRegistry;
 use crate::backfill::worker::output_text;
+use crate::catalog::TypeRegistry;
 use crate::commands::CommandError;
 use crate::config::{Config, SubscriptionConfig, TableName, quote_identifier};
 use crate::decode::Decoder;
@@ -101,7 +101,10 @@ pub async fn run(config_path: &Path, options: Options) -> Result<(), CommandErro
         .ensure(&client, &column_types)
         .await
         .map_err(|error| {
-            CommandError::Failed(format!("loading the column types of {}: {error}", table.name))
+            CommandError::Failed(format!(
+                "loading the column types of {}: {error}",
+                table.name
+            ))
         })?;
     let (texts, values_from) = match &options.from_row {
         Some(key) => (
@@ -294,11 +297,7 @@ async fn load_shape(
         .await?;
     let schema: String = table.try_get(0)?;
     let name: String = table.try_get(1)?;
-    let replica_identity = table
-        .try_get::<_, String>(2)?
-        .chars()
-        .next()
-        .unwrap_or('d');
+    let replica_identity = table.try_get::<_, String>(2)?.chars().next().unwrap_or('d');
     let generated_published = table.try_get::<_, i32>(3)? >= GENERATED_COLUMNS_SINCE;
     let columns = client
         .query(
@@ -549,7 +548,11 @@ fn shown_body(body: &[u8], truncated: bool) -> String {
     while !pretty.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}\n… (cut after {SHOWN_BODY} of {} bytes)", &pretty[..end], pretty.len())
+    format!(
+        "{}\n… (cut after {SHOWN_BODY} of {} bytes)",
+        &pretty[..end],
+        pretty.len()
+    )
 }
 
 fn as_text(about: &About<'_>, request: &RequestBody, exchange: &Exchange) -> String {

@@ -218,8 +218,16 @@ mod tests {
         assert_eq!(of(25).as_deref(), Some("sample"));
         assert_eq!(of(16).as_deref(), Some("t"));
         assert_eq!(of(1007).as_deref(), Some("{\"1\"}"), "int4[]");
-        assert_eq!(of(199).as_deref(), Some(r#"{"{\"sample\": true}"}"#), "json[]");
-        assert_eq!(of(90_001).as_deref(), Some("happy"), "an enum's first label");
+        assert_eq!(
+            of(199).as_deref(),
+            Some(r#"{"{\"sample\": true}"}"#),
+            "json[]"
+        );
+        assert_eq!(
+            of(90_001).as_deref(),
+            Some("happy"),
+            "an enum's first label"
+        );
         assert_eq!(of(99_999), None, "a type without a candidate");
         let uuid = of(2950).unwrap();
         assert_eq!(uuid.len(), 36);
