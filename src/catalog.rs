@@ -285,6 +285,12 @@ impl TypeRegistry {
         self.types.get(&oid)
     }
 
+    /// The final base type of a domain `oid`; `oid` itself for any other
+    /// type, and for one not loaded.
+    pub fn base_oid(&self, oid: u32) -> u32 {
+        self.types.get(&oid).map_or(oid, |facts| facts.base_oid)
+    }
+
     /// How values of `oid` render; [`JsonKind::Text`] when it is not loaded.
     pub fn kind(&self, oid: u32) -> &JsonKind {
         const TEXT: &JsonKind = &JsonKind::Text;

@@ -412,6 +412,47 @@ pub fn write_payload_with_id(
     projection: Projection<'_>,
     id: EventId,
 ) {
+    write_body(out, change, subscription, projection, id, false);
+}
+
+/// The id of a test event (`walhook send-test`): fresh for each `nonce`,
+/// in the shape of every id, and never a change's or a backfilled row's id
+/// (those hash other inputs, under other prefixes).
+pub fn test_event_id(subscription: &str, nonce: u128) -> EventId {
+    let mut hasher = Sha256::new();
+    hasher.update(b"send-test\0");
+    hasher.update(subscription.as_bytes());
+    hasher.update([0]);
+    hasher.update(nonce.to_be_bytes());
+    let digest = hasher.finalize();
+    let mut id = [0u8; EVENT_ID_LEN];
+    id[..3].copy_from_slice(b"wh_");
+    for (pair, &byte) in id[3..].chunks_exact_mut(2).zip(&digest[..16]) {
+        pair.copy_from_slice(&hex_pair(byte));
+    }
+    EventId(id)
+}
+
+/// Writes the payload of a test event (`walhook send-test`): a real
+/// event's body, with `"test": true` last in `source` (docs/payload.md).
+pub fn write_test_payload(
+    out: &mut Vec<u8>,
+    change: &Change,
+    subscription: &str,
+    projection: Projection<'_>,
+    id: EventId,
+) {
+    write_body(out, change, subscription, projection, id, true);
+}
+
+fn write_body(
+    out: &mut Vec<u8>,
+    change: &Change,
+    subscription: &str,
+    projection: Projection<'_>,
+    id: EventId,
+    test: bool,
+) {
     let table = &change.table;
     out.extend_from_slice(b"{\"id\":\"");
     // Hex digits need no escaping.
@@ -465,6 +506,9 @@ pub fn write_payload_with_id(
     if let Some(backfill) = transaction.backfill {
         out.extend_from_slice(b",\"backfill\":");
         out.extend_from_slice(itoa::Buffer::new().format(backfill).as_bytes());
+    }
+    if test {
+        out.extend_from_slice(b",\"test\":true");
     }
     out.extend_from_slice(b"}}");
 }
@@ -706,6 +750,33 @@ mod tests {
             push_lsn(&mut out, Lsn(value));
             assert_eq!(String::from_utf8(out).unwrap(), Lsn(value).to_string());
         }
+    }
+
+    #[test]
+    fn a_test_payload_is_a_payload_marked_test() {
+        let change = change(
+            EventKind::Insert,
+            Some(row(&[Some("1"), Some("\"a\""), Some("null")])),
+            None,
+        );
+        let id = test_event_id("s", 7);
+        let mut out = Vec::new();
+        write_test_payload(&mut out, &change, "s", Projection::All, id);
+        let body: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(body["id"], id.as_str());
+        assert_eq!(body["source"]["test"], true);
+        assert_eq!(
+            body["record"],
+            serde_json::json!({"id": 1, "status": "a", "note": null})
+        );
+        let mut real = Vec::new();
+        write_payload_with_id(&mut real, &change, "s", Projection::All, id);
+        let real: serde_json::Value = serde_json::from_slice(&real).unwrap();
+        assert!(real["source"].get("test").is_none());
+        // Fresh per nonce, well-formed, and not the change's own id.
+        assert_ne!(id, test_event_id("s", 8));
+        assert_eq!(EventId::parse(id.as_str()), Some(id));
+        assert_ne!(id, event_id("s", Lsn(0), 0));
     }
 
     #[test]

@@ -59,6 +59,10 @@ enum Command {
     /// on (a running `walhook run` sends them); `--list` and `--cancel ID`
     /// manage the requests.
     Backfill(BackfillArgs),
+    /// Send one signed test event (sample values, or a row with
+    /// --from-row) to a subscription's endpoint and show the answer; exit 0
+    /// on a 2xx. Touches no slot, backlog or dead letter.
+    SendTest(SendTestArgs),
     /// Print the SQL that `setup` runs (for an administrator's psql), or
     /// with --least-privilege the script that makes walhook's own role.
     Sql(SqlArgs),
@@ -104,6 +108,35 @@ struct BackfillArgs {
     cancel: Option<i64>,
     #[command(flatten)]
     config: ConfigArgs,
+}
+
+#[derive(clap::Args)]
+struct SendTestArgs {
+    /// The subscription's `name` in the config.
+    subscription: String,
+    /// The table (`schema.table`, or `table` in public); needed when the
+    /// subscription selects several.
+    #[arg(long)]
+    table: Option<String>,
+    /// The kind of change the event describes.
+    #[arg(long = "type", value_enum, default_value_t = TestKind::Insert)]
+    kind: TestKind,
+    /// Send this row (its primary key; `a,b` for a key of two columns)
+    /// instead of sample values.
+    #[arg(long, value_name = "KEY")]
+    from_row: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TestKind {
+    Insert,
+    Update,
+    Delete,
 }
 
 #[derive(clap::Args)]
@@ -316,6 +349,23 @@ fn main() -> ExitCode {
                 older_than,
             }) => finish(commands::backlog::purge(&config.config, &subscription, older_than).await),
             Command::Backfill(args) => finish(backfill(args).await),
+            Command::SendTest(args) => finish(
+                commands::send_test::run(
+                    &args.config.config,
+                    commands::send_test::Options {
+                        subscription: args.subscription,
+                        table: args.table,
+                        kind: match args.kind {
+                            TestKind::Insert => walhook::event::EventKind::Insert,
+                            TestKind::Update => walhook::event::EventKind::Update,
+                            TestKind::Delete => walhook::event::EventKind::Delete,
+                        },
+                        from_row: args.from_row,
+                        json: args.json,
+                    },
+                )
+                .await,
+            ),
         }
     })
 }

@@ -14,8 +14,11 @@ use crate::support::config::{Subscription, subscription};
 use crate::support::receiver::Receiver;
 use crate::support::{TestDb, Walhook, WalhookBinary, free_port, get, labeled_sample, wait_until};
 
+/// `flag`, `grade` and `origin` are types whose cast to text is not their
+/// output (`true`, unpadded, with a netmask): rows must be read as printed.
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, version int NOT NULL, \
-     note text, at timestamptz)";
+     note text, at timestamptz, flag bool DEFAULT true, grade char(4) DEFAULT 'ab', \
+     origin inet DEFAULT '10.0.0.1')";
 
 fn items(name: &str, receiver: &Receiver) -> Subscription {
     subscription(name, &receiver.url(&format!("/{name}")))

@@ -35,6 +35,7 @@ mod receiver_tls;
 mod reload;
 mod row_seals;
 mod schema_changes;
+mod send_test;
 mod slot_progress;
 mod source;
 mod status;

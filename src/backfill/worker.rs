@@ -29,9 +29,19 @@ use crate::telemetry::Metrics;
 /// The session's settings: values print as the replication connection's
 /// (`source::SESSION_OPTIONS`), so a row read here renders as the stream
 /// renders it, and keys compare equal.
-const SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
+pub(crate) const SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
      SET IntervalStyle = postgres; SET extra_float_digits = 1; SET bytea_output = hex; \
      SET standard_conforming_strings = on; SET jit = off";
+
+/// An SQL expression for the value of `expression` as its type's output
+/// function prints it — the text the walsender sends — and NULL for NULL.
+/// A cast to text is not that for every type: `bool::text` is `true` where
+/// the output is `t`, `inet::text` adds the netmask, `char(n)::text` drops
+/// the padding. `concat` calls the output function; `num_nulls` tells a
+/// NULL from a composite whose fields are all NULL (`IS NULL` holds for both).
+pub(crate) fn output_text(expression: &str) -> String {
+    format!("CASE WHEN num_nulls({expression}) = 0 THEN concat({expression}) END")
+}
 
 /// How often an idle worker looks for a request.
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -427,7 +437,12 @@ async fn read_chunk(
         .columns
         .iter()
         .enumerate()
-        .map(|(index, column)| format!("{}::text AS c{index}", quote_identifier(&column.name)))
+        .map(|(index, column)| {
+            format!(
+                "{} AS c{index}",
+                output_text(&quote_identifier(&column.name))
+            )
+        })
         .collect();
     let order: Vec<String> = source
         .order

@@ -173,7 +173,7 @@ pub async fn cancel(config_path: &Path, id: i64) -> Result<(), CommandError> {
 
 /// The subscription named on the command line, or a usage error naming
 /// the config's subscriptions.
-fn find_subscription<'a>(
+pub(crate) fn find_subscription<'a>(
     config: &'a Config,
     config_path: &Path,
     name: &str,

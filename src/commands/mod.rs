@@ -7,6 +7,7 @@ pub mod check;
 pub mod dead_letters;
 pub mod demo;
 pub mod listen;
+pub mod send_test;
 pub mod status;
 
 use std::path::Path;
@@ -38,6 +39,9 @@ pub enum CommandError {
     Daemon(#[from] DaemonError),
     #[error(transparent)]
     DeadLetters(#[from] dead_letters::DeadLetterError),
+    /// A subscription's endpoint cannot be built from its config.
+    #[error(transparent)]
+    Endpoint(#[from] crate::deliver::http::EndpointError),
     /// A command failed at run time (demo, bench, status, listen).
     #[error("{0}")]
     Failed(String),
@@ -51,7 +55,10 @@ impl CommandError {
     /// database is untouched), 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            CommandError::Config(_) | CommandError::SourceUrl(_) | CommandError::Usage(_) => 2,
+            CommandError::Config(_)
+            | CommandError::SourceUrl(_)
+            | CommandError::Usage(_)
+            | CommandError::Endpoint(_) => 2,
             CommandError::Rules(RuleError::Catalog(_)) => 1,
             CommandError::Rules(_) => 2,
             CommandError::Daemon(error) => error.exit_code(),

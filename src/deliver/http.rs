@@ -375,6 +375,107 @@ impl Endpoint {
             }
         }
     }
+
+    /// The request of `request` through the shared client: URL, headers,
+    /// body, and the Standard Webhooks headers signed now.
+    fn request(&self, request: &RequestBody, timeout: Duration) -> reqwest::RequestBuilder {
+        let mut headers = self.headers.clone();
+        self.add_webhook_headers(&mut headers, request);
+        self.client
+            .post(self.url.clone())
+            .headers(headers)
+            .timeout(timeout)
+            .body(request.body.clone())
+    }
+
+    /// Sends one request with the same headers and signature as
+    /// [`send`](Self::send) (through the shared client, whatever the
+    /// scheme: a one-off needs no kept connection) and keeps
+    /// what a person checking an endpoint wants to see (`walhook
+    /// send-test`): the headers sent, the answer's status, headers and
+    /// first `body_limit` bytes, and the round-trip time.
+    pub async fn exchange(
+        &self,
+        request: &RequestBody,
+        timeout: Duration,
+        body_limit: usize,
+    ) -> Exchange {
+        let started = std::time::Instant::now();
+        let built = self.request(request, timeout).build();
+        let headers = built
+            .as_ref()
+            .map(|built| built.headers().clone())
+            .unwrap_or_default();
+        let answer = match (&self.refused, built) {
+            (Some(refused), _) => Err(refused.clone()),
+            (None, Err(error)) => Err(self.describe(&error)),
+            (None, Ok(built)) => match self.client.execute(built).await {
+                Err(error) => Err(self.describe(&error)),
+                Ok(mut response) => {
+                    let status = response.status();
+                    let response_headers = response.headers().clone();
+                    let mut body = Vec::new();
+                    let mut truncated = false;
+                    loop {
+                        match response.chunk().await {
+                            Ok(Some(chunk)) => {
+                                let room = body_limit.saturating_sub(body.len());
+                                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                                if chunk.len() > room {
+                                    truncated = true;
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            // The status was answered; the body broke off.
+                            Err(_) => {
+                                truncated = true;
+                                break;
+                            }
+                        }
+                    }
+                    Ok(Answer {
+                        status: status.as_u16(),
+                        reason: status.canonical_reason(),
+                        headers: response_headers,
+                        body,
+                        truncated,
+                    })
+                }
+            },
+        };
+        Exchange {
+            url: self.url.clone(),
+            headers,
+            answer,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// One request sent by [`Endpoint::exchange`] and what came back.
+#[derive(Debug)]
+pub struct Exchange {
+    /// As configured: it may hold credentials.
+    pub url: reqwest::Url,
+    /// The headers the request carried (the connection's own `host` and
+    /// `content-length` aside); configured values are marked sensitive.
+    pub headers: HeaderMap,
+    /// The answer, or why there was none.
+    pub answer: Result<Answer, String>,
+    pub elapsed: Duration,
+}
+
+/// An HTTP answer as [`Endpoint::exchange`] keeps it.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub reason: Option<&'static str>,
+    pub headers: HeaderMap,
+    /// The first bytes of the body.
+    pub body: Vec<u8>,
+    /// The body was longer (or broke off).
+    pub truncated: bool,
 }
 
 /// The most of a response body walhook reads. The status says what

@@ -108,11 +108,12 @@ struct Inner {
 
 type HoldRule = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
 
-/// A scripted answer: a status and headers.
+/// A scripted answer: a status, headers and a body.
 #[derive(Debug, Clone)]
 pub struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
+    body: String,
 }
 
 impl Reply {
@@ -120,11 +121,17 @@ impl Reply {
         Reply {
             status,
             headers: Vec::new(),
+            body: String::new(),
         }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Reply {
         self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn body(mut self, body: &str) -> Reply {
+        self.body = body.to_owned();
         self
     }
 }
@@ -390,7 +397,7 @@ async fn record(
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, HeaderMap) {
+) -> (StatusCode, HeaderMap, String) {
     let arrived_at = Instant::now();
     inner.arrived_bodies.lock().unwrap().push(body.clone());
     inner.arrivals.fetch_add(1, Ordering::SeqCst);
@@ -471,6 +478,7 @@ async fn record(
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         answer,
+        scripted.map(|reply| reply.body).unwrap_or_default(),
     )
 }
 
