@@ -62,6 +62,14 @@ enum Command {
     /// Print the SQL that `setup` runs (for an administrator's psql), or
     /// with --least-privilege the script that makes walhook's own role.
     Sql(SqlArgs),
+    /// Print a shell completion script, e.g.
+    /// `walhook completions bash > /etc/bash_completion.d/walhook`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `walhook man | man -l -`.
+    Man,
 }
 
 #[derive(clap::Args)]
@@ -137,6 +145,8 @@ enum DeadLettersCommand {
         /// Only this subscription's.
         #[arg(long)]
         subscription: Option<String>,
+        #[command(flatten)]
+        window: TimeWindow,
         /// Print a JSON array (with each payload) instead of a table.
         #[arg(long)]
         json: bool,
@@ -182,7 +192,7 @@ enum DeadLettersCommand {
 #[derive(clap::Args)]
 struct DeadLetterSelect {
     /// Every dead letter.
-    #[arg(long, conflicts_with_all = ["subscription", "id"])]
+    #[arg(long, conflicts_with_all = ["subscription", "id", "since", "until"])]
     all: bool,
     /// Those of one subscription.
     #[arg(long)]
@@ -190,6 +200,21 @@ struct DeadLetterSelect {
     /// Those with these event ids (`wh_…`, as `list` shows); repeatable.
     #[arg(long, num_args = 1..)]
     id: Vec<String>,
+    #[command(flatten)]
+    window: TimeWindow,
+}
+
+/// Letters by when they were last tried (`last_attempt_at`).
+#[derive(clap::Args)]
+struct TimeWindow {
+    /// Only those last tried at or after this time: RFC 3339
+    /// (2026-12-04T10:00:00Z, +02:00 offsets), a date, or a duration back
+    /// from now (2h, 7days).
+    #[arg(long, value_name = "TIME", value_parser = commands::dead_letters::parse_time)]
+    since: Option<std::time::SystemTime>,
+    /// Only those last tried before this time (same forms as --since).
+    #[arg(long, value_name = "TIME", value_parser = commands::dead_letters::parse_time)]
+    until: Option<std::time::SystemTime>,
 }
 
 impl DeadLetterSelect {
@@ -199,6 +224,8 @@ impl DeadLetterSelect {
             subscription: self.subscription,
             ids: self.id,
             rows: Vec::new(),
+            since: self.window.since,
+            until: self.window.until,
         }
     }
 }
@@ -245,6 +272,26 @@ struct ListenArgs {
 fn main() -> ExitCode {
     quiet_on_closed_stdout();
     let cli = Cli::parse();
+    // Printed from the command line's own definition: no runtime, no logs.
+    // Made in memory first: clap_complete panics when its writer fails.
+    match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "walhook", &mut script);
+            return write_stdout(&script);
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut page = Vec::new();
+            if let Err(error) = clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                eprintln!("error: making the manual page: {error}");
+                return ExitCode::from(1);
+            }
+            return write_stdout(&page);
+        }
+        _ => {}
+    }
     init_logging(cli.log_format);
     // One TLS provider for both PostgreSQL connections and HTTP.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -316,6 +363,8 @@ fn main() -> ExitCode {
                 older_than,
             }) => finish(commands::backlog::purge(&config.config, &subscription, older_than).await),
             Command::Backfill(args) => finish(backfill(args).await),
+            // Handled before the runtime starts.
+            Command::Completions { .. } | Command::Man => ExitCode::SUCCESS,
         }
     })
 }
@@ -326,10 +375,13 @@ async fn dead_letters(command: DeadLettersCommand) -> Result<(), walhook::comman
         DeadLettersCommand::List {
             config,
             subscription,
+            window,
             json,
         } => {
             let selector = Selector {
                 subscription,
+                since: window.since,
+                until: window.until,
                 ..Selector::default()
             };
             list(&config.config, &selector, json).await
@@ -375,6 +427,21 @@ async fn backfill(args: BackfillArgs) -> Result<(), walhook::commands::CommandEr
         },
     )
     .await
+}
+
+/// Writes `bytes` to stdout; a closed stdout ends quietly with 141, as for
+/// the other commands.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(141),
+        Err(error) => {
+            eprintln!("error: writing to stdout: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// The exit code of a command's outcome, printing its error.

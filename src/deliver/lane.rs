@@ -94,6 +94,7 @@ pub(super) async fn run_lane(
                 &mut parked,
                 None,
                 &reason,
+                None,
                 0,
                 std::time::SystemTime::now(),
             )
@@ -342,6 +343,7 @@ async fn deliver(
         events,
         last_status,
         &last_error,
+        last_failure.as_ref().and_then(Attempt::response_body),
         attempts_made,
         first_attempt_at,
     )
@@ -361,6 +363,7 @@ async fn park_as_dead_letters(
     events: &mut Vec<Outbound>,
     last_status: Option<u16>,
     last_error: &str,
+    last_response: Option<&str>,
     attempts: u32,
     first_attempt_at: std::time::SystemTime,
 ) -> ControlFlow<()> {
@@ -372,6 +375,7 @@ async fn park_as_dead_letters(
             payload: &event.body,
             last_status,
             last_error,
+            last_response,
             attempts,
             first_attempt_at,
             mac: event.dead_letter_seal(endpoint),
