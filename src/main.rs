@@ -492,9 +492,13 @@ fn quiet_on_closed_stdout() {
 
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
-    let wanted = std::env::var("WALHOOK_LOG").unwrap_or_else(|_| "info".to_owned());
-    let mut filter = tracing_subscriber::EnvFilter::try_new(&wanted)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let given = std::env::var("WALHOOK_LOG").ok();
+    let (wanted, problem) = match given.as_deref().map(log_filter) {
+        None => ("info".to_owned(), None),
+        Some(Ok(filter)) => (filter, None),
+        Some(Err(problem)) => ("info".to_owned(), Some(problem)),
+    };
+    let mut filter = tracing_subscriber::EnvFilter::new(&wanted);
     for target in CHATTY_TARGETS {
         if !wanted.contains(target)
             && let Ok(directive) = format!("{target}=info").parse()
@@ -510,5 +514,61 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    if let Some(problem) = problem {
+        tracing::warn!(
+            "WALHOOK_LOG {problem}; logging at info instead (e.g. WALHOOK_LOG=debug or WALHOOK_LOG=info,walhook::deliver=debug)"
+        );
+    }
+}
+
+/// The levels a `WALHOOK_LOG` directive may name.
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// `WALHOOK_LOG` checked: a filter tracing accepts, in which a word alone
+/// is a level or a module walhook logs from. (tracing would read `warning`
+/// as a module name, enable nothing else, and print no log at all.)
+fn log_filter(text: &str) -> Result<String, String> {
+    if let Err(error) = tracing_subscriber::EnvFilter::try_new(text) {
+        return Err(format!("= {text:?} is not a log filter ({error})"));
+    }
+    for directive in text.split(',').map(str::trim) {
+        let bare = !directive.contains(['=', '[', ':']);
+        let known = LEVELS
+            .iter()
+            .any(|level| directive.eq_ignore_ascii_case(level))
+            || directive.parse::<u8>().is_ok_and(|number| number <= 5)
+            || directive == "walhook"
+            || CHATTY_TARGETS.contains(&directive);
+        if bare && !directive.is_empty() && !known {
+            return Err(format!(
+                "= {text:?}: `{directive}` is neither a level ({}) nor a module walhook logs from",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn a_log_filter_names_levels_and_modules() {
+        for good in [
+            "info",
+            "debug",
+            "WARN",
+            "info,walhook::deliver=debug",
+            "walhook=trace",
+            "reqwest",
+        ] {
+            assert_eq!(log_filter(good).as_deref(), Ok(good), "{good}");
+        }
+        let typo = log_filter("warning").unwrap_err();
+        assert!(typo.contains("`warning` is neither a level"), "{typo}");
+        let bad = log_filter("walhook=loud").unwrap_err();
+        assert!(bad.contains("is not a log filter"), "{bad}");
     }
 }

@@ -22,6 +22,7 @@ mod dead_letters;
 mod decoding_messages;
 mod delivery;
 mod destinations;
+mod environment;
 mod failover_slots;
 mod faults;
 mod filters;
