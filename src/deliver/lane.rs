@@ -94,7 +94,6 @@ pub(super) async fn run_lane(
                 &mut parked,
                 None,
                 &reason,
-                None,
                 0,
                 std::time::SystemTime::now(),
             )
@@ -333,17 +332,16 @@ async fn deliver(
         }
     }
     let parked = events.len() as u64;
-    let (last_status, last_error) = match &last_failure {
-        Some(attempt) => (attempt.status(), attempt.to_string()),
-        None => (None, "no attempt was made".to_owned()),
+    let last_error = match &last_failure {
+        Some(attempt) => attempt.to_string(),
+        None => "no attempt was made".to_owned(),
     };
     let stored = park_as_dead_letters(
         endpoint,
         shared,
         events,
-        last_status,
+        last_failure.as_ref(),
         &last_error,
-        last_failure.as_ref().and_then(Attempt::response_body),
         attempts_made,
         first_attempt_at,
     )
@@ -356,17 +354,19 @@ async fn deliver(
 }
 
 /// Stores each event as a dead letter (retrying the store until it works),
-/// and only then resolves its claim. `Break` when abandoned.
+/// and only then resolves its claim; the last attempt's status and the
+/// start of its answer go with it. `Break` when abandoned.
 async fn park_as_dead_letters(
     endpoint: &Endpoint,
     shared: &Shared,
     events: &mut Vec<Outbound>,
-    last_status: Option<u16>,
+    last_attempt: Option<&Attempt>,
     last_error: &str,
-    last_response: Option<&str>,
     attempts: u32,
     first_attempt_at: std::time::SystemTime,
 ) -> ControlFlow<()> {
+    let last_status = last_attempt.and_then(Attempt::status);
+    let last_response = last_attempt.and_then(Attempt::response_body);
     tracing::warn!(subscription = %endpoint.name, events = events.len(), error = %last_error, "parking undeliverable events as dead letters");
     for event in events.drain(..) {
         let letter = DeadLetter {
