@@ -77,6 +77,11 @@ CREATE TABLE IF NOT EXISTS walhook.subscription_state (
 ALTER TABLE walhook.dead_letters ADD COLUMN IF NOT EXISTS mac bytea;
 ALTER TABLE walhook.backlog ADD COLUMN IF NOT EXISTS mac bytea;
 
+-- The start of the receiver's answer to a dead letter's last attempt (at
+-- most 4 KiB of its body, as text), for `walhook dead-letters show`. NULL
+-- when there was no HTTP answer, and in rows parked before the column.
+ALTER TABLE walhook.dead_letters ADD COLUMN IF NOT EXISTS last_response text;
+
 -- Backfills: requests to send the rows a table already has, as READ events
 -- (docs/backfills.md). `walhook backfill` adds a row per table; the running
 -- daemon takes them in id order, reads each table in primary-key chunks

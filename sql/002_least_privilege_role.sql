@@ -4,7 +4,17 @@
 -- after 001_walhook_schema.sql, with psql:
 --
 --   cat sql/*.sql | psql -v tables='public.orders, public.signups' \
---       -v walhook_password='…' "$ADMIN_DATABASE_URL"
+--       -v walhook_password='…' [-v publish='insert, update'] "$ADMIN_DATABASE_URL"
+--
+-- `publish` is what the publication sends: the operations your rules'
+-- `events` name. This script cannot read your rules, so it defaults to
+-- 'insert, update, delete', what a rule without `events` takes; name
+-- fewer to have PostgreSQL decode and send fewer changes, or add
+-- `truncate` if a rule asks for it. A publication that publishes more than
+-- the rules need still works (walhook drops the rest and says so once at
+-- start, with the ALTER PUBLICATION its owner may run); one that publishes
+-- less stops `walhook run` with that statement, since this role may not
+-- alter it (docs/operations.md, "A least-privilege role").
 --
 -- Then walhook runs as `walhook`: it may create its slot (REPLICATION),
 -- read the published tables, and write its own state in the walhook schema.
@@ -31,6 +41,17 @@
 \else
   \echo 'sql/002_least_privilege_role.sql: set the role password with -v walhook_password=...'
   \quit
+\endif
+\if :{?publish}
+\else
+  \set publish 'insert, update, delete'
+\endif
+SELECT :'publish' ~* '^\s*(insert|update|delete|truncate)(\s*,\s*(insert|update|delete|truncate))*\s*$'
+       AS publish_known \gset
+\if :publish_known
+\else
+  \echo 'sql/002_least_privilege_role.sql: -v publish must list operations among insert, update, delete, truncate, comma-separated'
+  DO $$ BEGIN RAISE EXCEPTION 'unknown operation in -v publish'; END $$;
 \endif
 
 -- Each entry of :tables must name an existing table; the list is rebuilt
@@ -83,8 +104,12 @@ GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA walhook TO walhook;
 -- The tables its rules name: read, never written.
 GRANT SELECT ON TABLE :quoted_tables TO walhook;
 
--- The publication walhook streams (source.publication = "walhook").
+-- The publication walhook streams (source.publication = "walhook"), with
+-- the options `walhook setup` gives its own: the operations of `publish`,
+-- and a partitioned table's changes under its own name. An existing one is
+-- left as it is.
 SELECT NOT EXISTS (SELECT FROM pg_publication WHERE pubname = 'walhook') AS create_publication \gset
 \if :create_publication
-  CREATE PUBLICATION walhook FOR TABLE :quoted_tables;
+  CREATE PUBLICATION walhook FOR TABLE :quoted_tables
+      WITH (publish = :'publish', publish_via_partition_root = true);
 \endif

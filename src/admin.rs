@@ -117,6 +117,9 @@ async fn accept_until(
 }
 
 async fn metrics_endpoint(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    // A database that does not answer in time leaves the last counts.
+    let _ = tokio::time::timeout(DEAD_LETTER_COUNT_TIMEOUT, state.status.count_dead_letters(&state))
+        .await;
     (
         [(
             header::CONTENT_TYPE,
@@ -151,6 +154,10 @@ async fn status_endpoint(State(state): State<Arc<AdminState>>) -> impl IntoRespo
 /// How long a computed `/status` answer is served again.
 const STATUS_FRESH_FOR: Duration = Duration::from_secs(1);
 
+/// How long a scrape waits for the dead-letter counts before it answers
+/// with the last ones.
+const DEAD_LETTER_COUNT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// `/status` answers over one database connection, one computation at a
 /// time, each served again for [`STATUS_FRESH_FOR`]: a flood of requests
 /// waits its turn instead of opening a connection each (which once used up
@@ -164,6 +171,8 @@ pub struct StatusSource {
 struct StatusCache {
     client: Option<tokio_postgres::Client>,
     last: Option<(Instant, Result<String, String>)>,
+    /// When `walhook_dead_letters` was last counted.
+    counted_at: Option<Instant>,
 }
 
 impl StatusSource {
@@ -178,12 +187,49 @@ impl StatusSource {
         cache.last = Some((Instant::now(), answer.clone()));
         answer
     }
+
+    /// Sets `walhook_dead_letters` from the table, over the same connection
+    /// and at most once per [`STATUS_FRESH_FOR`]: the table is the truth
+    /// (`dead-letters replay` and `purge` change it from outside the
+    /// daemon), and one grouped count on its `(subscription, event_id)`
+    /// index is cheap for the few letters a healthy system keeps.
+    async fn count_dead_letters(&self, state: &AdminState) {
+        let mut cache = self.inner.lock().await;
+        if cache
+            .counted_at
+            .is_some_and(|at| at.elapsed() < STATUS_FRESH_FOR)
+        {
+            return;
+        }
+        cache.counted_at = Some(Instant::now());
+        if let Err(error) = connected(&mut cache.client, state).await {
+            tracing::debug!(%error, "cannot count dead letters for /metrics");
+            return;
+        }
+        let Some(client) = cache.client.as_ref() else {
+            return;
+        };
+        match crate::store::dead_letters::counts(client).await {
+            Ok(counts) => {
+                let subscriptions = state.scope.borrow().subscriptions.clone();
+                for name in &subscriptions {
+                    let count = counts
+                        .iter()
+                        .find(|(subscription, _)| subscription == name)
+                        .map_or(0, |(_, count)| *count);
+                    state.metrics.set_dead_letters(name, count);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "cannot count dead letters for /metrics"),
+        }
+    }
 }
 
-async fn compute_status(
+/// Opens the admin server's connection when it has none (or lost it).
+async fn connected(
     client: &mut Option<tokio_postgres::Client>,
     state: &AdminState,
-) -> Result<String, String> {
+) -> Result<(), String> {
     if client.as_ref().is_none_or(|client| client.is_closed()) {
         *client = Some(
             connect_sql(&state.params)
@@ -191,6 +237,14 @@ async fn compute_status(
                 .map_err(|error| error.to_string())?,
         );
     }
+    Ok(())
+}
+
+async fn compute_status(
+    client: &mut Option<tokio_postgres::Client>,
+    state: &AdminState,
+) -> Result<String, String> {
+    connected(client, state).await?;
     let Some(connected) = client.as_ref() else {
         return Err("no database connection".to_owned());
     };

@@ -392,6 +392,12 @@ async fn prepare(config: &Config, params: &ConnectParams) -> Result<Prepared, Da
         if report.publication_created || report.publication_changed {
             tracing::info!(publication = %config.source.publication, tables = rules.tables().len(), "publication set to the tables the rules name");
         }
+        if !report.publication_wider.is_empty() {
+            tracing::info!(publication = %config.source.publication, "publication {}", report.publication_outcome());
+        }
+        if report.nothing_to_do() {
+            tracing::info!(slot = %config.source.slot, publication = %config.source.publication, "schema, publication and slot as wanted; no setup needed");
+        }
     }
     drop(client);
     Ok(Prepared {

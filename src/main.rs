@@ -66,6 +66,14 @@ enum Command {
     /// Print the SQL that `setup` runs (for an administrator's psql), or
     /// with --least-privilege the script that makes walhook's own role.
     Sql(SqlArgs),
+    /// Print a shell completion script, e.g.
+    /// `walhook completions bash > /etc/bash_completion.d/walhook`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `walhook man | man -l -`.
+    Man,
 }
 
 #[derive(clap::Args)]
@@ -170,6 +178,8 @@ enum DeadLettersCommand {
         /// Only this subscription's.
         #[arg(long)]
         subscription: Option<String>,
+        #[command(flatten)]
+        window: TimeWindow,
         /// Print a JSON array (with each payload) instead of a table.
         #[arg(long)]
         json: bool,
@@ -215,7 +225,7 @@ enum DeadLettersCommand {
 #[derive(clap::Args)]
 struct DeadLetterSelect {
     /// Every dead letter.
-    #[arg(long, conflicts_with_all = ["subscription", "id"])]
+    #[arg(long, conflicts_with_all = ["subscription", "id", "since", "until"])]
     all: bool,
     /// Those of one subscription.
     #[arg(long)]
@@ -223,6 +233,21 @@ struct DeadLetterSelect {
     /// Those with these event ids (`wh_…`, as `list` shows); repeatable.
     #[arg(long, num_args = 1..)]
     id: Vec<String>,
+    #[command(flatten)]
+    window: TimeWindow,
+}
+
+/// Letters by when they were last tried (`last_attempt_at`).
+#[derive(clap::Args)]
+struct TimeWindow {
+    /// Only those last tried at or after this time: RFC 3339
+    /// (2026-12-04T10:00:00Z, +02:00 offsets), a date, or a duration back
+    /// from now (2h, 7days).
+    #[arg(long, value_name = "TIME", value_parser = commands::dead_letters::parse_time)]
+    since: Option<std::time::SystemTime>,
+    /// Only those last tried before this time (same forms as --since).
+    #[arg(long, value_name = "TIME", value_parser = commands::dead_letters::parse_time)]
+    until: Option<std::time::SystemTime>,
 }
 
 impl DeadLetterSelect {
@@ -232,6 +257,8 @@ impl DeadLetterSelect {
             subscription: self.subscription,
             ids: self.id,
             rows: Vec::new(),
+            since: self.window.since,
+            until: self.window.until,
         }
     }
 }
@@ -278,6 +305,26 @@ struct ListenArgs {
 fn main() -> ExitCode {
     quiet_on_closed_stdout();
     let cli = Cli::parse();
+    // Printed from the command line's own definition: no runtime, no logs.
+    // Made in memory first: clap_complete panics when its writer fails.
+    match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "walhook", &mut script);
+            return write_stdout(&script);
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut page = Vec::new();
+            if let Err(error) = clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                eprintln!("error: making the manual page: {error}");
+                return ExitCode::from(1);
+            }
+            return write_stdout(&page);
+        }
+        _ => {}
+    }
     init_logging(cli.log_format);
     // One TLS provider for both PostgreSQL connections and HTTP.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -366,6 +413,8 @@ fn main() -> ExitCode {
                 )
                 .await,
             ),
+            // Handled before the runtime starts.
+            Command::Completions { .. } | Command::Man => ExitCode::SUCCESS,
         }
     })
 }
@@ -376,10 +425,13 @@ async fn dead_letters(command: DeadLettersCommand) -> Result<(), walhook::comman
         DeadLettersCommand::List {
             config,
             subscription,
+            window,
             json,
         } => {
             let selector = Selector {
                 subscription,
+                since: window.since,
+                until: window.until,
                 ..Selector::default()
             };
             list(&config.config, &selector, json).await
@@ -425,6 +477,21 @@ async fn backfill(args: BackfillArgs) -> Result<(), walhook::commands::CommandEr
         },
     )
     .await
+}
+
+/// Writes `bytes` to stdout; a closed stdout ends quietly with 141, as for
+/// the other commands.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(141),
+        Err(error) => {
+            eprintln!("error: writing to stdout: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// The exit code of a command's outcome, printing its error.
@@ -475,9 +542,13 @@ fn quiet_on_closed_stdout() {
 
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
-    let wanted = std::env::var("WALHOOK_LOG").unwrap_or_else(|_| "info".to_owned());
-    let mut filter = tracing_subscriber::EnvFilter::try_new(&wanted)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let given = std::env::var("WALHOOK_LOG").ok();
+    let (wanted, problem) = match given.as_deref().map(log_filter) {
+        None => ("info".to_owned(), None),
+        Some(Ok(filter)) => (filter, None),
+        Some(Err(problem)) => ("info".to_owned(), Some(problem)),
+    };
+    let mut filter = tracing_subscriber::EnvFilter::new(&wanted);
     for target in CHATTY_TARGETS {
         if !wanted.contains(target)
             && let Ok(directive) = format!("{target}=info").parse()
@@ -493,5 +564,61 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    if let Some(problem) = problem {
+        tracing::warn!(
+            "WALHOOK_LOG {problem}; logging at info instead (e.g. WALHOOK_LOG=debug or WALHOOK_LOG=info,walhook::deliver=debug)"
+        );
+    }
+}
+
+/// The levels a `WALHOOK_LOG` directive may name.
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// `WALHOOK_LOG` checked: a filter tracing accepts, in which a word alone
+/// is a level or a module walhook logs from. (tracing would read `warning`
+/// as a module name, enable nothing else, and print no log at all.)
+fn log_filter(text: &str) -> Result<String, String> {
+    if let Err(error) = tracing_subscriber::EnvFilter::try_new(text) {
+        return Err(format!("= {text:?} is not a log filter ({error})"));
+    }
+    for directive in text.split(',').map(str::trim) {
+        let bare = !directive.contains(['=', '[', ':']);
+        let known = LEVELS
+            .iter()
+            .any(|level| directive.eq_ignore_ascii_case(level))
+            || directive.parse::<u8>().is_ok_and(|number| number <= 5)
+            || directive == "walhook"
+            || CHATTY_TARGETS.contains(&directive);
+        if bare && !directive.is_empty() && !known {
+            return Err(format!(
+                "= {text:?}: `{directive}` is neither a level ({}) nor a module walhook logs from",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn a_log_filter_names_levels_and_modules() {
+        for good in [
+            "info",
+            "debug",
+            "WARN",
+            "info,walhook::deliver=debug",
+            "walhook=trace",
+            "reqwest",
+        ] {
+            assert_eq!(log_filter(good).as_deref(), Ok(good), "{good}");
+        }
+        let typo = log_filter("warning").unwrap_err();
+        assert!(typo.contains("`warning` is neither a level"), "{typo}");
+        let bad = log_filter("walhook=loud").unwrap_err();
+        assert!(bad.contains("is not a log filter"), "{bad}");
     }
 }

@@ -33,8 +33,9 @@ impl SetupError {
         let (message, hint) = match source.as_db_error() {
             Some(db) => {
                 let hint = match db.code().code() {
-                    "42501" => " — the role lacks a privilege: grant it (see sql/ and README \
-                                 'Least privilege'), or run `walhook setup` once as a superuser"
+                    "42501" => " — the role lacks a privilege: an administrator runs this once \
+                                 (docs/operations.md, \"A least-privilege role\"), or runs \
+                                 `walhook setup` as a superuser"
                         .to_owned(),
                     _ => db
                         .hint()
@@ -69,6 +70,35 @@ impl From<StatementError> for SetupError {
     }
 }
 
+impl SetupReport {
+    /// One line on the publication for `walhook setup`'s output and `run`'s
+    /// log: created, changed, as wanted, or wider than wanted (and what its
+    /// owner could run).
+    pub fn publication_outcome(&self) -> String {
+        if self.publication_created {
+            "created".to_owned()
+        } else if self.publication_changed {
+            "updated to the tables and operations the rules name".to_owned()
+        } else if self.publication_wider.is_empty() {
+            "already as wanted".to_owned()
+        } else {
+            format!(
+                "covers what the rules need and more, which walhook ignores; this role \
+                 may not narrow it (its owner may: {}; docs/operations.md)",
+                self.publication_wider.join("; ")
+            )
+        }
+    }
+
+    /// Whether setup found everything as wanted and changed nothing.
+    pub fn nothing_to_do(&self) -> bool {
+        !self.publication_created
+            && !self.publication_changed
+            && !self.slot_created
+            && self.publication_wider.is_empty()
+    }
+}
+
 /// What setup found or did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SetupReport {
@@ -77,6 +107,10 @@ pub struct SetupReport {
     pub slot_created: bool,
     /// The slot's confirmed position (where reading resumes).
     pub slot_confirmed: Option<Lsn>,
+    /// The publication covers what the rules need and more, and this role
+    /// may not narrow it: the statements its owner could run. walhook
+    /// ignores the changes no rule wants.
+    pub publication_wider: Vec<String>,
 }
 
 /// The advisory lock setup holds: its steps check then create (schema,
@@ -168,8 +202,10 @@ async fn ensure_publication(
     for statement in wanted.alterations(publication, &current) {
         match client.batch_execute(&statement).await {
             Ok(()) => report.publication_changed = true,
+            // Said once by the caller, with the statement: not a failure.
             Err(error) if covers => {
-                tracing::info!(publication, reason = %SetupError::new(&statement, error), "the publication covers more than the rules need and cannot be narrowed by this role; using it as it is");
+                tracing::debug!(publication, %error, "cannot narrow the publication");
+                report.publication_wider.push(statement);
             }
             Err(error) => return Err(SetupError::new(&statement, error)),
         }

@@ -8,10 +8,11 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -41,6 +42,13 @@ pub mod names {
     pub const SUBSCRIPTION_MODE: &str = "subscription_mode";
     pub const BACKFILL_ROWS: &str = "backfill_rows";
     pub const BUILD_INFO: &str = "build_info";
+    pub const DEAD_LETTERS: &str = "dead_letters";
+    /// The standard process metrics, without the `walhook_` prefix so that
+    /// dashboards made for any exporter read them.
+    pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+    pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds";
+    pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+    pub const PROCESS_MAX_FDS: &str = "process_max_fds";
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -223,6 +231,8 @@ pub struct Metrics {
     /// The subscriptions' names, in the order of `subscriptions`.
     names: Vec<String>,
     subscriptions: Vec<SubscriptionMetrics>,
+    /// The unprefixed `process_*` metrics, read at each scrape.
+    process: Arc<Registry>,
 }
 
 /// The labelled families behind [`SubscriptionMetrics`], kept to make the
@@ -239,6 +249,8 @@ struct SubscriptionFamilies {
     backlog_bytes: Family<SubscriptionLabel, Gauge>,
     backlog_oldest: Family<SubscriptionLabel, Gauge<f64, AtomicU64>>,
     modes: Family<ModeLabel, Gauge>,
+    /// Counted at the scrape, not kept by the handles.
+    dead_letters: Family<SubscriptionLabel, Gauge>,
 }
 
 impl SubscriptionFamilies {
@@ -247,6 +259,8 @@ impl SubscriptionFamilies {
         let label = SubscriptionLabel {
             subscription: name.to_owned(),
         };
+        // 0 from the start, not absent until the first scrape.
+        let _ = self.dead_letters.get_or_create(&label);
         SubscriptionMetrics {
             matched: self.matched.get_or_create(&label).clone(),
             delivered: self.delivered.get_or_create(&label).clone(),
@@ -288,6 +302,7 @@ impl SubscriptionFamilies {
         self.backlog_events.remove(&label);
         self.backlog_bytes.remove(&label);
         self.backlog_oldest.remove(&label);
+        self.dead_letters.remove(&label);
         for class in ResponseClass::ALL {
             self.responses.remove(&ResponseLabel {
                 subscription: name.to_owned(),
@@ -437,6 +452,14 @@ impl Metrics {
             "Age of the commit of the oldest event waiting in walhook.backlog",
             backlog_oldest.clone(),
         );
+        let dead_letters = Family::<SubscriptionLabel, Gauge>::default();
+        registry.register(
+            names::DEAD_LETTERS,
+            "Rows in walhook.dead_letters, counted at the scrape (at most once a second)",
+            dead_letters.clone(),
+        );
+        let mut process = Registry::default();
+        process.register_collector(Box::new(ProcessCollector));
         let modes = Family::<ModeLabel, Gauge>::default();
         registry.register(
             names::SUBSCRIPTION_MODE,
@@ -454,6 +477,7 @@ impl Metrics {
             backlog_bytes,
             backlog_oldest,
             modes,
+            dead_letters,
         };
         let subscriptions: Vec<SubscriptionMetrics> = subscription_names
             .iter()
@@ -477,6 +501,7 @@ impl Metrics {
             families,
             names: subscription_names.to_vec(),
             subscriptions,
+            process: Arc::new(process),
         })
     }
 
@@ -515,7 +540,18 @@ impl Metrics {
             families: self.families.clone(),
             names: subscription_names.to_vec(),
             subscriptions,
+            process: Arc::clone(&self.process),
         })
+    }
+
+    /// Sets `walhook_dead_letters` of `subscription`.
+    pub fn set_dead_letters(&self, subscription: &str, count: i64) {
+        self.families
+            .dead_letters
+            .get_or_create(&SubscriptionLabel {
+                subscription: subscription.to_owned(),
+            })
+            .set(count);
     }
 
     /// The counter of changes of `table` that no rule selects.
@@ -564,11 +600,87 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut text = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        let _ = encode_registry(&mut text, &self.registry);
+        let _ = encode_registry(&mut text, &self.process);
+        let _ = encode_eof(&mut text);
         text
     }
+}
+
+/// The process's resident memory, CPU time and file descriptors, read when
+/// scraped. Memory and descriptors come from `/proc/self` (Linux; absent
+/// elsewhere), CPU time and the descriptor limit from getrusage/getrlimit.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(bytes) = resident_memory_bytes() {
+            let gauge = ConstGauge::new(bytes);
+            gauge.encode(encoder.encode_descriptor(
+                names::PROCESS_RESIDENT_MEMORY_BYTES,
+                "Resident memory size in bytes",
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
+        if let Ok(usage) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        {
+            let seconds = |time: nix::sys::time::TimeVal| {
+                time.tv_sec() as f64 + time.tv_usec() as f64 / 1e6
+            };
+            let counter = ConstCounter::new(seconds(usage.user_time()) + seconds(usage.system_time()));
+            counter.encode(encoder.encode_descriptor(
+                names::PROCESS_CPU_SECONDS,
+                "User and system CPU time spent in seconds",
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        if let Some(open) = open_fds() {
+            let gauge = ConstGauge::new(open);
+            gauge.encode(encoder.encode_descriptor(
+                names::PROCESS_OPEN_FDS,
+                "Open file descriptors",
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
+        if let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        {
+            let gauge = ConstGauge::new(i64::try_from(soft).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(
+                names::PROCESS_MAX_FDS,
+                "The limit on open file descriptors",
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+/// `VmRSS` of `/proc/self/status`, in bytes.
+fn resident_memory_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kilobytes: i64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kilobytes.checked_mul(1024)
+}
+
+/// The entries of `/proc/self/fd` (less the one reading it).
+fn open_fds() -> Option<i64> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    i64::try_from(entries.saturating_sub(1)).ok()
 }
 
 #[cfg(test)]
@@ -598,6 +710,28 @@ mod tests {
             "{text}"
         );
         assert!(metrics.subscription(1).is_none());
+        assert!(
+            text.contains("walhook_dead_letters{subscription=\"orders\"} 0"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn process_metrics_are_read_at_each_render() {
+        let text = Metrics::new(&[]).render();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(&format!("{name} ")))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_else(|| panic!("{name} in {text}"))
+        };
+        let rss = value("process_resident_memory_bytes");
+        assert!(rss > 1024.0 * 1024.0 && rss < 64.0 * 1024.0 * 1024.0 * 1024.0, "{rss}");
+        assert!(value("process_cpu_seconds_total") > 0.0);
+        let open = value("process_open_fds");
+        assert!(open >= 3.0 && open <= value("process_max_fds"), "{open}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
-use crate::support::{TestDb, Walhook, cluster, connect};
+use crate::support::{TestDb, Walhook, WalhookBinary, cluster, connect, sigterm, stderr, stdout};
 
 #[tokio::test]
 async fn psql_runs_the_sql_files_then_walhook_runs_as_the_least_privilege_role() {
@@ -93,6 +93,20 @@ async fn psql_runs_the_sql_files_then_walhook_runs_as_the_least_privilege_role()
 
 /// Every file of `sql/` through psql, as the README says to run them.
 async fn run_sql_files(db: &TestDb, tables: &str, password: &str) -> std::process::Output {
+    run_sql_files_with(db, tables, password, &[]).await
+}
+
+/// [`run_sql_files`] with more `-v name=value` variables.
+async fn run_sql_files_with(
+    db: &TestDb,
+    tables: &str,
+    password: &str,
+    variables: &[&str],
+) -> std::process::Output {
+    // The role is the cluster's, shared by the tests' databases: one script
+    // at a time, or two would both see it missing and create it.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -107,6 +121,7 @@ async fn run_sql_files(db: &TestDb, tables: &str, password: &str) -> std::proces
     let mut psql = tokio::process::Command::new("psql")
         .args(["-X", "-q", "-v", &format!("tables={tables}")])
         .args(["-v", &format!("walhook_password={password}")])
+        .args(variables.iter().flat_map(|variable| ["-v", variable]))
         .arg(&db.url)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -127,4 +142,137 @@ fn both(output: &std::process::Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// The operations the publication `walhook` sends, as the catalog says.
+async fn published(db: &TestDb) -> (bool, bool, bool, bool, bool) {
+    let row = db
+        .client
+        .query_one(
+            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot \
+             FROM pg_publication WHERE pubname = 'walhook'",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
+}
+
+#[tokio::test]
+async fn the_least_privilege_role_starts_with_one_truthful_line_and_no_failed_setup() {
+    let db = TestDb::with_schema("CREATE TABLE orders (id int PRIMARY KEY, status text)").await;
+    let refused =
+        run_sql_files_with(&db, "public.orders", "s3cret-pw", &["publish=insert; drop"]).await;
+    assert!(!refused.status.success(), "{}", both(&refused));
+    assert!(
+        both(&refused).contains("-v publish must list operations"),
+        "{}",
+        both(&refused)
+    );
+    let output = run_sql_files_with(
+        &db,
+        "public.orders",
+        "s3cret-pw",
+        &["publish=insert, update"],
+    )
+    .await;
+    assert!(output.status.success(), "psql: {}", both(&output));
+    assert_eq!(published(&db).await, (true, true, false, false, true));
+
+    let receiver = Receiver::start().await;
+    let as_walhook = cluster().url_as("walhook", "s3cret-pw", &db.name);
+    let config = |events: &[&str]| {
+        db.configure()
+            .url(&as_walhook)
+            .publication("walhook")
+            .subscription(
+                subscription("orders", &receiver.url("/orders"))
+                    .tables(&["orders"])
+                    .events(events),
+            )
+            .text()
+    };
+    // The rules want what the publication sends: the first start creates
+    // the slot, the next finds nothing to set up.
+    let exact = WalhookBinary::new(&config(&["insert", "update"]));
+    let walhook = exact.spawn_run();
+    exact
+        .wait_for_log("replication slot created", Duration::from_secs(30))
+        .await;
+    db.wait_slot_active().await;
+    sigterm(&walhook);
+    assert!(walhook.wait_with_output().await.unwrap().status.success());
+    let walhook = exact.spawn_run();
+    exact
+        .wait_for_log("no setup needed", Duration::from_secs(30))
+        .await;
+    db.wait_slot_active().await;
+    db.client
+        .batch_execute("INSERT INTO orders VALUES (1, 'new')")
+        .await
+        .unwrap();
+    receiver
+        .wait_for_delivered(1, Duration::from_secs(30))
+        .await;
+    sigterm(&walhook);
+    assert!(walhook.wait_with_output().await.unwrap().status.success());
+    let log = exact.log();
+    assert!(
+        !log.contains("setup failed") && !log.contains("superuser"),
+        "{log}"
+    );
+    assert_eq!(log.matches("no setup needed").count(), 1, "{log}");
+
+    // Wider than the rules (updates that no rule wants): one INFO line
+    // with the statement its owner may run, no failure.
+    let wider = WalhookBinary::new(&config(&["insert"]));
+    let walhook = wider.spawn_run();
+    wider
+        .wait_for_log(
+            "covers what the rules need and more",
+            Duration::from_secs(30),
+        )
+        .await;
+    db.wait_slot_active().await;
+    sigterm(&walhook);
+    assert!(walhook.wait_with_output().await.unwrap().status.success());
+    let log = wider.log();
+    assert!(
+        !log.contains("setup failed") && !log.contains("WARN"),
+        "{log}"
+    );
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("PUBLICATION") || line.contains("narrow"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains(" INFO "), "{log}");
+    assert!(
+        lines[0].contains("ALTER PUBLICATION \"walhook\" SET (publish = 'insert')")
+            && lines[0].contains("docs/operations.md"),
+        "{log}"
+    );
+    let setup = wider.command(&["setup"]).await;
+    assert!(setup.status.success(), "{setup:?}");
+    assert!(
+        !stdout(&setup).contains("already as wanted"),
+        "{}",
+        stdout(&setup)
+    );
+    assert!(
+        stdout(&setup).contains("covers what the rules need and more"),
+        "{}",
+        stdout(&setup)
+    );
+
+    // Narrower than the rules: an error with the statement and where to
+    // read what to do.
+    let narrower = WalhookBinary::new(&config(&["insert", "update", "delete"]));
+    let setup = narrower.command(&["setup"]).await;
+    assert!(!setup.status.success(), "{setup:?}");
+    let text = stderr(&setup);
+    assert!(
+        text.contains("ALTER PUBLICATION") && text.contains("docs/operations.md"),
+        "{text}"
+    );
 }

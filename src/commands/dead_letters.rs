@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
@@ -328,6 +329,7 @@ async fn record_failure(
         letter.id,
         attempt.status(),
         &format!("replay: {attempt}"),
+        attempt.response_body(),
     )
     .await
     .map_err(DeadLetterError::from_query)
@@ -401,6 +403,18 @@ fn nothing_selected(selector: &Selector) -> DeadLetterError {
         let rows: Vec<String> = selector.rows.iter().map(i64::to_string).collect();
         what.push(format!("id(s) {}", rows.join(", ")));
     }
+    if let Some(since) = selector.since {
+        what.push(format!(
+            "last tried since {}",
+            humantime::format_rfc3339_seconds(since)
+        ));
+    }
+    if let Some(until) = selector.until {
+        what.push(format!(
+            "last tried before {}",
+            humantime::format_rfc3339_seconds(until)
+        ));
+    }
     DeadLetterError::NothingSelected {
         what: if what.is_empty() {
             "--all (there are none)".to_owned()
@@ -460,10 +474,20 @@ pub async fn show(config_path: &Path, id: &str) -> Result<(), CommandError> {
         .ok()
         .and_then(|value| serde_json::to_string_pretty(&value).ok())
         .unwrap_or_else(|| letter.payload.clone());
+    let response = match &letter.last_response {
+        Some(body) => format!(
+            "last response (the start of its body, at most {} bytes):\n{}\n",
+            crate::deliver::http::KEPT_RESPONSE_BODY,
+            printable(body)
+        ),
+        None => "last response: none kept (no HTTP answer, an empty body, or a schema \
+                 from before walhook kept them)\n"
+            .to_owned(),
+    };
     println!(
         "dead letter {} (event {})\n  subscription  {}\n  type, table   {} {}\n  \
          attempts      {} (first {}, last {})\n  last status   {}\n  last error    {}\n  \
-         seal          {seal}\npayload:\n{payload}",
+         seal          {seal}\n{response}payload:\n{payload}",
         letter.id,
         letter.event_id,
         letter.subscription,
@@ -480,9 +504,109 @@ pub async fn show(config_path: &Path, id: &str) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// A receiver's text with control characters (a terminal's escape
+/// sequences among them) shown as `\u{..}` escapes; lines and tabs kept.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A time for `--since` / `--until`: RFC 3339 (`2026-12-04T10:00:00Z`, an
+/// offset such as `+02:00`, or a space for the `T`), a date
+/// (`2026-12-04`, midnight UTC), or a duration back from now (`2h`,
+/// `3days`, `90min`).
+pub fn parse_time(text: &str) -> Result<SystemTime, String> {
+    let text = text.trim();
+    let expected = || {
+        format!(
+            "{text:?} is neither a time such as 2026-12-04T10:00:00Z (or +02:00 for an offset, \
+             or a date 2026-12-04) nor a duration back from now such as 2h, 30min or 7days"
+        )
+    };
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return SystemTime::now().checked_sub(ago).ok_or_else(expected);
+    }
+    if text.len() == 10 {
+        return humantime::parse_rfc3339_weak(&format!("{text}T00:00:00Z")).map_err(|_| expected());
+    }
+    // humantime reads UTC only: an offset is taken off by hand.
+    let (local, offset_seconds) = match text.len().checked_sub(6).map(|at| text.split_at(at)) {
+        Some((local, offset))
+            if (offset.starts_with('+') || offset.starts_with('-'))
+                && offset.as_bytes().get(3) == Some(&b':') =>
+        {
+            let hours: u64 = offset[1..3].parse().map_err(|_| expected())?;
+            let minutes: u64 = offset[4..6].parse().map_err(|_| expected())?;
+            let seconds = hours * 3600 + minutes * 60;
+            (
+                local,
+                if offset.starts_with('-') {
+                    -(seconds as i64)
+                } else {
+                    seconds as i64
+                },
+            )
+        }
+        _ => (text, 0),
+    };
+    let local = humantime::parse_rfc3339_weak(local.trim_end_matches(['Z', 'z']))
+        .map_err(|_| expected())?;
+    let shift = std::time::Duration::from_secs(offset_seconds.unsigned_abs());
+    // 10:00+02:00 is 08:00 UTC.
+    if offset_seconds >= 0 {
+        local.checked_sub(shift)
+    } else {
+        local.checked_add(shift)
+    }
+    .ok_or_else(expected)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_rfc3339_dates_or_durations_back_from_now() {
+        let utc = parse_time("2026-12-04T10:00:00Z").unwrap();
+        assert_eq!(
+            humantime::format_rfc3339_seconds(utc).to_string(),
+            "2026-12-04T10:00:00Z"
+        );
+        let offset = parse_time("2026-12-04T12:00:00+02:00").unwrap();
+        assert_eq!(offset, utc);
+        let west = parse_time("2026-12-04T05:30:00-04:30").unwrap();
+        assert_eq!(west, utc);
+        assert_eq!(parse_time("2026-12-04 10:00:00").unwrap(), utc);
+        let date = parse_time("2026-12-04").unwrap();
+        assert_eq!(
+            humantime::format_rfc3339_seconds(date).to_string(),
+            "2026-12-04T00:00:00Z"
+        );
+        let ago = parse_time("2h").unwrap();
+        let elapsed = SystemTime::now().duration_since(ago).unwrap();
+        assert!((7199..=7201).contains(&elapsed.as_secs()), "{elapsed:?}");
+        let error = parse_time("yesterday").unwrap_err();
+        assert!(
+            error.contains("2026-12-04T10:00:00Z") && error.contains("2h"),
+            "{error}"
+        );
+        assert!(parse_time("2026-13-45T00:00:00Z").is_err());
+    }
+
+    #[test]
+    fn a_receivers_text_cannot_drive_the_terminal() {
+        assert_eq!(
+            printable("bad\x1b[2Jinput\n\tok"),
+            "bad\\u{1b}[2Jinput\n\tok"
+        );
+    }
 
     #[test]
     fn the_table_aligns_and_counts() {
@@ -499,6 +623,7 @@ mod tests {
             mac: None,
             kind: Some("INSERT".into()),
             table: Some("public.items".into()),
+            last_response: None,
         };
         let table = render_table(&[letter]);
         let lines: Vec<&str> = table.lines().collect();

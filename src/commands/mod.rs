@@ -148,13 +148,7 @@ pub async fn setup(config_path: &Path) -> Result<(), CommandError> {
     println!(
         "schema walhook: ready\npublication {}: {}\nslot {}: {}{}",
         config.source.publication,
-        if report.publication_created {
-            "created"
-        } else if report.publication_changed {
-            "updated to the tables the rules name"
-        } else {
-            "already as wanted"
-        },
+        report.publication_outcome(),
         config.source.slot,
         if report.slot_created {
             "created"

@@ -111,6 +111,110 @@ pub(super) fn env_overrides() -> Env {
     })
 }
 
+/// The variables walhook reads itself, besides the overrides.
+/// `WALHOOK_TEST_…` is left to test suites.
+pub(super) const OWN_VARIABLES: &[&str] = &[
+    "WALHOOK_CONFIG",
+    "WALHOOK_LOG",
+    "WALHOOK_LISTEN_SECRET",
+    "WALHOOK_WORKER_THREADS",
+    "WALHOOK_PG_BINDIR",
+];
+
+/// The sections whose keys the environment may override.
+const OVERRIDABLE_SECTIONS: [&str; 3] = ["SOURCE", "DELIVERY", "ADMIN"];
+
+/// The `WALHOOK_…` variables among `names` that walhook does not read,
+/// each with what is wrong: a section the environment cannot override, or
+/// a name that is neither an override (`WALHOOK_<SECTION>__<KEY>`) nor one
+/// of [`OWN_VARIABLES`] nor referenced as `env:NAME` in `config_text`.
+/// (An override of an unknown key in an overridable section is an error
+/// already, not a warning.)
+pub(super) fn unknown_variables(
+    names: impl IntoIterator<Item = String>,
+    config_text: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for name in names {
+        let upper = name.to_ascii_uppercase();
+        let Some(rest) = upper.strip_prefix("WALHOOK_") else {
+            continue;
+        };
+        if OWN_VARIABLES.contains(&upper.as_str())
+            || upper.starts_with("WALHOOK_TEST_")
+            || references(config_text, &name)
+        {
+            continue;
+        }
+        match rest.split_once("__") {
+            Some((section, _)) if OVERRIDABLE_SECTIONS.contains(&section) => {}
+            Some((section, _)) => problems.push(format!(
+                "{name} is ignored: only keys of [source], [delivery] and [admin] can come \
+                 from the environment (not {section:?}); subscriptions come from the file, \
+                 where any value may be \"env:NAME\""
+            )),
+            None => problems.push(format!(
+                "{name} is not a variable walhook reads: an override is \
+                 WALHOOK_<SECTION>__<KEY> with two underscores, e.g. WALHOOK_SOURCE__URL \
+                 (docs/configuration.md); walhook's own are {}",
+                OWN_VARIABLES.join(", ")
+            )),
+        }
+    }
+    problems.sort();
+    problems
+}
+
+/// Whether `text` holds `env:<name>` (the variable is a value's source).
+fn references(text: &str, name: &str) -> bool {
+    text.match_indices("env:").any(|(at, _)| {
+        let after = &text[at + 4..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        &after[..end] == name
+    })
+}
+
+/// The variable that overrides `key` (`source.slot` →
+/// `WALHOOK_SOURCE__SLOT`).
+pub(super) fn override_variable(key: &str) -> String {
+    format!("WALHOOK_{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+/// `admin.listen` as an address to bind: an IP address and port, or
+/// `localhost:PORT` (taken as 127.0.0.1, so that it does not depend on
+/// what the resolver lists first). Other host names are refused rather
+/// than resolved: the admin server should bind what the config says.
+pub(super) fn admin_listen_address(text: &str) -> Result<String, String> {
+    if text.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(text.to_owned());
+    }
+    let refused = |why: &str| {
+        Err(format!(
+            "key `admin.listen` = {text:?} {why}; write an IP address and a port, e.g. \
+             127.0.0.1:9187 (this host only), 0.0.0.0:9187 (every interface), [::1]:9187, or \
+             localhost:9187; \"\" disables the admin server"
+        ))
+    };
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return refused("has no port");
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return refused("has no port number after the last `:`");
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(format!("127.0.0.1:{port}"));
+    }
+    if host.is_empty() {
+        return refused("has no host");
+    }
+    if host.contains(':') && !host.starts_with('[') {
+        return refused("is an IPv6 address without brackets");
+    }
+    refused("names a host other than localhost, which walhook does not resolve")
+}
+
 /// A TOML syntax error without the excerpt of the file it quotes (the line
 /// may hold a password): where it is, and what is wrong.
 fn without_excerpt(text: &str) -> String {

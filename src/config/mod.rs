@@ -505,7 +505,14 @@ impl Config {
                 .merge(Toml::file_exact(path))
                 .merge(env_overrides()),
         ));
-        Self::from_figment(path, figment)
+        let config = Self::from_figment(path, figment)?;
+        // Read again only for its `env:` references (it parsed just now).
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+        for problem in env::unknown_variables(names, &text) {
+            tracing::warn!("{problem}");
+        }
+        Ok(config)
     }
 
     /// Builds a config from TOML text, with the environment applied, as if it
@@ -524,7 +531,26 @@ impl Config {
             .extract()
             .map_err(|error| ConfigError::at(path, describe_figment_error(error)))?;
         file.parse()
-            .map_err(|message| ConfigError::at(path, message))
+            .map_err(|message| ConfigError::at(path, from_environment(&figment, message)))
+    }
+}
+
+/// `message` about key `…`, naming the variable the value came from when
+/// an environment override set it (the file is not where to fix it).
+fn from_environment(figment: &Figment, message: String) -> String {
+    let Some(key) = message
+        .strip_prefix("key `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(key, _)| key.to_owned())
+    else {
+        return message;
+    };
+    match figment.find_metadata(&key) {
+        Some(metadata) if metadata.name.contains("environment") => format!(
+            "{message} (from the environment variable {})",
+            env::override_variable(&key)
+        ),
+        _ => message,
     }
 }
 
@@ -532,6 +558,9 @@ impl ConfigFile {
     /// Checks every value and parses each once.
     fn parse(mut self) -> Result<Config, String> {
         self.validate()?;
+        if !self.admin.listen.is_empty() {
+            self.admin.listen = env::admin_listen_address(&self.admin.listen)?;
+        }
         let mut loader = TlsLoader::default();
         let delivery = &self.delivery;
         self.delivery.tls = loader.load(
@@ -608,13 +637,8 @@ impl ConfigFile {
         if delivery.breaker.probe_interval.is_zero() {
             return Err("key `delivery.breaker.probe_interval` must be more than 0s".into());
         }
-        if !self.admin.listen.is_empty()
-            && self.admin.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(format!(
-                "key `admin.listen` = {:?} is not host:port such as 127.0.0.1:9187 (empty disables the admin server)",
-                self.admin.listen
-            ));
+        if !self.admin.listen.is_empty() {
+            env::admin_listen_address(&self.admin.listen)?;
         }
         if self.subscriptions.is_empty() {
             return Err("no [[subscriptions]]: add at least one with name, tables and url".into());

@@ -1,5 +1,6 @@
 //! The configuration's own tests: loading, defaults and each error.
 
+use super::env::unknown_variables;
 use super::*;
 
 const MINIMAL: &str = r#"
@@ -438,4 +439,102 @@ fn type_errors_speak_the_configs_language_not_serdes() {
     let array = said("    columns = \"id\"\n");
     assert!(array.contains("an array"), "{array}");
     assert!(!array.contains("sequence"), "{array}");
+}
+
+#[test]
+fn admin_listen_takes_localhost_and_says_what_else_it_needs() {
+    let with_listen = |listen: &str| load(&format!("{MINIMAL}\n[admin]\nlisten = {listen:?}\n"));
+    assert_eq!(
+        with_listen("localhost:9999").unwrap().admin.listen,
+        "127.0.0.1:9999"
+    );
+    assert_eq!(
+        with_listen("[::1]:9187").unwrap().admin.listen,
+        "[::1]:9187"
+    );
+    assert_eq!(with_listen("").unwrap().admin.listen, "");
+    let host = with_listen("metrics.internal:9187").unwrap_err().message;
+    assert!(host.contains("names a host other than localhost"), "{host}");
+    assert!(
+        host.contains("127.0.0.1:9187") && host.contains("0.0.0.0:9187"),
+        "{host}"
+    );
+    let no_port = with_listen("localhost").unwrap_err().message;
+    assert!(no_port.contains("has no port"), "{no_port}");
+    let bare_v6 = with_listen("::1:9187").unwrap_err().message;
+    assert!(bare_v6.contains("without brackets"), "{bare_v6}");
+}
+
+#[test]
+fn unknown_walhook_variables_are_named_with_what_to_write() {
+    let names = [
+        "WALHOOK_SOURCE__URL",
+        "WALHOOK_LOG",
+        "WALHOOK_CONFIG",
+        "WALHOOK_TEST_SLOT",
+        "WALHOOK_ORDERS_SECRET",
+        "WALHOOK_SOURCE_URL",
+        "WALHOOK_SUBSCRIPTIONS__0__URL",
+        "PATH",
+    ]
+    .map(str::to_owned);
+    let text = r#"secret = "env:WALHOOK_ORDERS_SECRET""#;
+    let problems = unknown_variables(names, text);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].starts_with("WALHOOK_SOURCE_URL is not a variable walhook reads"));
+    assert!(problems[0].contains("WALHOOK_SOURCE__URL"), "{problems:?}");
+    assert!(problems[1].starts_with("WALHOOK_SUBSCRIPTIONS__0__URL is ignored"));
+    // A reference is a whole name, not a prefix of a longer one.
+    let prefix = unknown_variables(["WALHOOK_ORDERS".to_owned()], text);
+    assert_eq!(prefix.len(), 1, "{prefix:?}");
+}
+
+/// Values as the environment provider gives them (the tests may not set
+/// variables: edition 2024 makes that unsafe).
+struct FakeEnvironment(&'static str, &'static str, &'static str);
+
+impl figment::Provider for FakeEnvironment {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("`WALHOOK_` environment variable(s)")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut section = figment::value::Dict::new();
+        section.insert(self.1.into(), self.2.into());
+        let mut dict = figment::value::Dict::new();
+        dict.insert(self.0.into(), section.into());
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+#[test]
+fn a_bad_override_names_its_variable_and_a_bad_file_value_does_not() {
+    let with = |environment: FakeEnvironment| {
+        let figment = Figment::from(EnvReferences(
+            Figment::new()
+                .merge(Toml::string(MINIMAL))
+                .merge(environment),
+        ));
+        Config::from_figment(Path::new("walhook.toml"), figment)
+            .unwrap_err()
+            .message
+    };
+    let slot = with(FakeEnvironment("source", "slot", "Bad-Slot"));
+    assert!(slot.starts_with("key `source.slot`"), "{slot}");
+    assert!(
+        slot.ends_with("(from the environment variable WALHOOK_SOURCE__SLOT)"),
+        "{slot}"
+    );
+    let listen = with(FakeEnvironment("admin", "listen", "somewhere:1"));
+    assert!(listen.contains("WALHOOK_ADMIN__LISTEN"), "{listen}");
+    let typed = with(FakeEnvironment("delivery", "timeout", "soon"));
+    assert!(typed.contains("WALHOOK_DELIVERY__TIMEOUT"), "{typed}");
+    let in_file = load(&MINIMAL.replace("[source]", "[source]\nslot = \"Bad-Slot\"")).unwrap_err();
+    assert!(
+        !in_file.message.contains("environment"),
+        "{}",
+        in_file.message
+    );
 }

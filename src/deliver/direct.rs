@@ -25,7 +25,7 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::http::MAX_RESPONSE_BODY;
+use super::http::{KEPT_RESPONSE_BODY, MAX_RESPONSE_BODY};
 use super::policy;
 use crate::destination::DestinationPolicy;
 
@@ -226,6 +226,8 @@ struct Open {
 pub struct Answer {
     pub status: u16,
     pub retry_after: Option<Duration>,
+    /// The start of the body of an answer other than 2xx.
+    pub body: Option<Box<str>>,
 }
 
 enum RoundTripError {
@@ -264,9 +266,18 @@ impl Open {
             .get(RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(policy::parse_retry_after);
-        let answer = Answer {
+        // A 2xx's body says nothing walhook keeps; a failure's start is
+        // kept for its dead letter (`dead-letters show`).
+        let keep = if (200..300).contains(&status) {
+            0
+        } else {
+            KEPT_RESPONSE_BODY
+        };
+        let mut kept = Vec::new();
+        let answer = |kept: Vec<u8>| Answer {
             status,
             retry_after,
+            body: (!kept.is_empty()).then(|| String::from_utf8_lossy(&kept).into()),
         };
         let mut body = response.into_body();
         let mut read = 0usize;
@@ -275,9 +286,11 @@ impl Open {
                 Some(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         read += data.len();
+                        let room = keep.saturating_sub(kept.len());
+                        kept.extend_from_slice(&data[..room.min(data.len())]);
                         if read > MAX_RESPONSE_BODY {
                             // Not read to its end: the connection goes.
-                            return Ok((answer, false));
+                            return Ok((answer(kept), false));
                         }
                     }
                 }
@@ -292,7 +305,7 @@ impl Open {
                 None => break,
             }
         }
-        Ok((answer, !*ended && !sender.is_closed()))
+        Ok((answer(kept), !*ended && !sender.is_closed()))
     }
 }
 

@@ -474,7 +474,7 @@ impl Drainer {
                 Some(row) if row.park_reason.is_some() => {
                     let event = outbound(row, generation, ledger);
                     let reason = event.park.clone().unwrap_or_default();
-                    if self.park(event, None, &reason).await.is_break() {
+                    if self.park(event, None, &reason, None).await.is_break() {
                         return;
                     }
                     self.delete_delivered(ledger).await;
@@ -520,7 +520,7 @@ impl Drainer {
                 let failure = outcome.to_string();
                 tracing::warn!(subscription = %gate.name, event_id = %event.id, %failure, "the probe event was rejected; parked as a dead letter, and the endpoint, which answers, gets the rest");
                 if self
-                    .park(event, outcome.status(), &failure)
+                    .park(event, outcome.status(), &failure, outcome.response_body())
                     .await
                     .is_break()
                 {
@@ -539,7 +539,13 @@ impl Drainer {
 
     /// Stores `event` as a dead letter (retrying until it works) and
     /// resolves its claim. `Break` when abandoned.
-    async fn park(&self, event: Outbound, status: Option<u16>, error: &str) -> ControlFlow<()> {
+    async fn park(
+        &self,
+        event: Outbound,
+        status: Option<u16>,
+        error: &str,
+        response: Option<&str>,
+    ) -> ControlFlow<()> {
         let gate = &self.context.gate;
         let letter = DeadLetter {
             subscription: &gate.name,
@@ -547,6 +553,7 @@ impl Drainer {
             payload: &event.body,
             last_status: status,
             last_error: error,
+            last_response: response,
             attempts: u32::from(status.is_some()),
             first_attempt_at: std::time::SystemTime::now(),
             mac: event.dead_letter_seal(&self.context.endpoint),

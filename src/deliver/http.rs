@@ -300,6 +300,7 @@ impl Endpoint {
                 Ok(answer) => Attempt::Status {
                     status: answer.status,
                     retry_after: answer.retry_after,
+                    body: answer.body,
                 },
                 // A 2xx whose body broke off still said 2xx.
                 Err(DirectError::Body {
@@ -309,6 +310,7 @@ impl Endpoint {
                 }) if (200..300).contains(&status) => Attempt::Status {
                     status,
                     retry_after,
+                    body: None,
                 },
                 Err(error) => Attempt::Transport(error.describe()),
             };
@@ -327,16 +329,25 @@ impl Endpoint {
                     .get(RETRY_AFTER)
                     .and_then(|value| value.to_str().ok())
                     .and_then(policy::parse_retry_after);
-                match discard_body(response).await {
-                    Ok(()) => Attempt::Status {
+                // A 2xx's body says nothing walhook keeps; a failure's
+                // start is kept for its dead letter (`dead-letters show`).
+                let keep = if (200..300).contains(&status) {
+                    0
+                } else {
+                    KEPT_RESPONSE_BODY
+                };
+                match read_body(response, keep).await {
+                    Ok(kept) => Attempt::Status {
                         status,
                         retry_after,
+                        body: kept,
                     },
                     // A 2xx whose body broke off still said 2xx: the receiver
                     // accepted it before answering.
                     Err(_) if (200..300).contains(&status) => Attempt::Status {
                         status,
                         retry_after,
+                        body: None,
                     },
                     Err(error) => Attempt::Transport(self.describe(&error)),
                 }
@@ -479,23 +490,36 @@ pub struct Answer {
 }
 
 /// The most of a response body walhook reads. The status says what
-/// happened; the body is read only so that the connection can be used
-/// again, and a receiver must not make walhook hold gigabytes
-/// (docs/security.md).
+/// happened; the body is read so that the connection can be used again
+/// (and a failure's start kept, [`KEPT_RESPONSE_BODY`]), and a receiver
+/// must not make walhook hold gigabytes (docs/security.md).
 pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
-/// Reads and drops a response body, up to [`MAX_RESPONSE_BODY`]: a longer
-/// one is left unread and its connection closed instead of pooled.
-async fn discard_body(mut response: reqwest::Response) -> Result<(), reqwest::Error> {
+/// How much of a failed answer's body is kept (as text, for the dead
+/// letter it may become): enough for a receiver's error message, never a
+/// receiver's whole page.
+pub const KEPT_RESPONSE_BODY: usize = 4 * 1024;
+
+/// Reads a response body up to [`MAX_RESPONSE_BODY`], keeping its first
+/// `keep` bytes as text (invalid UTF-8 replaced; `None` when empty or
+/// `keep` is 0); the rest is dropped as it arrives. A longer body is left
+/// unread and its connection closed instead of pooled.
+async fn read_body(
+    mut response: reqwest::Response,
+    keep: usize,
+) -> Result<Option<Box<str>>, reqwest::Error> {
     let mut read = 0usize;
+    let mut kept = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         read += chunk.len();
+        let room = keep.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..room.min(chunk.len())]);
         if read > MAX_RESPONSE_BODY {
             // Dropping a response with body left closes its connection.
             break;
         }
     }
-    Ok(())
+    Ok((!kept.is_empty()).then(|| String::from_utf8_lossy(&kept).into()))
 }
 
 /// The body and webhook id of one request.
@@ -570,6 +594,8 @@ pub enum Attempt {
     Status {
         status: u16,
         retry_after: Option<Duration>,
+        /// The start of the body of an answer other than 2xx.
+        body: Option<Box<str>>,
     },
     /// No HTTP answer: refused, reset, timed out, TLS failed.
     Transport(String),
@@ -581,6 +607,7 @@ impl Attempt {
             Attempt::Status {
                 status,
                 retry_after,
+                ..
             } => policy::classify_status(*status, *retry_after),
             Attempt::Transport(_) => Verdict::Retry { not_before: None },
         }
@@ -589,6 +616,15 @@ impl Attempt {
     pub fn status(&self) -> Option<u16> {
         match self {
             Attempt::Status { status, .. } => Some(*status),
+            Attempt::Transport(_) => None,
+        }
+    }
+
+    /// The start of the receiver's answer, when it answered other than 2xx
+    /// with a body ([`KEPT_RESPONSE_BODY`] bytes at most).
+    pub fn response_body(&self) -> Option<&str> {
+        match self {
+            Attempt::Status { body, .. } => body.as_deref(),
             Attempt::Transport(_) => None,
         }
     }

@@ -339,15 +339,15 @@ async fn deliver(
         }
     }
     let parked = events.len() as u64;
-    let (last_status, last_error) = match &last_failure {
-        Some(attempt) => (attempt.status(), attempt.to_string()),
-        None => (None, "no attempt was made".to_owned()),
+    let last_error = match &last_failure {
+        Some(attempt) => attempt.to_string(),
+        None => "no attempt was made".to_owned(),
     };
     let stored = park_as_dead_letters(
         endpoint,
         shared,
         events,
-        last_status,
+        last_failure.as_ref(),
         &last_error,
         attempts_made,
         first_attempt_at,
@@ -361,16 +361,19 @@ async fn deliver(
 }
 
 /// Stores each event as a dead letter (retrying the store until it works),
-/// and only then resolves its claim. `Break` when abandoned.
+/// and only then resolves its claim; the last attempt's status and the
+/// start of its answer go with it. `Break` when abandoned.
 async fn park_as_dead_letters(
     endpoint: &Endpoint,
     shared: &Shared,
     events: &mut Vec<Outbound>,
-    last_status: Option<u16>,
+    last_attempt: Option<&Attempt>,
     last_error: &str,
     attempts: u32,
     first_attempt_at: std::time::SystemTime,
 ) -> ControlFlow<()> {
+    let last_status = last_attempt.and_then(Attempt::status);
+    let last_response = last_attempt.and_then(Attempt::response_body);
     tracing::warn!(subscription = %endpoint.name, events = events.len(), error = %last_error, "parking undeliverable events as dead letters");
     for event in events.drain(..) {
         let letter = DeadLetter {
@@ -379,6 +382,7 @@ async fn park_as_dead_letters(
             payload: &event.body,
             last_status,
             last_error,
+            last_response,
             attempts,
             first_attempt_at,
             mac: event.dead_letter_seal(endpoint),

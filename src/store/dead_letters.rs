@@ -6,13 +6,13 @@
 //! to the caller, which retries; nothing here gives up on an event. Storing
 //! the same event twice (a replay after a crash) updates the row instead of
 //! adding one. The functions below read and change them for the commands;
-//! which letters a command means is a [`Selection`].
+//! which letters a command means is a [`Selector`].
 
 use std::time::SystemTime;
 
 use tokio::sync::Mutex;
 
-use super::schema::has_seal_column;
+use super::schema::{has_column, has_seal_column};
 use super::{StatementError, failed};
 use crate::pgconn::{ConnectParams, connect_sql};
 use crate::seal::SEAL_BYTES;
@@ -25,6 +25,9 @@ pub struct DeadLetter<'a> {
     pub payload: &'a [u8],
     pub last_status: Option<u16>,
     pub last_error: &'a str,
+    /// The start of the receiver's answer to the last attempt (see
+    /// `deliver::http::KEPT_RESPONSE_BODY`), when it answered.
+    pub last_response: Option<&'a str>,
     pub attempts: u32,
     pub first_attempt_at: SystemTime,
     /// The row's seal (`None` for a subscription without one, and for an
@@ -38,10 +41,13 @@ pub struct DeadLetters {
     client: Mutex<Option<Connection>>,
 }
 
-/// The open connection, and whether its table holds seals.
+/// The open connection, whether its table holds seals, and the insert for
+/// the columns its table has.
 struct Connection {
     client: tokio_postgres::Client,
     sealed: bool,
+    responses: bool,
+    insert: String,
 }
 
 /// Storing a dead letter failed; the caller retries.
@@ -55,25 +61,34 @@ pub enum StoreError {
     Payload,
 }
 
-// A row stored again keeps its first attempt and counts the new ones; its
-// payload and seal are the event's (a row someone wrote first under the
-// event's id does not survive walhook storing the real one).
-const INSERT: &str = "INSERT INTO walhook.dead_letters \
-     (subscription, event_id, payload, last_status, last_error, attempts, first_attempt_at, mac) \
-     VALUES ($1, $2, $3::text::json, $4, $5, $6, to_timestamp($7::float8), $8) \
-     ON CONFLICT (subscription, event_id) DO UPDATE SET \
-       payload = EXCLUDED.payload, mac = EXCLUDED.mac, \
-       last_status = EXCLUDED.last_status, last_error = EXCLUDED.last_error, \
-       attempts = walhook.dead_letters.attempts + EXCLUDED.attempts, last_attempt_at = now()";
-
-/// [`INSERT`] for a table made before seals (no `mac` column).
-const INSERT_UNSEALED: &str = "INSERT INTO walhook.dead_letters \
-     (subscription, event_id, payload, last_status, last_error, attempts, first_attempt_at) \
-     VALUES ($1, $2, $3::text::json, $4, $5, $6, to_timestamp($7::float8)) \
-     ON CONFLICT (subscription, event_id) DO UPDATE SET \
-       payload = EXCLUDED.payload, \
-       last_status = EXCLUDED.last_status, last_error = EXCLUDED.last_error, \
-       attempts = walhook.dead_letters.attempts + EXCLUDED.attempts, last_attempt_at = now()";
+/// The insert for a table with (or, made before them, without) the `mac`
+/// and `last_response` columns. A row stored again keeps its first attempt
+/// and counts the new ones; its payload and seal are the event's (a row
+/// someone wrote first under the event's id does not survive walhook
+/// storing the real one).
+fn insert_statement(sealed: bool, responses: bool) -> String {
+    let mut columns =
+        "subscription, event_id, payload, last_status, last_error, attempts, first_attempt_at"
+            .to_owned();
+    let mut values = "$1, $2, $3::text::json, $4, $5, $6, to_timestamp($7::float8)".to_owned();
+    let mut updates = "payload = EXCLUDED.payload, last_status = EXCLUDED.last_status, \
+         last_error = EXCLUDED.last_error, \
+         attempts = walhook.dead_letters.attempts + EXCLUDED.attempts, last_attempt_at = now()"
+        .to_owned();
+    let mut next = 8;
+    for (present, column) in [(sealed, "mac"), (responses, "last_response")] {
+        if present {
+            columns.push_str(&format!(", {column}"));
+            values.push_str(&format!(", ${next}"));
+            updates.push_str(&format!(", {column} = EXCLUDED.{column}"));
+            next += 1;
+        }
+    }
+    format!(
+        "INSERT INTO walhook.dead_letters ({columns}) VALUES ({values}) \
+         ON CONFLICT (subscription, event_id) DO UPDATE SET {updates}"
+    )
+}
 
 impl DeadLetters {
     pub fn new(params: ConnectParams) -> Self {
@@ -105,7 +120,18 @@ impl DeadLetters {
             if !sealed {
                 tracing::warn!("walhook.dead_letters has no `mac` column (a schema from before row seals): dead letters are stored unsealed. Run `walhook setup` as the schema's owner to add it (docs/security.md)");
             }
-            *guard = Some(Connection { client, sealed });
+            let responses = has_column(&client, "dead_letters", "last_response")
+                .await
+                .map_err(|error| StoreError::Connect(error.to_string()))?;
+            if !responses {
+                tracing::info!("walhook.dead_letters has no `last_response` column (a schema from an older walhook): dead letters are stored without the receiver's answer. Run `walhook setup` as the schema's owner to add it");
+            }
+            *guard = Some(Connection {
+                client,
+                sealed,
+                responses,
+                insert: insert_statement(sealed, responses),
+            });
         }
         let Some(connection) = guard.as_ref() else {
             return Err(StoreError::Connect("no connection".into()));
@@ -122,13 +148,16 @@ impl DeadLetters {
             &attempts,
             &first_attempt,
         ];
-        let statement = if connection.sealed {
+        if connection.sealed {
             params.push(&mac);
-            INSERT
-        } else {
-            INSERT_UNSEALED
-        };
-        let result = connection.client.execute(statement, &params).await;
+        }
+        if connection.responses {
+            params.push(&letter.last_response);
+        }
+        let result = connection
+            .client
+            .execute(connection.insert.as_str(), &params)
+            .await;
         match result {
             Ok(_) => Ok(()),
             Err(error) => {
@@ -173,6 +202,23 @@ pub async fn count(
         .map_err(failed(QUERY))
 }
 
+/// How many letters each subscription that has any has (for
+/// `walhook_dead_letters`).
+pub async fn counts(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<(String, i64)>, StatementError> {
+    const QUERY: &str =
+        "SELECT subscription, count(*) FROM walhook.dead_letters GROUP BY subscription";
+    client
+        .query(QUERY, &[])
+        .await
+        .map_err(failed(QUERY))?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(failed(QUERY))
+}
+
 /// Which dead letters a command acts on.
 #[derive(Debug, Clone, Default)]
 pub struct Selector {
@@ -182,11 +228,20 @@ pub struct Selector {
     pub ids: Vec<String>,
     /// Row ids (the `ID` column of `list`).
     pub rows: Vec<i64>,
+    /// Only letters last tried at or after this time…
+    pub since: Option<SystemTime>,
+    /// … and before this one (`last_attempt_at`).
+    pub until: Option<SystemTime>,
 }
 
 impl Selector {
     pub fn is_empty(&self) -> bool {
-        !self.all && self.subscription.is_none() && self.ids.is_empty() && self.rows.is_empty()
+        !self.all
+            && self.subscription.is_none()
+            && self.ids.is_empty()
+            && self.rows.is_empty()
+            && self.since.is_none()
+            && self.until.is_none()
     }
 
     /// The WHERE clause and its parameters (`all` selects everything).
@@ -205,6 +260,14 @@ impl Selector {
             params.push(Param::Numbers(self.rows.clone()));
             conditions.push(format!("id = ANY(${})", params.len()));
         }
+        if let Some(since) = self.since {
+            params.push(Param::Time(since));
+            conditions.push(format!("last_attempt_at >= ${}", params.len()));
+        }
+        if let Some(until) = self.until {
+            params.push(Param::Time(until));
+            conditions.push(format!("last_attempt_at < ${}", params.len()));
+        }
         if conditions.is_empty() {
             (String::new(), params)
         } else {
@@ -217,6 +280,7 @@ enum Param {
     Text(String),
     List(Vec<String>),
     Numbers(Vec<i64>),
+    Time(SystemTime),
 }
 
 impl Param {
@@ -225,6 +289,7 @@ impl Param {
             Param::Text(text) => text,
             Param::List(list) => list,
             Param::Numbers(numbers) => numbers,
+            Param::Time(time) => time,
         }
     }
 }
@@ -249,6 +314,9 @@ pub struct Letter {
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub table: Option<String>,
+    /// The start of the receiver's answer to the last attempt; `None` when
+    /// there was none, or the table has no column for it.
+    pub last_response: Option<String>,
 }
 
 /// The columns of a [`Letter`], before the seal (see [`select`]).
@@ -268,11 +336,20 @@ pub async fn select(
         .await
         .map_err(|error| error.source)?;
     let mac = if sealed { "mac" } else { "NULL::bytea" };
+    // Likewise a table from before the kept responses.
+    let responses = has_column(client, "dead_letters", "last_response")
+        .await
+        .map_err(|error| error.source)?;
+    let response = if responses {
+        "last_response"
+    } else {
+        "NULL::text"
+    };
     let rows = client
         .query(
             &format!(
                 "{SELECT}, {mac}, payload->>'type', \
-                 (payload->>'schema') || '.' || (payload->>'table') \
+                 (payload->>'schema') || '.' || (payload->>'table'), {response} \
                  FROM walhook.dead_letters{clause} ORDER BY id"
             ),
             &params,
@@ -293,6 +370,7 @@ pub async fn select(
                 mac: row.try_get(9)?,
                 kind: row.try_get(10)?,
                 table: row.try_get(11)?,
+                last_response: row.try_get(12)?,
             })
         })
         .collect()
@@ -306,21 +384,38 @@ pub async fn delete(client: &tokio_postgres::Client, id: i64) -> Result<(), toki
     Ok(())
 }
 
-/// Records a failed replay of one letter: its status and error, one more
+/// Records a failed replay of one letter: its status, error and the start
+/// of the receiver's answer (where the table has a column for it), one more
 /// attempt.
 pub async fn record_replay_failure(
     client: &tokio_postgres::Client,
     id: i64,
     status: Option<u16>,
     error: &str,
+    response: Option<&str>,
 ) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute(
-            "UPDATE walhook.dead_letters SET last_status = $2, last_error = $3, \
-             attempts = attempts + 1, last_attempt_at = now() WHERE id = $1",
-            &[&id, &status.map(i32::from), &error],
-        )
-        .await?;
+    let responses = has_column(client, "dead_letters", "last_response")
+        .await
+        .map_err(|error| error.source)?;
+    let status = status.map(i32::from);
+    if responses {
+        client
+            .execute(
+                "UPDATE walhook.dead_letters SET last_status = $2, last_error = $3, \
+                 last_response = $4, attempts = attempts + 1, last_attempt_at = now() \
+                 WHERE id = $1",
+                &[&id, &status, &error, &response],
+            )
+            .await?;
+    } else {
+        client
+            .execute(
+                "UPDATE walhook.dead_letters SET last_status = $2, last_error = $3, \
+                 attempts = attempts + 1, last_attempt_at = now() WHERE id = $1",
+                &[&id, &status, &error],
+            )
+            .await?;
+    }
     Ok(())
 }
 
@@ -364,5 +459,32 @@ mod tests {
         .clause();
         assert_eq!(clause, " WHERE subscription = $1 AND event_id = ANY($2)");
         assert_eq!(params.len(), 2);
+        let window = Selector {
+            since: Some(SystemTime::UNIX_EPOCH),
+            until: Some(SystemTime::now()),
+            ..Selector::default()
+        };
+        assert!(!window.is_empty(), "a time window selects on its own");
+        let (clause, params) = window.clause();
+        assert_eq!(
+            clause,
+            " WHERE last_attempt_at >= $1 AND last_attempt_at < $2"
+        );
+        assert_eq!(params.len(), 2);
+    }
+
+    #[test]
+    fn the_insert_names_only_the_columns_the_table_has() {
+        let oldest = insert_statement(false, false);
+        assert!(!oldest.contains("mac") && !oldest.contains("last_response"));
+        assert!(oldest.contains("to_timestamp($7::float8))"));
+        let sealed = insert_statement(true, false);
+        assert!(sealed.contains(", mac) VALUES") && sealed.contains(", $8)"));
+        let both = insert_statement(true, true);
+        assert!(both.contains("mac, last_response) VALUES"));
+        assert!(both.contains(", $8, $9)"));
+        assert!(both.contains("last_response = EXCLUDED.last_response"));
+        let unsealed = insert_statement(false, true);
+        assert!(unsealed.contains(", last_response) VALUES") && unsealed.contains(", $8)"));
     }
 }

@@ -69,13 +69,26 @@ pub async fn has_seal_column(
     client: &tokio_postgres::Client,
     table: &str,
 ) -> Result<bool, StatementError> {
+    has_column(client, table, "mac").await
+}
+
+/// Whether `walhook.<table>` has `column`: a column added to an existing
+/// schema (`ADD COLUMN IF NOT EXISTS` in sql/001) is there only once
+/// `walhook setup` has run as the schema's owner, which a least-privilege
+/// role cannot do, so code that uses one asks first. False when the table
+/// is missing.
+pub async fn has_column(
+    client: &tokio_postgres::Client,
+    table: &str,
+    column: &str,
+) -> Result<bool, StatementError> {
     const QUERY: &str = "SELECT EXISTS (SELECT FROM pg_attribute a \
          JOIN pg_class c ON c.oid = a.attrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = 'walhook' AND c.relname = $1 AND a.attname = 'mac' \
+         WHERE n.nspname = 'walhook' AND c.relname = $1 AND a.attname = $2 \
            AND NOT a.attisdropped)";
     client
-        .query_one(QUERY, &[&table])
+        .query_one(QUERY, &[&table, &column])
         .await
         .and_then(|row| row.try_get(0))
         .map_err(failed(QUERY))

@@ -77,6 +77,8 @@ struct Inner {
     requests: Mutex<Vec<Received>>,
     /// Status to answer; 2xx means the events count as delivered.
     status: Mutex<u16>,
+    /// The body of every answer (empty unless set).
+    answer_body: Mutex<Bytes>,
     /// How long to wait before answering (and recording) a request. A
     /// request whose client gives up first is never recorded.
     delay: Mutex<Duration>,
@@ -206,6 +208,11 @@ impl Receiver {
     /// Answer every following request with `status`.
     pub fn respond_with(&self, status: u16) {
         *self.inner.status.lock().unwrap() = status;
+    }
+
+    /// Answer every following request with this body (and the status set).
+    pub fn respond_with_body(&self, body: impl Into<Bytes>) {
+        *self.inner.answer_body.lock().unwrap() = body.into();
     }
 
     /// Wait `delay` before answering each following request; a delay past
@@ -397,7 +404,7 @@ async fn record(
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, HeaderMap, String) {
+) -> (StatusCode, HeaderMap, Bytes) {
     let arrived_at = Instant::now();
     inner.arrived_bodies.lock().unwrap().push(body.clone());
     inner.arrivals.fetch_add(1, Ordering::SeqCst);
@@ -478,7 +485,10 @@ async fn record(
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         answer,
-        scripted.map(|reply| reply.body).unwrap_or_default(),
+        match scripted {
+            Some(reply) => Bytes::from(reply.body),
+            None => inner.answer_body.lock().unwrap().clone(),
+        },
     )
 }
 
