@@ -17,6 +17,7 @@ mod batching;
 mod check;
 mod cli;
 mod completions;
+mod connections;
 mod contract;
 mod dead_letter_answers;
 mod dead_letters;
