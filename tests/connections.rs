@@ -1,9 +1,10 @@
 //! The connection to a plain-HTTP receiver: a lane keeps one open between
 //! requests, opens a new one when the receiver answered `Connection:
 //! close`, and when the receiver closed an idle one meanwhile the request
-//! goes on a new connection without counting as a failed attempt. The
-//! receiver here is a bare HTTP/1.1 server, so the test sees connections,
-//! not just requests.
+//! goes on a new connection without counting as a failed attempt. A
+//! configured `Host` is sent as configured, and a 2xx whose body never ends
+//! is delivered. The receiver here is mostly a bare HTTP/1.1 server, so the
+//! test sees connections, not just requests.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -183,5 +184,78 @@ async fn a_connection_the_receiver_closed_while_idle_costs_no_attempt() {
     }
     assert_eq!(db.dead_letter_count().await, 0, "no request failed");
     assert_eq!(counts.connections.load(Ordering::SeqCst), 8);
+    walhook.stop().await.unwrap();
+}
+
+/// A `Host` the subscription sets (a virtual host behind an address) is
+/// the one the receiver sees.
+#[tokio::test]
+async fn a_configured_host_header_is_sent_as_configured() {
+    let db = TestDb::with_schema("CREATE TABLE items (id bigint PRIMARY KEY)").await;
+    let receiver = crate::support::receiver::Receiver::start().await;
+    let walhook = Walhook::start(
+        db.configure()
+            .subscription(
+                subscription("rows", &receiver.url("/hook"))
+                    .tables(&["items"])
+                    .with("headers", r#"{ Host = "api.internal" }"#),
+            )
+            .build(),
+    );
+    db.wait_slot_active().await;
+    insert(&db, 1).await;
+    receiver.wait_for_requests(1, DEADLINE).await;
+    assert_eq!(receiver.requests()[0].headers["host"], "api.internal");
+    walhook.stop().await.unwrap();
+}
+
+/// The receiver answers 200 and then never finishes the body: the answer
+/// was 2xx, so the event is delivered, not retried or parked when the
+/// request times out.
+#[tokio::test]
+async fn a_2xx_whose_body_never_ends_counts_as_delivered() {
+    let db = TestDb::with_schema("CREATE TABLE items (id bigint PRIMARY KEY)").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                while complete_request(&buffer).is_none() {
+                    let mut chunk = [0u8; 16 * 1024];
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial";
+                let _ = socket.write_all(head.as_bytes()).await;
+                // Holds the connection open without finishing the body.
+                let _ = socket.read(&mut [0u8; 1]).await;
+            });
+        }
+    });
+    let walhook = Walhook::start(
+        db.configure()
+            .delivery("max_attempts", "1")
+            .delivery("timeout", "\"500ms\"")
+            .subscription(subscription("rows", &url).tables(&["items"]))
+            .build(),
+    );
+    db.wait_slot_active().await;
+    insert(&db, 1).await;
+    let written = db.current_wal().await;
+    wait_until("the slot to move past the row", DEADLINE, || async {
+        db.confirmed_flush()
+            .await
+            .is_some_and(|confirmed| confirmed >= written)
+    })
+    .await;
+    assert_eq!(db.dead_letter_count().await, 0, "delivered, not parked");
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "sent once");
     walhook.stop().await.unwrap();
 }

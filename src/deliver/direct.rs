@@ -17,6 +17,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
@@ -90,43 +92,33 @@ impl DirectTarget {
         timeout: Duration,
         connection: &mut LaneConnection,
     ) -> Result<Answer, DirectError> {
-        match tokio::time::timeout(timeout, self.exchange(headers, body, connection)).await {
-            Ok(answer) => answer,
-            Err(_) => {
-                // Whatever the connection was in the middle of is unknown.
-                connection.open = None;
-                Err(DirectError::TimedOut)
-            }
-        }
-    }
-
-    async fn exchange(
-        &self,
-        headers: HeaderMap,
-        body: Bytes,
-        connection: &mut LaneConnection,
-    ) -> Result<Answer, DirectError> {
+        // Not `now + timeout`: the config accepts durations that would
+        // overflow the clock; a year is as long.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
         let reused = connection.take_usable();
-        let fresh = reused.is_none();
+        let was_reused = reused.is_some();
         let mut open = match reused {
             Some(open) => open,
-            None => self.connect().await?,
+            None => self.connect(deadline).await?,
         };
-        let request = self.request(headers.clone(), body.clone());
-        match open.round_trip(request).await {
+        let answer = match open.round_trip(self.request(headers, body), deadline).await {
+            // A kept-alive connection the receiver closed meanwhile, found
+            // before the request was written: it goes once more on a new
+            // one. A request written and then lost is an attempt that
+            // failed, as through the shared client.
+            Err(RoundTripError::Unsent(request, _)) if was_reused => {
+                open = self.connect(deadline).await?;
+                open.round_trip(*request, deadline).await
+            }
+            other => other,
+        };
+        match answer {
             Ok((answer, keep)) => {
                 if keep {
-                    connection.open = Some(open);
-                }
-                Ok(answer)
-            }
-            // A kept-alive connection the receiver closed meanwhile: the
-            // request never reached it, so it goes once more on a new one.
-            Err(RoundTripError::BeforeAnswer(_)) if !fresh => {
-                let mut open = self.connect().await?;
-                let request = self.request(headers, body);
-                let (answer, keep) = open.round_trip(request).await.map_err(DirectError::from)?;
-                if keep {
+                    open.last_used = Instant::now();
                     connection.open = Some(open);
                 }
                 Ok(answer)
@@ -136,7 +128,11 @@ impl DirectTarget {
     }
 
     fn request(&self, mut headers: HeaderMap, body: Bytes) -> Request<Full<Bytes>> {
-        headers.insert(HOST, self.host_header.clone());
+        // A `Host` the subscription configures (virtual hosts behind an
+        // address) wins, as through the shared client.
+        if !headers.contains_key(HOST) {
+            headers.insert(HOST, self.host_header.clone());
+        }
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.path.clone();
@@ -145,48 +141,71 @@ impl DirectTarget {
     }
 
     /// Resolves the host, keeps the addresses the destination policy
-    /// permits, and connects to the first that answers.
-    async fn connect(&self) -> Result<Open, DirectError> {
+    /// permits, and connects to the first that answers, each address with
+    /// its share of the time left (at least [`MIN_CONNECT_SHARE`]), so that
+    /// one that drops packets does not use up the attempt.
+    async fn connect(&self, deadline: Instant) -> Result<Open, DirectError> {
         let addresses: Vec<SocketAddr> = match self.host.parse::<IpAddr>() {
             Ok(address) => vec![SocketAddr::new(address, self.port)],
-            Err(_) => tokio::net::lookup_host((self.host.as_str(), self.port))
-                .await
-                .map_err(DirectError::Connect)?
-                .collect(),
+            Err(_) => {
+                let lookup = tokio::net::lookup_host((self.host.as_str(), self.port));
+                tokio::time::timeout_at(deadline, lookup)
+                    .await
+                    .map_err(|_| DirectError::TimedOut)?
+                    .map_err(DirectError::Connect)?
+                    .collect()
+            }
         };
         let ips: Vec<IpAddr> = addresses.iter().map(SocketAddr::ip).collect();
         if let Some(refused) = self.policy.refuse_all(&self.host, &ips) {
             return Err(DirectError::Refused(refused.to_string()));
         }
+        let permitted: Vec<SocketAddr> = addresses
+            .into_iter()
+            .filter(|address| self.policy.refuses(address.ip()).is_none())
+            .collect();
         let mut last_error = None;
-        for address in addresses {
-            if self.policy.refuses(address.ip()).is_some() {
-                continue;
-            }
-            match TcpStream::connect(address).await {
-                Ok(stream) => {
+        for (index, address) in permitted.iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let share = (left / (permitted.len() - index) as u32).max(MIN_CONNECT_SHARE);
+            let until = Instant::now() + share.min(left);
+            match tokio::time::timeout_at(until, TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => {
                     // Small requests go out at once, not after an ACK.
                     let _ = stream.set_nodelay(true);
-                    let (sender, driver) = http1::handshake(TokioIo::new(stream))
+                    let handshake = http1::handshake(TokioIo::new(stream));
+                    let (sender, driver) = tokio::time::timeout_at(deadline, handshake)
                         .await
+                        .map_err(|_| DirectError::TimedOut)?
                         .map_err(|error| DirectError::Request(error.to_string()))?;
                     return Ok(Open {
                         sender,
                         driver: Box::pin(driver),
                         ended: false,
+                        last_used: Instant::now(),
                     });
                 }
-                Err(error) => last_error = Some(error),
+                Ok(Err(error)) => last_error = Some(DirectError::Connect(error)),
+                Err(_) => last_error = Some(DirectError::TimedOut),
             }
         }
-        Err(DirectError::Connect(last_error.unwrap_or_else(|| {
-            std::io::Error::new(
+        Err(last_error.unwrap_or_else(|| {
+            DirectError::Connect(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!("{} has no address", self.host),
-            )
-        })))
+            ))
+        }))
     }
 }
+
+/// The least time one address gets to accept a connection when a host has
+/// several (the rest of the attempt's time is shared out).
+const MIN_CONNECT_SHARE: Duration = Duration::from_millis(300);
+
+/// How long a kept connection may sit unused before it is closed rather
+/// than used: a NAT or firewall may have forgotten it (the shared client's
+/// pool does the same after 90 s).
+const IDLE_LIMIT: Duration = Duration::from_secs(60);
 
 /// A lane's connection to its endpoint, kept between requests.
 #[derive(Default)]
@@ -195,9 +214,13 @@ pub struct LaneConnection {
 }
 
 impl LaneConnection {
-    /// The open connection, unless the receiver has closed it meanwhile.
+    /// The open connection, unless the receiver has closed it meanwhile or
+    /// it sat unused too long.
     fn take_usable(&mut self) -> Option<Open> {
         let mut open = self.open.take()?;
+        if open.last_used.elapsed() > IDLE_LIMIT {
+            return None;
+        }
         // Lets the connection notice a close that arrived while it was idle.
         let waker = std::task::Waker::noop();
         let mut context = std::task::Context::from_waker(waker);
@@ -220,6 +243,7 @@ struct Open {
     driver: Pin<Box<Driver>>,
     /// The connection's future has completed: it must not be polled again.
     ended: bool,
+    last_used: Instant,
 }
 
 /// What a receiver answered.
@@ -231,8 +255,13 @@ pub struct Answer {
 }
 
 enum RoundTripError {
+    /// The connection failed before the request was written: here it is
+    /// back.
+    Unsent(Box<Request<Full<Bytes>>>, String),
     /// Failed before any answer arrived.
     BeforeAnswer(String),
+    /// No answer within the attempt's time.
+    TimedOut,
     /// The answer's body broke off (its status is known).
     Body { status: u16, retry_after: Option<Duration>, error: String },
 }
@@ -243,22 +272,40 @@ impl Open {
     async fn round_trip(
         &mut self,
         request: Request<Full<Bytes>>,
+        deadline: Instant,
     ) -> Result<(Answer, bool), RoundTripError> {
         let Open {
             sender,
             driver,
             ended,
+            ..
         } = self;
         let ready = std::future::poll_fn(|cx| sender.poll_ready(cx));
-        match drive(driver, ended, ready).await {
-            Some(Ok(())) => {}
-            Some(Err(error)) => return Err(RoundTripError::BeforeAnswer(error.to_string())),
-            None => return Err(RoundTripError::BeforeAnswer("connection closed".to_owned())),
+        match tokio::time::timeout_at(deadline, drive(driver, ended, ready)).await {
+            Err(_) => return Err(RoundTripError::TimedOut),
+            Ok(Some(Ok(()))) => {}
+            Ok(Some(Err(error))) => {
+                return Err(RoundTripError::Unsent(Box::new(request), error.to_string()));
+            }
+            Ok(None) => {
+                return Err(RoundTripError::Unsent(
+                    Box::new(request),
+                    "connection closed".to_owned(),
+                ));
+            }
         }
-        let response = match drive(driver, ended, sender.send_request(request)).await {
-            Some(Ok(response)) => response,
-            Some(Err(error)) => return Err(RoundTripError::BeforeAnswer(error.to_string())),
-            None => return Err(RoundTripError::BeforeAnswer("connection closed".to_owned())),
+        let sent = sender.try_send_request(request);
+        let response = match tokio::time::timeout_at(deadline, drive(driver, ended, sent)).await {
+            Err(_) => return Err(RoundTripError::TimedOut),
+            Ok(Some(Ok(response))) => response,
+            Ok(Some(Err(mut error))) => {
+                let why = error.error().to_string();
+                return Err(match error.take_message() {
+                    Some(request) => RoundTripError::Unsent(Box::new(request), why),
+                    None => RoundTripError::BeforeAnswer(why),
+                });
+            }
+            Ok(None) => return Err(RoundTripError::BeforeAnswer("connection closed".to_owned())),
         };
         let status = response.status().as_u16();
         let retry_after = response
@@ -282,7 +329,20 @@ impl Open {
         let mut body = response.into_body();
         let mut read = 0usize;
         loop {
-            match drive(driver, ended, body.frame()).await {
+            let frame = match tokio::time::timeout_at(deadline, drive(driver, ended, body.frame()))
+                .await
+            {
+                Ok(frame) => frame,
+                // The status came; its body did not in time.
+                Err(_) => {
+                    return Err(RoundTripError::Body {
+                        status,
+                        retry_after,
+                        error: "timed out reading the answer's body".to_owned(),
+                    });
+                }
+            };
+            match frame {
                 Some(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         read += data.len();
@@ -352,7 +412,10 @@ pub enum DirectError {
 impl From<RoundTripError> for DirectError {
     fn from(error: RoundTripError) -> DirectError {
         match error {
-            RoundTripError::BeforeAnswer(error) => DirectError::Request(error),
+            RoundTripError::Unsent(_, error) | RoundTripError::BeforeAnswer(error) => {
+                DirectError::Request(error)
+            }
+            RoundTripError::TimedOut => DirectError::TimedOut,
             RoundTripError::Body {
                 status,
                 retry_after,

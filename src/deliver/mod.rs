@@ -326,11 +326,11 @@ impl SubscriptionLanes {
     fn lane_for(&mut self, event: &Outbound) -> usize {
         match self.ordering {
             DeliveryOrder::Strict => 0,
-            DeliveryOrder::None => self.spread.next_lane(event.ordering_key, self.lanes.len()),
+            DeliveryOrder::None => self.spread.next_lane(event.ordering_key, &self.lanes),
             DeliveryOrder::Key => match self.owners.constraint(event, &self.lanes) {
                 KeyConstraint::Follow(lane) => lane,
                 KeyConstraint::Free | KeyConstraint::WaitFor(_) => {
-                    self.spread.next_lane(event.ordering_key, self.lanes.len())
+                    self.spread.next_lane(event.ordering_key, &self.lanes)
                 }
             },
         }
@@ -1444,5 +1444,38 @@ mod tests {
         }
         let owners = delivery.subscriptions[0].owners.len();
         assert!(owners <= route::MIN_PRUNE_AT, "{owners} keys still owned");
+    }
+
+    #[test]
+    fn packing_passes_over_a_lane_still_busy_with_its_batch() {
+        let mut checkpoint = Checkpoint::new(Lsn(0));
+        checkpoint.begin(0);
+        let (mut delivery, mut receivers) = delivery_spreading(
+            3,
+            Spread::Pack {
+                lane: 0,
+                taken: 0,
+                batch: 2,
+            },
+        );
+        let events: Vec<_> = (0..6u32)
+            .map(|ordinal| event(&mut checkpoint, ordinal, 100 + u64::from(ordinal)))
+            .collect();
+        for event in events {
+            submit(&mut delivery, event);
+        }
+        for receiver in &mut receivers {
+            let mut got = received(receiver);
+            got.extend(received(receiver));
+            assert_eq!(got.len(), 2, "two per lane");
+        }
+        // Lanes 1 and 2 resolve theirs; lane 0 is stuck (retrying).
+        finish(&delivery, 1, 2);
+        finish(&delivery, 2, 2);
+        let next = event(&mut checkpoint, 6, 200);
+        let next_id = next.id;
+        submit(&mut delivery, next);
+        assert_eq!(received(&mut receivers[1]), vec![next_id]);
+        assert!(received(&mut receivers[0]).is_empty());
     }
 }

@@ -133,9 +133,9 @@ impl Spread {
         }
     }
 
-    /// The lane for a free event with `key`, of `lane_count` lanes.
-    pub(super) fn next_lane(&mut self, key: u64, lane_count: usize) -> usize {
-        let lane_count = lane_count.max(1);
+    /// The lane for a free event with `key`.
+    pub(super) fn next_lane(&mut self, key: u64, lanes: &[Lane]) -> usize {
+        let lane_count = lanes.len().max(1);
         match self {
             Spread::Hash => (key % lane_count as u64) as usize,
             Spread::RoundRobin { last } => {
@@ -144,7 +144,7 @@ impl Spread {
             }
             Spread::Pack { lane, taken, batch } => {
                 if *taken >= *batch || *lane >= lane_count {
-                    *lane = (*lane + 1) % lane_count;
+                    *lane = least_busy_after(*lane, lanes);
                     *taken = 0;
                 }
                 *taken += 1;
@@ -154,8 +154,32 @@ impl Spread {
     }
 }
 
-/// Keys are already hashes (`event::ordering_key`): the map uses them as
-/// they are.
+/// The lane to pack next: the first idle one after `current`, else the one
+/// with the fewest unresolved events. A lane stuck retrying one request is
+/// passed over, so it does not gather the keys of batch after batch.
+fn least_busy_after(current: usize, lanes: &[Lane]) -> usize {
+    let count = lanes.len().max(1);
+    let mut best = (current + 1) % count;
+    let mut best_load = usize::MAX;
+    for step in 1..=count {
+        let index = (current + step) % count;
+        let Some(lane) = lanes.get(index) else {
+            continue;
+        };
+        let load = lane.load.outstanding.load(AtomicOrdering::Acquire);
+        if load == 0 {
+            return index;
+        }
+        if load < best_load {
+            (best, best_load) = (index, load);
+        }
+    }
+    best
+}
+
+/// Keys are already hashes (`event::ordering_key`), FNV-1a, which is quick
+/// but whose bits chosen keys can make collide: the map mixes them once
+/// more instead of hashing them again.
 #[derive(Default)]
 pub(super) struct KeyHashHasher(u64);
 
@@ -172,6 +196,9 @@ impl Hasher for KeyHashHasher {
     }
 
     fn write_u64(&mut self, key: u64) {
-        self.0 = key;
+        // FNV-1a's low bits are easy to make collide with chosen keys;
+        // mixing spreads them over the table (the map's probe length).
+        let mixed = (key ^ (key >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = mixed ^ (mixed >> 29);
     }
 }
