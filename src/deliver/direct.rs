@@ -280,14 +280,17 @@ impl Open {
             ended,
             ..
         } = self;
+        // One timer for the whole exchange, armed once.
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
         let ready = std::future::poll_fn(|cx| sender.poll_ready(cx));
-        match tokio::time::timeout_at(deadline, drive(driver, ended, ready)).await {
-            Err(_) => return Err(RoundTripError::TimedOut),
-            Ok(Some(Ok(()))) => {}
-            Ok(Some(Err(error))) => {
+        match drive(driver, ended, timer.as_mut(), ready).await {
+            Driven::TimedOut => return Err(RoundTripError::TimedOut),
+            Driven::Done(Ok(())) => {}
+            Driven::Done(Err(error)) => {
                 return Err(RoundTripError::Unsent(Box::new(request), error.to_string()));
             }
-            Ok(None) => {
+            Driven::Closed => {
                 return Err(RoundTripError::Unsent(
                     Box::new(request),
                     "connection closed".to_owned(),
@@ -295,17 +298,19 @@ impl Open {
             }
         }
         let sent = sender.try_send_request(request);
-        let response = match tokio::time::timeout_at(deadline, drive(driver, ended, sent)).await {
-            Err(_) => return Err(RoundTripError::TimedOut),
-            Ok(Some(Ok(response))) => response,
-            Ok(Some(Err(mut error))) => {
+        let response = match drive(driver, ended, timer.as_mut(), sent).await {
+            Driven::TimedOut => return Err(RoundTripError::TimedOut),
+            Driven::Done(Ok(response)) => response,
+            Driven::Done(Err(mut error)) => {
                 let why = error.error().to_string();
                 return Err(match error.take_message() {
                     Some(request) => RoundTripError::Unsent(Box::new(request), why),
                     None => RoundTripError::BeforeAnswer(why),
                 });
             }
-            Ok(None) => return Err(RoundTripError::BeforeAnswer("connection closed".to_owned())),
+            Driven::Closed => {
+                return Err(RoundTripError::BeforeAnswer("connection closed".to_owned()));
+            }
         };
         let status = response.status().as_u16();
         let retry_after = response
@@ -329,12 +334,11 @@ impl Open {
         let mut body = response.into_body();
         let mut read = 0usize;
         loop {
-            let frame = match tokio::time::timeout_at(deadline, drive(driver, ended, body.frame()))
-                .await
-            {
-                Ok(frame) => frame,
+            let frame = match drive(driver, ended, timer.as_mut(), body.frame()).await {
+                Driven::Done(frame) => Some(frame),
+                Driven::Closed => None,
                 // The status came; its body did not in time.
-                Err(_) => {
+                Driven::TimedOut => {
                     return Err(RoundTripError::Body {
                         status,
                         retry_after,
@@ -369,31 +373,48 @@ impl Open {
     }
 }
 
-/// Polls `future` while driving the connection; `None` when the connection
-/// ended first.
+/// What [`drive`] came to.
+enum Driven<T> {
+    Done(T),
+    /// The connection ended first.
+    Closed,
+    /// The exchange's time ran out first.
+    TimedOut,
+}
+
+/// Polls `future` while driving the connection (in this task) and watching
+/// `timer`. The future is polled again right after the connection: what the
+/// connection just read (the answer) completes it in the same poll instead
+/// of after another trip through the scheduler.
 async fn drive<F: Future>(
     driver: &mut Pin<Box<Driver>>,
     ended: &mut bool,
+    mut timer: Pin<&mut tokio::time::Sleep>,
     future: F,
-) -> Option<F::Output> {
+) -> Driven<F::Output> {
+    use std::task::Poll;
     let mut future = std::pin::pin!(future);
     std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(output) = future.as_mut().poll(cx) {
-            return std::task::Poll::Ready(Some(output));
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Driven::Done(output));
         }
         if *ended {
-            return std::task::Poll::Ready(None);
+            return Poll::Ready(Driven::Closed);
         }
-        if driver.as_mut().poll(cx).is_ready() {
+        let connection_ended = driver.as_mut().poll(cx).is_ready();
+        if connection_ended {
             *ended = true;
-            // The future may have completed with what the connection read
-            // last.
-            if let std::task::Poll::Ready(output) = future.as_mut().poll(cx) {
-                return std::task::Poll::Ready(Some(output));
-            }
-            return std::task::Poll::Ready(None);
         }
-        std::task::Poll::Pending
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Driven::Done(output));
+        }
+        if connection_ended {
+            return Poll::Ready(Driven::Closed);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Driven::TimedOut);
+        }
+        Poll::Pending
     })
     .await
 }
