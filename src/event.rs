@@ -323,13 +323,7 @@ pub fn event_id(subscription: &str, commit_lsn: Lsn, ordinal: u32) -> EventId {
     hasher.update([0]);
     hasher.update(commit_lsn.0.to_be_bytes());
     hasher.update(ordinal.to_be_bytes());
-    let digest = hasher.finalize();
-    let mut id = [0u8; EVENT_ID_LEN];
-    id[..3].copy_from_slice(b"wh_");
-    for (pair, &byte) in id[3..].chunks_exact_mut(2).zip(&digest[..16]) {
-        pair.copy_from_slice(&hex_pair(byte));
-    }
-    EventId(id)
+    id_from_digest(&hasher.finalize())
 }
 
 /// Appends an LSN in PostgreSQL's `X/Y` form (uppercase hex, no padding).
@@ -396,10 +390,15 @@ pub fn backfill_event_id(
         hasher.update((value.len() as u64).to_be_bytes());
         hasher.update(value);
     }
-    let digest = hasher.finalize();
+    id_from_digest(&hasher.finalize())
+}
+
+/// `wh_` and the first 16 bytes of a SHA-256 digest in hex: the shape of
+/// every event id.
+fn id_from_digest(digest: &[u8]) -> EventId {
     let mut id = [0u8; EVENT_ID_LEN];
     id[..3].copy_from_slice(b"wh_");
-    for (pair, &byte) in id[3..].chunks_exact_mut(2).zip(&digest[..16]) {
+    for (pair, &byte) in id[3..].chunks_exact_mut(2).zip(digest.iter().take(16)) {
         pair.copy_from_slice(&hex_pair(byte));
     }
     EventId(id)
@@ -425,13 +424,7 @@ pub fn test_event_id(subscription: &str, nonce: u128) -> EventId {
     hasher.update(subscription.as_bytes());
     hasher.update([0]);
     hasher.update(nonce.to_be_bytes());
-    let digest = hasher.finalize();
-    let mut id = [0u8; EVENT_ID_LEN];
-    id[..3].copy_from_slice(b"wh_");
-    for (pair, &byte) in id[3..].chunks_exact_mut(2).zip(&digest[..16]) {
-        pair.copy_from_slice(&hex_pair(byte));
-    }
-    EventId(id)
+    id_from_digest(&hasher.finalize())
 }
 
 /// Writes the payload of a test event (`walhook send-test`): a real

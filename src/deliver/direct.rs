@@ -22,13 +22,12 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::header::{HOST, HeaderMap, HeaderValue, RETRY_AFTER};
+use hyper::header::{HOST, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::http::{KEPT_RESPONSE_BODY, MAX_RESPONSE_BODY};
-use super::policy;
+use super::http::{MAX_RESPONSE_BODY, kept_body_len, retry_after};
 use crate::destination::DestinationPolicy;
 
 /// Where a plain-HTTP endpoint's requests go.
@@ -313,18 +312,8 @@ impl Open {
             }
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(policy::parse_retry_after);
-        // A 2xx's body says nothing walhook keeps; a failure's start is
-        // kept for its dead letter (`dead-letters show`).
-        let keep = if (200..300).contains(&status) {
-            0
-        } else {
-            KEPT_RESPONSE_BODY
-        };
+        let retry_after = retry_after(response.headers());
+        let keep = kept_body_len(status);
         let mut kept = Vec::new();
         let answer = |kept: Vec<u8>| Answer {
             status,

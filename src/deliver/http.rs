@@ -324,19 +324,8 @@ impl Endpoint {
         match builder.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(policy::parse_retry_after);
-                // A 2xx's body says nothing walhook keeps; a failure's
-                // start is kept for its dead letter (`dead-letters show`).
-                let keep = if (200..300).contains(&status) {
-                    0
-                } else {
-                    KEPT_RESPONSE_BODY
-                };
-                match read_body(response, keep).await {
+                let retry_after = retry_after(response.headers());
+                match read_body(response, kept_body_len(status)).await {
                     Ok(kept) => Attempt::Status {
                         status,
                         retry_after,
@@ -499,6 +488,25 @@ pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
 /// letter it may become): enough for a receiver's error message, never a
 /// receiver's whole page.
 pub const KEPT_RESPONSE_BODY: usize = 4 * 1024;
+
+/// How much of an answer's body with `status` is kept: none of a 2xx's,
+/// which says nothing walhook keeps; the start of a failure's, for its dead
+/// letter (`dead-letters show`).
+pub fn kept_body_len(status: u16) -> usize {
+    if (200..300).contains(&status) {
+        0
+    } else {
+        KEPT_RESPONSE_BODY
+    }
+}
+
+/// An answer's `Retry-After`, when it is one walhook understands.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(policy::parse_retry_after)
+}
 
 /// Reads a response body up to [`MAX_RESPONSE_BODY`], keeping its first
 /// `keep` bytes as text (invalid UTF-8 replaced; `None` when empty or
