@@ -260,7 +260,8 @@ async fn bench_measures_a_small_backlog_and_live_load_twice_and_writes_its_repor
             run["p99_ms"].as_f64().unwrap(),
             run["max_ms"].as_f64().unwrap(),
         );
-        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{run}");
+        // A row can arrive before its writer sees its own commit (0 ms).
+        assert!(0.0 <= p50 && p50 <= p99 && p99 <= max && max > 0.0, "{run}");
         assert!(run["cpu_us_per_row"].as_f64().unwrap() > 0.0, "{run}");
     }
     // Isolation: the down endpoint got every event once it came back.

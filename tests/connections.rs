@@ -1,7 +1,8 @@
-//! The connection to a plain-HTTP receiver: a lane keeps one open between
-//! requests, opens a new one when the receiver answered `Connection:
-//! close`, and when the receiver closed an idle one meanwhile the request
-//! goes on a new connection without counting as a failed attempt. A
+//! The connections to a plain-HTTP receiver: kept open between requests
+//! and shared by the lanes, so light traffic uses one; a new one when the
+//! receiver answered `Connection: close`; and when the receiver closed an
+//! idle one meanwhile the request goes on a new connection without counting
+//! as a failed attempt. A
 //! configured `Host` is sent as configured, and a 2xx whose body never ends
 //! is delivered. The receiver here is mostly a bare HTTP/1.1 server, so the
 //! test sees connections, not just requests.
@@ -142,6 +143,35 @@ async fn a_lane_sends_its_requests_on_one_kept_alive_connection() {
     .await;
     assert_eq!(counts.connections.load(Ordering::SeqCst), 1);
     assert_eq!(db.dead_letter_count().await, 0);
+    walhook.stop().await.unwrap();
+}
+
+/// 64 lanes, one row at a time: each request finds the connection the last
+/// one left, whichever lane sends it.
+#[tokio::test]
+async fn light_traffic_of_many_keys_shares_one_connection() {
+    let db = TestDb::with_schema("CREATE TABLE items (id bigint PRIMARY KEY)").await;
+    let (url, counts) = bare_server(AfterAnswer::KeepAlive).await;
+    let walhook = Walhook::start(
+        db.configure()
+            .delivery("concurrency", "64")
+            .subscription(
+                subscription("rows", &url)
+                    .tables(&["items"])
+                    .ordering("key"),
+            )
+            .build(),
+    );
+    db.wait_slot_active().await;
+    for id in 1..=20 {
+        insert(&db, id).await;
+        let sent = id as usize;
+        wait_until("the row's request", DEADLINE, || async {
+            counts.requests.load(Ordering::SeqCst) == sent
+        })
+        .await;
+    }
+    assert_eq!(counts.connections.load(Ordering::SeqCst), 1);
     walhook.stop().await.unwrap();
 }
 

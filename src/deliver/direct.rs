@@ -1,9 +1,11 @@
-//! The lean way to a plain-HTTP receiver: each lane keeps one HTTP/1.1
-//! connection of its own and drives it in its own task, with the request
-//! line, `Host` and fixed headers prepared once per endpoint. A lane sends
-//! one request at a time, so a connection per lane is all the pooling it
-//! needs, and one POST costs one write and one read with no hand-off to a
-//! connection task, no pool, and no URL parsed again per request
+//! The lean way to a plain-HTTP receiver: kept-alive HTTP/1.1
+//! connections of the endpoint's own, each driven in the task of the lane
+//! that sends on it, with the request line, `Host` and fixed headers
+//! prepared once. A lane takes the most recently used idle connection (or
+//! opens one), sends one request and puts it back, so light traffic keeps
+//! one or two connections open and a burst as many as lanes send at once.
+//! One POST costs one write and one read with no connection task to hand
+//! the request to, no pool machinery and no URL parsed again per request
 //! (docs/benchmarks.md, "Where the per-row cost went").
 //!
 //! It covers `http://` receivers when no proxy is configured in the
@@ -15,6 +17,7 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -41,6 +44,8 @@ pub struct DirectTarget {
     /// The request target: path and query.
     path: Uri,
     policy: DestinationPolicy,
+    /// Connections between requests, the most recently used last.
+    idle: Mutex<Vec<Open>>,
 }
 
 /// The environment variables that give reqwest a proxy for plain HTTP.
@@ -79,17 +84,17 @@ impl DirectTarget {
             host_header,
             path,
             policy: policy.clone(),
+            idle: Mutex::new(Vec::new()),
         })
     }
 
-    /// Sends one POST on `connection` (opening it when needed) within
+    /// Sends one POST on an idle connection (or a new one) within
     /// `timeout`, reading at most [`MAX_RESPONSE_BODY`] of the answer.
     pub async fn post(
         &self,
         headers: HeaderMap,
         body: Bytes,
         timeout: Duration,
-        connection: &mut LaneConnection,
     ) -> Result<Answer, DirectError> {
         // Not `now + timeout`: the config accepts durations that would
         // overflow the clock; a year is as long.
@@ -97,7 +102,7 @@ impl DirectTarget {
         let deadline = now
             .checked_add(timeout)
             .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
-        let reused = connection.take_usable();
+        let reused = self.take_idle();
         let was_reused = reused.is_some();
         let mut open = match reused {
             Some(open) => open,
@@ -118,7 +123,9 @@ impl DirectTarget {
             Ok((answer, keep)) => {
                 if keep {
                     open.last_used = Instant::now();
-                    connection.open = Some(open);
+                    if let Ok(mut idle) = self.idle.lock() {
+                        idle.push(open);
+                    }
                 }
                 Ok(answer)
             }
@@ -206,30 +213,17 @@ const MIN_CONNECT_SHARE: Duration = Duration::from_millis(300);
 /// pool does the same after 90 s).
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
 
-/// A lane's connection to its endpoint, kept between requests.
-#[derive(Default)]
-pub struct LaneConnection {
-    open: Option<Open>,
-}
-
-impl LaneConnection {
-    /// The open connection, unless the receiver has closed it meanwhile or
-    /// it sat unused too long.
-    fn take_usable(&mut self) -> Option<Open> {
-        let mut open = self.open.take()?;
-        if open.last_used.elapsed() > IDLE_LIMIT {
-            return None;
+impl DirectTarget {
+    /// The most recently used idle connection that is still usable; the
+    /// ones the receiver closed meanwhile, or that sat unused too long, are
+    /// dropped on the way.
+    fn take_idle(&self) -> Option<Open> {
+        loop {
+            let mut open = self.idle.lock().ok()?.pop()?;
+            if open.is_usable() {
+                return Some(open);
+            }
         }
-        // Lets the connection notice a close that arrived while it was idle.
-        let waker = std::task::Waker::noop();
-        let mut context = std::task::Context::from_waker(waker);
-        if open.ended
-            || open.driver.as_mut().poll(&mut context).is_ready()
-            || open.sender.is_closed()
-        {
-            return None;
-        }
-        Some(open)
     }
 }
 
@@ -265,7 +259,32 @@ enum RoundTripError {
     Body { status: u16, retry_after: Option<Duration>, error: String },
 }
 
+impl std::fmt::Debug for Open {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Open")
+            .field("ended", &self.ended)
+            .field("last_used", &self.last_used)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Open {
+    /// Whether the connection may carry a request: open, not closed by the
+    /// receiver while idle, and not idle too long.
+    fn is_usable(&mut self) -> bool {
+        if self.ended || self.last_used.elapsed() > IDLE_LIMIT {
+            return false;
+        }
+        // Lets the connection notice a close that arrived while it was idle.
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        if self.driver.as_mut().poll(&mut context).is_ready() {
+            self.ended = true;
+            return false;
+        }
+        !self.sender.is_closed()
+    }
+
     /// Sends `request` and reads the answer; `true` when the connection may
     /// carry the next request.
     async fn round_trip(

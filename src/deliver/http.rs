@@ -16,7 +16,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AG
 use sha2::{Digest, Sha256};
 
 use super::Outbound;
-use super::direct::{DirectError, DirectTarget, LaneConnection};
+use super::direct::{DirectError, DirectTarget};
 use super::policy::{self, Verdict};
 use super::resolve::PolicyResolver;
 use super::transport_error;
@@ -181,8 +181,8 @@ pub struct Endpoint {
     /// refuses: every attempt fails with it. (The client resolves no
     /// literal address, so its resolver cannot refuse it.)
     refused: Option<String>,
-    /// Set for a plain-HTTP URL without a proxy: requests go on the lane's
-    /// own connection instead of the client's pool.
+    /// Set for a plain-HTTP URL without a proxy: requests go on the
+    /// endpoint's own connections instead of the client's pool.
     direct: Option<DirectTarget>,
 }
 
@@ -271,22 +271,10 @@ impl Endpoint {
         self.batched
     }
 
-    /// Sends one request on a connection of its own and reports what
-    /// happened.
-    pub async fn send(&self, request: &RequestBody, timeout: Duration) -> Attempt {
-        self.send_on(request, timeout, &mut LaneConnection::default())
-            .await
-    }
-
     /// Sends one request and reports what happened. A plain-HTTP endpoint
-    /// sends it on `connection` (kept for the next request); the others
-    /// through the shared client's pool.
-    pub async fn send_on(
-        &self,
-        request: &RequestBody,
-        timeout: Duration,
-        connection: &mut LaneConnection,
-    ) -> Attempt {
+    /// sends it on one of its own kept-alive connections (`direct`); the
+    /// others through the shared client's pool.
+    pub async fn send(&self, request: &RequestBody, timeout: Duration) -> Attempt {
         if let Some(refused) = &self.refused {
             return Attempt::Transport(refused.clone());
         }
@@ -294,7 +282,7 @@ impl Endpoint {
         self.add_webhook_headers(&mut headers, request);
         if let Some(direct) = &self.direct {
             return match direct
-                .post(headers, request.body.clone(), timeout, connection)
+                .post(headers, request.body.clone(), timeout)
                 .await
             {
                 Ok(answer) => Attempt::Status {

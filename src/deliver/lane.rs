@@ -15,7 +15,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::gate::Gate;
-use super::direct::LaneConnection;
 use super::http::{Attempt, Endpoint};
 use super::policy::{self, Verdict};
 use super::{LaneLoad, Outbound, Queued, Shared, SubscriptionContext};
@@ -42,8 +41,6 @@ pub(super) async fn run_lane(
     // sized from `batch.max_events`, which would reserve the configured
     // maximum in every lane whether or not batches ever get that large.
     let mut events = Vec::new();
-    // A plain-HTTP endpoint's kept-alive connection, this lane's own.
-    let mut connection = LaneConnection::default();
     loop {
         let Some(first) = queue.pop_front() else {
             let chunk = tokio::select! {
@@ -125,10 +122,7 @@ pub(super) async fn run_lane(
             .await;
         }
         let count = events.len();
-        if deliver(&context, &shared, &mut events, &mut connection)
-            .await
-            .is_break()
-        {
+        if deliver(&context, &shared, &mut events).await.is_break() {
             return;
         }
         budget.add_permits(held);
@@ -243,7 +237,6 @@ async fn deliver(
     context: &SubscriptionContext,
     shared: &Shared,
     events: &mut Vec<Outbound>,
-    connection: &mut LaneConnection,
 ) -> ControlFlow<()> {
     let endpoint = &*context.endpoint;
     let metrics = &context.metrics;
@@ -268,7 +261,7 @@ async fn deliver(
             let outcome = tokio::select! {
                 biased;
                 _ = shared.abandon.cancelled() => None,
-                outcome = endpoint.send_on(&request, shared.config.timeout, connection) => Some(outcome),
+                outcome = endpoint.send(&request, shared.config.timeout) => Some(outcome),
             };
             shared.metrics.requests_in_flight.dec();
             match outcome {
