@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::support::config::subscription;
 use crate::support::receiver::Receiver;
-use crate::support::{TestDb, Walhook, within};
+use crate::support::{TestDb, Walhook};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -117,19 +117,19 @@ async fn no_key_of_a_batch_in_flight_goes_out_in_another_request() {
         .map(row_id)
         .collect();
     // Other keys go on meanwhile.
-    within("other keys to be delivered", DEADLINE, async {
-        loop {
-            let later: usize = receiver.arrived_requests()[held_index + 1..]
-                .iter()
-                .map(Vec::len)
-                .sum();
-            if later >= 60 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    receiver
+        .wait_for(
+            "events arrived after the held request",
+            60,
+            DEADLINE,
+            |receiver| {
+                receiver.arrived_requests()[held_index + 1..]
+                    .iter()
+                    .map(Vec::len)
+                    .sum()
+            },
+        )
+        .await;
     for (index, events) in receiver.arrived_requests().iter().enumerate() {
         if index <= held_index {
             continue;

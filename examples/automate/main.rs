@@ -11,6 +11,8 @@
 //! cargo run --example automate -- --listen 127.0.0.1:3003 --database-url postgres://…/app
 //! ```
 
+#[path = "../common/database.rs"]
+mod database;
 #[path = "../common/signature.rs"]
 mod signature;
 
@@ -22,7 +24,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use clap::Parser;
 use serde::Deserialize;
-use tokio::sync::Mutex;
 
 #[derive(Parser)]
 struct Args {
@@ -40,10 +41,7 @@ struct Args {
 
 struct App {
     verifier: signature::Verifier,
-    database_url: String,
-    /// One connection, one order at a time: enough for an example (use a
-    /// pool such as deadpool-postgres for more).
-    database: Mutex<tokio_postgres::Client>,
+    database: database::Database,
 }
 
 #[tokio::main]
@@ -51,8 +49,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let app = Arc::new(App {
         verifier: signature::Verifier::new(&args.secret)?,
-        database: Mutex::new(connect(&args.database_url).await?),
-        database_url: args.database_url,
+        database: database::Database::connect(args.database_url).await?,
     });
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     eprintln!("automate: listening on http://{}", listener.local_addr()?);
@@ -61,12 +58,6 @@ async fn main() -> anyhow::Result<()> {
         .with_state(app);
     axum::serve(listener, router).await?;
     Ok(())
-}
-
-async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
 }
 
 async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -82,17 +73,13 @@ async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
         eprintln!("automate: {id} is not an order with id, sku and quantity");
         return StatusCode::UNPROCESSABLE_ENTITY;
     };
-    let mut database = app.database.lock().await;
-    if database.is_closed() {
-        // The database restarted: connect again (walhook retries meanwhile).
-        match connect(&app.database_url).await {
-            Ok(client) => *database = client,
-            Err(error) => {
-                eprintln!("automate: cannot reach the database: {error}");
-                return StatusCode::SERVICE_UNAVAILABLE;
-            }
+    let mut database = match app.database.lock().await {
+        Ok(database) => database,
+        Err(error) => {
+            eprintln!("automate: cannot reach the database: {error}");
+            return StatusCode::SERVICE_UNAVAILABLE;
         }
-    }
+    };
     match take_from_stock(&mut database, id, &order).await {
         Ok(Outcome::Taken) => {
             eprintln!(

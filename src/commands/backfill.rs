@@ -268,12 +268,7 @@ async fn chosen_tables(
                 "subscription {:?} selects no table that exists (its tables: {}); nothing to \
                  backfill",
                 subscription.name,
-                subscription
-                    .tables
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                configured_tables(subscription)
             )));
         }
         return Ok(selected);
@@ -294,6 +289,16 @@ async fn chosen_tables(
         }
     }
     Ok(chosen)
+}
+
+/// The tables a subscription's config names, for a message.
+pub(crate) fn configured_tables(subscription: &SubscriptionConfig) -> String {
+    subscription
+        .tables
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Refuses, naming each and the fix, tables without a primary key or a

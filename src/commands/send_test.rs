@@ -244,12 +244,7 @@ fn choose_table<'a>(
             "subscription {:?} selects no table that exists ({}); create it, or run \
              `walhook check`",
             subscription.name,
-            subscription
-                .tables
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            super::backfill::configured_tables(subscription)
         ))),
         (None, [only]) => Ok(only),
         (None, _) => Err(CommandError::Usage(format!(

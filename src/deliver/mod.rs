@@ -322,17 +322,31 @@ struct SubscriptionLanes {
 }
 
 impl SubscriptionLanes {
-    /// The lane an event goes to (it may go: [`SubscriptionLanes::may_go`]).
-    fn lane_for(&mut self, event: &Outbound) -> usize {
+    /// The lane `event` goes to, or `None` while it must wait for busy
+    /// lanes ([`SubscriptionLanes::blocking_loads`]). Its keys are looked
+    /// up once: this is the reader's per-event path.
+    fn lane_if_free(&mut self, event: &Outbound) -> Option<usize> {
         match self.ordering {
-            DeliveryOrder::Strict => 0,
-            DeliveryOrder::None => self.spread.next_lane(event.ordering_key, &self.lanes),
-            DeliveryOrder::Key => match self.owners.constraint(event, &self.lanes) {
-                KeyConstraint::Follow(lane) => lane,
-                KeyConstraint::Free | KeyConstraint::WaitFor(_) => {
-                    self.spread.next_lane(event.ordering_key, &self.lanes)
+            DeliveryOrder::Strict => Some(0),
+            DeliveryOrder::None => Some(self.spread.next_lane(event.ordering_key, &self.lanes)),
+            DeliveryOrder::Key => {
+                if (self.barrier_lane.is_some() || event.barrier)
+                    && !self.blocking_loads(event).is_empty()
+                {
+                    return None;
                 }
-            },
+                match self.owners.constraint(event, &self.lanes) {
+                    KeyConstraint::Follow(lane) => Some(lane),
+                    KeyConstraint::WaitFor(lane)
+                        if self.lanes.get(lane).is_some_and(|lane| !lane.load.is_idle()) =>
+                    {
+                        None
+                    }
+                    KeyConstraint::Free | KeyConstraint::WaitFor(_) => {
+                        Some(self.spread.next_lane(event.ordering_key, &self.lanes))
+                    }
+                }
+            }
         }
     }
 
@@ -362,24 +376,6 @@ impl SubscriptionLanes {
             .filter(|lane| !lane.load.is_idle())
             .map(|lane| Arc::clone(&lane.load))
             .collect()
-    }
-
-    /// Whether `event` may be queued now (nothing it waits for is busy):
-    /// [`SubscriptionLanes::blocking_loads`] without allocating, for the
-    /// common case.
-    fn may_go(&self, event: &Outbound) -> bool {
-        if self.ordering != DeliveryOrder::Key {
-            return true;
-        }
-        if self.barrier_lane.is_none() && !event.barrier {
-            return match self.owners.constraint(event, &self.lanes) {
-                KeyConstraint::WaitFor(lane) => {
-                    self.lanes.get(lane).is_none_or(|lane| lane.load.is_idle())
-                }
-                KeyConstraint::Free | KeyConstraint::Follow(_) => true,
-            };
-        }
-        self.blocking_loads(event).is_empty()
     }
 
     /// Forgets the barrier once its lane is idle (it resolved), so that
@@ -839,19 +835,17 @@ impl Delivery {
         payload: &[u8],
         cost: u32,
     ) -> Result<(), DeliveryClosed> {
-        let must_hold = {
-            let target = self
-                .subscriptions
-                .get_mut(subscription)
-                .ok_or(DeliveryClosed)?;
-            target.clear_finished_barrier();
-            !target.held.is_empty() || !target.may_go(&event)
+        let target = self
+            .subscriptions
+            .get_mut(subscription)
+            .ok_or(DeliveryClosed)?;
+        target.clear_finished_barrier();
+        // Behind held events, in commit order, whatever its own keys say.
+        let lane = match target.held.is_empty() {
+            true => target.lane_if_free(&event),
+            false => None,
         };
-        if must_hold {
-            let target = self
-                .subscriptions
-                .get_mut(subscription)
-                .ok_or(DeliveryClosed)?;
+        let Some(lane) = lane else {
             target.held.push_back(Held {
                 event,
                 payload: payload.to_vec(),
@@ -859,8 +853,7 @@ impl Delivery {
             });
             self.held_events += 1;
             return Ok(());
-        }
-        let lane = self.lane_for(subscription, &event)?;
+        };
         self.enqueue(subscription, lane, event, payload, cost)
     }
 
@@ -944,17 +937,15 @@ impl Delivery {
                     .get_mut(subscription)
                     .ok_or(DeliveryClosed)?;
                 target.clear_finished_barrier();
-                let Some(front) = target.held.front() else {
-                    break;
-                };
-                if !target.may_go(&front.event) {
-                    break;
-                }
                 let Some(held) = target.held.pop_front() else {
                     break;
                 };
+                let Some(lane) = target.lane_if_free(&held.event) else {
+                    // Still waiting: it stays first.
+                    target.held.push_front(held);
+                    break;
+                };
                 self.held_events -= 1;
-                let lane = self.lane_for(subscription, &held.event)?;
                 self.enqueue(subscription, lane, held.event, &held.payload, held.cost)?;
             }
         }
@@ -974,15 +965,6 @@ impl Delivery {
             .find(|target| !target.held.is_empty())?;
         let front = target.held.front()?;
         Some(HeldWait(target.blocking_loads(&front.event)))
-    }
-
-    /// The lane an event goes to.
-    fn lane_for(&mut self, subscription: usize, event: &Outbound) -> Result<usize, DeliveryClosed> {
-        let target = self
-            .subscriptions
-            .get_mut(subscription)
-            .ok_or(DeliveryClosed)?;
-        Ok(target.lane_for(event))
     }
 
     /// Takes `cost` from the subscription's budget if it has that much now.
@@ -1017,13 +999,11 @@ impl Delivery {
         let queue = target.lanes.get_mut(lane).ok_or(DeliveryClosed)?;
         queue.load.outstanding.fetch_add(1, AtomicOrdering::AcqRel);
         queue.enqueued += 1;
-        let through = queue.enqueued;
         if target.ordering == DeliveryOrder::Key {
+            let through = queue.enqueued;
             target.owners.queued(&event, lane, through, &target.lanes);
         }
-        let Some(queue) = target.lanes.get_mut(lane) else {
-            return Err(DeliveryClosed);
-        };
+        let queue = target.lanes.get_mut(lane).ok_or(DeliveryClosed)?;
         if queue.pending.is_empty() {
             self.dirty.push((subscription, lane));
         }

@@ -319,7 +319,7 @@ impl Receiver {
     }
 
     /// Waits until `measure` reaches `count`, waking on every request.
-    async fn wait_for(
+    pub async fn wait_for(
         &self,
         what: &str,
         count: usize,
